@@ -1,0 +1,431 @@
+#!/usr/bin/env python3
+"""The embedded Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (two simulated nodes), all real binaries built from their Go modules by
+hack/build-binaries.sh, run as local processes on 127.0.0.1.
+
+    hack/cluster.py up       start (or reuse a healthy) cluster; kubeconfig in .cluster/kubeconfig
+    hack/cluster.py down     stop every process it started and remove its state
+    hack/cluster.py status   exit 0 when the recorded cluster is healthy
+
+State lives in $MODELLOOP_CLUSTER_DIR (default .cluster/): pki/, data/, logs/, state.json, kubeconfig.
+Only the standard library is used, so this runs before the venv exists.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HACK = ROOT / "hack"
+STATE_DIR = Path(os.environ.get("MODELLOOP_CLUSTER_DIR", ROOT / ".cluster")).resolve()
+CACHE = Path(os.environ.get("MODELLOOP_CACHE", Path.home() / ".cache" / "modelloop"))
+BIN = CACHE / "bin"
+SERVICE_CIDR = "10.0.0.0/24"
+KWOK_POD_CIDR = "10.244.0.0/16"
+KWOK_NODES = ("kwok-node-0", "kwok-node-1")
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+READY_TIMEOUT_S = 120
+
+
+def log(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for line in (HACK / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            out[key] = value
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(pki: Path) -> None:
+    pki.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "3650", "-subj", "/CN=modelloop-local-ca", cwd=pki)
+    sans = ("subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+            "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
+    (pki / "server.ext").write_text(sans + "\nextendedKeyUsage=serverAuth\n")
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name, subject, ext in (("apiserver", "/CN=kube-apiserver", "server.ext"),
+                               ("admin", "/O=system:masters/CN=modelloop-admin", "client.ext")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject, cwd=pki)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "3650", "-extfile", ext, cwd=pki)
+    openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
+    openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def write_kubeconfig(path: Path, pki: Path, server: str) -> None:
+    def b64(name: str) -> str:
+        return base64.b64encode((pki / name).read_bytes()).decode()
+
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "modelloop",
+        "clusters": [{"name": "modelloop", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}],
+        "users": [{"name": "admin", "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")}}],
+        "contexts": [{"name": "modelloop", "context": {"cluster": "modelloop", "user": "admin", "namespace": "default"}}],
+    }, indent=2))
+    path.chmod(0o600)
+
+
+# ---------------------------------------------------------------------------------------------
+# kwok stages: the upstream stage files, with two changes so tests can drive outcomes on demand
+
+
+def kwok_stages(version: str, out: Path) -> None:
+    """Write the kwok stages we use to one multi-document file.
+
+    Upstream's fast pod-complete stage races the chaos failure stage for pods that should fail, so
+    pod-complete skips pods labelled for failure; it also honours a delay annotation
+    (`pod-complete.stage.kwok.x-k8s.io/delay`, milliseconds) so a test can keep a Job running.
+    """
+    src = CACHE / f"kwok-stages-{version}"
+    files = ["node/fast/node-initialize.yaml", "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+             "pod/fast/pod-ready.yaml", "pod/fast/pod-complete.yaml", "pod/fast/pod-delete.yaml",
+             "pod/chaos/pod-container-running-failed.yaml"]
+    docs = []
+    for f in files:
+        text = (src / f).read_text()
+        if f.endswith("pod-complete.yaml"):
+            anchor = "    matchExpressions:\n"
+            text = text.replace(anchor, anchor + (
+                "    - key: '.metadata.labels[\"pod-container-running-failed.stage.kwok.x-k8s.io\"]'\n"
+                "      operator: 'DoesNotExist'\n"), 1)
+            text = text.replace("  next:\n", (
+                "  delay:\n"
+                "    durationMilliseconds: 0\n"
+                "    durationFrom:\n"
+                "      expressionFrom: '.metadata.annotations[\"pod-complete.stage.kwok.x-k8s.io/delay\"]'\n"
+                "  next:\n"), 1)
+        docs.append(text.strip())
+    out.write_text("\n---\n".join(docs) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def start(name: str, argv: list[str], logs: Path) -> int:
+    logf = open(logs / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=STATE_DIR)
+    return proc.pid
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_pids(pids: dict[str, int], grace: float = 10.0) -> None:
+    for pid in pids.values():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids.values()):
+        time.sleep(0.1)
+    for pid in pids.values():
+        if alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def wait_http(name: str, url: str, pid: int, logs: Path, context: ssl.SSLContext | None = None,
+              timeout: float = READY_TIMEOUT_S, expect: bytes | None = b"ok") -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            raise StartError(f"{name} exited during start-up; last lines of {logs / (name + '.log')}:\n"
+                             f"{tail(logs / (name + '.log'))}")
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=2) as r:
+                body = r.read()
+                if r.status == 200 and (expect is None or expect in body):
+                    return
+                last = f"HTTP {r.status} {body[:200]!r}"
+        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+            last = str(e)
+        time.sleep(0.3)
+    raise StartError(f"{name} not healthy at {url} after {timeout:.0f}s ({last}); last lines of its log:\n"
+                     f"{tail(logs / (name + '.log'))}")
+
+
+def client_context(pki: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return ctx
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(STATE_DIR / "kubeconfig"), *args],
+                          input=input, text=True, capture_output=True, check=check)
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+def read_state() -> dict | None:
+    try:
+        return json.loads((STATE_DIR / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def healthy(state: dict | None) -> bool:
+    if not state or not all(alive(p) for p in state["pids"].values()):
+        return False
+    try:
+        url = f"https://127.0.0.1:{state['ports']['apiserver']}/readyz"
+        with urllib.request.urlopen(url, context=client_context(STATE_DIR / "pki"), timeout=3) as r:
+            return r.status == 200
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@contextmanager
+def locked():
+    STATE_DIR.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = STATE_DIR.parent / (STATE_DIR.name + ".lock")
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def down() -> None:
+    state = read_state()
+    if state:
+        stop_pids(state["pids"])
+        log(f"stopped {', '.join(state['pids'])}")
+    extra = STATE_DIR / "extra-pids.json"  # processes other tools registered with the cluster
+    if extra.exists():
+        try:
+            stop_pids(json.loads(extra.read_text()))
+        except ValueError:
+            pass
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def build_binaries() -> None:
+    subprocess.run([str(HACK / "build-binaries.sh"), "etcd", "kwok", "k8s"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def up() -> dict:
+    state = read_state()
+    if healthy(state):
+        log("a healthy cluster is already running; reusing it")
+        return state
+    if state or STATE_DIR.exists():
+        log("recorded cluster is not healthy; cleaning it up")
+        down()
+    build_binaries()
+    v = versions()
+    pki, data, logs = STATE_DIR / "pki", STATE_DIR / "data", STATE_DIR / "logs"
+    for d in (pki, data, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    make_pki(pki)
+    ports = {n: free_port() for n in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok")}
+    kubeconfig = STATE_DIR / "kubeconfig"
+    write_kubeconfig(kubeconfig, pki, f"https://127.0.0.1:{ports['apiserver']}")
+    pids: dict[str, int] = {}
+    state = {"pids": pids, "ports": ports, "versions": v, "kubeconfig": str(kubeconfig),
+             "bin": str(BIN), "started": time.time()}
+
+    def save() -> None:
+        (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2))
+
+    try:
+        etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+        peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+        pids["etcd"] = start("etcd", [
+            str(BIN / "etcd"), "--name=modelloop", f"--data-dir={data / 'etcd'}",
+            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=modelloop={peer_url}", "--unsafe-no-fsync", "--log-level=warn",
+        ], logs)
+        save()
+        wait_http("etcd", f"{etcd_url}/health", pids["etcd"], logs, expect=b'"health":"true"')
+
+        pids["kube-apiserver"] = start("kube-apiserver", [
+            str(BIN / "kube-apiserver"), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
+            "--allow-privileged=true", "--profiling=false", "--v=1",
+        ], logs)
+        save()
+        ctx = client_context(pki)
+        base = f"https://127.0.0.1:{ports['apiserver']}"
+        wait_http("kube-apiserver", f"{base}/readyz", pids["kube-apiserver"], logs, context=ctx)
+
+        auth = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+        pids["kube-controller-manager"] = start("kube-controller-manager", [
+            str(BIN / "kube-controller-manager"), *auth, f"--secure-port={ports['kcm']}", "--controllers=*",
+            f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+            "--use-service-account-credentials=false", f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}", "--profiling=false", "--v=1",
+        ], logs)
+        pids["kube-scheduler"] = start("kube-scheduler", [
+            str(BIN / "kube-scheduler"), *auth, f"--secure-port={ports['scheduler']}", "--profiling=false",
+        ], logs)
+        stages = STATE_DIR / "kwok-stages.yaml"
+        kwok_stages(v["KWOK_VERSION"], stages)
+        pids["kwok"] = start("kwok", [
+            str(BIN / "kwok"), f"--kubeconfig={kubeconfig}", f"--config={stages}",
+            f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+            f"--server-address=127.0.0.1:{ports['kwok']}", f"--cidr={KWOK_POD_CIDR}",
+            "--node-lease-duration-seconds=40",
+        ], logs)
+        save()
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # self-signed serving certs of kcm/scheduler, loopback only
+        wait_http("kube-controller-manager", f"https://127.0.0.1:{ports['kcm']}/healthz",
+                  pids["kube-controller-manager"], logs, context=insecure)
+        wait_http("kube-scheduler", f"https://127.0.0.1:{ports['scheduler']}/healthz",
+                  pids["kube-scheduler"], logs, context=insecure)
+        wait_http("kwok", f"http://127.0.0.1:{ports['kwok']}/healthz", pids["kwok"], logs)
+        create_kwok_nodes()
+        wait_default_service_account(pids, logs)
+    except StartError as e:
+        log(str(e))
+        stop_pids(pids)
+        raise SystemExit(1)
+    except BaseException:
+        stop_pids(pids)
+        raise
+    return state
+
+
+def create_kwok_nodes() -> None:
+    for name in KWOK_NODES:
+        node = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                         "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                                    "kubernetes.io/arch": "amd64", "type": "kwok"}},
+            # Tainted so that only pods which ask for simulation land here; modelloop's real pods go
+            # to the local node, which runs them as processes.
+            "spec": {"taints": [{"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}]},
+            "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                       "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}},
+        }
+        kubectl("apply", "-f", "-", input=json.dumps(node))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        out = kubectl("get", "nodes", "-l", "type=kwok", "-o",
+                      "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
+                      check=False).stdout.split()
+        if len(out) == len(KWOK_NODES) and all(s == "True" for s in out):
+            return
+        time.sleep(0.3)
+    raise StartError("kwok nodes did not become Ready within 60s; see .cluster/logs/kwok.log:\n"
+                     + tail(STATE_DIR / "logs" / "kwok.log"))
+
+
+def wait_default_service_account(pids: dict[str, int], logs: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if not alive(pids["kube-controller-manager"]):
+            raise StartError("kube-controller-manager exited; last lines of its log:\n"
+                             + tail(logs / "kube-controller-manager.log"))
+        if kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0:
+            return
+        time.sleep(0.3)
+    raise StartError("the default service account did not appear within 60s (kube-controller-manager log):\n"
+                     + tail(logs / "kube-controller-manager.log"))
+
+
+def describe(state: dict) -> str:
+    return (f"cluster ready: Kubernetes {state['versions']['K8S_VERSION']}, etcd {state['versions']['ETCD_VERSION']}, "
+            f"kwok {state['versions']['KWOK_VERSION']} on https://127.0.0.1:{state['ports']['apiserver']}\n"
+            f"  binaries (kubectl, helm of matching versions): {state['bin']}\n"
+            f"  logs: {STATE_DIR / 'logs'}\n"
+            f"  point a shell at it:\n"
+            f"    export KUBECONFIG={state['kubeconfig']} PATH={state['bin']}:$PATH\n"
+            f"    kubectl get nodes")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args()
+    with locked():
+        if args.command == "up":
+            started = time.monotonic()
+            state = up()
+            print(describe(state))
+            log(f"up in {time.monotonic() - started:.1f}s")
+        elif args.command == "down":
+            down()
+        else:
+            state = read_state()
+            ok = healthy(state)
+            print("healthy" if ok else "not running")
+            raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

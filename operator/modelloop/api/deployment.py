@@ -1,0 +1,156 @@
+"""ModelDeployment: a model version served behind a stable Service, scaled, promoted and rolled back."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .common import (
+    URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, LocalObjectReference, MetricValue, PodOverrides,
+    ResourceRequirements, StorageSpec, cel, conditions_field, extra,
+)
+
+SERVER_PORT = 8080
+
+
+class ModelSource(ApiModel):
+    """Which model to serve: follow a ModelTraining, or a fixed artifact."""
+
+    from_training: str | None = Field(default=None, min_length=1, max_length=253, description=(
+        "Name of a ModelTraining in the same namespace whose versions this deployment serves."))
+    version: str | None = Field(default=None, pattern=r"^(latest|[1-9][0-9]*)$", description=(
+        "With fromTraining: `latest` (default) follows each new good version subject to spec.promotion; "
+        "a number pins that version."))
+    uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048, description=(
+        f"A fixed artifact version to serve (the v<N> directory that holds metadata.json): {URI_DESCRIPTION}"))
+
+
+ModelSource.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("has(self.fromTraining) != has(self.uri)",
+        "spec.model must set exactly one of fromTraining and uri"),
+    cel("!has(self.version) || has(self.fromTraining)",
+        "spec.model.version can only be used with spec.model.fromTraining", ".version"),
+])
+
+
+class PromotionSpec(ApiModel):
+    """When a new version may replace the serving one."""
+
+    policy: Literal["auto", "manual"] = Field(default="auto", description=(
+        "auto: a new version is rolled out when it passes minMetric and maxRegression. manual: the serving "
+        "version changes only when approvedVersion is set to the candidate."))
+    min_metric: float | None = Field(default=None, description=(
+        "A version whose primary metric is worse than this is not promoted (for rmse, mae, log_loss: higher "
+        "is worse)."))
+    max_regression: float | None = Field(default=None, ge=0, description=(
+        "Largest allowed worsening of the primary metric against the serving version, in metric units."))
+    approved_version: int | None = Field(default=None, ge=1, description=(
+        "With policy manual: the version a human approved for rollout."))
+
+
+class AutoscalingSpec(ApiModel):
+    """Horizontal autoscaling of the server pods (an autoscaling/v2 HPA)."""
+
+    min_replicas: int = Field(default=1, ge=1, le=1000, description="Fewest replicas.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas.")
+    target_cpu_utilization_percentage: int = Field(default=70, ge=1, le=100, description=(
+        "Average CPU utilisation, in percent of the CPU request, the HPA aims for."))
+
+
+AutoscalingSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("self.minReplicas <= self.maxReplicas",
+        "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas", ".minReplicas"),
+])
+
+
+class ServerSpec(ApiModel):
+    """Options of the model server."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description=(
+        "Most rows merged into one prediction call by adaptive batching."))
+    max_batch_wait_ms: float = Field(default=2, ge=0, le=1000, description=(
+        "Longest a request waits for others to join its batch, in milliseconds."))
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 ** 3, description=(
+        "Largest accepted request body; bigger requests get 413."))
+
+
+class RolloutSpec(ApiModel):
+    """How a new version replaces the serving one."""
+
+    progress_deadline_seconds: int = Field(default=300, ge=10, le=3600, description=(
+        "A rollout not Available within this time is rolled back to the last Available version."))
+    max_surge: int | str = Field(default="25%", description="Extra pods during a rollout (number or percent).",
+                                 json_schema_extra=extra(x_kubernetes_int_or_string=True))
+
+
+class ModelDeploymentSpec(ApiModel):
+    """Desired state of a ModelDeployment."""
+
+    model: ModelSource = Field(description="The model to serve.")
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec, description="When new versions go live.")
+    replicas: int | None = Field(default=None, ge=0, le=1000, description=(
+        "Number of server pods (default 1) when autoscaling is not set."))
+    autoscaling: AutoscalingSpec | None = Field(default=None, description="Autoscaling; excludes replicas.")
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of the server container.")
+    pod_template: PodOverrides | None = Field(default=None, description="Overrides of the server pods.")
+    server: ServerSpec = Field(default_factory=ServerSpec, description="Model server options.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout settings.")
+    storage: StorageSpec | None = Field(default=None, description="Credentials of the artifact store.")
+
+
+ModelDeploymentSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("!(has(self.replicas) && has(self.autoscaling))",
+        "spec.replicas and spec.autoscaling are mutually exclusive", ".replicas"),
+])
+
+
+class ModelDeploymentStatus(ApiModel):
+    """Observed state of a ModelDeployment."""
+
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation last reconciled.")
+    conditions: list[Condition] | None = conditions_field()
+    phase: Literal["Pending", "Progressing", "Available", "Degraded", "Failed"] | None = Field(
+        default=None, description="Summary for humans.")
+    model_version: int | None = Field(default=None, description="Version being served (or rolled out).")
+    model_uri: str | None = Field(default=None, description="Artifact URI being served.")
+    model_sha256: str | None = Field(default=None, description="sha256 of the served model file.")
+    metric: MetricValue | None = Field(default=None, description="Primary metric of the served version.")
+    previous_version: int | None = Field(default=None, description="Version served before the current one.")
+    last_available_version: int | None = Field(default=None, description=(
+        "Newest version that became Available; rollbacks return to it."))
+    candidate_version: int | None = Field(default=None, description=(
+        "Newest version of the training not (yet) promoted, when one is held back."))
+    promotion_message: str | None = Field(default=None, description="Why the candidate was not promoted.")
+    url: str | None = Field(default=None, description="In-cluster V2 inference endpoint.")
+    replicas: int | None = Field(default=None, description="Pods of the server Deployment.")
+    ready_replicas: int | None = Field(default=None, description="Ready pods of the server Deployment.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (scale subresource).")
+
+
+class ModelDeployment(ApiModel):
+    """Serves a model version with the Open Inference Protocol behind a Service; promotes and rolls back."""
+
+    spec: ModelDeploymentSpec = Field(description="Desired state.")
+    status: ModelDeploymentStatus | None = Field(default=None, description="Observed state, written by the operator.")
+
+
+ModelDeployment.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("self.metadata.name.size() <= 52",
+        "metadata.name must be at most 52 characters (it names the Service and Deployment)"),
+])
+
+KIND = {
+    "kind": "ModelDeployment", "plural": "modeldeployments", "singular": "modeldeployment", "short_names": ["mdep"],
+    "model": ModelDeployment,
+    "printer_columns": [
+        {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Version", "type": "integer", "jsonPath": ".status.modelVersion"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
+        {"name": "Metric", "type": "number", "jsonPath": ".status.metric.value"},
+        {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+              "labelSelectorPath": ".status.selector"},
+}

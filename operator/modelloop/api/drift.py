@@ -1,0 +1,122 @@
+"""DriftMonitor: compares live traffic of a ModelDeployment with its training reference and acts."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from .common import (
+    DURATION_PATTERN, URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, LocalObjectReference, StorageSpec, cel,
+    conditions_field, extra,
+)
+
+
+class TestsSpec(ApiModel):
+    """Which statistic decides drift, per kind of feature."""
+
+    numerical: Literal["psi", "ks", "wasserstein", "jensenshannon"] | None = Field(default=None, description=(
+        "Test of numeric features: psi, ks, wasserstein or jensenshannon (default: the engine's, see docs/drift.md)."))
+    categorical: Literal["chi2", "psi", "jensenshannon"] | None = Field(default=None, description=(
+        "Test of categorical features: chi2, psi or jensenshannon (default: the engine's, see docs/drift.md)."))
+
+
+class ThresholdsSpec(ApiModel):
+    """When a feature, and the dataset, count as drifted."""
+
+    score: float | None = Field(default=None, ge=0, description=(
+        "Per-feature score above which a feature drifts (PSI, distance or statistic of the chosen test)."))
+    p_value: float | None = Field(default=None, gt=0, lt=1, description=(
+        "Significance level of p-value tests after multiple-testing correction."))
+    drift_share: float | None = Field(default=None, gt=0, le=1, description=(
+        "Share of drifted features at or above which the dataset drifts."))
+    features: dict[str, float] | None = Field(default=None, description="Per-feature score thresholds by name.")
+
+
+class ActionSpec(ApiModel):
+    """What to do when drift persists."""
+
+    type: Literal["retrain", "none"] = Field(default="none", description=(
+        "retrain: request a new training run; none: report only (conditions, events, metrics)."))
+    training_ref: LocalObjectReference | None = Field(default=None, description=(
+        "ModelTraining to retrain; default the one the deployment follows."))
+    cooldown: str = Field(default="1h", pattern=DURATION_PATTERN, description=(
+        "Least time between two retrain requests, e.g. 30m or 1h."))
+    dataset_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048, description=(
+        f"Fresh data to retrain on, passed with the request: {URI_DESCRIPTION}"))
+
+
+class DriftMonitorSpec(ApiModel):
+    """Desired state of a DriftMonitor."""
+
+    deployment_ref: LocalObjectReference = Field(description="The ModelDeployment whose traffic is watched.")
+    interval: str = Field(default="60s", pattern=DURATION_PATTERN, description="Time between checks, e.g. 30s or 5m.")
+    min_samples: int = Field(default=500, ge=1, description="Fewest new rows in a window before anything is decided.")
+    dataset_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048, description=(
+        f"Compare this dataset with the reference instead of live traffic (exact tests on raw values): {URI_DESCRIPTION}"))
+    tests: TestsSpec = Field(default_factory=TestsSpec, description="Statistics used per feature kind.")
+    thresholds: ThresholdsSpec = Field(default_factory=ThresholdsSpec, description="Decision thresholds.")
+    consecutive: int = Field(default=3, ge=1, le=100, description="Drifted windows in a row before acting.")
+    action: ActionSpec = Field(default_factory=ActionSpec, description="What to do on persistent drift.")
+    storage: StorageSpec | None = Field(default=None, description="Credentials of the reference and dataset stores.")
+
+
+class FeatureDrift(ApiModel):
+    """Drift of one feature in the last window."""
+
+    name: str = Field(description="Feature name.")
+    test: str = Field(description="Statistic used.")
+    score: float = Field(description="Value of the statistic.")
+    threshold: float | None = Field(default=None, description="Threshold the score is compared with.")
+    p_value: float | None = Field(default=None, description="p-value after correction, for tests that have one.")
+    drifted: bool = Field(description="Whether the feature drifted.")
+
+
+class DriftMonitorStatus(ApiModel):
+    """Observed state of a DriftMonitor."""
+
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation last reconciled.")
+    conditions: list[Condition] | None = conditions_field()
+    phase: Literal["Pending", "Watching", "Drifted", "InsufficientData", "Error"] | None = Field(
+        default=None, description="Summary for humans.")
+    last_check_time: datetime | None = Field(default=None, description="When the last window was checked.")
+    model_version: int | None = Field(default=None, description="Serving version whose reference was used.")
+    samples: int | None = Field(default=None, description="Rows in the last window.")
+    dataset_drift: bool | None = Field(default=None, description="Whether the last window drifted as a whole.")
+    drift_share: float | None = Field(default=None, description="Share of drifted features in the last window.")
+    consecutive_drifted: int | None = Field(default=None, description="Drifted windows in a row so far.")
+    features: list[FeatureDrift] | None = Field(default=None, description="Per-feature results of the last window.",
+                                                json_schema_extra=extra(x_kubernetes_list_type="map",
+                                                                        x_kubernetes_list_map_keys=["name"]))
+    last_retrain_time: datetime | None = Field(default=None, description="When retraining was last requested.")
+    retrains: int | None = Field(default=None, description="Retrain requests made so far.")
+
+
+class DriftMonitor(ApiModel):
+    """Watches a ModelDeployment for data drift (PSI, KS, chi-squared, ...) and triggers retraining."""
+
+    spec: DriftMonitorSpec = Field(description="Desired state.")
+    status: DriftMonitorStatus | None = Field(default=None, description="Observed state, written by the operator.")
+
+
+KIND = {
+    "kind": "DriftMonitor", "plural": "driftmonitors", "singular": "driftmonitor", "short_names": ["dmon"],
+    "model": DriftMonitor,
+    "printer_columns": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Drift", "type": "boolean", "jsonPath": ".status.datasetDrift"},
+        {"name": "Share", "type": "number", "jsonPath": ".status.driftShare"},
+        {"name": "Samples", "type": "integer", "jsonPath": ".status.samples"},
+        {"name": "Version", "type": "integer", "jsonPath": ".status.modelVersion"},
+        {"name": "Retrains", "type": "integer", "jsonPath": ".status.retrains"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    "scale": None,
+}
+
+# Drift test defaults are left to the engine (modelloop.drift) so they live in one place; the
+# ActionSpec CEL rule below keeps a retrain action meaningful.
+ActionSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("self.type != 'none' || !has(self.datasetUri)",
+        "spec.action.datasetUri needs spec.action.type retrain", ".datasetUri"),
+])

@@ -1,0 +1,160 @@
+"""ModelTraining: a dataset, an estimator and where its versioned artifacts go."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .common import (
+    URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, MetricValue, PodOverrides, ResourceRequirements,
+    StorageSpec, cel, conditions_field, extra,
+)
+
+ALLOWED_ESTIMATOR_MODULES = ("sklearn",)
+ESTIMATOR_CLASS_PATTERN = r"^sklearn(\.[a-z][a-z0-9_]*)+\.[A-Z][A-Za-z0-9_]*$"
+CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "precision", "recall", "log_loss")
+REGRESSION_METRICS = ("r2", "rmse", "mae")
+Metric = Literal["accuracy", "f1", "roc_auc", "precision", "recall", "log_loss", "r2", "rmse", "mae"]
+# Metrics where a lower value is better; promotion and regression checks flip for these.
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+RETRAIN_ANNOTATION = "modelloop.dev/retrain-requested"
+
+
+class DatasetSpec(ApiModel):
+    """The tabular dataset to train on."""
+
+    uri: str = Field(description=f"Where the dataset is: {URI_DESCRIPTION}", pattern=URI_PATTERN, max_length=2048)
+    format: Literal["csv", "parquet"] | None = Field(default=None, description=(
+        "File format; inferred from the URI's extension (.csv, .parquet, .pq) when omitted."))
+    target: str = Field(description="Column to predict.", min_length=1, max_length=256)
+    features: list[str] | None = Field(default=None, max_length=10000, description=(
+        "Columns to train on, in this order; default every column except the target."),
+        json_schema_extra=extra(x_kubernetes_list_type="set"))
+    categorical: list[str] | None = Field(default=None, max_length=10000, description=(
+        "Columns to treat as categorical (one-hot encoded, category counts for drift); non-numeric "
+        "columns are categorical anyway."), json_schema_extra=extra(x_kubernetes_list_type="set"))
+
+
+DatasetSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("!has(self.features) || !(self.target in self.features)",
+        "spec.dataset.target must not also be listed in spec.dataset.features", ".target"),
+    cel("!has(self.categorical) || !(self.target in self.categorical)",
+        "spec.dataset.target must not be listed in spec.dataset.categorical", ".categorical"),
+])
+
+
+class EstimatorSpec(ApiModel):
+    """The scikit-learn estimator to fit."""
+
+    class_name: str = Field(alias="class", max_length=256, pattern=ESTIMATOR_CLASS_PATTERN, description=(
+        "Importable class path of a scikit-learn estimator, e.g. sklearn.ensemble.RandomForestClassifier. "
+        "Only classes inside the allowed modules (sklearn.*) are accepted."))
+    params: dict[str, Any] | None = Field(default=None, description=(
+        "Constructor parameters of the estimator, e.g. {n_estimators: 100, max_depth: 8}. They are checked "
+        "by constructing the estimator before the Job starts."),
+        json_schema_extra=extra(x_kubernetes_preserve_unknown_fields=True))
+
+
+EstimatorSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("self.class.startsWith('sklearn.') && !self.class.contains('._')",
+        "spec.estimator.class must be a public class inside the allowed modules (sklearn.*), "
+        "e.g. sklearn.ensemble.RandomForestClassifier", ".class"),
+])
+
+
+class ValidationSpec(ApiModel):
+    """How the model is evaluated before it becomes a version."""
+
+    test_size: float = Field(default=0.2, gt=0, lt=1, description="Share of rows held out for validation.")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Random seed of the split and the estimator.")
+    metric: Metric | None = Field(default=None, description=(
+        "Primary metric, used by promotion: accuracy, f1, roc_auc, precision, recall, log_loss "
+        "(classification) or r2, rmse, mae (regression). Default accuracy or r2 by task."))
+
+
+class OutputSpec(ApiModel):
+    """Where model versions are written."""
+
+    uri: str = Field(description=f"Base location of the versions, each in <uri>/v<N>/: {URI_DESCRIPTION}",
+                     pattern=URI_PATTERN, max_length=2048)
+
+
+class ModelTrainingSpec(ApiModel):
+    """Desired state of a ModelTraining: what to train, on what, and where the versions go."""
+
+    dataset: DatasetSpec = Field(description="The dataset to train on.")
+    estimator: EstimatorSpec = Field(description="The estimator to fit.")
+    validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Evaluation settings.")
+    output: OutputSpec = Field(description="Where versions are written.")
+    storage: StorageSpec | None = Field(default=None, description="Credentials of the dataset and output stores.")
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of the training container.")
+    pod_template: PodOverrides | None = Field(default=None, description="Overrides of the training pod.")
+    backoff_limit: int = Field(default=0, ge=0, le=10, description="Retries of a failed training pod within one run.")
+    active_deadline_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600, description=(
+        "Time limit of one run; a run past it fails with reason DeadlineExceeded."))
+    history_limit: int = Field(default=10, ge=1, le=100, description="Runs kept in status.runs (newest first).")
+    suspend: bool = Field(default=False, description="When true, no new run starts; a running one finishes.")
+
+
+class TrainingRun(ApiModel):
+    """One training run."""
+
+    version: int = Field(ge=1, description="Version number allocated to the run.")
+    job: str = Field(description="Name of the run's Job.")
+    trigger: str = Field(description="What started the run: Created, SpecChanged or RetrainRequested.")
+    reason: str | None = Field(default=None, description="The retrain request's value, when it was one.")
+    generation: int | None = Field(default=None, description="Generation of the spec the run trained with.")
+    start_time: datetime | None = Field(default=None, description="When the run started.")
+    finish_time: datetime | None = Field(default=None, description="When the run finished.")
+    result: Literal["Running", "Succeeded", "Failed"] = Field(description="Running, Succeeded or Failed.")
+    message: str | None = Field(default=None, description="Why the run failed (the trainer's termination message).")
+    metrics: dict[str, float] | None = Field(default=None, description="Validation metrics of the run.")
+    artifact: str | None = Field(default=None, description="URI of the version the run wrote.")
+
+
+class ModelTrainingStatus(ApiModel):
+    """Observed state of a ModelTraining."""
+
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation last reconciled.")
+    conditions: list[Condition] | None = conditions_field()
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"] | None = Field(default=None, description=(
+        "Summary for humans: state of the latest run."))
+    latest_version: int | None = Field(default=None, description="Newest version that trained successfully.")
+    latest_artifact: str | None = Field(default=None, description="URI of the latest good version.")
+    metric: MetricValue | None = Field(default=None, description="Primary metric of the latest good version.")
+    metrics: dict[str, float] | None = Field(default=None, description="All metrics of the latest good version.")
+    next_version: int | None = Field(default=None, description="Version number the next run will get.")
+    current_run: str | None = Field(default=None, description="Job of the run in progress, if any.")
+    queued_request: str | None = Field(default=None, description=(
+        "A retrain request that arrived during a run; it starts when the run ends."))
+    handled_request: str | None = Field(default=None, description="Value of the last retrain request acted on.")
+    runs: list[TrainingRun] | None = Field(default=None, description="Recent runs, newest first.")
+
+
+class ModelTraining(ApiModel):
+    """Trains a scikit-learn model in a Job and writes immutable, checksummed versions."""
+
+    spec: ModelTrainingSpec = Field(description="Desired state.")
+    status: ModelTrainingStatus | None = Field(default=None, description="Observed state, written by the operator.")
+
+
+ModelTraining.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("self.metadata.name.size() <= 48",
+        "metadata.name must be at most 48 characters (Job names add a version suffix)"),
+])
+
+KIND = {
+    "kind": "ModelTraining", "plural": "modeltrainings", "singular": "modeltraining", "short_names": ["mtrain"],
+    "model": ModelTraining,
+    "printer_columns": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Version", "type": "integer", "jsonPath": ".status.latestVersion"},
+        {"name": "Metric", "type": "string", "jsonPath": ".status.metric.name"},
+        {"name": "Value", "type": "number", "jsonPath": ".status.metric.value"},
+        {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+        {"name": "Estimator", "type": "string", "jsonPath": ".spec.estimator.class", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    "scale": None,
+}

@@ -37,6 +37,7 @@ SERVICE_CIDR = "10.0.0.0/24"
 KWOK_POD_CIDR = "10.244.0.0/16"
 KWOK_NODES = ("kwok-node-0", "kwok-node-1")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+LOCAL_NODE = "modelloop-local"
 READY_TIMEOUT_S = 120
 
 
@@ -253,11 +254,12 @@ def down() -> None:
     if state:
         stop_pids(state["pids"])
         log(f"stopped {', '.join(state['pids'])}")
-    extra = STATE_DIR / "extra-pids.json"  # processes other tools registered with the cluster
-    if extra.exists():
+    # Pod processes the local node agent started (it stops them itself; this covers a killed agent).
+    leftovers = STATE_DIR / "localnode" / "processes.json"
+    if leftovers.exists():
         try:
-            stop_pids(json.loads(extra.read_text()))
-        except ValueError:
+            stop_pids({k: int(v) for k, v in json.loads(leftovers.read_text()).items()}, grace=5)
+        except (ValueError, TypeError):
             pass
     shutil.rmtree(STATE_DIR, ignore_errors=True)
 
@@ -349,6 +351,14 @@ def up() -> dict:
         wait_http("kwok", f"http://127.0.0.1:{ports['kwok']}/healthz", pids["kwok"], logs)
         create_kwok_nodes()
         wait_default_service_account(pids, logs)
+        agent = ROOT / ".venv" / "bin" / "modelloop-localnode"
+        if os.environ.get("MODELLOOP_LOCALNODE", "1") != "0" and agent.exists():
+            pids["localnode"] = start("localnode", [
+                str(agent), f"--kubeconfig={kubeconfig}", f"--node-name={LOCAL_NODE}",
+                f"--state-dir={STATE_DIR / 'localnode'}", f"--pvc-root={STATE_DIR / 'pvc'}",
+            ], logs)
+            save()
+            wait_node_ready(LOCAL_NODE, pids["localnode"], logs)
     except StartError as e:
         log(str(e))
         stop_pids(pids)
@@ -383,6 +393,19 @@ def create_kwok_nodes() -> None:
         time.sleep(0.3)
     raise StartError("kwok nodes did not become Ready within 60s; see .cluster/logs/kwok.log:\n"
                      + tail(STATE_DIR / "logs" / "kwok.log"))
+
+
+def wait_node_ready(name: str, pid: int, logs: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            raise StartError(f"the local node agent exited; last lines of its log:\n{tail(logs / 'localnode.log')}")
+        out = kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                      check=False).stdout.strip()
+        if out == "True":
+            return
+        time.sleep(0.3)
+    raise StartError(f"node {name} not Ready after {timeout:.0f}s; last lines of its log:\n{tail(logs / 'localnode.log')}")
 
 
 def wait_default_service_account(pids: dict[str, int], logs: Path) -> None:

@@ -1,0 +1,61 @@
+# modelloop: every target does its own set-up (venv, installs, control-plane binaries, cluster).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+BENCH ?=
+PYTEST_ARGS ?=
+export GOTOOLCHAIN := local
+
+.PHONY: help venv binaries cluster cluster-down cluster-status test test-unit test-integration demo bench crds crds-check lint clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade 'pip>=24'
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP) ## create .venv and install modelloop with its test dependencies
+
+binaries: ## build (or reuse) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm
+	hack/build-binaries.sh
+
+cluster: $(STAMP) ## start the embedded control plane (idempotent); kubeconfig in .cluster/kubeconfig
+	hack/build-binaries.sh helm >/dev/null
+	$(PY) hack/cluster.py up
+
+cluster-down: ## stop every process of the embedded cluster and remove its state
+	@if [ -x $(PY) ]; then $(PY) hack/cluster.py down; else python3 hack/cluster.py down; fi
+
+cluster-status: ## exit 0 when the embedded cluster is healthy
+	@python3 hack/cluster.py status
+
+crds: $(STAMP) ## regenerate crds/ and the chart's CRDs from operator/modelloop/api/
+	$(PY) -m modelloop.api.generate
+
+crds-check: $(STAMP) ## fail when the committed CRDs differ from the generator's output
+	$(PY) -m modelloop.api.generate --check
+
+test: $(STAMP) ## the whole suite: unit, integration and end-to-end (starts the cluster when needed)
+	hack/build-binaries.sh helm >/dev/null
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## unit tests only (no cluster)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP) ## integration and end-to-end tests
+	$(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
+
+demo: cluster ## the whole loop on the embedded cluster: operator, examples, what to look at next
+	$(PY) hack/demo.py
+
+bench: $(STAMP) ## run every benchmark in bench/ (make bench BENCH=<name> runs one)
+	@set -e; for d in bench/*/; do n=$$(basename $$d); \
+	  if [ -z "$(BENCH)" ] || [ "$(BENCH)" = "$$n" ]; then echo "== bench/$$n"; $(PY) bench/$$n/run.py; fi; done
+
+clean: cluster-down ## stop the cluster and remove the venv
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,34 @@
+"""Errors of the artifact stores and the model loader. Messages name the URI or field at fault."""
+from __future__ import annotations
+
+
+class ArtifactError(Exception):
+    """Base of every error raised by modelloop.artifacts."""
+
+
+class InvalidUriError(ArtifactError, ValueError):
+    """A storage URI that cannot be parsed or has a scheme other than s3, file, pvc."""
+
+
+class StorageError(ArtifactError):
+    """The store could not be read or written (missing object, access denied, unreachable endpoint)."""
+
+
+class ObjectNotFoundError(StorageError):
+    """The object, file or committed version does not exist."""
+
+
+class VersionExistsError(ArtifactError):
+    """The version is already committed; versions are immutable."""
+
+
+class InvalidMetadataError(ArtifactError):
+    """metadata.json does not follow the artifact format."""
+
+
+class ArtifactIntegrityError(ArtifactError):
+    """The model file does not match the sha256 or size recorded in metadata.json."""
+
+
+class UntrustedTypeError(ArtifactError):
+    """The model file contains a type outside the trusted set, or the trusted set leaves the allow-list."""

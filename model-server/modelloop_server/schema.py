@@ -1,0 +1,188 @@
+"""The model's feature schema (metadata.json `schema.features`) and the conversion of request values into
+the rows a prediction call takes.
+
+Rows are kept in one of two forms, chosen once per model:
+- dense: a float64 matrix of shape [n, n_features] in schema order, when every feature is numeric;
+- columns: a dict feature name -> 1-D array (float64 for numbers, object holding str or None for
+  categorical features), when some feature is categorical.
+Both merge by concatenation, so a batch of requests is one prediction call.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+
+from .errors import bad_request
+
+Rows = Union[np.ndarray, dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    dtype: str
+    categorical: bool
+
+
+class InputSchema:
+    """What a prediction call expects: the features in training order and which are categorical."""
+
+    def __init__(self, features: Sequence[Feature]) -> None:
+        if not features:
+            raise ValueError("the feature schema is empty: metadata.json schema.features lists no feature")
+        self.features = tuple(features)
+        self.names = tuple(f.name for f in self.features)
+        self.by_name = {f.name: f for f in self.features}
+        self.dense = not any(f.categorical for f in self.features)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> InputSchema:
+        return cls([Feature(name=str(f["name"]), dtype=str(f.get("dtype", "float64")),
+                            categorical=bool(f.get("categorical", False)))
+                    for f in metadata["schema"]["features"]])
+
+    # -- building rows ------------------------------------------------------------------------------
+
+    def rows_from_matrix(self, values: Any, what: str) -> np.ndarray:
+        """A [n, n_features] matrix of numbers (only for an all-numeric schema)."""
+        if not self.dense:
+            categorical = ", ".join(f.name for f in self.features if f.categorical)
+            raise bad_request(f"{what}: the model has categorical features ({categorical}), so rows cannot be "
+                              f"one numeric matrix; send one input per feature, named {', '.join(self.names)}")
+        matrix = numeric_array(values, what)
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.names):
+            raise bad_request(f"{what} has shape {list(matrix.shape)}; expected [n, {len(self.names)}]: "
+                              f"rows of the {len(self.names)} features {', '.join(self.names)}")
+        return matrix
+
+    def rows_from_columns(self, columns: Mapping[str, Any], what: str) -> Rows:
+        """One sequence of values per feature, every feature present, all of one length."""
+        unknown = [name for name in columns if name not in self.by_name]
+        if unknown:
+            raise bad_request(f"{what}: unknown feature {unknown[0]!r}; the model's features are "
+                              f"{', '.join(self.names)}")
+        missing = [name for name in self.names if name not in columns]
+        if missing:
+            raise bad_request(f"{what}: missing feature {missing[0]!r}; expected one value per feature: "
+                              f"{', '.join(self.names)}")
+        arrays: dict[str, np.ndarray] = {}
+        length = None
+        for feature in self.features:
+            values = columns[feature.name]
+            where = f"{what} feature {feature.name!r}"
+            if feature.categorical:
+                array = categorical_array(values, where)
+            else:
+                array = numeric_array(values, where)
+                if array.ndim == 2 and array.shape[1] == 1:
+                    array = array[:, 0]
+                if array.ndim != 1:
+                    raise bad_request(f"{where} has shape {list(array.shape)}; expected [n] (one value per row)")
+            if length is None:
+                length = len(array)
+            elif len(array) != length:
+                raise bad_request(f"{what}: feature {feature.name!r} has {len(array)} values but "
+                                  f"{self.names[0]!r} has {length}; every feature needs one value per row")
+            arrays[feature.name] = array
+        if self.dense:
+            return np.column_stack([arrays[name] for name in self.names]) if length else \
+                np.empty((0, len(self.names)))
+        return arrays
+
+    def rows_from_records(self, records: Sequence[Any], what: str) -> Rows:
+        """A list of rows, each either a list of values in feature order or an object keyed by feature name."""
+        if not records:
+            raise bad_request(f"{what} is empty; send at least one row")
+        if all(isinstance(r, Mapping) for r in records):
+            columns: dict[str, list[Any]] = {name: [] for name in self.names}
+            for i, record in enumerate(records):
+                for key in record:
+                    if key not in self.by_name:
+                        raise bad_request(f"{what}[{i}]: unknown feature {key!r}; the model's features are "
+                                          f"{', '.join(self.names)}")
+                for name in self.names:
+                    if name not in record:
+                        raise bad_request(f"{what}[{i}]: missing feature {name!r}")
+                    columns[name].append(record[name])
+            return self.rows_from_columns(columns, what)
+        if not all(isinstance(r, list) for r in records):
+            raise bad_request(f"{what} must be a list of rows: each a list of {len(self.names)} values in "
+                              f"feature order, or an object keyed by feature name")
+        if self.dense:
+            return self.rows_from_matrix(records, what)
+        for i, record in enumerate(records):
+            if len(record) != len(self.names):
+                raise bad_request(f"{what}[{i}] has {len(record)} values; expected {len(self.names)}: "
+                                  f"{', '.join(self.names)}")
+        return self.rows_from_columns({name: [r[j] for r in records] for j, name in enumerate(self.names)}, what)
+
+    # -- batches ------------------------------------------------------------------------------------
+
+    def count(self, rows: Rows) -> int:
+        if isinstance(rows, np.ndarray):
+            return rows.shape[0]
+        return len(rows[self.names[0]])
+
+    def merge(self, parts: Sequence[Rows]) -> Rows:
+        if len(parts) == 1:
+            return parts[0]
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts, axis=0)
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.names}  # type: ignore[index]
+
+
+def numeric_array(values: Any, what: str) -> np.ndarray:
+    """A float64 array of `values` (nested lists or an array); None becomes NaN; strings are an error."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values.astype(np.float64, copy=False)
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        raise bad_request(f"{what} is ragged: its rows have different lengths") from None
+    kind = array.dtype.kind
+    if kind in "fiub":
+        return array.astype(np.float64, copy=False)
+    if kind in "USO":
+        if kind == "O":
+            for value in array.flat:
+                if value is not None and not isinstance(value, (bool, int, float)):
+                    break
+            else:
+                return array.astype(np.float64)
+            if any(isinstance(v, (list, dict)) for v in array.flat):
+                raise bad_request(f"{what} is ragged or holds objects; expected numbers")
+        example = next(v for v in array.flat if isinstance(v, (str, bytes, np.str_)) or
+                       (v is not None and not isinstance(v, (bool, int, float))))
+        raise bad_request(f"{what} must hold numbers; found {_show(example)}")
+    raise bad_request(f"{what} must hold numbers; found values of type {array.dtype}")
+
+
+def categorical_array(values: Any, what: str) -> np.ndarray:
+    """A 1-D object array of str or None (None, NaN and "" are missing, numbers become their text)."""
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    if not isinstance(values, list):
+        raise bad_request(f"{what} must be a list of values")
+    if values and isinstance(values[0], list):  # shape [n, 1] sent nested
+        if not all(isinstance(v, list) and len(v) == 1 for v in values):
+            raise bad_request(f"{what} must be a list with one value per row")
+        values = [v[0] for v in values]
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        if value is None or isinstance(value, str):
+            out[i] = value if value != "" else None
+        elif isinstance(value, float):
+            out[i] = None if math.isnan(value) else (str(int(value)) if value.is_integer() else str(value))
+        elif isinstance(value, (bool, int)):
+            out[i] = str(value).lower() if isinstance(value, bool) else str(value)
+        else:
+            raise bad_request(f"{what}[{i}] must be a string or number; found {_show(value)}")
+    return out
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,213 @@
+"""Object I/O on the two kinds of storage: a local filesystem (file://, pvc://) and S3 (s3://).
+
+A backend reads and writes whole objects named by StorageUri; the version layout and commit order
+live in stores.py. S3 credentials, endpoint and region come from the environment only
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION) and are never logged.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Iterator, Protocol
+
+from .errors import ObjectNotFoundError, StorageError, VersionExistsError
+from .uri import StorageUri, parse_uri
+
+
+class Backend(Protocol):
+    def read(self, uri: StorageUri) -> bytes: ...
+    def exists(self, uri: StorageUri) -> bool: ...
+    def write(self, uri: StorageUri, data: bytes) -> None: ...
+    def write_new(self, uri: StorageUri, data: bytes) -> None:
+        """Write only if nothing is there yet (atomically); VersionExistsError otherwise."""
+    def move(self, src: StorageUri, dst: StorageUri) -> None: ...
+    def list_keys(self, prefix: StorageUri) -> Iterator[str]:
+        """Paths of the objects below `prefix`, relative to it, skipping hidden (staging) folders."""
+    def delete_tree(self, prefix: StorageUri) -> None: ...
+
+
+class FileBackend:
+    """file:// and pvc:// URIs: files written then renamed into place, fsynced."""
+
+    def read(self, uri: StorageUri) -> bytes:
+        path = uri.local_path()
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{uri}: no such file ({path})") from None
+        except IsADirectoryError:
+            raise StorageError(f"{uri}: is a directory, not a file ({path})") from None
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot read {path}: {exc.strerror or exc}") from None
+
+    def exists(self, uri: StorageUri) -> bool:
+        return uri.local_path().is_file()
+
+    def write(self, uri: StorageUri, data: bytes) -> None:
+        path = uri.local_path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot write {path}: {exc.strerror or exc}") from None
+
+    def write_new(self, uri: StorageUri, data: bytes) -> None:
+        path = uri.local_path()
+        tmp = uri.local_path().with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self.write(StorageUri("file", "", str(tmp)), data)
+        try:
+            os.link(tmp, path)  # atomic, and fails if the name exists: no two writers both commit
+        except FileExistsError:
+            raise VersionExistsError(f"{uri} already exists") from None
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot create {path}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+    def move(self, src: StorageUri, dst: StorageUri) -> None:
+        source, target = src.local_path(), dst.local_path()
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+        except OSError as exc:
+            raise StorageError(f"{dst}: cannot move {source} to {target}: {exc.strerror or exc}") from None
+        _fsync_dir(target.parent)
+
+    def list_keys(self, prefix: StorageUri) -> Iterator[str]:
+        root = prefix.local_path()
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            rel = os.path.relpath(folder, root)
+            for name in files:
+                yield name if rel == "." else f"{rel}/{name}"
+
+    def delete_tree(self, prefix: StorageUri) -> None:
+        shutil.rmtree(prefix.local_path(), ignore_errors=True)
+
+
+def _fsync_dir(path: os.PathLike[str]) -> None:
+    """Make a rename or link durable: the directory entry is data of its directory."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class S3Backend:
+    """s3:// URIs on AWS or any S3-compatible server (AWS_ENDPOINT_URL)."""
+
+    def read(self, uri: StorageUri) -> bytes:
+        with _s3_errors(uri, "read"):
+            return _s3_client().get_object(Bucket=uri.location, Key=uri.path)["Body"].read()
+
+    def exists(self, uri: StorageUri) -> bool:
+        try:
+            with _s3_errors(uri, "check"):
+                _s3_client().head_object(Bucket=uri.location, Key=uri.path)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def write(self, uri: StorageUri, data: bytes) -> None:
+        with _s3_errors(uri, "write"):
+            _s3_client().put_object(Bucket=uri.location, Key=uri.path, Body=data)
+
+    def write_new(self, uri: StorageUri, data: bytes) -> None:
+        # Conditional write (If-None-Match: *): S3 refuses it with 412 when the key exists.
+        with _s3_errors(uri, "create", exists_message=f"{uri} already exists"):
+            _s3_client().put_object(Bucket=uri.location, Key=uri.path, Body=data, IfNoneMatch="*")
+
+    def move(self, src: StorageUri, dst: StorageUri) -> None:
+        # Server-side copy: the bytes do not travel through the trainer twice (limit 5 GB per object).
+        with _s3_errors(dst, "write"):
+            _s3_client().copy_object(Bucket=dst.location, Key=dst.path,
+                                     CopySource={"Bucket": src.location, "Key": src.path})
+        with _s3_errors(src, "delete"):
+            _s3_client().delete_object(Bucket=src.location, Key=src.path)
+
+    def list_keys(self, prefix: StorageUri) -> Iterator[str]:
+        base = f"{prefix.path}/" if prefix.path else ""
+        with _s3_errors(prefix, "list"):
+            pages = _s3_client().get_paginator("list_objects_v2").paginate(Bucket=prefix.location, Prefix=base)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    rel = obj["Key"][len(base):]
+                    if not any(part.startswith(".") for part in rel.split("/")[:-1]):
+                        yield rel
+
+    def delete_tree(self, prefix: StorageUri) -> None:
+        for rel in list(self.list_keys(prefix)):
+            with _s3_errors(prefix, "delete"):
+                _s3_client().delete_object(Bucket=prefix.location, Key=prefix.child(rel).path)
+
+
+@contextmanager
+def _s3_errors(uri: StorageUri, action: str, exists_message: str | None = None) -> Iterator[None]:
+    """Turn botocore errors into StorageError/ObjectNotFoundError naming the URI (never credentials)."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if exists_message and (code in ("PreconditionFailed", "412") or status == 412):
+            raise VersionExistsError(exists_message) from None
+        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound") or status == 404:
+            what = f"bucket '{uri.location}' does not exist" if code == "NoSuchBucket" else "not found"
+            raise ObjectNotFoundError(f"{uri}: {what}") from None
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
+            raise StorageError(f"{uri}: access denied ({code}) on {action}; check the storage credentials "
+                               f"(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)") from None
+        raise StorageError(f"{uri}: S3 {action} failed: {code} {error.get('Message', '')}".rstrip()) from None
+    except NoCredentialsError:
+        raise StorageError(f"{uri}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
+    except BotoCoreError as exc:  # unreachable endpoint, timeouts: the message names the endpoint, no secrets
+        raise StorageError(f"{uri}: S3 {action} failed: {exc}") from None
+
+
+@lru_cache(maxsize=4)
+def _client_for(endpoint: str | None, region: str, access_key: str | None) -> Any:
+    import boto3  # imported on first S3 use: file:// users do not pay its import time
+    from botocore.config import Config
+
+    # S3-compatible servers behind a custom endpoint rarely resolve bucket.host names: use path style.
+    config = Config(s3={"addressing_style": "path"} if endpoint else {},
+                    retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
+
+
+def _s3_client() -> Any:
+    # Keyed by the environment so that a changed endpoint or key (tests, rotation) gets a new client.
+    return _client_for(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                       os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+                       os.environ.get("AWS_ACCESS_KEY_ID"))
+
+
+_FILE, _S3 = FileBackend(), S3Backend()
+
+
+def backend_for(uri: StorageUri) -> Backend:
+    return _S3 if uri.scheme == "s3" else _FILE
+
+
+def read_object(uri: str, *, field: str = "uri") -> bytes:
+    """The bytes of one object (a dataset, a file): s3://bucket/key, file:///path or pvc://claim/path."""
+    parsed = parse_uri(uri, field=field)
+    if not parsed.path or (parsed.scheme == "s3" and parsed.path.endswith("/")):
+        raise ObjectNotFoundError(f"{field} '{uri}' names no object")
+    return backend_for(parsed).read(parsed)

@@ -1,0 +1,123 @@
+"""The versioned artifact store: `<output>/v<N>/` holding model files and metadata.json.
+
+A version exists once its metadata.json exists. commit_version stages the files under a hidden
+`<output>/.staging/` prefix, moves them to `v<N>/`, then creates metadata.json only if it is absent
+(an exclusive create), so a reader never sees a half-written version and a committed one never changes.
+"""
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any, Mapping
+
+from .backends import Backend, backend_for
+from .errors import InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageError, VersionExistsError
+from .metadata import FILE_NAME_PATTERN, METADATA_FILE, validate_metadata
+from .uri import StorageUri, parse_uri
+
+_VERSION_KEY = re.compile(r"^v([1-9][0-9]*)/" + re.escape(METADATA_FILE) + "$")
+_VERSION_URI = re.compile(r"^(?P<base>.*)/v(?P<version>[1-9][0-9]*)/?$")
+_FILE_NAME = re.compile(FILE_NAME_PATTERN)
+
+
+class ArtifactStore:
+    """The versions below one output URI (s3://bucket/prefix, file:///abs/path, pvc://claim/path)."""
+
+    def __init__(self, base: StorageUri, backend: Backend):
+        self.base = base
+        self._backend = backend
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore('{self.base}')"
+
+    def version_uri(self, version: int) -> str:
+        return str(self._version_dir(version))
+
+    def versions(self) -> list[int]:
+        """Committed versions (those with a metadata.json), ascending."""
+        found = (_VERSION_KEY.match(key) for key in self._backend.list_keys(self.base))
+        return sorted(int(m[1]) for m in found if m)
+
+    def read_metadata(self, version: int) -> dict[str, Any]:
+        """The validated metadata.json of a committed version; ObjectNotFoundError if it is not committed."""
+        uri = self._version_dir(version).child(METADATA_FILE)
+        try:
+            data = json.loads(self._backend.read(uri))
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(f"version {version} does not exist in {self.base} (no {uri})") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidMetadataError(f"{uri} is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise InvalidMetadataError(f"{uri} is not a JSON object")
+        validate_metadata(data, source=str(uri))
+        return data
+
+    def read_file(self, version: int, name: str) -> bytes:
+        return self._backend.read(self._version_dir(version).child(_checked_name(name)))
+
+    def commit_version(self, version: int, files: Mapping[str, bytes], metadata: Mapping[str, Any]) -> str:
+        """Write a new version: files first (staged, then moved), metadata.json last. Returns its URI.
+
+        Raises VersionExistsError if the version is already committed; leftovers of an earlier failed
+        attempt at the same version (files without metadata.json) are replaced.
+        """
+        target = self._version_dir(version)
+        parsed = validate_metadata(dict(metadata), source=f"metadata of {target}")
+        if parsed.version != version:
+            raise InvalidMetadataError(f"metadata.version {parsed.version} differs from the version {version} "
+                                       f"being committed")
+        for name in files:
+            _checked_name(name)
+        if METADATA_FILE in files:
+            raise ValueError(f"{METADATA_FILE} is written by commit_version from `metadata`, not passed in files")
+        if parsed.model.file not in files:
+            raise InvalidMetadataError(f"metadata.model.file '{parsed.model.file}' is not among the files "
+                                       f"{sorted(files)}")
+        if self._backend.exists(target.child(METADATA_FILE)):
+            raise VersionExistsError(f"version {version} already exists at {target}; versions are immutable")
+
+        staging = self.base.child(".staging", f"v{version}-{uuid.uuid4().hex[:12]}")
+        try:
+            for name, data in files.items():
+                self._backend.write(staging.child(name), data)
+            for name in files:
+                self._backend.move(staging.child(name), target.child(name))
+            body = json.dumps(metadata, indent=2, sort_keys=False, allow_nan=False).encode() + b"\n"
+            try:
+                self._backend.write_new(target.child(METADATA_FILE), body)
+            except VersionExistsError:
+                raise VersionExistsError(f"version {version} already exists at {target}; versions are "
+                                         f"immutable") from None
+        finally:
+            try:
+                self._backend.delete_tree(staging)
+            except StorageError:
+                pass  # a hidden leftover; readers never look under .staging
+        return str(target)
+
+    def _version_dir(self, version: int) -> StorageUri:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"version {version!r} is not a positive integer")
+        return self.base.child(f"v{version}")
+
+
+def _checked_name(name: str) -> str:
+    if not isinstance(name, str) or not _FILE_NAME.match(name):
+        raise ValueError(f"file name {name!r} is not a plain file name (letters, digits, . _ -)")
+    return name
+
+
+def open_store(uri: str, *, field: str = "uri") -> ArtifactStore:
+    """The store of an output URI; InvalidUriError names `field` and the bad value."""
+    base = parse_uri(uri, field=field)
+    return ArtifactStore(base, backend_for(base))
+
+
+def split_version_uri(version_uri: str) -> tuple[ArtifactStore, int]:
+    """`<output>/v<N>` -> (store of <output>, N)."""
+    parse_uri(version_uri)
+    match = _VERSION_URI.match(version_uri)
+    if not match:
+        raise InvalidUriError(f"uri '{version_uri}' is not a version URI; expected <output>/v<N>, e.g. s3://bucket/models/v3")
+    return open_store(match["base"]), int(match["version"])

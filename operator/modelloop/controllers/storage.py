@@ -1,0 +1,43 @@
+"""The controllers' access to artifact stores, with the credentials of the resource's Secret.
+
+Credentials are read from the Secret named in spec.storage.secretRef and handed to the store
+object only; they are never logged, put in events or in status.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any, Mapping
+
+from .. import kube
+from ..api.common import StorageSpec
+from ..artifacts import load_metadata_verified, open_store
+
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                   "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+class StorageAccessError(RuntimeError):
+    pass
+
+
+def credentials_from_secret(namespace: str, storage: StorageSpec | None) -> Mapping[str, str] | None:
+    if not storage or not storage.secret_ref:
+        return None
+    secret = kube.get("v1", "Secret", namespace, storage.secret_ref.name)
+    if secret is None:
+        raise StorageAccessError(f"spec.storage.secretRef: Secret '{storage.secret_ref.name}' not found in "
+                                 f"namespace {namespace}")
+    data = secret.get("data") or {}
+    return {k: base64.b64decode(v).decode() for k, v in data.items() if k in CREDENTIAL_KEYS}
+
+
+def stored_versions(output_uri: str, credentials: Mapping[str, str] | None) -> list[int]:
+    return open_store(output_uri, credentials=credentials).versions()
+
+
+def verified_metadata(output_uri: str, version: int, credentials: Mapping[str, str] | None) -> dict[str, Any]:
+    """metadata.json of a version, checked (schema, version number, model sha256): uri, metric(s), sha."""
+    store = open_store(output_uri, credentials=credentials)
+    meta = load_metadata_verified(store, version)
+    return {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": meta["metric"],
+            "sha256": meta["model"]["sha256"], "metadata": meta}

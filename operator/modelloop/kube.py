@@ -1,0 +1,191 @@
+"""The Kubernetes API as the controllers use it: one client, server-side apply, status patches, events.
+
+The controllers are level-based: they read the world, render the desired children, apply them with
+server-side apply (field manager `modelloop-operator`), and write status. Everything goes through
+the official `kubernetes` client so that the same code runs in a cluster and against the embedded
+control plane.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from .api.common import GROUP, VERSION
+from .config import FIELD_MANAGER
+
+log = logging.getLogger("modelloop.kube")
+
+# kind -> (api prefix, plural); the kinds modelloop reads or writes.
+_PATHS = {
+    ("v1", "Service"): ("/api/v1", "services"),
+    ("v1", "Pod"): ("/api/v1", "pods"),
+    ("v1", "Secret"): ("/api/v1", "secrets"),
+    ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
+    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
+    ("apps/v1", "ReplicaSet"): ("/apis/apps/v1", "replicasets"),
+    ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
+    ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
+    ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
+    (f"{GROUP}/{VERSION}", "ModelTraining"): (f"/apis/{GROUP}/{VERSION}", "modeltrainings"),
+    (f"{GROUP}/{VERSION}", "ModelDeployment"): (f"/apis/{GROUP}/{VERSION}", "modeldeployments"),
+    (f"{GROUP}/{VERSION}", "DriftMonitor"): (f"/apis/{GROUP}/{VERSION}", "driftmonitors"),
+}
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409); the caller re-reads and retries."""
+
+
+@functools.cache
+def client() -> kubernetes.client.ApiClient:
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    prefix, plural = _PATHS[(api_version, kind)]
+    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+    if name:
+        path += f"/{name}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+def _call(method: str, path: str, body: Any = None, query: list | None = None,
+          content_type: str = "application/json") -> Any:
+    c = client()
+    try:
+        data = c.call_api(path, method, query_params=query or [], header_params={
+            "Accept": "application/json", "Content-Type": content_type}, body=body,
+            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
+    except ApiException as e:
+        if e.status == 409:
+            raise Conflict(e.reason) from e
+        raise
+    raw = data.data
+    return json.loads(raw) if raw else None
+
+
+def get(api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+    """The object, or None when it does not exist."""
+    try:
+        return _call("GET", _path(api_version, kind, namespace, name))
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def list_(api_version: str, kind: str, namespace: str, label_selector: str | None = None) -> list[dict]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    return _call("GET", _path(api_version, kind, namespace), query=query)["items"]
+
+
+def apply(obj: dict, force: bool = True) -> dict:
+    """Server-side apply of a rendered child (create or converge), as field manager modelloop-operator."""
+    md = obj["metadata"]
+    return _call("PATCH", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]),
+                 body=obj, query=[("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")],
+                 content_type="application/apply-patch+yaml")
+
+
+def create(obj: dict) -> dict:
+    """Create; raises Conflict when an object of that name exists."""
+    md = obj["metadata"]
+    return _call("POST", _path(obj["apiVersion"], obj["kind"], md.get("namespace")), body=obj)
+
+
+def delete(api_version: str, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
+    try:
+        _call("DELETE", _path(api_version, kind, namespace, name),
+              body={"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation})
+        return True
+    except ApiException as e:
+        if e.status == 404:
+            return False
+        raise
+
+
+def patch(api_version: str, kind: str, namespace: str, name: str, body: dict, subresource: str | None = None,
+          merge: bool = True) -> dict:
+    ct = "application/merge-patch+json" if merge else "application/json-patch+json"
+    return _call("PATCH", _path(api_version, kind, namespace, name, subresource), body=body, content_type=ct)
+
+
+def patch_status(obj: dict, status: dict, resource_version: str | None = None) -> dict:
+    """Merge-patch the status subresource. With `resource_version`, the write fails with Conflict when
+    the object changed since it was read (optimistic concurrency, e.g. for version allocation)."""
+    body: dict[str, Any] = {"status": status}
+    if resource_version:
+        body["metadata"] = {"resourceVersion": resource_version}
+    md = obj["metadata"]
+    return patch(obj["apiVersion"], obj["kind"], md["namespace"], md["name"], body, subresource="status")
+
+
+def write_status(obj: dict, status: dict) -> bool:
+    """Write `status` (None values remove keys) when it differs from what `obj` carries; optimistic on
+    the object's resourceVersion. Returns whether a write happened: an unchanged status is not written,
+    so a controller that reacts to its own writes settles after one round."""
+    desired = {k: v for k, v in status.items() if v is not None}
+    current = obj.get("status") or {}
+    if desired == current:
+        return False
+    body = {**desired, **{k: None for k in current if k not in desired}}
+    patch_status(obj, body, resource_version=obj["metadata"]["resourceVersion"])
+    return True
+
+
+def owner_reference(owner: dict) -> dict:
+    md = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": md["name"], "uid": md["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def rfc3339(t: datetime | None = None) -> str:
+    return (t or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "Reconcile") -> None:
+    """A Kubernetes Event (events.k8s.io/v1) about `obj`; failures are logged, never raised."""
+    md = obj["metadata"]
+    t = datetime.now(timezone.utc)
+    event = {
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"generateName": f"{md['name']}.", "namespace": md["namespace"]},
+        "eventTime": t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "reportingController": "modelloop.dev/operator", "reportingInstance": "modelloop-operator",
+        "action": action, "reason": reason, "type": type_, "note": message[:1024],
+        "regarding": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": md["name"],
+                      "namespace": md["namespace"], "uid": md["uid"]},
+    }
+    try:
+        _call("POST", f"/apis/events.k8s.io/v1/namespaces/{md['namespace']}/events", body=event)
+    except Exception as e:  # noqa: BLE001 - an event is best effort
+        log.warning("event=failed reason=%s error=%s", reason, e)
+
+
+_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def object_lock(kind: str, namespace: str, name: str) -> threading.Lock:
+    """One lock per object: reconciles of one resource, triggered from its own events and from its
+    children's, never run at the same time."""
+    with _locks_guard:
+        return _locks.setdefault((kind, namespace, name), threading.Lock())

@@ -1,0 +1,59 @@
+"""`modelloop-operator`: the one operator process that owns the three kinds (kopf under the hood).
+
+All handlers are registered by importing modelloop.controllers; start-up settings live here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+import kopf
+import prometheus_client
+
+from .config import SETTINGS
+
+log = logging.getLogger("modelloop")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Our handlers are event/timer handlers that write their own status and Events; kopf's own
+    # per-handler Events would only add noise, so it posts warnings and errors only.
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = int(os.environ.get("MODELLOOP_WORKERS", "16"))
+    settings.batching.worker_limit = 64
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="modelloop-operator", description=__doc__)
+    parser.add_argument("-n", "--namespace", action="append", default=[],
+                        help="namespace to watch (repeatable); default all namespaces")
+    parser.add_argument("--metrics-port", type=int, default=SETTINGS.metrics_port,
+                        help="port of the Prometheus /metrics endpoint (0 disables)")
+    parser.add_argument("--liveness", default=os.environ.get("MODELLOOP_LIVENESS", "http://0.0.0.0:8081/healthz"),
+                        help="kopf liveness endpoint URL ('' disables)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    for noisy in ("kubernetes.client.rest", "urllib3", "botocore", "boto3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port)
+        log.info("metrics=serving port=%d", args.metrics_port)
+
+    from . import controllers  # noqa: F401 - registers every handler
+
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
+    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,
+             liveness_endpoint=args.liveness or None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Prometheus metrics of the operator, served on --metrics-port. One place for every name; the
+chart's alert rules (charts/modelloop/templates/prometheusrule.yaml) use these names."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+TRAINING_RUNS = Counter("modelloop_training_runs_total", "Training runs that finished, by result.",
+                        ["namespace", "training", "result"])
+TRAINING_LATEST_VERSION = Gauge("modelloop_training_latest_version", "Latest good version of a ModelTraining.",
+                                ["namespace", "training"])
+DEPLOYMENT_VERSION = Gauge("modelloop_deployment_model_version", "Model version a ModelDeployment serves.",
+                           ["namespace", "deployment"])
+ROLLBACKS = Counter("modelloop_deployment_rollbacks_total", "Rollouts rolled back after their progress deadline.",
+                    ["namespace", "deployment"])
+PROMOTIONS = Counter("modelloop_deployment_promotions_total", "New versions promoted, or held back, by outcome.",
+                     ["namespace", "deployment", "outcome"])
+DRIFT_SCORE = Gauge("modelloop_drift_score", "Drift score of a feature in the last window.",
+                    ["namespace", "monitor", "feature", "test"])
+DRIFT_DATASET = Gauge("modelloop_drift_dataset_drift", "1 when the last window drifted as a whole, else 0.",
+                      ["namespace", "monitor"])
+DRIFT_SHARE = Gauge("modelloop_drift_share", "Share of drifted features in the last window.", ["namespace", "monitor"])
+DRIFT_SAMPLES = Gauge("modelloop_drift_window_samples", "Rows in the last window.", ["namespace", "monitor"])
+DRIFT_RETRAINS = Counter("modelloop_drift_retrains_total", "Retrain requests made by a DriftMonitor.",
+                         ["namespace", "monitor"])
+DRIFT_CHECK_ERRORS = Counter("modelloop_drift_check_errors_total", "Drift checks that could not complete, by reason.",
+                             ["namespace", "monitor", "reason"])

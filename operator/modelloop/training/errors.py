@@ -1,0 +1,61 @@
+"""Why a training run failed: one exception per reason, each with the trainer's exit code.
+
+The CLI writes `<Reason>: <message>` (one line) to the termination-message file and exits with the
+code, so the controller can show the message and tell the reasons apart without parsing it.
+"""
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """A failure the user can act on; the message names the field or data at fault."""
+
+    reason = "TrainingFailed"
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # one line, whatever the cause said
+
+    @property
+    def termination_message(self) -> str:
+        return f"{self.reason}: {self}"
+
+
+class SpecError(TrainingError):
+    """The spec (or the command line) is invalid: disallowed estimator, unknown params, bad metric."""
+
+    reason, exit_code = "InvalidSpec", 2
+
+
+class DatasetUnreadableError(TrainingError):
+    """The dataset could not be fetched or parsed."""
+
+    reason, exit_code = "DatasetUnreadable", 3
+
+
+class DatasetInvalidError(TrainingError):
+    """The dataset was read but does not fit the spec: missing columns, unusable types, too few rows."""
+
+    reason, exit_code = "DatasetInvalid", 4
+
+
+class FitError(TrainingError):
+    """Fitting, evaluating or serialising the model failed."""
+
+    reason, exit_code = "FitFailed", 5
+
+
+class VersionExistsError(TrainingError):
+    """The version this run was given is already committed; versions are immutable."""
+
+    reason, exit_code = "VersionExists", 6
+
+
+class OutputError(TrainingError):
+    """The output store could not be read or written."""
+
+    reason, exit_code = "OutputFailed", 7
+
+
+INTERNAL_ERROR_EXIT_CODE = 1
+EXIT_CODES = {cls.reason: cls.exit_code for cls in (
+    SpecError, DatasetUnreadableError, DatasetInvalidError, FitError, VersionExistsError, OutputError)}

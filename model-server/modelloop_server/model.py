@@ -64,13 +64,17 @@ class ServedModel:
 
     def example_rows(self) -> Rows:
         """Three plausible rows: the lowest, middle and highest reference bin edge of each numeric feature,
-        the reference categories in turn for categorical ones."""
+        the learned categories in turn for categorical ones."""
         reference = {f["name"]: f for f in (self.metadata.get("reference") or {}).get("features", [])}
+        learned = {f["name"]: f.get("categories") for f in self.metadata["schema"]["features"]}
         columns: dict[str, list[Any]] = {}
         for feature in self.schema.features:
             ref = reference.get(feature.name, {})
             if feature.categorical:
-                categories = [str(c) for c in ref.get("categories") or []] or [None]
+                categories = list(learned.get(feature.name) or ref.get("categories") or [])
+                if not feature.text:
+                    categories = [c for c in categories if isinstance(c, (bool, int, float))]
+                categories = categories or [None]
                 columns[feature.name] = [categories[i % len(categories)] for i in range(3)]
             else:
                 edges = [float(e) for e in ref.get("edges") or []] or [0.0]

@@ -1,10 +1,12 @@
 """The model's feature schema (metadata.json `schema.features`) and the conversion of request values into
 the rows a prediction call takes.
 
+A feature is text when it is categorical with dtype "string"; every other feature (numeric, bool, or a
+categorical with numeric or bool dtype) is a number, which the trainer's encoder compares numerically.
 Rows are kept in one of two forms, chosen once per model:
-- dense: a float64 matrix of shape [n, n_features] in schema order, when every feature is numeric;
+- dense: a float64 matrix of shape [n, n_features] in schema order, when no feature is text;
 - columns: a dict feature name -> 1-D array (float64 for numbers, object holding str or None for
-  categorical features), when some feature is categorical.
+  text), when some feature is text.
 Both merge by concatenation, so a batch of requests is one prediction call.
 """
 from __future__ import annotations
@@ -26,6 +28,19 @@ class Feature:
     dtype: str
     categorical: bool
 
+    @property
+    def text(self) -> bool:
+        return self.categorical and self.dtype != "bool" and not self.dtype.startswith(("int", "uint", "float"))
+
+    @property
+    def datatype(self) -> str:
+        """The V2 datatype a client sends for this feature (any numeric datatype is accepted for numbers)."""
+        if self.text:
+            return "BYTES"
+        if self.dtype == "bool":
+            return "BOOL"
+        return "INT64" if self.dtype.startswith(("int", "uint")) else "FP64"
+
 
 class InputSchema:
     """What a prediction call expects: the features in training order and which are categorical."""
@@ -36,7 +51,7 @@ class InputSchema:
         self.features = tuple(features)
         self.names = tuple(f.name for f in self.features)
         self.by_name = {f.name: f for f in self.features}
-        self.dense = not any(f.categorical for f in self.features)
+        self.dense = not any(f.text for f in self.features)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> InputSchema:
@@ -49,8 +64,8 @@ class InputSchema:
     def rows_from_matrix(self, values: Any, what: str) -> np.ndarray:
         """A [n, n_features] matrix of numbers (only for an all-numeric schema)."""
         if not self.dense:
-            categorical = ", ".join(f.name for f in self.features if f.categorical)
-            raise bad_request(f"{what}: the model has categorical features ({categorical}), so rows cannot be "
+            text = ", ".join(f.name for f in self.features if f.text)
+            raise bad_request(f"{what}: the model has text features ({text}), so rows cannot be "
                               f"one numeric matrix; send one input per feature, named {', '.join(self.names)}")
         matrix = numeric_array(values, what)
         if matrix.ndim != 2 or matrix.shape[1] != len(self.names):
@@ -73,8 +88,8 @@ class InputSchema:
         for feature in self.features:
             values = columns[feature.name]
             where = f"{what} feature {feature.name!r}"
-            if feature.categorical:
-                array = categorical_array(values, where)
+            if feature.text:
+                array = text_array(values, where)
             else:
                 array = numeric_array(values, where)
                 if array.ndim == 2 and array.shape[1] == 1:
@@ -160,7 +175,7 @@ def numeric_array(values: Any, what: str) -> np.ndarray:
     raise bad_request(f"{what} must hold numbers; found values of type {array.dtype}")
 
 
-def categorical_array(values: Any, what: str) -> np.ndarray:
+def text_array(values: Any, what: str) -> np.ndarray:
     """A 1-D object array of str or None (None, NaN and "" are missing, numbers become their text)."""
     if isinstance(values, np.ndarray):
         values = values.tolist()

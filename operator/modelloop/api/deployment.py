@@ -118,6 +118,9 @@ class ModelDeploymentStatus(ApiModel):
     previous_version: int | None = Field(default=None, description="Version served before the current one.")
     last_available_version: int | None = Field(default=None, description=(
         "Newest version that became Available; rollbacks return to it."))
+    last_available_uri: str | None = Field(default=None, description="Artifact URI of lastAvailableVersion.")
+    failed_versions: list[int] | None = Field(default=None, description=(
+        "Versions whose rollout missed its progress deadline; they are not promoted again unless pinned."))
     candidate_version: int | None = Field(default=None, description=(
         "Newest version of the training not (yet) promoted, when one is held back."))
     promotion_message: str | None = Field(default=None, description="Why the candidate was not promoted.")

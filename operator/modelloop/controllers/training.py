@@ -18,7 +18,8 @@ from ..api.training import RETRAIN_ANNOTATION, ModelTrainingSpec
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..render.training import LABEL_TRAINING, effective_spec, job_name, render_job
 from ..status import Cond, changed_conditions, merge_conditions
-from ..training.estimators import EstimatorError, build_estimator
+from ..training.errors import SpecError
+from ..training.estimator import build_estimator
 from . import storage
 
 log = logging.getLogger("modelloop.training")
@@ -230,7 +231,7 @@ def _validate_estimator(spec: ModelTrainingSpec) -> str | None:
     """Construct the estimator before any Job starts: a bad class or parameter is reported at once."""
     try:
         build_estimator(spec.estimator.class_name, spec.estimator.params or {})
-    except EstimatorError as e:
+    except SpecError as e:
         return str(e)
     return None
 

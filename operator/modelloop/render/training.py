@@ -12,9 +12,11 @@ from . import pods
 LABEL_TRAINING = "modelloop.dev/training"
 LABEL_VERSION = "modelloop.dev/version"
 ANNOTATION_TRIGGER = "modelloop.dev/trigger"
-# Trainer exit codes that mean "the input is wrong": retrying the pod cannot help (see
-# modelloop.training.cli); the Job fails at once instead of spending its backoffLimit.
-USER_ERROR_EXIT_CODES = [2, 3, 4, 5, 6]
+# Trainer exit codes that mean "the input is wrong" (invalid spec, invalid dataset, fit failed,
+# version exists; see modelloop.training.errors): retrying the pod cannot help, so the Job fails at
+# once instead of spending its backoffLimit. Unreadable data (3) and output errors (7) may be
+# transient and are retried.
+USER_ERROR_EXIT_CODES = [2, 4, 5, 6]
 
 
 def job_name(training: str, version: int) -> str:

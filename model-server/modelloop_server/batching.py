@@ -1,0 +1,156 @@
+"""Adaptive batching: concurrent requests are merged into one prediction call, run on one worker thread
+so that the event loop keeps answering health checks and metrics while a model predicts.
+
+How a batch forms:
+- While the worker is busy, arriving requests queue. When it frees, it takes the queued requests in
+  arrival order, up to `max_batch_size` rows (the batch size follows the load by itself).
+- When the worker is idle and the queue holds fewer than `max_batch_size` rows, the batch stays open
+  until it is full or its oldest request has waited `max_wait` seconds (0: never wait).
+- A request larger than `max_batch_size` rows runs alone; requests are never split.
+
+One worker thread, not a pool: scikit-learn's predict holds the GIL for much of its work, so a second
+thread would mostly contend with the event loop, and one thread keeps the model free of concurrent calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's rows waiting for, or in, a prediction call."""
+
+    rows: Any
+    count: int
+    proba: bool
+    future: asyncio.Future = field(repr=False)
+    arrived: float = 0.0
+
+
+# Runs on the worker thread. Calls `deliver` with one result (or exception) per job, in order, as soon as
+# the predictions exist, and may then do bookkeeping (sketches, metrics) outside the requests' latency.
+Deliver = Callable[[Sequence[Any]], None]
+RunBatch = Callable[[Sequence[Job], Deliver], None]
+
+
+class Batcher:
+    def __init__(self, *, max_batch_size: int, max_wait: float, run: RunBatch | None = None) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait
+        self.run = run
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
+        self._queue: deque[Job] = deque()
+        self._queued_rows = 0
+        self._wakeup: asyncio.Future | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._dispatch(), name="batcher")
+
+    async def submit(self, rows: Any, count: int, *, proba: bool = False) -> Any:
+        """Queue `count` rows for prediction and wait for their result."""
+        loop = self._loop
+        assert loop is not None and self.run is not None, "Batcher.start() and .run come first"
+        job = Job(rows, count, proba, loop.create_future(), loop.time())
+        self._queue.append(job)
+        self._queued_rows += count
+        self._wake()
+        return await job.future
+
+    async def close(self) -> None:
+        """Stop dispatching (after the queue is empty, when the server drained) and free the worker."""
+        while self._queue:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.executor.shutdown(wait=True)
+
+    # -- on the event loop --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _sleep_until_woken(self, timeout: float | None) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._wakeup = loop.create_future()
+        timer = loop.call_later(timeout, self._wake) if timeout is not None else None
+        try:
+            await self._wakeup
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _dispatch(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        while True:
+            if not self._queue:
+                await self._sleep_until_woken(None)
+                continue
+            if self.max_wait > 0:
+                deadline = self._queue[0].arrived + self.max_wait
+                while self._queued_rows < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                    await self._sleep_until_woken(left)
+            jobs = self._take()
+            try:
+                await loop.run_in_executor(self.executor, self._run_on_worker, jobs)
+            except RuntimeError:  # executor shut down under us: only during process exit
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("the server is shutting down"))
+                raise
+
+    def _take(self) -> list[Job]:
+        jobs = [self._queue.popleft()]
+        rows = jobs[0].count
+        while self._queue and rows + self._queue[0].count <= self.max_batch_size:
+            job = self._queue.popleft()
+            jobs.append(job)
+            rows += job.count
+        self._queued_rows -= rows
+        return jobs
+
+    @staticmethod
+    def _resolve(jobs: Sequence[Job], results: Sequence[Any]) -> None:
+        for job, result in zip(jobs, results):
+            if job.future.done():  # the request was cancelled meanwhile
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
+    # -- on the worker thread -----------------------------------------------------------------------
+
+    def _run_on_worker(self, jobs: list[Job]) -> None:
+        loop, run = self._loop, self.run
+        assert loop is not None and run is not None
+        delivered = False
+
+        def deliver(results: Sequence[Any]) -> None:
+            nonlocal delivered
+            delivered = True
+            loop.call_soon_threadsafe(self._resolve, jobs, results)
+
+        try:
+            run(jobs, deliver)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting requests; the batcher keeps going
+            if not delivered:
+                deliver([exc] * len(jobs))
+            else:
+                log.exception("batch.bookkeeping-failed")

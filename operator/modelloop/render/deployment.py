@@ -1,0 +1,133 @@
+"""ModelDeployment → its children: Deployment, Service, HPA (with autoscaling), PDB (more than one
+replica). Pure functions of the resource and the model version it serves."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..api.deployment import SERVER_PORT, ModelDeploymentSpec
+from ..config import SETTINGS, Settings
+from ..kube import owner_reference
+from . import pods
+
+LABEL_DEPLOYMENT = "modelloop.dev/deployment"
+ANNOTATION_VERSION = "modelloop.dev/model-version"
+ANNOTATION_SHA256 = "modelloop.dev/model-sha256"
+ANNOTATION_URI = "modelloop.dev/model-uri"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The version a Deployment's pods load."""
+
+    version: int
+    uri: str
+    sha256: str
+
+
+def selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "modelloop-server", LABEL_DEPLOYMENT: name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector(name).items())
+
+
+def url(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc.cluster.local:{SERVER_PORT}/v2/models/{name}"
+
+
+def _meta(owner: dict, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": owner["metadata"]["namespace"], "labels": labels,
+            "ownerReferences": [owner_reference(owner)]}
+
+
+def desired_replicas(spec: ModelDeploymentSpec) -> int:
+    return spec.autoscaling.min_replicas if spec.autoscaling else (1 if spec.replicas is None else spec.replicas)
+
+
+def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel,
+                      settings: Settings = SETTINGS) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    labels = {**pods.common_labels("server", name), **selector(name)}
+    claims = pods.pvc_claims([model.uri])
+    volumes, mounts = pods.volumes_and_mounts(claims, settings, read_only=True)
+    s = spec.server
+    container: dict[str, Any] = {
+        "name": "server",
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["modelloop-serve"],
+        "args": ["--model-uri", model.uri, "--model-name", name, "--port", str(SERVER_PORT),
+                 "--max-batch-size", str(s.max_batch_size), "--max-batch-wait-ms", f"{s.max_batch_wait_ms:g}",
+                 "--max-body-bytes", str(s.max_body_bytes)],
+        "env": [*pods.base_env(settings), {"name": "MODELLOOP_MODEL_SHA256", "value": model.sha256}],
+        "envFrom": pods.storage_env_from(spec.storage),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 3},
+        "resources": pods.resources(spec.resources),
+        "securityContext": pods.container_security_context(),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_meta: dict[str, Any] = {
+        "labels": dict(labels),
+        # The served version is part of the pod template: a new version is a rolling update.
+        "annotations": {ANNOTATION_VERSION: str(model.version), ANNOTATION_SHA256: model.sha256,
+                        ANNOTATION_URI: model.uri, "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(SERVER_PORT), "prometheus.io/path": "/metrics"},
+    }
+    pod_spec: dict[str, Any] = {
+        "securityContext": pods.pod_security_context(settings),
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    pods.apply_overrides(pod_spec, pod_meta, container, spec.pod_template)
+    deployment_spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector(name)},
+        "strategy": {"type": "RollingUpdate",
+                     "rollingUpdate": {"maxUnavailable": 0, "maxSurge": spec.rollout.max_surge}},
+        "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+        "revisionHistoryLimit": 5,
+        "template": {"metadata": pod_meta, "spec": pod_spec},
+    }
+    if not spec.autoscaling:  # with an HPA, replicas belong to the HPA: we do not manage the field
+        deployment_spec["replicas"] = desired_replicas(spec)
+    meta = _meta(owner, name, labels)
+    meta["annotations"] = {ANNOTATION_VERSION: str(model.version)}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
+
+
+def render_service(owner: dict) -> dict[str, Any]:
+    name = owner["metadata"]["name"]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(owner, name, {**pods.common_labels("server", name), **selector(name)}),
+            "spec": {"type": "ClusterIP", "selector": selector(name),
+                     "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http", "protocol": "TCP"}]}}
+
+
+def render_hpa(owner: dict, spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    if not spec.autoscaling:
+        return None
+    name, a = owner["metadata"]["name"], spec.autoscaling
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": _meta(owner, name, pods.common_labels("server", name)),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "minReplicas": a.min_replicas, "maxReplicas": a.max_replicas,
+                     "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                         "type": "Utilization", "averageUtilization": a.target_cpu_utilization_percentage}}}]}}
+
+
+def render_pdb(owner: dict, spec: ModelDeploymentSpec) -> dict[str, Any] | None:
+    most = spec.autoscaling.max_replicas if spec.autoscaling else desired_replicas(spec)
+    if most <= 1:
+        return None
+    name = owner["metadata"]["name"]
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _meta(owner, name, pods.common_labels("server", name)),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}}

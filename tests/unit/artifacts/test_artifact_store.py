@@ -1,0 +1,159 @@
+"""The versioned store: <output>/v<N>/ files + metadata.json, committed last, never overwritten."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modelloop.artifacts import (
+    ArtifactStore, InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageUri, VersionExistsError, open_store,
+    parse_uri, read_object, validate_metadata,
+)
+from modelloop.artifacts.backends import backend_for
+
+MODEL = b"model bytes v1"
+
+
+def test_parse_uri_understands_s3_file_and_pvc() -> None:
+    assert parse_uri("s3://my-bucket/models/iris/") == StorageUri("s3", "my-bucket", "models/iris")
+    assert parse_uri("file:///var/data/x.csv") == StorageUri("file", "", "/var/data/x.csv")
+    assert parse_uri("pvc://claim-1/sub/path") == StorageUri("pvc", "claim-1", "sub/path")
+    assert str(parse_uri("s3://my-bucket/models").child("v3")) == "s3://my-bucket/models/v3"
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("ftp://x", "uri 'ftp://x' has scheme 'ftp'; allowed: s3, file, pvc"),
+    ("/tmp/x.csv", "has no scheme"),
+    ("file://relative/x", "is not absolute"),
+    ("s3://Bad_Bucket/x", "invalid bucket name 'Bad_Bucket'"),
+    ("pvc://claim/../etc", "'..' path segments"),
+])
+def test_parse_uri_names_the_bad_value_and_what_is_allowed(uri: str, message: str) -> None:
+    with pytest.raises(InvalidUriError, match="^uri .*" if message.startswith("uri") else None) as err:
+        parse_uri(uri)
+    assert message in str(err.value)
+
+
+def test_pvc_uri_resolves_under_the_pvc_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MODELLOOP_PVC_ROOT", str(tmp_path))
+    assert parse_uri("pvc://data/train/x.csv").local_path() == tmp_path / "data" / "train" / "x.csv"
+    monkeypatch.delenv("MODELLOOP_PVC_ROOT")
+    assert parse_uri("pvc://data/x.csv").local_path() == Path("/var/lib/modelloop/pvc/data/x.csv")
+
+
+def test_committed_version_reads_back_with_its_files_and_metadata(output_uri: str, make_metadata) -> None:
+    store = open_store(output_uri)
+    assert store.versions() == []
+    uri = store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+
+    assert uri == store.version_uri(1) == f"{output_uri}/v1"
+    assert store.versions() == [1]
+    assert store.read_file(1, "model.skops") == MODEL
+    assert store.read_metadata(1) == make_metadata(1, MODEL)
+
+
+def test_existing_version_is_refused_and_left_untouched(output_uri: str, make_metadata) -> None:
+    store = open_store(output_uri)
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+    other = b"another model"
+    with pytest.raises(VersionExistsError, match="version 1 already exists"):
+        store.commit_version(1, {"model.skops": other}, make_metadata(1, other))
+
+    assert store.read_file(1, "model.skops") == MODEL
+    assert store.read_metadata(1)["model"]["size"] == len(MODEL)
+
+
+def test_a_second_version_leaves_the_first_byte_identical(output_uri: str, make_metadata) -> None:
+    store = open_store(output_uri)
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+    before = (store.read_file(1, "model.skops"), store.read_file(1, "metadata.json"))
+    store.commit_version(2, {"model.skops": b"v2"}, make_metadata(2, b"v2"))
+
+    assert store.versions() == [1, 2]
+    assert (store.read_file(1, "model.skops"), store.read_file(1, "metadata.json")) == before
+
+
+def test_files_without_metadata_are_not_a_version_and_a_retry_can_commit_it(output_uri: str, make_metadata) -> None:
+    store = open_store(output_uri)
+    # what a run killed between moving its files and writing metadata.json leaves behind
+    backend_for(store.base).write(store.base.child("v1", "model.skops"), b"half of a dead run")
+    assert store.versions() == []
+    with pytest.raises(ObjectNotFoundError, match="version 1 does not exist"):
+        store.read_metadata(1)
+
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+    assert store.versions() == [1]
+    assert store.read_file(1, "model.skops") == MODEL
+
+
+class RecordingBackend:
+    """A backend that notes each write/move/create before doing it."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+        if name not in ("write", "move", "write_new"):
+            return method
+
+        def recorded(*args):
+            self.calls.append(" ".join([name, *(str(a) for a in args if isinstance(a, StorageUri))]))
+            return method(*args)
+        return recorded
+
+
+def test_commit_stages_files_then_moves_them_then_creates_metadata_last(output_uri: str, make_metadata) -> None:
+    base = parse_uri(output_uri)
+    backend = RecordingBackend(backend_for(base))
+    ArtifactStore(base, backend).commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+
+    staged = f"{output_uri}/.staging/"
+    assert [c.split(" ")[0] for c in backend.calls] == ["write", "move", "write_new"]
+    assert backend.calls[0].startswith(f"write {staged}") and backend.calls[0].endswith("/model.skops")
+    assert backend.calls[1].endswith(f" {output_uri}/v1/model.skops")
+    assert backend.calls[2] == f"write_new {output_uri}/v1/metadata.json"
+    assert sorted(backend.list_keys(base)) == ["v1/metadata.json", "v1/model.skops"]  # staging cleaned up
+
+
+def test_commit_refuses_metadata_that_does_not_describe_the_version(output_uri: str, make_metadata) -> None:
+    store = open_store(output_uri)
+    with pytest.raises(InvalidMetadataError, match="metadata.version 2 differs from the version 1"):
+        store.commit_version(1, {"model.skops": MODEL}, make_metadata(2, MODEL))
+    with pytest.raises(InvalidMetadataError, match="model.sha256"):
+        store.commit_version(1, {"model.skops": MODEL}, {**make_metadata(1, MODEL), "model": {"sha256": "x", "size": 1}})
+    assert store.versions() == []
+
+
+def test_file_names_cannot_escape_the_version_folder(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path}")
+    with pytest.raises(ValueError, match="not a plain file name"):
+        store.read_file(1, "../../etc/passwd")
+
+
+def test_invalid_metadata_names_each_bad_field(make_metadata) -> None:
+    bad = make_metadata(1, MODEL)
+    bad["task"] = "clustering"
+    del bad["dataset"]["sha256"]
+    with pytest.raises(InvalidMetadataError) as err:
+        validate_metadata(bad)
+    assert "task:" in str(err.value) and "dataset.sha256: Field required" in str(err.value)
+
+
+def test_read_object_reads_single_files_from_each_store(tmp_path: Path, s3) -> None:
+    (tmp_path / "d.csv").write_bytes(b"a,b\n1,2\n")
+    assert read_object(f"file://{tmp_path}/d.csv") == b"a,b\n1,2\n"
+    assert read_object(s3.put("data/d.csv", b"x")) == b"x"
+    with pytest.raises(ObjectNotFoundError, match=f"s3://{s3.name}/data/missing.csv: not found"):
+        read_object(s3.uri("data/missing.csv"))
+    with pytest.raises(ObjectNotFoundError, match="bucket 'no-such-bucket' does not exist"):
+        read_object("s3://no-such-bucket/x.csv")
+
+
+def test_metadata_json_is_plain_camel_case_json(tmp_path: Path, make_metadata) -> None:
+    store = open_store(f"file://{tmp_path}")
+    store.commit_version(3, {"model.skops": MODEL}, make_metadata(3, MODEL))
+    on_disk = json.loads((tmp_path / "v3" / "metadata.json").read_text())
+    assert on_disk["predictionReference"]["format"] == "modelloop.sketch/v1"
+    assert on_disk["model"]["trustedTypes"] == []

@@ -1,0 +1,153 @@
+"""Rendering children is a pure function of the spec: the specs every pod must carry."""
+import json
+
+import yaml
+
+from modelloop.api import ModelDeploymentSpec, ModelTrainingSpec
+from modelloop.controllers.deployment import rollout_state
+from modelloop.controllers.training import job_failure_message, job_outcome, next_version, wanted_trigger
+from modelloop.render.deployment import ServedModel, render_deployment, render_hpa, render_pdb, render_service
+from modelloop.render.training import effective_spec, job_name, render_job
+from tests.fixtures.cluster import ROOT
+
+EXAMPLES = {d["kind"]: d for p in (ROOT / "examples").glob("*.yaml") for d in yaml.safe_load_all(p.read_text()) if d}
+OWNER = {"apiVersion": "modelloop.dev/v1alpha1", "kind": "X",
+         "metadata": {"name": "churn", "namespace": "ml", "uid": "u-1", "generation": 4}}
+
+
+def training_spec(**over):
+    spec = {**EXAMPLES["ModelTraining"]["spec"], **over}
+    return ModelTrainingSpec.model_validate(spec)
+
+
+def test_job_has_deterministic_name_owner_labels_and_limits():
+    job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 3, "RetrainRequested")
+    assert job["metadata"]["name"] == job_name("churn", 3) == "churn-v3"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert job["metadata"]["labels"]["modelloop.dev/training"] == "churn"
+    assert job["metadata"]["labels"]["modelloop.dev/version"] == "3"
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 1800
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"] == ["--version", "3"]
+    assert c["envFrom"] == [{"secretRef": {"name": "modelloop-s3"}}]
+    assert c["resources"]["limits"]["memory"] == "2Gi"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert json.loads(env["MODELLOOP_TRAINING_SPEC"])["dataset"]["uri"] == "s3://modelloop-demo/churn.csv"
+    assert env["MODELLOOP_TRAINING_GENERATION"] == "4"
+
+
+def test_every_pod_runs_as_non_root_with_a_read_only_root_filesystem():
+    job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
+    dep = render_deployment({**OWNER, "kind": "ModelDeployment"},
+                            ModelDeploymentSpec.model_validate(EXAMPLES["ModelDeployment"]["spec"]),
+                            ServedModel(2, "s3://b/m/v2", "ab" * 32))
+    for pod in (job["spec"]["template"]["spec"], dep["spec"]["template"]["spec"]):
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        c = pod["containers"][0]
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+        assert pod["automountServiceAccountToken"] is False
+
+
+def test_no_credentials_are_rendered_into_pod_specs():
+    job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
+    text = json.dumps(job)
+    assert "demo-secret" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+
+
+def test_pvc_uris_mount_their_claims():
+    spec = training_spec(dataset={"uri": "pvc://data/churn.csv", "target": "churned"},
+                         output={"uri": "pvc://models/churn"})
+    pod = render_job({**OWNER, "kind": "ModelTraining"}, spec, 1, "Created")["spec"]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["data", "models"]
+    mounts = [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]]
+    assert "/var/lib/modelloop/pvc/data" in mounts and "/var/lib/modelloop/pvc/models" in mounts
+
+
+def test_retrain_with_fresh_data_changes_only_the_dataset_uri():
+    spec = training_spec()
+    fresh = effective_spec(spec, "s3://b/fresh.csv")
+    assert fresh.dataset.uri == "s3://b/fresh.csv" and fresh.dataset.target == spec.dataset.target
+    assert effective_spec(spec, None) is spec
+
+
+def test_pod_template_overrides_apply_without_breaking_selectors():
+    spec = training_spec(podTemplate={"labels": {"modelloop.dev/training": "evil", "team": "ml"},
+                                      "nodeSelector": {"type": "kwok"},
+                                      "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}]})
+    job = render_job({**OWNER, "kind": "ModelTraining"}, spec, 1, "Created")
+    t = job["spec"]["template"]
+    assert t["metadata"]["labels"]["modelloop.dev/training"] == "churn"
+    assert t["metadata"]["labels"]["team"] == "ml"
+    assert t["spec"]["nodeSelector"] == {"type": "kwok"}
+
+
+def test_deployment_carries_version_in_pod_template_and_never_reduces_availability():
+    spec = ModelDeploymentSpec.model_validate(EXAMPLES["ModelDeployment"]["spec"])
+    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, spec, ServedModel(7, "s3://b/m/v7", "cd" * 32))
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    assert ann["modelloop.dev/model-version"] == "7" and ann["modelloop.dev/model-sha256"] == "cd" * 32
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert dep["spec"]["replicas"] == 2
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert "--model-uri" in c["args"] and "s3://b/m/v7" in c["args"]
+    assert render_pdb({**OWNER, "kind": "ModelDeployment"}, spec)["spec"]["maxUnavailable"] == 1
+    assert render_hpa({**OWNER, "kind": "ModelDeployment"}, spec) is None
+    assert render_service({**OWNER, "kind": "ModelDeployment"})["spec"]["ports"][0]["port"] == 8080
+
+
+def test_autoscaling_renders_an_hpa_and_leaves_replicas_to_it():
+    raw = {**EXAMPLES["ModelDeployment"]["spec"], "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
+    raw.pop("replicas")
+    spec = ModelDeploymentSpec.model_validate(raw)
+    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, spec, ServedModel(1, "s3://b/m/v1", "e" * 64))
+    assert "replicas" not in dep["spec"]
+    hpa = render_hpa({**OWNER, "kind": "ModelDeployment"}, spec)
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+
+
+def test_single_replica_has_no_pdb():
+    raw = {**EXAMPLES["ModelDeployment"]["spec"], "replicas": 1}
+    assert render_pdb({**OWNER, "kind": "ModelDeployment"}, ModelDeploymentSpec.model_validate(raw)) is None
+
+
+def test_run_triggers_generation_and_retrain_requests():
+    assert wanted_trigger(1, [], None, None) == "Created"
+    runs = [{"generation": 1, "result": "Succeeded"}]
+    assert wanted_trigger(1, runs, None, None) is None
+    assert wanted_trigger(2, runs, None, None) == "SpecChanged"
+    assert wanted_trigger(1, runs, "drift at 10:00", None) == "RetrainRequested"
+    assert wanted_trigger(1, runs, "drift at 10:00", "drift at 10:00") is None
+
+
+def test_versions_only_grow():
+    assert next_version({}, []) == 1
+    assert next_version({"nextVersion": 4, "latestVersion": 2}, [1, 2]) == 4
+    assert next_version({"latestVersion": 2, "runs": [{"version": 3}]}, []) == 4
+    assert next_version({}, [1, 5]) == 6  # a recreated resource writing to an output that has versions
+
+
+def test_job_outcome_and_failure_reason_from_the_termination_message():
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
+    pod = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "status": {"containerStatuses": [
+        {"state": {"terminated": {"exitCode": 4, "message": "DatasetInvalid: column 'churned' missing\n"}}}]}}
+    assert job_outcome(job) == "Failed"
+    assert job_failure_message(job, [pod]) == "exit code 4: DatasetInvalid: column 'churned' missing"
+    assert job_outcome({"status": {"conditions": [{"type": "Complete", "status": "True"}]}}) == "Succeeded"
+    assert job_outcome({"status": {}}) is None
+
+
+def test_rollout_state_reads_the_deployment_of_that_version():
+    def dep(version, **status):
+        return {"metadata": {"generation": 2}, "spec": {"replicas": 2, "template": {"metadata": {
+            "annotations": {"modelloop.dev/model-version": str(version)}}}}, "status": {"observedGeneration": 2, **status}}
+    assert rollout_state(None, 1) == "Missing"
+    assert rollout_state(dep(1, replicas=2, updatedReplicas=2, availableReplicas=2), 1) == "Available"
+    assert rollout_state(dep(1, replicas=3, updatedReplicas=2, availableReplicas=2), 1) == "Progressing"
+    assert rollout_state(dep(1, replicas=2, updatedReplicas=2, availableReplicas=2), 2) == "Progressing"
+    failed = dep(2, replicas=3, updatedReplicas=1, availableReplicas=2, conditions=[
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}])
+    assert rollout_state(failed, 2) == "Failed"

@@ -1,0 +1,189 @@
+"""train(): a spec and a dataset become a complete, checksummed, immutable model version."""
+from __future__ import annotations
+
+import hashlib
+import math
+
+import pandas as pd
+import pytest
+
+from modelloop.artifacts import ArtifactMetadata, load_model, open_store
+from modelloop.training import train
+from modelloop.training.errors import (
+    DatasetInvalidError, DatasetUnreadableError, FitError, SpecError, VersionExistsError,
+)
+
+IDENTITY = {"name": "churn", "namespace": "team-a", "uid": "0b9c-11", "generation": 3, "run": "churn-v1"}
+CONTRACT_KEYS = {"format", "version", "created", "model", "training", "dataset", "estimator", "task", "libraries",
+                 "metric", "metrics", "schema", "reference", "predictionReference"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_classifier_and_regressor_train_into_a_complete_version(place, fmt, task, churn, prices, to_bytes, spec_for):
+    frame, target = (churn, "churned") if task == "classification" else (prices, "price")
+    raw = to_bytes(frame, fmt)
+    dataset_uri = place.put(f"train.{fmt}", raw)
+    spec = spec_for(dataset_uri, target, place.output(),
+                    estimator="classifier" if task == "classification" else "regressor")
+
+    metadata = train(spec, version=1, identity=IDENTITY)
+
+    assert set(metadata) == CONTRACT_KEYS
+    ArtifactMetadata.model_validate(metadata)
+    store = open_store(place.output())
+    assert store.versions() == [1] and store.read_metadata(1) == metadata
+    model_bytes = store.read_file(1, "model.skops")
+    assert metadata["model"]["sha256"] == hashlib.sha256(model_bytes).hexdigest()
+    assert metadata["model"]["size"] == len(model_bytes)
+    assert metadata["model"]["trustedTypes"] == ["sklearn.tree._tree.Tree"]
+    assert metadata["dataset"] == {"uri": dataset_uri, "format": fmt, "sha256": hashlib.sha256(raw).hexdigest(),
+                                   "rows": len(frame)}
+    assert metadata["training"] == IDENTITY
+    assert metadata["task"] == task
+    assert metadata["estimator"]["params"] == {"n_estimators": 5, "max_depth": 4, "random_state": 7}
+    assert set(metadata["libraries"]) >= {"python", "scikit-learn", "numpy", "skops"}
+    standard = {"accuracy", "f1", "roc_auc"} if task == "classification" else {"r2", "rmse", "mae"}
+    assert set(metadata["metrics"]) == standard
+    assert metadata["metric"] == {"name": "accuracy" if task == "classification" else "r2",
+                                  "value": metadata["metrics"]["accuracy" if task == "classification" else "r2"]}
+
+    # a server builds a DataFrame with the schema's feature columns and predicts from it
+    loaded = load_model(store.version_uri(1))
+    columns = [f["name"] for f in metadata["schema"]["features"]]
+    predictions = loaded.model.predict(frame[columns].head(5))
+    assert len(predictions) == 5
+
+
+def test_schema_records_types_categories_and_classes(local, churn, to_bytes, spec_for):
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
+    schema = train(spec, version=1, identity={})["schema"]
+
+    assert schema["features"] == [
+        {"name": "tenure", "dtype": "float64", "categorical": False},
+        {"name": "spend", "dtype": "float64", "categorical": False},
+        {"name": "plan", "dtype": "string", "categorical": True, "categories": ["basic", "plus", "pro"]},
+    ]
+    assert schema["target"] == {"name": "churned", "dtype": "string", "classes": ["no", "yes"]}
+
+
+def test_reference_sketches_cover_training_features_and_validation_predictions(local, churn, to_bytes, spec_for):
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
+    metadata = train(spec, version=1, identity={})
+
+    validation_rows = math.ceil(len(churn) * 0.25)
+    reference, predicted = metadata["reference"], metadata["predictionReference"]
+    assert reference["format"] == predicted["format"] == "modelloop.sketch/v1"
+    assert reference["rows"] == len(churn) - validation_rows
+    assert [f["name"] for f in reference["features"]] == ["tenure", "spend", "plan"]
+    assert [f["kind"] for f in reference["features"]] == ["numeric", "numeric", "categorical"]
+    assert predicted["rows"] == validation_rows
+    assert [(f["name"], f["kind"]) for f in predicted["features"]] == [("churned", "categorical")]
+
+
+def test_selected_features_and_declared_categoricals_are_used(local, prices, to_bytes, spec_for):
+    spec = spec_for(local.put("p.parquet", to_bytes(prices, "parquet")), "price", local.output(),
+                    estimator="regressor", features=["rooms", "size"], categorical=["rooms"])
+    metadata = train(spec, version=1, identity={})
+
+    assert [(f["name"], f["categorical"]) for f in metadata["schema"]["features"]] == [("rooms", True), ("size", False)]
+    model = load_model(f"{local.output()}/v1").model
+    unseen_rooms = pd.DataFrame({"rooms": [99], "size": [80.0]})
+    assert model.predict(unseen_rooms).shape == (1,)  # unknown categories are ignored, not an error
+
+
+def test_chosen_metric_is_primary_and_added_to_the_standard_set(local, churn, to_bytes, spec_for):
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
+    spec["validation"]["metric"] = "log_loss"
+    metadata = train(spec, version=1, identity={})
+
+    assert metadata["metric"]["name"] == "log_loss"
+    assert set(metadata["metrics"]) == {"accuracy", "f1", "roc_auc", "log_loss"}
+
+
+def test_a_second_run_writes_v2_and_leaves_v1_byte_identical(place, churn, to_bytes, spec_for):
+    spec = spec_for(place.put("churn.csv", to_bytes(churn, "csv")), "churned", place.output())
+    train(spec, version=1, identity={"run": "churn-v1"})
+    store = open_store(place.output())
+    v1 = (store.read_file(1, "model.skops"), store.read_file(1, "metadata.json"))
+
+    spec["estimator"]["params"]["n_estimators"] = 7
+    train(spec, version=2, identity={"run": "churn-v2"})
+
+    assert store.versions() == [1, 2]
+    assert (store.read_file(1, "model.skops"), store.read_file(1, "metadata.json")) == v1
+    assert store.read_metadata(2)["estimator"]["params"]["n_estimators"] == 7
+
+
+def test_an_existing_version_is_refused_before_any_training(local, churn, to_bytes, spec_for, monkeypatch):
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
+    train(spec, version=1, identity={})
+    v1 = open_store(local.output()).read_file(1, "metadata.json")
+
+    import modelloop.training.trainer as trainer
+    monkeypatch.setattr(trainer, "read_dataset", lambda *a: pytest.fail("the dataset was read"))
+    with pytest.raises(VersionExistsError, match=r"/v1 already exists"):
+        train(spec, version=1, identity={})
+    assert open_store(local.output()).read_file(1, "metadata.json") == v1
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda s: s["dataset"].update(target="churn"), DatasetInvalidError,
+     "spec.dataset.target 'churn' is not a column of file://.*; columns: tenure, spend, plan, churned"),
+    (lambda s: s["dataset"].update(features=["tenure", "age"]), DatasetInvalidError,
+     "spec.dataset.features lists columns missing from .*: age"),
+    (lambda s: s["dataset"].update(categorical=["colour"]), DatasetInvalidError,
+     "spec.dataset.categorical lists columns that are not features: colour"),
+    (lambda s: s["estimator"].update({"class": "os.system"}), SpecError,
+     r"spec.estimator.class 'os.system' is not an allowed estimator; allowed: .*sklearn\.\*"),
+    (lambda s: s["estimator"].update({"class": "sklearn.utils.Bunch"}), SpecError,
+     "spec.estimator.class 'sklearn.utils.Bunch' is not a scikit-learn estimator class"),
+    (lambda s: s["estimator"].update({"class": "sklearn.tree._classes.DecisionTreeClassifier"}), SpecError,
+     "spec.estimator.class .* is not an allowed estimator"),
+    (lambda s: s["estimator"].update({"class": "sklearn.cluster.KMeans"}), SpecError,
+     "is neither a classifier nor a regressor"),
+    (lambda s: s["estimator"].update({"class": "sklearn.ensemble.NoSuchForest"}), SpecError,
+     "sklearn.ensemble has no class NoSuchForest"),
+    (lambda s: s["estimator"]["params"].update(n_trees=10), SpecError,
+     r"spec.estimator.params: unknown parameter\(s\) n_trees for sklearn.ensemble.RandomForestClassifier; valid: "),
+    (lambda s: s["estimator"]["params"].update(n_estimators="many"), SpecError,
+     "spec.estimator.params are invalid for .*'n_estimators' parameter"),
+    (lambda s: s["validation"].update(metric="rmse"), SpecError,
+     "spec.validation.metric 'rmse' does not apply to .*a classification estimator"),
+    (lambda s: s["output"].update(uri="ftp://host/models"), SpecError, "spec.output.uri"),
+    (lambda s: s["dataset"].update(uri=s["dataset"]["uri"] + ".missing"), DatasetUnreadableError,
+     "spec.dataset.uri: file://.*missing: no such file"),
+    (lambda s: s["dataset"].update(format="parquet"), DatasetUnreadableError, "cannot be parsed as parquet"),
+    (lambda s: s["estimator"].update({"class": "sklearn.linear_model.LinearRegression", "params": {}}),
+     DatasetInvalidError, "target column 'churned' .* has type str; a regressor needs a numeric target"),
+    (lambda s: s["estimator"].update({"class": "sklearn.linear_model.LogisticRegression",
+                                      "params": {"C": -1.0}}), SpecError, "'C' parameter"),
+])
+def test_each_invalid_input_fails_with_a_reason_naming_the_field(local, churn, to_bytes, spec_for, change, error,
+                                                                 message):
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
+    change(spec)
+    with pytest.raises(error, match=message):
+        train(spec, version=1, identity={})
+    assert open_store(local.output()).versions() == []
+
+
+def test_unusable_feature_types_are_refused_before_fitting(local, churn, to_bytes, spec_for):
+    churn["signup"] = pd.date_range("2026-01-01", periods=len(churn), freq="h")
+    spec = spec_for(local.put("churn.parquet", to_bytes(churn, "parquet")), "churned", local.output())
+    with pytest.raises(DatasetInvalidError, match=r"types a model cannot use: signup \(datetime64"):
+        train(spec, version=1, identity={})
+
+
+def test_a_classifier_on_a_continuous_target_is_refused(local, prices, to_bytes, spec_for):
+    spec = spec_for(local.put("p.csv", to_bytes(prices, "csv")), "price", local.output())
+    with pytest.raises(DatasetInvalidError, match="holds continuous numbers; a classifier needs class labels"):
+        train(spec, version=1, identity={})
+
+
+def test_an_estimator_that_fails_to_fit_is_reported(local, churn, to_bytes, spec_for):
+    churn.loc[::10, "tenure"] = None  # LogisticRegression does not accept missing values
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output(),
+                    estimator={"class": "sklearn.linear_model.LogisticRegression", "params": {}})
+    with pytest.raises(FitError, match="fitting sklearn.linear_model.LogisticRegression failed: ValueError: .*NaN"):
+        train(spec, version=1, identity={})

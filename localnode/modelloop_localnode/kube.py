@@ -109,6 +109,7 @@ class Kube:
                     raise ApiError(obj.get("code", 500), obj.get("reason", ""), obj.get("message", ""))
                 yield event
         finally:
+            raw.close()
             raw.release_conn()
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ parameter `predict_proba: true`). The binary tensor data extension works for inp
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from importlib import metadata as package_metadata
@@ -206,6 +207,7 @@ def _outputs(requested: Any, params: dict[str, Any], model: ServedModel) -> tupl
     return names, binary
 
 
+@functools.cache
 def _package_version() -> str:
     try:
         return package_metadata.version("modelloop")

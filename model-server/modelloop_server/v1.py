@@ -1,0 +1,50 @@
+"""The V1 REST form (TF Serving / KServe V1): `POST /v1/models/{name}:predict` with `instances` (a list of
+rows, each a list in feature order or an object keyed by feature name) or `inputs` (the same list, or
+an object feature name -> list of values), answered with `{"predictions": [...]}`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .errors import bad_request
+from .model import ServedModel
+from .schema import Rows
+from .v2 import parse_json
+
+
+def decode_predict(body: bytes, model: ServedModel) -> tuple[Rows, int]:
+    doc = parse_json(body)
+    if not isinstance(doc, dict):
+        raise bad_request("the request body must be a JSON object with 'instances' or 'inputs'")
+    schema = model.schema
+    if "instances" in doc:
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise bad_request("'instances' must be a list of rows")
+        rows = schema.rows_from_records(instances, "instances")
+    elif "inputs" in doc:
+        inputs = doc["inputs"]
+        if isinstance(inputs, dict):
+            rows = schema.rows_from_columns(inputs, "inputs")
+        elif isinstance(inputs, list):
+            rows = schema.rows_from_records(inputs, "inputs")
+        else:
+            raise bad_request("'inputs' must be a list of rows or an object of feature name -> values")
+    else:
+        raise bad_request("the request needs 'instances' (a list of rows) or 'inputs'")
+    count = schema.count(rows)
+    if count == 0:
+        raise bad_request("the request holds no rows; send at least one")
+    return rows, count
+
+
+def encode_predict(predictions: np.ndarray) -> bytes:
+    values: Any = predictions if predictions.dtype.kind in "fiub" else predictions.tolist()
+    return orjson.dumps({"predictions": values}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def model_status(name: str, ready: bool) -> dict[str, Any]:
+    return {"name": name, "ready": ready}

@@ -36,9 +36,9 @@ def _value(value: Any) -> str:
     return text
 
 
-def configure_logging(stream: TextIO = sys.stderr, level: int = logging.INFO) -> None:
-    """Route the process's logs and warnings (sklearn, pandas) to key=value lines on `stream`."""
-    handler = logging.StreamHandler(stream)
+def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:
+    """Route the process's logs and warnings (sklearn, pandas) to key=value lines on `stream` (stderr)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

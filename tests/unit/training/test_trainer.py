@@ -127,39 +127,59 @@ def test_an_existing_version_is_refused_before_any_training(local, churn, to_byt
     assert open_store(local.output()).read_file(1, "metadata.json") == v1
 
 
+def dataset(**fields):
+    return lambda spec: spec["dataset"].update(fields)
+
+
+def estimator(class_path, **params):
+    return lambda spec: spec["estimator"].update({"class": class_path, "params": params})
+
+
+def params(**values):
+    return lambda spec: spec["estimator"]["params"].update(values)
+
+
 @pytest.mark.parametrize("change, error, message", [
-    pytest.param(lambda s: s["dataset"].update(target="churn"), DatasetInvalidError,
-     "spec.dataset.target 'churn' is not a column of file://.*; columns: tenure, spend, plan, churned", id="target-missing"),
-    pytest.param(lambda s: s["dataset"].update(features=["tenure", "age"]), DatasetInvalidError,
-     "spec.dataset.features lists columns missing from .*: age", id="feature-missing"),
-    pytest.param(lambda s: s["dataset"].update(categorical=["colour"]), DatasetInvalidError,
-     "spec.dataset.categorical lists columns that are not features: colour", id="categorical-not-a-feature"),
-    pytest.param(lambda s: s["estimator"].update({"class": "os.system"}), SpecError,
-     r"spec.estimator.class 'os.system' is not an allowed estimator; allowed: .*sklearn\.\*", id="estimator-outside-sklearn"),
-    pytest.param(lambda s: s["estimator"].update({"class": "sklearn.utils.Bunch"}), SpecError,
-     "spec.estimator.class 'sklearn.utils.Bunch' is not a scikit-learn estimator class", id="estimator-not-an-estimator"),
-    pytest.param(lambda s: s["estimator"].update({"class": "sklearn.tree._classes.DecisionTreeClassifier"}), SpecError,
-     "spec.estimator.class .* is not an allowed estimator", id="estimator-private-module"),
-    pytest.param(lambda s: s["estimator"].update({"class": "sklearn.cluster.KMeans", "params": {}}), SpecError,
-     "is neither a classifier nor a regressor", id="estimator-unsupervised"),
-    pytest.param(lambda s: s["estimator"].update({"class": "sklearn.ensemble.NoSuchForest"}), SpecError,
-     "sklearn.ensemble has no class NoSuchForest", id="estimator-unknown-class"),
-    pytest.param(lambda s: s["estimator"]["params"].update(n_trees=10), SpecError,
-     r"spec.estimator.params: unknown parameter\(s\) n_trees for sklearn.ensemble.RandomForestClassifier; valid: ", id="params-unknown"),
-    pytest.param(lambda s: s["estimator"]["params"].update(n_estimators="many"), SpecError,
-     "spec.estimator.params are invalid for .*'n_estimators' parameter", id="params-invalid-value"),
+    pytest.param(dataset(target="churn"), DatasetInvalidError,
+                 "spec.dataset.target 'churn' is not a column of file://.*; columns: tenure, spend, plan, churned",
+                 id="target-missing"),
+    pytest.param(dataset(features=["tenure", "age"]), DatasetInvalidError,
+                 "spec.dataset.features lists columns missing from .*: age", id="feature-missing"),
+    pytest.param(dataset(categorical=["colour"]), DatasetInvalidError,
+                 "spec.dataset.categorical lists columns that are not features: colour", id="categorical-not-a-feature"),
+    pytest.param(estimator("os.system"), SpecError,
+                 r"spec.estimator.class 'os.system' is not an allowed estimator; allowed: .*sklearn\.\*",
+                 id="estimator-outside-sklearn"),
+    pytest.param(estimator("sklearn.utils.Bunch"), SpecError,
+                 "spec.estimator.class 'sklearn.utils.Bunch' is not a scikit-learn estimator class",
+                 id="estimator-not-an-estimator"),
+    pytest.param(estimator("sklearn.tree._classes.DecisionTreeClassifier"), SpecError,
+                 "spec.estimator.class .* is not an allowed estimator", id="estimator-private-module"),
+    pytest.param(estimator("sklearn.cluster.KMeans"), SpecError, "is neither a classifier nor a regressor",
+                 id="estimator-unsupervised"),
+    pytest.param(estimator("sklearn.ensemble.NoSuchForest"), SpecError, "sklearn.ensemble has no class NoSuchForest",
+                 id="estimator-unknown-class"),
+    pytest.param(params(n_trees=10), SpecError,
+                 r"spec.estimator.params: unknown parameter\(s\) n_trees for sklearn.ensemble.RandomForestClassifier; "
+                 "valid: ", id="params-unknown"),
+    pytest.param(params(n_estimators="many"), SpecError,
+                 "spec.estimator.params are invalid for .*'n_estimators' parameter", id="params-invalid-value"),
+    pytest.param(estimator("sklearn.linear_model.LogisticRegression", C=-1.0), SpecError, "'C' parameter",
+                 id="params-out-of-range"),
     pytest.param(lambda s: s["validation"].update(metric="rmse"), SpecError,
-     "spec.validation.metric 'rmse' does not apply to .*a classification estimator", id="metric-of-the-other-task"),
-    pytest.param(lambda s: s["output"].update(uri="ftp://host/models"), SpecError, "spec.output.uri", id="output-scheme"),
+                 "spec.validation.metric 'rmse' does not apply to .*a classification estimator",
+                 id="metric-of-the-other-task"),
+    pytest.param(lambda s: s["output"].update(uri="ftp://host/models"), SpecError, "spec.output.uri",
+                 id="output-scheme"),
     pytest.param(lambda s: s["dataset"].update(uri=s["dataset"]["uri"].replace("churn.csv", "gone.csv")),
                  DatasetUnreadableError, "spec.dataset.uri: file://.*gone.csv: no such file", id="dataset-missing"),
     pytest.param(lambda s: s["dataset"].update(uri=s["dataset"]["uri"] + ".bak"), SpecError,
                  "spec.dataset.format is not set and cannot be inferred", id="format-unknown"),
-    pytest.param(lambda s: s["dataset"].update(format="parquet"), DatasetUnreadableError, "cannot be parsed as parquet", id="dataset-unparsable"),
-    pytest.param(lambda s: s["estimator"].update({"class": "sklearn.linear_model.LinearRegression", "params": {}}),
-     DatasetInvalidError, "target column 'churned' .* has type str; a regressor needs a numeric target", id="regressor-on-text-target"),
-    pytest.param(lambda s: s["estimator"].update({"class": "sklearn.linear_model.LogisticRegression",
-                                      "params": {"C": -1.0}}), SpecError, "'C' parameter", id="params-out-of-range"),
+    pytest.param(dataset(format="parquet"), DatasetUnreadableError, "cannot be parsed as parquet",
+                 id="dataset-unparsable"),
+    pytest.param(estimator("sklearn.linear_model.LinearRegression"), DatasetInvalidError,
+                 "target column 'churned' .* has type str; a regressor needs a numeric target",
+                 id="regressor-on-text-target"),
 ])
 def test_each_invalid_input_fails_with_a_reason_naming_the_field(local, churn, to_bytes, spec_for, change, error,
                                                                  message):

@@ -1,0 +1,307 @@
+"""The ASGI application: routing, request bodies, errors as JSON, readiness, and the model's lifecycle
+(load and warm up in the background at startup; drain on shutdown).
+
+A plain ASGI callable rather than a framework: the hot path (infer) is a dozen lines from the socket to
+the batcher, and every response is one JSON body with an explicit length.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+
+from . import v1, v2
+from .batching import Batcher
+from .config import ServerConfig
+from .errors import ClientError
+from .inference import Prediction, Predictor
+from .live import LiveSketches
+from .logs import log_event
+from .metrics import ServerMetrics
+from .model import ServedModel
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+Response = tuple[int, bytes, Headers]  # status, body, headers other than content-length
+
+JSON = b"application/json"
+OCTET_STREAM = b"application/octet-stream"
+JSON_HEADERS: Headers = [(b"content-type", JSON)]
+log = logging.getLogger("modelloop.server")
+
+
+class ModelServerApp:
+    def __init__(self, config: ServerConfig, load: Callable[[], ServedModel]) -> None:
+        self.config = config
+        self.load = load
+        self.model: ServedModel | None = None
+        self.sketches: LiveSketches | None = None
+        self.metrics = ServerMetrics()
+        self.batcher = Batcher(max_batch_size=config.max_batch_size, max_wait=config.max_batch_wait_ms / 1000)
+        self.loaded = False
+        self.draining = False
+        # Called with a one-line reason when the model cannot be served; the CLI makes the process exit.
+        self.on_fatal: Callable[[str], None] = lambda reason: None
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining
+
+    def start_draining(self) -> None:
+        """Readiness goes false; requests are still served (Kubernetes takes a while to stop sending)."""
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    # -- ASGI ---------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
+        route = "unmatched"
+        try:
+            route, handler, params = match_route(scope["method"], scope["path"])
+            status, body, headers = await handler(self, scope, receive, **params)
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        except ClientError as exc:
+            status, body = exc.status, orjson.dumps({"error": exc.message})
+            headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+            if status == 413:  # the unread body would be taken for the next request
+                headers.append((b"connection", b"close"))
+        except Exception as exc:  # noqa: BLE001 - a bug must cost one request, never the process
+            log.exception("request.failed route=%s", route)
+            status, body = 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"})
+            headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+        if self.draining:  # keep-alive clients reconnect, through the Service, to a pod that stays
+            headers.append((b"connection", b"close"))
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            in_flight.dec()
+            self.metrics.observe_request(route, status, time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.batcher.start()
+                self._loading = asyncio.get_running_loop().create_task(self._load_model())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.batcher.close()
+                log_event("server.stopped")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- model lifecycle ----------------------------------------------------------------------------
+
+    async def _load_model(self) -> None:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            model, sketches = await loop.run_in_executor(self.batcher.executor, self._load_and_warm_up)
+        except Exception as exc:  # noqa: BLE001 - reported and fatal
+            reason = f"{type(exc).__name__}: {exc}"
+            log_event("model.refused", level=logging.ERROR, uri=self.config.model_uri, error=reason)
+            self.on_fatal(reason)
+            return
+        self.model, self.sketches = model, sketches
+        self.metrics.set_model(model, _prediction_edges(model))
+        self.batcher.run = Predictor(model, self.metrics, sketches).run
+        self.loaded = True
+        if not self.draining:
+            self.metrics.ready.set(1)
+        log_event("model.ready", model=model.name, version=model.version, sha256=model.sha256,
+                  estimator=model.metadata["estimator"]["class"], matrix_input=model.matrix_input,
+                  seconds=round(time.perf_counter() - started, 3))
+
+    def _load_and_warm_up(self) -> tuple[ServedModel, LiveSketches]:
+        model = self.load()
+        model.warm_up()
+        return model, LiveSketches(model)
+
+    # -- handlers -----------------------------------------------------------------------------------
+
+    async def live(self, scope: Scope, receive: Receive) -> Response:
+        return 200, b'{"live":true}', JSON_HEADERS
+
+    async def server_ready(self, scope: Scope, receive: Receive) -> Response:
+        return (200, b'{"ready":true}', JSON_HEADERS) if self.ready else (503, b'{"ready":false}', JSON_HEADERS)
+
+    async def server_metadata(self, scope: Scope, receive: Receive) -> Response:
+        return 200, orjson.dumps(v2.server_metadata()), JSON_HEADERS
+
+    async def model_metadata(self, scope: Scope, receive: Receive, name: str, version: str | None = None
+                             ) -> Response:
+        return 200, orjson.dumps(v2.model_metadata(self._model(name, version))), JSON_HEADERS
+
+    async def model_ready(self, scope: Scope, receive: Receive, name: str, version: str | None = None) -> Response:
+        model = self._model(name, version, must_be_loaded=False)
+        body = orjson.dumps({"name": model.name if model else name, "ready": self.ready})
+        return (200 if self.ready else 503), body, JSON_HEADERS
+
+    async def infer(self, scope: Scope, receive: Receive, name: str, version: str | None = None) -> Response:
+        model = self._model(name, version)
+        headers = _headers(scope)
+        json_length = _binary_header(headers)
+        body = await self._read_body(headers, receive, binary=json_length is not None)
+        request = v2.decode_infer(body, model, json_length=json_length)
+        result: Prediction = await self.batcher.submit(request.rows, request.count, proba=request.proba)
+        out, header_length = v2.encode_infer(model, request, result.predictions, result.probabilities)
+        if header_length is None:
+            return 200, out, JSON_HEADERS
+        return 200, out, [(b"content-type", OCTET_STREAM), (v2.BINARY_HEADER.encode(), str(header_length).encode())]
+
+    async def v1_status(self, scope: Scope, receive: Receive, name: str) -> Response:
+        model = self._model(name, None, must_be_loaded=False)
+        body = orjson.dumps(v1.model_status(model.name if model else name, self.ready))
+        return (200 if self.ready else 503), body, JSON_HEADERS
+
+    async def v1_predict(self, scope: Scope, receive: Receive, name: str) -> Response:
+        model = self._model(name, None)
+        body = await self._read_body(_headers(scope), receive, binary=False)
+        rows, count = v1.decode_predict(body, model)
+        result: Prediction = await self.batcher.submit(rows, count)
+        return 200, v1.encode_predict(result.predictions), JSON_HEADERS
+
+    async def sketch(self, scope: Scope, receive: Receive, name: str | None = None, version: str | None = None
+                     ) -> Response:
+        if name is not None:
+            self._model(name, version)
+        if self.sketches is None:
+            raise ClientError(503, "the model is not loaded yet; no sketch")
+        return 200, orjson.dumps(self.sketches.snapshot(), option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS
+
+    async def prometheus(self, scope: Scope, receive: Receive) -> Response:
+        return 200, self.metrics.exposition(), [(b"content-type", self.metrics.content_type.encode())]
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _model(self, name: str, version: str | None, *, must_be_loaded: bool = True) -> ServedModel | None:
+        model = self.model
+        known = model.name if model is not None else self.config.model_name
+        if known is not None and name != known:
+            raise ClientError(404, f"model {name!r} not found; this server serves {known!r}")
+        if model is None:
+            if must_be_loaded:
+                raise ClientError(503, f"model {name!r} is not loaded yet; retry when /v2/health/ready is 200")
+            return None
+        if version is not None and version != str(model.version):
+            raise ClientError(404, f"model {name!r} has no version {version!r}; this server serves version "
+                                   f"{model.version}")
+        return model
+
+    async def _read_body(self, headers: dict[bytes, bytes], receive: Receive, *, binary: bool) -> bytes:
+        content_type = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        if not (content_type in (b"", JSON) or content_type.endswith(b"+json")
+                or (binary and content_type == OCTET_STREAM)):
+            allowed = "application/json" + (" or application/octet-stream" if binary else "")
+            raise ClientError(415, f"content-type {content_type.decode('latin-1')!r} is not supported; send "
+                                   f"{allowed}")
+        limit = self.config.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ClientError(413, f"the request body has {int(declared)} bytes; the limit is {limit} "
+                                   "(--max-body-bytes)")
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body"):
+            if len(body) > limit:
+                raise ClientError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)")
+            return body
+        chunks, size = [body], len(body)
+        while message.get("more_body"):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientError(400, "the client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ClientError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+Handler = Callable[..., Awaitable[Response]]
+_V2_MODEL_ROUTES: dict[str, tuple[str, str, Handler]] = {
+    "": ("GET", "", ModelServerApp.model_metadata),
+    "ready": ("GET", "/ready", ModelServerApp.model_ready),
+    "infer": ("POST", "/infer", ModelServerApp.infer),
+    "sketch": ("GET", "/sketch", ModelServerApp.sketch),
+}
+_FIXED_ROUTES: dict[str, tuple[str, Handler]] = {
+    "/v2/health/live": ("GET", ModelServerApp.live),
+    "/v2/health/ready": ("GET", ModelServerApp.server_ready),
+    "/v2": ("GET", ModelServerApp.server_metadata),
+    "/v2/": ("GET", ModelServerApp.server_metadata),
+    "/metrics": ("GET", ModelServerApp.prometheus),
+    "/sketch": ("GET", ModelServerApp.sketch),
+}
+
+
+def match_route(method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
+    """(route template for metrics, handler, path parameters); ClientError 404 or 405 when none fits."""
+    fixed = _FIXED_ROUTES.get(path)
+    if fixed is not None:
+        return _allow(method, fixed[0], path, fixed[1], {})
+    parts = path.strip("/").split("/")
+    if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models" and parts[2]:
+        params = {"name": parts[2]}
+        rest = parts[3:]
+        template = "/v2/models/{name}"
+        if len(rest) >= 2 and rest[0] == "versions" and rest[1]:
+            params["version"] = rest[1]
+            template += "/versions/{version}"
+            rest = rest[2:]
+        if len(rest) <= 1:
+            route = _V2_MODEL_ROUTES.get(rest[0] if rest else "")
+            if route is not None:
+                return _allow(method, route[0], template + route[1], route[2], params)
+    if len(parts) == 3 and parts[0] == "v1" and parts[1] == "models" and parts[2]:
+        name, colon, verb = parts[2].partition(":")
+        if not colon:
+            return _allow(method, "GET", "/v1/models/{name}", ModelServerApp.v1_status, {"name": name})
+        if verb == "predict" and name:
+            return _allow(method, "POST", "/v1/models/{name}:predict", ModelServerApp.v1_predict, {"name": name})
+    raise ClientError(404, f"no such endpoint: {method} {path}; see /v2 (Open Inference Protocol) and "
+                           "/v1/models/{name}:predict")
+
+
+def _allow(method: str, allowed: str, route: str, handler: Handler, params: dict[str, str]
+           ) -> tuple[str, Handler, dict[str, str]]:
+    if method != allowed:
+        raise ClientError(405, f"{method} is not allowed on {route}; use {allowed}")
+    return route, handler, params
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return dict(scope["headers"])
+
+
+def _binary_header(headers: dict[bytes, bytes]) -> int | None:
+    value = headers.get(v2.BINARY_HEADER.encode())
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ClientError(400, f"{v2.BINARY_HEADER} must be a byte count, got {value.decode('latin-1')!r}")
+    return int(value)
+
+
+def _prediction_edges(model: ServedModel) -> list[float]:
+    reference = model.metadata.get("predictionReference") or {}
+    for feature in reference.get("features", []):
+        if feature.get("kind") == "numeric":
+            return [float(e) for e in feature.get("edges", [])]
+    return []

@@ -1,0 +1,296 @@
+"""DriftMonitor controller: one kopf daemon per monitor checks a window every spec.interval.
+
+A check: find the ModelDeployment's serving version and its reference sketches (metadata.json),
+fetch the live sketches of every ready endpoint of its Service (EndpointSlices), take each pod's
+window (difference from the previous snapshot of the same pod instance; counter resets handled by
+the engine), merge them, decide with the drift engine, write status and metrics, and after
+`consecutive` drifted windows request a retrain (at most once per cooldown, never during a run).
+
+Failures (unreachable pods, a missing reference, a malformed sketch) are reported in conditions and
+metrics; they never crash the operator and never trigger a retrain.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import kopf
+from pydantic import ValidationError
+
+from .. import kube, metrics
+from ..api.deployment import SERVER_PORT, ModelDeploymentSpec
+from ..api.drift import DriftMonitorSpec
+from ..api.training import RETRAIN_ANNOTATION, ModelTrainingSpec
+from ..drift import sketch as sketches
+from ..drift.stats import DriftConfig, detect
+from ..status import Cond, changed_conditions, merge_conditions
+from . import storage
+from .training import RETRAIN_DATASET_ANNOTATION
+
+log = logging.getLogger("modelloop.drift")
+
+API = "modelloop.dev/v1alpha1"
+KIND = "DriftMonitor"
+FETCH_TIMEOUT_S = 5.0
+TOP_FEATURES = 5
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a Go-style duration ("90s", "5m", "1h30m", "250ms")."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"'{text}' is not a duration like 30s, 5m or 1h")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+@dataclass
+class MonitorState:
+    """What a monitor remembers between checks (in memory; a restart starts a fresh baseline)."""
+
+    baseline: dict[str, dict] = field(default_factory=dict)   # pod instance -> last cumulative snapshot
+    version: int | None = None                                 # serving version the baseline belongs to
+
+
+class CheckError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+# ----------------------------------------------------------------------------- pure decisions
+
+def engine_config(spec: DriftMonitorSpec) -> DriftConfig:
+    """The engine's config from the spec; unset fields keep the engine's defaults (docs/drift.md)."""
+    over: dict[str, Any] = {"min_samples": spec.min_samples}
+    if spec.tests.numerical:
+        over["numerical_test"] = spec.tests.numerical
+    if spec.tests.categorical:
+        over["categorical_test"] = spec.tests.categorical
+    if spec.thresholds.score is not None:
+        over["score_threshold"] = spec.thresholds.score
+    if spec.thresholds.p_value is not None:
+        over["p_value"] = spec.thresholds.p_value
+    if spec.thresholds.drift_share is not None:
+        over["drift_share"] = spec.thresholds.drift_share
+    if spec.thresholds.features:
+        over["feature_thresholds"] = dict(spec.thresholds.features)
+    return DriftConfig(**over)
+
+
+def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str | None, training: dict | None,
+                     now: datetime) -> tuple[bool, str]:
+    """Whether to request a retrain now, and why (not)."""
+    if spec.action.type != "retrain":
+        return False, "action is none: reporting only"
+    if consecutive < spec.consecutive:
+        return False, f"{consecutive} of {spec.consecutive} drifted windows in a row"
+    if training is None:
+        return False, "the ModelTraining to retrain was not found"
+    tstatus = training.get("status") or {}
+    if tstatus.get("currentRun"):
+        return False, f"run {tstatus['currentRun']} is in progress"
+    if last_retrain:
+        since = (now - datetime.fromisoformat(last_retrain.replace("Z", "+00:00"))).total_seconds()
+        cooldown = parse_duration(spec.action.cooldown)
+        if since < cooldown:
+            return False, f"cooldown: last request {since:.0f}s ago, cooldown {cooldown:.0f}s"
+    return True, "drift persisted"
+
+
+def summarize(report: dict) -> str:
+    drifted = sorted((f for f in report["features"] if f["drifted"]), key=lambda f: -f["score"])
+    top = ", ".join(f"{f['name']} {f['test']}={f['score']:.3g}" for f in drifted[:TOP_FEATURES])
+    return (f"{len(drifted)} of {len(report['features'])} features drifted "
+            f"(share {report['drift_share']:.2f}) in {report['samples']} rows" + (f": {top}" if top else ""))
+
+
+# ----------------------------------------------------------------------------- I/O
+
+def ready_endpoints(namespace: str, service: str) -> list[str]:
+    """Addresses of the ready endpoints of a Service, from its EndpointSlices."""
+    out = []
+    for s in kube.list_("discovery.k8s.io/v1", "EndpointSlice", namespace, f"kubernetes.io/service-name={service}"):
+        for ep in s.get("endpoints") or ():
+            if (ep.get("conditions") or {}).get("ready") and not (ep.get("conditions") or {}).get("terminating"):
+                out.extend(ep.get("addresses") or ())
+    return sorted(set(out))
+
+
+def fetch_snapshots(addresses: list[str], model: str) -> tuple[list[dict], list[str]]:
+    """Live sketches of each pod (validated), and the errors of the pods that could not answer."""
+    snaps, errors = [], []
+    with httpx.Client(timeout=FETCH_TIMEOUT_S) as client:
+        for addr in addresses:
+            url = f"http://{addr}:{SERVER_PORT}/v2/models/{model}/sketch"
+            try:
+                r = client.get(url)
+                r.raise_for_status()
+                snaps.append(sketches.validate(r.json()))
+            except sketches.SketchError as e:
+                errors.append(f"{addr}: malformed sketch: {e}")
+            except Exception as e:  # noqa: BLE001 - unreachable pod, bad JSON, HTTP error
+                errors.append(f"{addr}: {type(e).__name__}: {e}"[:300])
+    return snaps, errors
+
+
+_references: dict[str, dict] = {}  # version URI -> reference sketch (versions are immutable)
+
+
+def reference_sketch(namespace: str, md: dict) -> tuple[int, dict]:
+    st = md.get("status") or {}
+    version, uri = st.get("modelVersion"), st.get("modelUri")
+    if not version or not uri:
+        raise CheckError("NoServingVersion", f"ModelDeployment {md['metadata']['name']} serves no version yet")
+    if uri not in _references:
+        try:
+            spec = ModelDeploymentSpec.model_validate(md["spec"])
+            secret = spec.storage
+            if secret is None and spec.model.from_training:
+                t = kube.get(API, "ModelTraining", namespace, spec.model.from_training)
+                secret = ModelTrainingSpec.model_validate(t["spec"]).storage if t else None
+            creds = storage.credentials_from_secret(namespace, secret)
+            base = uri.rstrip("/")[: -len(f"/v{version}")]
+            meta = storage.verified_metadata(base, version, creds)["metadata"]
+            _references[uri] = sketches.validate(meta["reference"])
+        except Exception as e:  # noqa: BLE001
+            raise CheckError("ReferenceUnavailable", f"reference of version {version} unavailable: {e}"[:1024]) from e
+    return version, _references[uri]
+
+
+# ----------------------------------------------------------------------------- one check
+
+def check(namespace: str, name: str, state: MonitorState) -> None:
+    obj = kube.get(API, KIND, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return
+    md_ = obj["metadata"]
+    status: dict[str, Any] = dict(obj.get("status") or {})
+    events: list[tuple[str, str, str]] = []
+    try:
+        spec = DriftMonitorSpec.model_validate(obj["spec"])
+    except ValidationError as e:
+        raise kopf.PermanentError(f"spec is invalid: {e.errors()[0]['msg']}")
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    conds: list[Cond]
+    try:
+        dep = kube.get(API, "ModelDeployment", namespace, spec.deployment_ref.name)
+        if dep is None:
+            raise CheckError("DeploymentNotFound", f"spec.deploymentRef: ModelDeployment '{spec.deployment_ref.name}' "
+                             f"not found in namespace {namespace}")
+        version, reference = reference_sketch(namespace, dep)
+        if version != state.version:  # a new version serves: the window restarts against its reference
+            if state.version is not None:
+                events.append(("Normal", "ReferenceChanged", f"now watching version {version}"))
+            state.baseline, state.version = {}, version
+            status.update(consecutiveDrifted=0)
+        addresses = ready_endpoints(namespace, spec.deployment_ref.name)
+        if not addresses:
+            raise CheckError("NoReadyPods", f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
+        snaps, errors = fetch_snapshots(addresses, spec.deployment_ref.name)
+        snaps = [s for s in snaps if s.get("modelVersion") in (None, version)]
+        if not snaps:
+            reason = "InvalidSketch" if errors and all("malformed" in e for e in errors) else "SketchUnavailable"
+            raise CheckError(reason, "no pod answered with a sketch: " + "; ".join(errors)[:900])
+        for e in errors:
+            metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
+            log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
+        windows = [sketches.window(s, state.baseline.get(s["instance"])) for s in snaps]
+        current = windows[0]
+        for w in windows[1:]:
+            current = sketches.merge(current, w)
+        samples = current.get("rows", 0)
+        status.update(modelVersion=version, samples=samples, lastCheckTime=kube.rfc3339(now))
+        metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
+        if samples < spec.min_samples:
+            # Keep the baseline: rows accumulate across intervals until there are enough to decide.
+            msg = f"{samples} new rows of {spec.min_samples} needed; nothing decided"
+            conds = [Cond.of("Ready", True, "InsufficientSamples", msg), Cond.of("DriftDetected", False, "Undecided", msg)]
+            status.update(phase="InsufficientData")
+        else:
+            report = detect(reference, current, engine_config(spec)).to_dict()
+            state.baseline = {s["instance"]: s for s in snaps}
+            drifted = bool(report["dataset_drift"])
+            consecutive = (status.get("consecutiveDrifted") or 0) + 1 if drifted else 0
+            summary = summarize(report)
+            status.update(phase="Drifted" if drifted else "Watching", datasetDrift=drifted,
+                          driftShare=round(report["drift_share"], 4), consecutiveDrifted=consecutive,
+                          features=[{"name": f["name"], "test": f["test"], "score": round(f["score"], 6),
+                                     **({"threshold": f["threshold"]} if f.get("threshold") is not None else {}),
+                                     **({"pValue": f["p_value"]} if f.get("p_value") is not None else {}),
+                                     "drifted": bool(f["drifted"])} for f in report["features"]])
+            conds = [Cond.of("Ready", True, "Checked", f"checked {samples} rows against version {version}"),
+                     Cond.of("DriftDetected", drifted, "DatasetDrift" if drifted else "NoDrift", summary)]
+            _export(namespace, name, report)
+            if drifted:
+                training_name = (spec.action.training_ref.name if spec.action.training_ref
+                                 else (dep["spec"].get("model") or {}).get("fromTraining"))
+                training = kube.get(API, "ModelTraining", namespace, training_name) if training_name else None
+                go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now)
+                if go:
+                    reason = f"DriftMonitor {name} at {kube.rfc3339(now)}: {summary}"[:1000]
+                    annotations = {RETRAIN_ANNOTATION: reason}
+                    if spec.action.dataset_uri:
+                        annotations[RETRAIN_DATASET_ANNOTATION] = spec.action.dataset_uri
+                    kube.patch(API, "ModelTraining", namespace, training_name, {"metadata": {"annotations": annotations}})
+                    status.update(lastRetrainTime=kube.rfc3339(now), retrains=(status.get("retrains") or 0) + 1,
+                                  consecutiveDrifted=0)
+                    metrics.DRIFT_RETRAINS.labels(namespace, name).inc()
+                    events.append(("Normal", "RetrainRequested", f"requested a retrain of {training_name}: {summary}"))
+                elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
+                    events.append(("Normal", "RetrainSkipped", why))
+    except CheckError as e:
+        metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, e.reason).inc()
+        conds = [Cond.of("Ready", False, e.reason, e.message),
+                 Cond.of("DriftDetected", False, "Undecided", f"no decision: {e.message}")]
+        status.update(phase="Error", lastCheckTime=kube.rfc3339(now))
+
+    conditions = merge_conditions(status.get("conditions"), conds, md_.get("generation"))
+    status.update(observedGeneration=md_.get("generation"), conditions=conditions)
+    kube.write_status(obj, status)
+    for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
+        if c["type"] == "DriftDetected" and c["reason"] != "Undecided":
+            drifted = c["status"] == "True"
+            events.append(("Warning" if drifted else "Normal", "DriftDetected" if drifted else "DriftResolved", c["message"]))
+        elif c["type"] == "Ready":
+            events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
+    for type_, reason, message in events:
+        kube.emit_event(obj, type_, reason, message)
+        log.info("monitor=%s/%s event=%s %s", namespace, name, reason, message)
+
+
+def _export(namespace: str, name: str, report: dict) -> None:
+    for f in report["features"]:
+        metrics.DRIFT_SCORE.labels(namespace, name, f["name"], f["test"]).set(f["score"])
+    metrics.DRIFT_DATASET.labels(namespace, name).set(1 if report["dataset_drift"] else 0)
+    metrics.DRIFT_SHARE.labels(namespace, name).set(report["drift_share"])
+
+
+# ----------------------------------------------------------------------------- kopf wiring
+
+@kopf.daemon("modelloop.dev", "v1alpha1", "driftmonitors", cancellation_timeout=10)
+def monitor(name: str, namespace: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    state = MonitorState()
+    while not stopped:
+        interval = 60.0
+        try:
+            obj = kube.get(API, KIND, namespace, name)
+            if obj is None:
+                return
+            interval = parse_duration((obj.get("spec") or {}).get("interval", "60s"))
+            with kube.object_lock(KIND, namespace, name):
+                check(namespace, name, state)
+        except kube.Conflict:
+            interval = 1.0
+        except kopf.PermanentError as e:
+            log.error("monitor=%s/%s error=%s", namespace, name, e)
+        except Exception as e:  # noqa: BLE001 - a failed check is retried next interval, never fatal
+            log.exception("monitor=%s/%s check_failed=%s", namespace, name, e)
+            metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "InternalError").inc()
+        stopped.wait(interval)
+
+

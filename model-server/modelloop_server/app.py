@@ -209,7 +209,7 @@ class ModelServerApp:
                 or (binary and content_type == OCTET_STREAM)):
             allowed = "application/json" + (" or application/octet-stream" if binary else "")
             raise ClientError(415, f"content-type {content_type.decode('latin-1')!r} is not supported; send "
-                                   f"{allowed}")
+                                   f"{allowed} (with curl: -H 'Content-Type: application/json')")
         limit = self.config.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

@@ -2,13 +2,10 @@
 and of the predictions over the prediction reference's bins (docs/contracts.md, "Sketch format").
 
 Counts are cumulative since the process started; the snapshot carries `instance` (random, fixed for the
-life of the process), `started` and `modelVersion` so a reader can tell a restart from a window.
+life of the process), `started` and `modelVersion`, so a reader can tell a restart from a window.
 """
 from __future__ import annotations
 
-import threading
-import uuid
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -19,32 +16,27 @@ from .schema import Rows
 
 
 class LiveSketches:
-    def __init__(self, model: ServedModel, *, instance: str | None = None, started: datetime | None = None) -> None:
-        self.instance = instance or uuid.uuid4().hex
-        self.started = (started or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    def __init__(self, model: ServedModel) -> None:
         self.model_version = model.version
         self.target = model.target
+        self.names = model.schema.names
         self.features = LiveSketch(model.metadata["reference"])
+        self.instance, self.started = self.features.instance, self.features.started
         reference = model.metadata.get("predictionReference")
         self.predictions = LiveSketch(reference) if reference else None
-        # Observed on the worker thread, read by the event loop: a snapshot must not see half a batch.
-        self._lock = threading.Lock()
+        if self.predictions is not None:  # one process, one identity
+            self.predictions.instance, self.predictions.started = self.instance, self.started
 
     def observe(self, rows: Rows, predictions: np.ndarray) -> None:
-        with self._lock:
-            if isinstance(rows, np.ndarray):
-                self.features.observe_rows(rows)
-            else:
-                self.features.observe_columns(rows)
-            if self.predictions is not None:
-                self.predictions.observe_columns({self.target: predictions})
+        if isinstance(rows, np.ndarray):  # by name: the matrix is in schema order, the sketch in its own
+            rows = {name: rows[:, j] for j, name in enumerate(self.names)}
+        self.features.observe_columns(rows)
+        if self.predictions is not None:
+            self.predictions.observe_columns({self.target: predictions})
 
     def snapshot(self) -> dict[str, Any]:
-        """The feature sketch with instance, started and modelVersion; the prediction sketch under
-        `predictions` (same fields)."""
-        extra = {"instance": self.instance, "started": self.started, "modelVersion": self.model_version}
-        with self._lock:
-            out = self.features.snapshot(**extra)
-            if self.predictions is not None:
-                out["predictions"] = self.predictions.snapshot(**extra)
+        """The feature sketch plus the prediction sketch under `predictions`, both with modelVersion."""
+        out = self.features.snapshot(modelVersion=self.model_version)
+        if self.predictions is not None:
+            out["predictions"] = self.predictions.snapshot(modelVersion=self.model_version)
         return out

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import threading
+import uuid
 from datetime import datetime, timezone
 from typing import Any
 
@@ -64,17 +65,18 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
 
 
 def _call(method: str, path: str, body: Any = None, query: list | None = None,
-          content_type: str = "application/json") -> Any:
+          content_type: str = "application/json", timeout: float = 60) -> Any:
     c = client()
-    try:
-        data = c.call_api(path, method, query_params=query or [], header_params={
-            "Accept": "application/json", "Content-Type": content_type}, body=body,
-            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True)
-    except ApiException as e:
-        if e.status == 409:
-            raise Conflict(e.reason) from e
-        raise
-    raw = data.data
+    url_method, url, headers, _, post = c.param_serialize(
+        method, path, query_params=query or [], header_params={"Accept": "application/json",
+                                                               "Content-Type": content_type},
+        auth_settings=["BearerToken"])
+    response = c.call_api(url_method, url, headers, body, post, _request_timeout=timeout)
+    raw = response.read()
+    if response.status >= 400:
+        if response.status == 409:
+            raise Conflict(raw.decode(errors="replace")[:500])
+        raise ApiException(status=response.status, reason=response.reason, body=raw.decode(errors="replace"))
     return json.loads(raw) if raw else None
 
 
@@ -167,7 +169,7 @@ def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "
     t = datetime.now(timezone.utc)
     event = {
         "apiVersion": "events.k8s.io/v1", "kind": "Event",
-        "metadata": {"generateName": f"{md['name']}.", "namespace": md["namespace"]},
+        "metadata": {"name": f"{md['name']}.{uuid.uuid4().hex[:16]}", "namespace": md["namespace"]},
         "eventTime": t.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "reportingController": "modelloop.dev/operator", "reportingInstance": "modelloop-operator",
         "action": action, "reason": reason, "type": type_, "note": message[:1024],

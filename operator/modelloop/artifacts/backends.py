@@ -11,7 +11,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 from .errors import ObjectNotFoundError, StorageError, VersionExistsError
 from .uri import StorageUri, parse_uri
@@ -107,41 +107,47 @@ def _fsync_dir(path: os.PathLike[str]) -> None:
 
 
 class S3Backend:
-    """s3:// URIs on AWS or any S3-compatible server (AWS_ENDPOINT_URL)."""
+    """s3:// URIs on AWS or any S3-compatible server (AWS_ENDPOINT_URL).
+
+    Credentials come from the environment (pods get them by envFrom), or from an explicit mapping
+    with the same AWS_* keys (the operator, which reads each resource's Secret)."""
+
+    def __init__(self, credentials: Mapping[str, str] | None = None):
+        self._credentials = dict(credentials) if credentials else None
 
     def read(self, uri: StorageUri) -> bytes:
         with _s3_errors(uri, "read"):
-            return _s3_client().get_object(Bucket=uri.location, Key=uri.path)["Body"].read()
+            return _s3_client(self._credentials).get_object(Bucket=uri.location, Key=uri.path)["Body"].read()
 
     def exists(self, uri: StorageUri) -> bool:
         try:
             with _s3_errors(uri, "check"):
-                _s3_client().head_object(Bucket=uri.location, Key=uri.path)
+                _s3_client(self._credentials).head_object(Bucket=uri.location, Key=uri.path)
         except ObjectNotFoundError:
             return False
         return True
 
     def write(self, uri: StorageUri, data: bytes) -> None:
         with _s3_errors(uri, "write"):
-            _s3_client().put_object(Bucket=uri.location, Key=uri.path, Body=data)
+            _s3_client(self._credentials).put_object(Bucket=uri.location, Key=uri.path, Body=data)
 
     def write_new(self, uri: StorageUri, data: bytes) -> None:
         # Conditional write (If-None-Match: *): S3 refuses it with 412 when the key exists.
         with _s3_errors(uri, "create", exists_message=f"{uri} already exists"):
-            _s3_client().put_object(Bucket=uri.location, Key=uri.path, Body=data, IfNoneMatch="*")
+            _s3_client(self._credentials).put_object(Bucket=uri.location, Key=uri.path, Body=data, IfNoneMatch="*")
 
     def move(self, src: StorageUri, dst: StorageUri) -> None:
         # Server-side copy: the bytes do not travel through the trainer twice (limit 5 GB per object).
         with _s3_errors(dst, "write"):
-            _s3_client().copy_object(Bucket=dst.location, Key=dst.path,
+            _s3_client(self._credentials).copy_object(Bucket=dst.location, Key=dst.path,
                                      CopySource={"Bucket": src.location, "Key": src.path})
         with _s3_errors(src, "delete"):
-            _s3_client().delete_object(Bucket=src.location, Key=src.path)
+            _s3_client(self._credentials).delete_object(Bucket=src.location, Key=src.path)
 
     def list_keys(self, prefix: StorageUri) -> Iterator[str]:
         base = f"{prefix.path}/" if prefix.path else ""
         with _s3_errors(prefix, "list"):
-            pages = _s3_client().get_paginator("list_objects_v2").paginate(Bucket=prefix.location, Prefix=base)
+            pages = _s3_client(self._credentials).get_paginator("list_objects_v2").paginate(Bucket=prefix.location, Prefix=base)
             for page in pages:
                 for obj in page.get("Contents", ()):
                     rel = obj["Key"][len(base):]
@@ -151,7 +157,7 @@ class S3Backend:
     def delete_tree(self, prefix: StorageUri) -> None:
         for rel in list(self.list_keys(prefix)):
             with _s3_errors(prefix, "delete"):
-                _s3_client().delete_object(Bucket=prefix.location, Key=prefix.child(rel).path)
+                _s3_client(self._credentials).delete_object(Bucket=prefix.location, Key=prefix.child(rel).path)
 
 
 @contextmanager
@@ -180,19 +186,28 @@ def _s3_errors(uri: StorageUri, action: str, exists_message: str | None = None) 
         raise StorageError(f"{uri}: S3 {action} failed: {exc}") from None
 
 
-@lru_cache(maxsize=4)
-def _client_for(endpoint: str | None, region: str, access_key: str | None) -> Any:
+@lru_cache(maxsize=16)
+def _client_for(endpoint: str | None, region: str, access_key: str | None, secret_key: str | None = None,
+                session_token: str | None = None) -> Any:
     import boto3  # imported on first S3 use: file:// users do not pay its import time
     from botocore.config import Config
 
     # S3-compatible servers behind a custom endpoint rarely resolve bucket.host names: use path style.
     config = Config(s3={"addressing_style": "path"} if endpoint else {},
                     retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
-    return boto3.session.Session().client("s3", endpoint_url=endpoint or None, region_name=region, config=config)
+    keys = ({"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "aws_session_token": session_token}
+            if secret_key else {})
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None, region_name=region, config=config,
+                                          **keys)
 
 
-def _s3_client() -> Any:
-    # Keyed by the environment so that a changed endpoint or key (tests, rotation) gets a new client.
+def _s3_client(credentials: Mapping[str, str] | None = None) -> Any:
+    # Keyed by the settings so that a changed endpoint or key (tests, rotation) gets a new client.
+    if credentials is not None:
+        c = credentials
+        return _client_for(c.get("AWS_ENDPOINT_URL_S3") or c.get("AWS_ENDPOINT_URL"),
+                           c.get("AWS_REGION") or c.get("AWS_DEFAULT_REGION") or "us-east-1",
+                           c.get("AWS_ACCESS_KEY_ID"), c.get("AWS_SECRET_ACCESS_KEY"), c.get("AWS_SESSION_TOKEN"))
     return _client_for(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
                        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
                        os.environ.get("AWS_ACCESS_KEY_ID"))
@@ -201,8 +216,10 @@ def _s3_client() -> Any:
 _FILE, _S3 = FileBackend(), S3Backend()
 
 
-def backend_for(uri: StorageUri) -> Backend:
-    return _S3 if uri.scheme == "s3" else _FILE
+def backend_for(uri: StorageUri, credentials: Mapping[str, str] | None = None) -> Backend:
+    if uri.scheme != "s3":
+        return _FILE
+    return S3Backend(credentials) if credentials else _S3
 
 
 def read_object(uri: str, *, field: str = "uri") -> bytes:

@@ -13,7 +13,6 @@ from pydantic.alias_generators import to_camel
 from .errors import InvalidMetadataError
 
 ARTIFACT_FORMAT = "modelloop.artifact/v1"
-SKETCH_FORMAT = "modelloop.sketch/v1"
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.skops"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -99,9 +98,9 @@ class ArtifactMetadata(_Model):
     @field_validator("reference", "prediction_reference")
     @classmethod
     def _is_sketch(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if value.get("format") != SKETCH_FORMAT:
-            raise ValueError(f"must be a sketch with format {SKETCH_FORMAT!r}, got {value.get('format')!r}")
-        return value
+        from modelloop.drift.sketch import validate  # the sketch format's one definition (numpy, pandas)
+
+        return validate(value)
 
     @field_validator("created")
     @classmethod

@@ -108,10 +108,11 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def open_store(uri: str, *, field: str = "uri") -> ArtifactStore:
-    """The store of an output URI; InvalidUriError names `field` and the bad value."""
+def open_store(uri: str, *, field: str = "uri", credentials: Mapping[str, str] | None = None) -> ArtifactStore:
+    """The store of an output URI; InvalidUriError names `field` and the bad value. `credentials`
+    (AWS_* keys) replace the environment's, for callers serving many resources (the operator)."""
     base = parse_uri(uri, field=field)
-    return ArtifactStore(base, backend_for(base))
+    return ArtifactStore(base, backend_for(base, credentials))
 
 
 def split_version_uri(version_uri: str) -> tuple[ArtifactStore, int]:

@@ -5,11 +5,13 @@ store and version, dataset columns and types) is checked first.
 """
 from __future__ import annotations
 
+import importlib
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from modelloop.artifacts import (
     MODEL_FILE, ArtifactMetadata, InvalidUriError, StorageError, UntrustedTypeError, open_store, serialize_model,
@@ -17,6 +19,7 @@ from modelloop.artifacts import (
 )
 from modelloop.artifacts import VersionExistsError as StoreVersionExistsError
 from modelloop.artifacts.metadata import TrainingIdentity
+from modelloop.drift.sketch import build_reference
 
 from .dataset import Columns, read_dataset, resolve_columns, schema_dtype
 from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError
@@ -24,6 +27,8 @@ from .estimator import build_estimator, build_model, learned_categories
 from .evaluate import evaluate, primary_metric
 from .logs import log_event
 from .spec import parse_spec
+
+T = TypeVar("T")
 
 
 def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -54,24 +59,30 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
     x_train, x_valid, y_train, y_valid = _split(dataset.frame, columns, task, parsed.validation.test_size,
                                                 parsed.validation.seed)
     model = build_model(estimator, columns.categorical)
-    with _step("fit", estimator=parsed.estimator.class_name, rows=len(x_train)):
-        try:
-            model.fit(x_train, y_train)
-        except Exception as exc:  # anything the estimator raises is a property of data + params
-            raise FitError(f"fitting {parsed.estimator.class_name} failed: {type(exc).__name__}: {exc}") from None
-    with _step("evaluate", rows=len(x_valid)) as info:
-        try:
-            predictions = model.predict(x_valid)
-        except Exception as exc:
-            raise FitError(f"predicting the validation split failed: {type(exc).__name__}: {exc}") from None
-        metrics = evaluate(model, x_valid, y_valid, predictions, task, metric)
-        info.update(metric=metric, value=metrics[metric])
-    with _step("sketch"):
-        from modelloop.drift.sketch import build_reference
-
-        reference = build_reference({c: x_train[c] for c in columns.features}, categorical=columns.categorical)
-        prediction_reference = build_reference({columns.target: predictions},
-                                               categorical=[columns.target] if task == "classification" else ())
+    # What does not need the fitted model runs beside the fit, which spends its time in native code
+    # that releases the GIL: the reference sketch of the training features, and importing skops
+    # (whose import builds its trusted-type list by importing every scikit-learn estimator).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside-fit") as pool:
+        training_columns = {c: x_train[c].to_numpy() for c in columns.features}
+        reference = pool.submit(_timed, "sketch.reference", build_reference, training_columns,
+                                categorical=columns.categorical)
+        pool.submit(importlib.import_module, "skops.io")
+        with _step("fit", estimator=parsed.estimator.class_name, rows=len(x_train)):
+            try:
+                model.fit(x_train, y_train)
+            except Exception as exc:  # anything the estimator raises is a property of data + params
+                raise FitError(f"fitting {parsed.estimator.class_name} failed: {type(exc).__name__}: {exc}") from None
+        with _step("evaluate", rows=len(x_valid)) as info:
+            try:
+                predictions = model.predict(x_valid)
+            except Exception as exc:
+                raise FitError(f"predicting the validation split failed: {type(exc).__name__}: {exc}") from None
+            metrics = evaluate(model, x_valid, y_valid, predictions, task, metric)
+            info.update(metric=metric, value=metrics[metric])
+        with _step("sketch.predictions"):
+            prediction_reference = build_reference({columns.target: predictions},
+                                                   categorical=[columns.target] if task == "classification" else ())
+        reference = reference.result()
     with _step("serialize") as info:
         try:
             model_bytes, trusted_types = serialize_model(model)
@@ -160,6 +171,11 @@ def _libraries() -> dict[str, str]:
 
     return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
             "numpy": numpy.__version__, "skops": skops.__version__}
+
+
+def _timed(event: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    with _step(event):
+        return function(*args, **kwargs)
 
 
 @contextmanager

@@ -124,7 +124,9 @@ def test_cli_invocation_errors_are_reported_like_any_failure(in_process, monkeyp
     monkeypatch.delenv("MODELLOOP_TRAINING_SPEC", raising=False)
     for key, value in setup.items():
         monkeypatch.setenv(key, value)
-    assert in_process(*args) == (code, message + "\n")
+    exit_code, termination = in_process(*args)
+    assert exit_code == code
+    assert termination.startswith(message) and termination.count("\n") == 1
 
 
 def test_a_fit_failure_exits_5(in_process, local, churn, to_bytes, spec_for, monkeypatch):

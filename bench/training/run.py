@@ -1,0 +1,132 @@
+"""Trainer vs plain scikit-learn: the real `modelloop-train` CLI end to end against a plain script doing
+the same fit (same data, split, estimator, params, seed), each run in its own process, median of N.
+
+    .venv/bin/python bench/training/run.py [--rows 200000] [--features 20] [--runs 3] [--threads 1]
+
+Prints a table and writes bench/results/training.json ({"trainer_s", "plain_s", "ratio", ...}).
+The difference is the trainer's overhead: validation, metrics beyond accuracy, reference sketches,
+skops serialisation, hashing, the commit protocol and its imports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "bench" / "results" / "training.json"
+BIN = Path(sys.executable).parent
+ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
+PARAMS = {"max_iter": 100, "learning_rate": 0.1, "max_leaf_nodes": 31}
+TEST_SIZE, SEED, TARGET = 0.2, 42, "label"
+
+
+def make_dataset(path: Path, rows: int, features: int) -> None:
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=rows, n_features=features, n_informative=max(2, features // 2),
+                               random_state=0)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(features)])
+    frame[TARGET] = y
+    frame.to_csv(path, index=False, float_format="%.6g")
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"{command[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return elapsed, proc
+
+
+def step_seconds(stderr: str) -> dict[str, float]:
+    """The trainer's own per-step timings from its key=value log lines."""
+    steps = {}
+    for line in stderr.splitlines():
+        event, seconds = re.search(r" event=(\S+)", line), re.search(r" seconds=([0-9.]+)", line)
+        if event and seconds:
+            steps[event[1]] = float(seconds[1])
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OMP threads for both sides (1: stable numbers on a shared machine)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="modelloop-bench-training-"))
+    try:
+        data = work / "train.csv"
+        make_dataset(data, args.rows, args.features)
+        spec = {"dataset": {"uri": f"file://{data}", "target": TARGET},
+                "estimator": {"class": ESTIMATOR, "params": PARAMS},
+                "validation": {"testSize": TEST_SIZE, "seed": SEED}, "output": {"uri": f"file://{work}/models"}}
+        (work / "spec.json").write_text(json.dumps(spec))
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONHASHSEED": "0"}
+        env.pop("MODELLOOP_TERMINATION_LOG", None)
+
+        def trainer(version: int) -> tuple[float, subprocess.CompletedProcess]:
+            return timed([str(BIN / "modelloop-train"), "--version", str(version), "--spec-file",
+                          str(work / "spec.json"), "--termination-log", str(work / f"termination-{version}")], env)
+
+        def plain(run: int) -> tuple[float, subprocess.CompletedProcess]:
+            return timed([sys.executable, str(Path(__file__).with_name("plain.py")), str(data), TARGET,
+                          json.dumps(PARAMS), str(TEST_SIZE), str(SEED), str(work / f"plain-{run}.joblib")], env)
+
+        trainer(1000), plain(1000)  # warm-up: page cache, bytecode caches
+        trainer_times, plain_times, steps = [], [], []
+        for run in range(1, args.runs + 1):  # interleaved so that machine load hits both sides alike
+            seconds, proc = trainer(run)
+            trainer_times.append(seconds)
+            steps.append(step_seconds(proc.stderr))
+            seconds, proc = plain(run)
+            plain_times.append(seconds)
+            plain_accuracy = json.loads(proc.stdout)["accuracy"]
+        metadata = json.loads((work / "models" / f"v{args.runs}" / "metadata.json").read_text())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    trainer_s, plain_s = statistics.median(trainer_times), statistics.median(plain_times)
+    step_medians = {name: round(statistics.median(s.get(name, 0.0) for s in steps), 3) for name in steps[0]}
+    result = {
+        "trainer_s": round(trainer_s, 3), "plain_s": round(plain_s, 3), "ratio": round(trainer_s / plain_s, 3),
+        "overhead_s": round(trainer_s - plain_s, 3),
+        "trainer_runs_s": [round(t, 3) for t in trainer_times], "plain_runs_s": [round(t, 3) for t in plain_times],
+        "trainer_steps_s": step_medians,
+        "same_fit": metadata["metrics"]["accuracy"] == plain_accuracy,
+        "accuracy": {"trainer": metadata["metrics"]["accuracy"], "plain": plain_accuracy},
+        "dataset": {"rows": args.rows, "features": args.features, "format": "csv"},
+        "estimator": {"class": ESTIMATOR, "params": {**PARAMS, "random_state": SEED}},
+        "machine": {"cpus": os.cpu_count(), "load_1m_at_end": round(os.getloadavg()[0], 2),
+                    "omp_threads": args.threads, "python": platform.python_version()},
+        "runs": args.runs,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"{'':24}{'median s':>10}  runs")
+    print(f"{'modelloop-train':24}{trainer_s:>10.2f}  {', '.join(f'{t:.2f}' for t in trainer_times)}")
+    print(f"{'plain scikit-learn':24}{plain_s:>10.2f}  {', '.join(f'{t:.2f}' for t in plain_times)}")
+    print(f"ratio {result['ratio']:.3f} (target <= 1.1), overhead {result['overhead_s']:+.2f} s; same fit: "
+          f"{result['same_fit']} (accuracy {plain_accuracy:.4f})")
+    print("trainer steps (median s): " + ", ".join(f"{k}={v}" for k, v in step_medians.items()))
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

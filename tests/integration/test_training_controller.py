@@ -1,0 +1,175 @@
+"""The ModelTraining controller against the real API server, with the real operator process.
+
+Successful and really-failing runs execute the real trainer on the local node (a process per pod);
+kwok drives the cases that need a pod to fail or to keep running on demand.
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.cluster import ROOT, wait_for
+
+KWOK = {"nodeSelector": {"type": "kwok"}, "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}]}
+CHURN = (ROOT / "examples" / "data" / "churn.csv").read_bytes()
+
+
+def secret(namespace: str, s3) -> dict:
+    env = s3.server.env
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": namespace},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()}}
+
+
+def training(namespace: str, s3, name: str = "churn", **spec) -> dict:
+    base = {
+        "dataset": {"uri": s3.uri("churn.csv"), "target": "churned", "categorical": ["plan", "region"]},
+        "estimator": {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 20, "max_depth": 6}},
+        "validation": {"testSize": 0.25, "seed": 7, "metric": "roc_auc"},
+        "output": {"uri": s3.uri(f"models/{name}")},
+        "storage": {"secretRef": {"name": "s3"}},
+    }
+    base.update(spec)
+    return {"apiVersion": "modelloop.dev/v1alpha1", "kind": "ModelTraining",
+            "metadata": {"name": name, "namespace": namespace}, "spec": base}
+
+
+@pytest.fixture()
+def data(cluster, namespace, s3):
+    s3.put("churn.csv", CHURN)
+    cluster.apply(secret(namespace, s3))
+    return s3
+
+
+def status(cluster, namespace, name="churn") -> dict:
+    return cluster.get("mtrain", name, "-n", namespace).get("status") or {}
+
+
+def cond(st: dict, type_: str) -> dict:
+    return next((c for c in st.get("conditions") or () if c["type"] == type_), {})
+
+
+def jobs(cluster, namespace, name="churn") -> list[dict]:
+    return cluster.get("jobs", "-n", namespace, "-l", f"modelloop.dev/training={name}")["items"]
+
+
+def test_applying_a_training_creates_exactly_one_job_with_the_expected_spec(operator, cluster, namespace, data):
+    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "600000"}}
+    cluster.apply(training(namespace, data, podTemplate=held))
+    job = wait_for(lambda: (jobs(cluster, namespace) or [None])[0], timeout=60, message="the training Job")
+    wait_for(lambda: status(cluster, namespace).get("phase") == "Running", timeout=30, message="phase Running")
+    assert [j["metadata"]["name"] for j in jobs(cluster, namespace)] == ["churn-v1"]
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "ModelTraining" and owner["controller"] is True
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["modelloop-train"] and c["args"] == ["--version", "1"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
+    assert {"secretRef": {"name": "s3"}} in c["envFrom"]
+    assert pod["nodeSelector"] == {"type": "kwok"}
+    st = status(cluster, namespace)
+    assert st["currentRun"] == "churn-v1" and st["observedGeneration"] == 1
+    assert cond(st, "Reconciling")["status"] == "True"
+    assert cond(st, "Ready")["status"] == "False"
+    # Level-based: a resync or an unrelated update creates nothing more.
+    cluster.kubectl("annotate", "mtrain", "churn", "-n", namespace, "note=unrelated")
+    wait_for(lambda: cluster.get("mtrain", "churn", "-n", namespace)["metadata"]["annotations"].get("note"), timeout=10)
+    assert len(jobs(cluster, namespace)) == 1
+
+
+@pytest.mark.localnode
+def test_successful_run_records_version_metrics_and_ready(operator, cluster, namespace, data):
+    cluster.apply(training(namespace, data))
+    cluster.kubectl("wait", "mtrain/churn", "-n", namespace, "--for=condition=Ready", "--timeout=180s")
+    st = status(cluster, namespace)
+    assert st["latestVersion"] == 1 and st["phase"] == "Succeeded"
+    assert st["latestArtifact"] == data.uri("models/churn/v1")
+    assert st["metric"]["name"] == "roc_auc" and 0.5 < st["metric"]["value"] <= 1.0
+    assert {"accuracy", "f1", "roc_auc"} <= set(st["metrics"])
+    assert st["runs"][0]["result"] == "Succeeded" and st["runs"][0]["trigger"] == "Created"
+    assert cond(st, "Succeeded")["status"] == "True" and cond(st, "Stalled")["status"] == "False"
+    meta = json.loads(data.get("models/churn/v1/metadata.json"))
+    assert meta["training"]["namespace"] == namespace and meta["version"] == 1
+    reasons = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                              "involvedObject.kind=ModelTraining", "-o", "jsonpath={.items[*].reason}").stdout.split()
+    assert "RunStarted" in reasons and "RunSucceeded" in reasons
+    assert "modelloop-test-secret" not in json.dumps(cluster.get("mtrain", "churn", "-n", namespace))
+
+
+@pytest.mark.localnode
+def test_failed_run_reports_the_trainers_reason_and_keeps_the_last_good_version(operator, cluster, namespace, data):
+    cluster.apply(training(namespace, data))
+    cluster.kubectl("wait", "mtrain/churn", "-n", namespace, "--for=condition=Ready", "--timeout=180s")
+    bad = training(namespace, data)
+    bad["spec"]["dataset"]["target"] = "no_such_column"
+    cluster.apply(bad)
+    wait_for(lambda: cond(status(cluster, namespace), "Failed").get("status") == "True", timeout=180,
+             message="the second run to fail")
+    st = status(cluster, namespace)
+    assert st["latestVersion"] == 1 and st["latestArtifact"].endswith("/v1")
+    assert st["runs"][0]["version"] == 2 and st["runs"][0]["result"] == "Failed"
+    assert "no_such_column" in st["runs"][0]["message"] and "DatasetInvalid" in st["runs"][0]["message"]
+    assert cond(st, "Ready")["status"] == "True"  # v1 still serves
+    assert "last run failed" in cond(st, "Ready")["message"]
+    assert st["phase"] == "Failed"
+    assert data.keys("models/churn/v2/") == []  # a failed run commits nothing
+
+
+def test_failed_pod_on_kwok_sets_failed_with_the_termination_message(operator, cluster, namespace, data):
+    failing = {**KWOK, "labels": {"pod-container-running-failed.stage.kwok.x-k8s.io": "true"},
+               "annotations": {"pod-container-running-failed.stage.kwok.x-k8s.io/exit-code": "3",
+                               # kwok's stage template does not quote the message: no ": " in it
+                               "pod-container-running-failed.stage.kwok.x-k8s.io/message":
+                                   "DatasetUnreadable s3://bucket/churn.csv access denied"}}
+    cluster.apply(training(namespace, data, podTemplate=failing))
+    wait_for(lambda: status(cluster, namespace).get("phase") == "Failed", timeout=60, message="phase Failed")
+    st = status(cluster, namespace)
+    assert "latestVersion" not in st
+    assert st["runs"][0]["message"] == "exit code 3: DatasetUnreadable s3://bucket/churn.csv access denied"
+    assert cond(st, "Ready")["reason"] == "NoVersion"
+
+
+def test_invalid_estimator_params_stall_before_any_job_starts(operator, cluster, namespace, data):
+    cluster.apply(training(namespace, data, estimator={"class": "sklearn.ensemble.RandomForestClassifier",
+                                                       "params": {"n_trees": 10}}))
+    wait_for(lambda: cond(status(cluster, namespace), "Stalled").get("status") == "True", timeout=30, message="Stalled")
+    st = status(cluster, namespace)
+    assert "n_trees" in cond(st, "Stalled")["message"] and cond(st, "Stalled")["reason"] == "InvalidSpec"
+    assert jobs(cluster, namespace) == []
+
+
+def test_retrain_annotation_starts_exactly_one_new_run_and_a_request_during_a_run_is_queued(
+        operator, cluster, namespace, data):
+    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "4000"}}
+    cluster.apply(training(namespace, data, podTemplate=held))
+    wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v1", timeout=30, message="run 1")
+    cluster.kubectl("annotate", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-1")
+    wait_for(lambda: status(cluster, namespace).get("queuedRequest") == "drift-1", timeout=30, message="queued request")
+    # Run 1 ends (kwok completes it; no artifact, so it fails); the queued request then starts run 2.
+    wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v2", timeout=60, message="run 2")
+    st = status(cluster, namespace)
+    assert st["runs"][0]["trigger"] == "RetrainRequested" and st["runs"][0]["reason"] == "drift-1"
+    assert st["handledRequest"] == "drift-1" and "queuedRequest" not in st
+    wait_for(lambda: status(cluster, namespace).get("phase") != "Running", timeout=60, message="run 2 to end")
+    # The same value again is not a new request; a new value is exactly one more run.
+    cluster.kubectl("annotate", "--overwrite", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-1")
+    cluster.kubectl("annotate", "--overwrite", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-2")
+    wait_for(lambda: len(status(cluster, namespace).get("runs", [])) == 3, timeout=30, message="run 3")
+    wait_for(lambda: status(cluster, namespace).get("phase") != "Running", timeout=60, message="run 3 to end")
+    assert [r["version"] for r in status(cluster, namespace)["runs"]] == [3, 2, 1]
+
+
+def test_operator_restart_during_a_run_creates_no_duplicate_job_and_the_result_lands(
+        operator, cluster, namespace, data):
+    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "8000"}}
+    cluster.apply(training(namespace, data, podTemplate=held))
+    wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v1", timeout=30, message="run 1")
+    operator.restart(kill=True)
+    wait_for(lambda: status(cluster, namespace).get("phase") == "Failed", timeout=60,
+             message="the run's result after the restart")
+    st = status(cluster, namespace)
+    assert [r["job"] for r in st["runs"]] == ["churn-v1"]
+    assert "artifact v1 rejected" in st["runs"][0]["message"]  # kwok ran no trainer: nothing was written
+    assert len(cluster.get("jobs", "-n", namespace)["items"]) <= 1

@@ -160,19 +160,24 @@ def numeric_array(values: Any, what: str) -> np.ndarray:
     kind = array.dtype.kind
     if kind in "fiub":
         return array.astype(np.float64, copy=False)
-    if kind in "USO":
-        if kind == "O":
-            for value in array.flat:
-                if value is not None and not isinstance(value, (bool, int, float)):
-                    break
-            else:
-                return array.astype(np.float64)
-            if any(isinstance(v, (list, dict)) for v in array.flat):
-                raise bad_request(f"{what} is ragged or holds objects; expected numbers")
-        example = next(v for v in array.flat if isinstance(v, (str, bytes, np.str_)) or
-                       (v is not None and not isinstance(v, (bool, int, float))))
-        raise bad_request(f"{what} must hold numbers; found {_show(example)}")
-    raise bad_request(f"{what} must hold numbers; found values of type {array.dtype}")
+    if kind == "O" and all(v is None or isinstance(v, (bool, int, float)) for v in array.flat):
+        return array.astype(np.float64)  # numbers with None (missing) among them
+    culprit = _first_non_number(values)
+    if isinstance(culprit, list):
+        raise bad_request(f"{what} is ragged: its rows have different lengths")
+    raise bad_request(f"{what} must hold numbers; found {_show(culprit)}")
+
+
+def _first_non_number(values: Any) -> Any:
+    """The first element of nested lists that is neither a number nor None (a list when ragged)."""
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, (list, tuple)):
+            stack.extend(reversed(value))
+        elif value is not None and not isinstance(value, (bool, int, float, np.number)):
+            return value
+    return []
 
 
 def text_array(values: Any, what: str) -> np.ndarray:

@@ -10,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import httpx
 import numpy as np
@@ -214,3 +216,25 @@ def v2_matrix(rows: list[list[float]], name: str = "input-0", datatype: str = "F
 def v2_columns(columns: dict[str, list[Any]], datatypes: dict[str, str] | None = None) -> dict[str, Any]:
     return {"inputs": [{"name": name, "datatype": (datatypes or {}).get(name, "FP64"), "shape": [len(values)],
                         "data": values} for name, values in columns.items()]}
+
+
+@contextmanager
+def serve_in_thread(app: Any) -> Iterator[str]:
+    """uvicorn serving `app` on a free loopback port in a thread of the test process; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
+                                           lifespan="on", log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

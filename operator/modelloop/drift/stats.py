@@ -1,0 +1,232 @@
+"""Drift statistics: from bin counts (sketches) and exact ones from raw values.
+
+Pure functions of arrays; `modelloop.drift.detect` chooses among them and decides. Formulas, the
+binning tolerance and the reasons for each choice are in docs/drift.md.
+
+Conventions: `ref` / `cur` are counts of the reference and of the current window over the same bins
+(missing values excluded); distributions are the counts divided by their total.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import special
+from scipy.stats import distributions
+
+from .sketch import _bin_counts, _quantiles
+
+# Bins of PSI and Jensen-Shannon on numeric features: 10 groups of equal reference mass (deciles).
+# Finer bins bias both upwards on small windows (about (bins - 1) / n under no drift).
+NUMERIC_GROUPS = 10
+# Proportions below this count as this in PSI, which is infinite on an empty bin otherwise.
+PSI_FLOOR = 1e-4
+# IQR of a normal distribution in standard deviations: IQR / 1.349 estimates the standard deviation
+# robustly, so the normalised Wasserstein distance of a shifted normal is the shift in sigmas.
+IQR_PER_SIGMA = 2.0 * special.ndtri(0.75)
+# ks_2samp computes exact p-values up to this many values in the larger sample; so do we.
+KS_EXACT_MAX = 10_000
+
+
+def _proportions(counts: np.ndarray) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    return counts / total if total > 0 else counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Divergences between two histograms over the same bins.
+
+def psi(ref: np.ndarray, cur: np.ndarray, floor: float = PSI_FLOOR) -> float:
+    """Population stability index: sum((q - p) * ln(q / p)), proportions floored at `floor`."""
+    p = np.maximum(_proportions(ref), floor)
+    q = np.maximum(_proportions(cur), floor)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def jensenshannon(ref: np.ndarray, cur: np.ndarray) -> float:
+    """Jensen-Shannon distance in base 2 (0 identical .. 1 disjoint), as scipy's jensenshannon(base=2)."""
+    p, q = _proportions(ref), _proportions(cur)
+    m = (p + q) / 2.0
+    divergence = (np.sum(special.rel_entr(p, m)) + np.sum(special.rel_entr(q, m))) / 2.0
+    return float(math.sqrt(max(divergence, 0.0) / math.log(2.0)))
+
+
+def chi2_test(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]:
+    """(statistic, p-value, Cramer's V) of the chi-squared test of homogeneity of the 2 x bins table,
+    bins empty in both dropped; as scipy's chi2_contingency(correction=False)."""
+    table = np.vstack([ref, cur]).astype(np.float64)
+    table = table[:, table.sum(axis=0) > 0]
+    total = table.sum()
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 0.0, 1.0, 0.0
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / total
+    statistic = float(np.sum((table - expected) ** 2 / expected))
+    p_value = float(distributions.chi2.sf(statistic, table.shape[1] - 1))
+    return statistic, p_value, math.sqrt(statistic / total)  # V = sqrt(chi2 / (N * (min(2, bins) - 1)))
+
+
+def missing_rate_test(missing_ref: int, rows_ref: int, missing_cur: int, rows_cur: int) -> float:
+    """p-value of the chi-squared test that the share of missing values is the same in both."""
+    return chi2_test(np.array([rows_ref - missing_ref, missing_ref]), np.array([rows_cur - missing_cur, missing_cur]))[1]
+
+
+def group_bins(ref: np.ndarray, groups: int = NUMERIC_GROUPS) -> np.ndarray:
+    """Group number of each bin, consecutive bins of about 1/groups of the reference mass per group
+    (reference-quantile bins of a sketch coarsen to deciles)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    total = ref.sum()
+    if total <= 0:
+        return np.zeros(ref.size, dtype=np.intp)
+    middle = (np.cumsum(ref) - ref / 2.0) / total
+    return np.minimum((middle * groups).astype(np.intp), groups - 1)
+
+
+def regroup(counts: np.ndarray, group: np.ndarray) -> np.ndarray:
+    return np.bincount(group, weights=np.asarray(counts, dtype=np.float64), minlength=int(group.max(initial=0)) + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Kolmogorov-Smirnov and Wasserstein on numeric bins.
+
+def ks_pvalue(d: float, n: int, m: int) -> float:
+    """Asymptotic two-sample KS p-value of statistic `d` with effective size n*m/(n+m), as ks_2samp(method="asymp")."""
+    if n <= 0 or m <= 0 or d <= 0:
+        return 1.0
+    return float(np.clip(distributions.kstwo.sf(d, np.round(n * m / (n + m))), 0.0, 1.0))
+
+
+def _cdf_gaps(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
+    """F_ref - F_cur at each interior edge (the mass strictly below it)."""
+    return (np.cumsum(_proportions(ref))[:-1] - np.cumsum(_proportions(cur))[:-1])
+
+
+def ks_binned(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float]:
+    """(statistic, p-value): the largest CDF gap over the edges; the exact statistic is at most one
+    bin's mass larger (docs/drift.md, "Binning tolerance")."""
+    gaps = _cdf_gaps(ref, cur)
+    d = float(np.abs(gaps).max(initial=0.0))
+    return d, ks_pvalue(d, int(np.sum(ref)), int(np.sum(cur)))
+
+
+def wasserstein_binned(edges: np.ndarray, ref: np.ndarray, cur: np.ndarray) -> float:
+    """Integral of |F_ref - F_cur| between the outer edges, both CDFs linear within each bin (values
+    spread uniformly); mass outside the outer edges adds nothing (docs/drift.md)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.size < 2:
+        return 0.0
+    gaps = _cdf_gaps(ref, cur)
+    a, b, width = gaps[:-1], gaps[1:], np.diff(edges)
+    same_sign = a * b >= 0
+    span = np.abs(a) + np.abs(b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        crossing = np.where(span > 0, (a * a + b * b) / (2.0 * span), 0.0)  # exact |linear| integral
+    return float(np.sum(width * np.where(same_sign, span / 2.0, crossing)))
+
+
+def binned_scale(edges: np.ndarray, ref: np.ndarray) -> float:
+    """The reference's spread from its bins: IQR / 1.349 (the CDF interpolated between edges), else
+    the standard deviation with values at the bin middles (outer bins at the outer edges); 0 if none."""
+    edges = np.asarray(edges, dtype=np.float64)
+    p = _proportions(ref)
+    if edges.size < 2 or p.sum() == 0:
+        return 0.0
+    cdf = np.cumsum(p)[:-1]
+    q1, q3 = np.interp([0.25, 0.75], cdf, edges)
+    if q3 > q1:
+        return float((q3 - q1) / IQR_PER_SIGMA)
+    values = np.concatenate([[edges[0]], (edges[:-1] + edges[1:]) / 2.0, [edges[-1]]])
+    mean = np.sum(p * values)
+    return float(math.sqrt(max(np.sum(p * (values - mean) ** 2), 0.0)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exact statistics on raw values.
+
+def values_scale(x: np.ndarray) -> float:
+    """IQR / 1.349 of finite values, else their standard deviation; 0 when constant or empty."""
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return 0.0
+    q1, q3 = _quantiles(x, np.array([0.25, 0.75]))
+    if q3 > q1:
+        return float((q3 - q1) / IQR_PER_SIGMA)
+    return float(np.std(x))
+
+
+def _merged_cdfs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For the sorted union of sorted `a` and `b`: F_a - F_b after each value, and the width to the
+    next value (0 inside a run of ties, so only the last of a run counts)."""
+    n, m = a.size, b.size
+    merged = np.empty(n + m)
+    from_a = np.zeros(n + m, dtype=bool)
+    at_a = np.arange(n) + np.searchsorted(b, a, side="left")
+    at_b = np.arange(m) + np.searchsorted(a, b, side="right")
+    merged[at_a] = a
+    merged[at_b] = b
+    from_a[at_a] = True
+    seen_a = np.cumsum(from_a)
+    gap = seen_a / n - (np.arange(1, n + m + 1) - seen_a) / m
+    width = np.empty(n + m)
+    np.subtract(merged[1:], merged[:-1], out=width[:-1])
+    width[-1] = 0.0
+    return gap, width
+
+
+def ks_wasserstein_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """(KS statistic, KS p-value, Wasserstein-1 distance) of two samples of finite values.
+
+    Equal to scipy's ks_2samp (method "auto": exact p-value up to 10,000 values, asymptotic beyond)
+    and wasserstein_distance, from one sort of each sample instead of several.
+    """
+    a, b = np.sort(a), np.sort(b)
+    n, m = a.size, b.size
+    if n == 0 or m == 0:
+        return 0.0, 1.0, 0.0
+    gap, width = _merged_cdfs(a, b)
+    ends = width > 0
+    d = float(np.abs(gap[ends]).max(initial=0.0))
+    w = float(np.dot(np.abs(gap), width))
+    if max(n, m) <= KS_EXACT_MAX:
+        from scipy.stats import ks_2samp
+        return d, float(ks_2samp(a, b).pvalue), w
+    return d, ks_pvalue(d, n, m), w
+
+
+def counts_over(edges: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Counts of non-NaN `x` over the bins of `edges` (the sketch's bins)."""
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.size == 0:
+        return np.array([x.size], dtype=np.int64)
+    return _bin_counts(x, edges)
+
+
+def decile_edges(x: np.ndarray, groups: int = NUMERIC_GROUPS) -> np.ndarray:
+    """Unique reference quantiles splitting finite `x` into `groups` bins of equal mass."""
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return np.empty(0)
+    return np.unique(_quantiles(x, np.linspace(0.0, 1.0, groups + 1)[1:-1]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multiple testing.
+
+CORRECTIONS = ("fdr_bh", "bonferroni", "none")
+
+
+def adjust_pvalues(p_values: np.ndarray, method: str = "fdr_bh") -> np.ndarray:
+    """p-values adjusted for testing them together: Benjamini-Hochberg (fdr_bh), Bonferroni, or none."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.size == 0 or method == "none":
+        return p.copy()
+    if method == "bonferroni":
+        return np.minimum(p * p.size, 1.0)
+    if method != "fdr_bh":
+        raise ValueError(f"correction {method!r} is not supported; use one of {list(CORRECTIONS)}")
+    order = np.argsort(p)
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    adjusted = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    out = np.empty_like(adjusted)
+    out[order] = adjusted
+    return out

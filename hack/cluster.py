@@ -254,6 +254,13 @@ def down() -> None:
     if state:
         stop_pids(state["pids"])
         log(f"stopped {', '.join(state['pids'])}")
+    # Servers other tools started for this cluster (the demo's operator and S3 server).
+    extra = STATE_DIR / "extra-pids.json"
+    if extra.exists():
+        try:
+            stop_pids({k: int(v) for k, v in json.loads(extra.read_text()).items()}, grace=5)
+        except (ValueError, TypeError):
+            pass
     # Pod processes the local node agent started (it stops them itself; this covers a killed agent).
     leftovers = STATE_DIR / "localnode" / "processes.json"
     if leftovers.exists():
@@ -262,6 +269,14 @@ def down() -> None:
         except (ValueError, TypeError):
             pass
     shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def register_extra(name: str, pid: int) -> None:
+    """Record a process that `down` must stop with the cluster."""
+    extra = STATE_DIR / "extra-pids.json"
+    pids = json.loads(extra.read_text()) if extra.exists() else {}
+    pids[name] = pid
+    extra.write_text(json.dumps(pids, indent=2))
 
 
 def build_binaries() -> None:

@@ -14,12 +14,14 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,13 +43,23 @@ def make_dataset(path: Path, rows: int, features: int) -> None:
     frame.to_csv(path, index=False, float_format="%.6g")
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: float  # user + system of the process (all its threads)
+    proc: subprocess.CompletedProcess
+
+
+def timed(command: list[str], env: dict[str, str]) -> Run:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         sys.exit(f"{command[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return elapsed, proc
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Run(elapsed, cpu, proc)
 
 
 def step_seconds(stderr: str) -> dict[str, float]:
@@ -69,6 +81,7 @@ def main() -> None:
                         help="OMP threads for both sides (1: stable numbers on a shared machine)")
     args = parser.parse_args()
 
+    load_at_start = round(os.getloadavg()[0], 2)
     work = Path(tempfile.mkdtemp(prefix="modelloop-bench-training-"))
     try:
         data = work / "train.csv"
@@ -80,50 +93,54 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONHASHSEED": "0"}
         env.pop("MODELLOOP_TERMINATION_LOG", None)
 
-        def trainer(version: int) -> tuple[float, subprocess.CompletedProcess]:
+        def trainer(version: int) -> Run:
             return timed([str(BIN / "modelloop-train"), "--version", str(version), "--spec-file",
                           str(work / "spec.json"), "--termination-log", str(work / f"termination-{version}")], env)
 
-        def plain(run: int) -> tuple[float, subprocess.CompletedProcess]:
+        def plain(run: int) -> Run:
             return timed([sys.executable, str(Path(__file__).with_name("plain.py")), str(data), TARGET,
                           json.dumps(PARAMS), str(TEST_SIZE), str(SEED), str(work / f"plain-{run}.joblib")], env)
 
         trainer(1000), plain(1000)  # warm-up: page cache, bytecode caches
-        trainer_times, plain_times, steps = [], [], []
+        trainer_runs, plain_runs = [], []
         for run in range(1, args.runs + 1):  # interleaved so that machine load hits both sides alike
-            seconds, proc = trainer(run)
-            trainer_times.append(seconds)
-            steps.append(step_seconds(proc.stderr))
-            seconds, proc = plain(run)
-            plain_times.append(seconds)
-            plain_accuracy = json.loads(proc.stdout)["accuracy"]
+            trainer_runs.append(trainer(run))
+            plain_runs.append(plain(run))
+        plain_accuracy = json.loads(plain_runs[-1].proc.stdout)["accuracy"]
         metadata = json.loads((work / "models" / f"v{args.runs}" / "metadata.json").read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    trainer_times, plain_times = [r.wall_s for r in trainer_runs], [r.wall_s for r in plain_runs]
     trainer_s, plain_s = statistics.median(trainer_times), statistics.median(plain_times)
+    trainer_cpu, plain_cpu = statistics.median(r.cpu_s for r in trainer_runs), statistics.median(r.cpu_s for r in plain_runs)
+    steps = [step_seconds(r.proc.stderr) for r in trainer_runs]
     step_medians = {name: round(statistics.median(s.get(name, 0.0) for s in steps), 3) for name in steps[0]}
     result = {
         "trainer_s": round(trainer_s, 3), "plain_s": round(plain_s, 3), "ratio": round(trainer_s / plain_s, 3),
         "overhead_s": round(trainer_s - plain_s, 3),
+        "trainer_cpu_s": round(trainer_cpu, 3), "plain_cpu_s": round(plain_cpu, 3),
+        "cpu_ratio": round(trainer_cpu / plain_cpu, 3),
         "trainer_runs_s": [round(t, 3) for t in trainer_times], "plain_runs_s": [round(t, 3) for t in plain_times],
         "trainer_steps_s": step_medians,
         "same_fit": metadata["metrics"]["accuracy"] == plain_accuracy,
         "accuracy": {"trainer": metadata["metrics"]["accuracy"], "plain": plain_accuracy},
         "dataset": {"rows": args.rows, "features": args.features, "format": "csv"},
         "estimator": {"class": ESTIMATOR, "params": {**PARAMS, "random_state": SEED}},
-        "machine": {"cpus": os.cpu_count(), "load_1m_at_end": round(os.getloadavg()[0], 2),
+        "machine": {"cpus": os.cpu_count(), "load_1m_at_start": load_at_start,
+                    "load_1m_at_end": round(os.getloadavg()[0], 2),
                     "omp_threads": args.threads, "python": platform.python_version()},
         "runs": args.runs,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"{'':24}{'median s':>10}  runs")
-    print(f"{'modelloop-train':24}{trainer_s:>10.2f}  {', '.join(f'{t:.2f}' for t in trainer_times)}")
-    print(f"{'plain scikit-learn':24}{plain_s:>10.2f}  {', '.join(f'{t:.2f}' for t in plain_times)}")
-    print(f"ratio {result['ratio']:.3f} (target <= 1.1), overhead {result['overhead_s']:+.2f} s; same fit: "
-          f"{result['same_fit']} (accuracy {plain_accuracy:.4f})")
+    print(f"{'':20}{'wall s':>8}{'cpu s':>8}  wall of each run")
+    print(f"{'modelloop-train':20}{trainer_s:>8.2f}{trainer_cpu:>8.2f}  {', '.join(f'{t:.2f}' for t in trainer_times)}")
+    print(f"{'plain scikit-learn':20}{plain_s:>8.2f}{plain_cpu:>8.2f}  {', '.join(f'{t:.2f}' for t in plain_times)}")
+    print(f"ratio {result['ratio']:.3f} wall (target <= 1.1), {result['cpu_ratio']:.3f} cpu; overhead "
+          f"{result['overhead_s']:+.2f} s; same fit: {result['same_fit']} (accuracy {plain_accuracy:.4f}); "
+          f"load {load_at_start} -> {result['machine']['load_1m_at_end']}")
     print("trainer steps (median s): " + ", ".join(f"{k}={v}" for k, v in step_medians.items()))
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 

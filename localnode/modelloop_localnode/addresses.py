@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 import subprocess
 import threading
+from pathlib import Path
 
 from .log import log
 
@@ -44,8 +46,24 @@ def ensure_local_range(cidr: str) -> str:
     return LOOPBACK_FALLBACK
 
 
+def bound_addresses() -> set[str]:
+    """IPv4 addresses that sockets on this host are bound to (from /proc/net/{tcp,udp}): another
+    agent's pods (a second cluster on the same host) may already use addresses of our range."""
+    found = set()
+    for table in ("tcp", "udp"):
+        try:
+            lines = Path(f"/proc/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local = line.split()[1].split(":")[0]
+            found.add(socket.inet_ntoa(struct.pack("<I", int(local, 16))))
+    return found
+
+
 class AddressPool:
-    """Hands out the lowest free address of the range (never .0 or .255 of a /24, never 127.0.0.x)."""
+    """Hands out the lowest free address of the range: never .0 or .255 of a /24, never 127.0.0.x,
+    never one a socket on this host is bound to."""
 
     def __init__(self, cidr: str) -> None:
         self.network = ipaddress.ip_network(cidr)
@@ -74,6 +92,7 @@ class AddressPool:
             if preferred and preferred not in taken and self.contains(preferred):
                 self._by_owner[owner] = preferred
                 return preferred
+            taken |= bound_addresses()
             for address in self._candidates():
                 if address not in taken:
                     self._by_owner[owner] = address

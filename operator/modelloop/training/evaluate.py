@@ -12,6 +12,14 @@ from .estimator import Task
 STANDARD_METRICS = {"classification": ("accuracy", "f1", "roc_auc"), "regression": ("r2", "rmse", "mae")}
 DEFAULT_METRIC = {"classification": "accuracy", "regression": "r2"}
 TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+# Classifiers whose predict() is, in scikit-learn's code, the class of highest predict_proba():
+# their validation predictions are taken from the probabilities, sparing a second pass over the
+# split (identical up to exact floating-point ties; tests/unit/training checks each one).
+PREDICT_IS_MOST_PROBABLE = frozenset({
+    "sklearn.ensemble.RandomForestClassifier", "sklearn.ensemble.ExtraTreesClassifier",
+    "sklearn.ensemble.HistGradientBoostingClassifier", "sklearn.tree.DecisionTreeClassifier",
+    "sklearn.tree.ExtraTreeClassifier",
+})
 
 
 def primary_metric(metric: str | None, task: Task, class_path: str) -> str:
@@ -24,48 +32,58 @@ def primary_metric(metric: str | None, task: Task, class_path: str) -> str:
     return metric
 
 
-def evaluate(model: Any, features: Any, target: Any, predictions: Any, task: Task, primary: str
-             ) -> dict[str, float]:
+def validation_predictions(model: Any, class_path: str, features: Any) -> tuple[Any, Any | None]:
+    """(predictions, class probabilities or None) of the validation features, in one pass when possible."""
+    if class_path in PREDICT_IS_MOST_PROBABLE:
+        import numpy as np
+
+        probabilities = model.predict_proba(features)
+        return model.classes_.take(np.argmax(probabilities, axis=1)), probabilities
+    return model.predict(features), None
+
+
+def evaluate(model: Any, features: Any, target: Any, predictions: Any, task: Task, primary: str,
+             probabilities: Any | None = None) -> dict[str, float]:
     """Metrics on the validation split; those undefined on it (e.g. roc_auc with one class) are left out,
     unless it is the primary metric, which FitError reports."""
     wanted = list(dict.fromkeys([*STANDARD_METRICS[task], primary]))
-    compute = _classification if task == "classification" else _regression
-    metrics, undefined = compute(model, features, target, predictions, wanted)
+    if task == "classification":
+        metrics, undefined = _classification(model, features, target, predictions, wanted, probabilities)
+    else:
+        metrics, undefined = _regression(target, predictions, wanted)
     if primary not in metrics:
         raise FitError(f"spec.validation.metric '{primary}' is undefined on the validation split: "
                        f"{undefined.get(primary, 'no value')}")
     return metrics
 
 
-def _regression(model: Any, features: Any, y: Any, predicted: Any, wanted: list[str]
-                ) -> tuple[dict[str, float], dict[str, str]]:
+def _regression(y: Any, predicted: Any, wanted: list[str]) -> tuple[dict[str, float], dict[str, str]]:
     from sklearn import metrics as m
 
     functions = {"r2": m.r2_score, "rmse": m.root_mean_squared_error, "mae": m.mean_absolute_error}
     return _collect({name: (lambda f=functions[name]: f(y, predicted)) for name in wanted})
 
 
-def _classification(model: Any, features: Any, y: Any, predicted: Any, wanted: list[str]
-                    ) -> tuple[dict[str, float], dict[str, str]]:
+def _classification(model: Any, features: Any, y: Any, predicted: Any, wanted: list[str],
+                    probabilities: Any | None) -> tuple[dict[str, float], dict[str, str]]:
     import numpy as np
     from sklearn import metrics as m
 
     classes = model.classes_
     binary = len(classes) == 2
     averaging = {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
-    scores: dict[str, Any] = {}
+    cached = {"proba": probabilities}
 
-    def probabilities() -> Any:
-        if "proba" not in scores:
-            scores["proba"] = model.predict_proba(features)
-        return scores["proba"]
+    def proba() -> Any:  # computed once, only if a metric needs it
+        if cached["proba"] is None:
+            cached["proba"] = model.predict_proba(features)
+        return cached["proba"]
 
     def roc_auc() -> float:
-        if hasattr(model, "predict_proba"):
-            s = probabilities()
-            return m.roc_auc_score(y, s[:, 1] if binary else s, multi_class="ovr", labels=None if binary else classes)
-        s = model.decision_function(features)
-        return m.roc_auc_score(y, s, multi_class="ovr", labels=None if binary else classes)
+        scores = proba() if hasattr(model, "predict_proba") else model.decision_function(features)
+        if binary and scores.ndim == 2:
+            scores = scores[:, 1]
+        return m.roc_auc_score(y, scores, multi_class="ovr", labels=None if binary else classes)
 
     calculations = {
         "accuracy": lambda: m.accuracy_score(y, predicted),
@@ -73,7 +91,7 @@ def _classification(model: Any, features: Any, y: Any, predicted: Any, wanted: l
         "precision": lambda: m.precision_score(y, predicted, zero_division=0, **averaging),
         "recall": lambda: m.recall_score(y, predicted, zero_division=0, **averaging),
         "roc_auc": roc_auc,
-        "log_loss": lambda: m.log_loss(y, probabilities(), labels=np.asarray(classes)),
+        "log_loss": lambda: m.log_loss(y, proba(), labels=np.asarray(classes)),
     }
     return _collect({name: calculations[name] for name in wanted})
 

@@ -24,7 +24,7 @@ from modelloop.drift.sketch import build_reference
 from .dataset import Columns, read_dataset, resolve_columns, schema_dtype
 from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError
 from .estimator import build_estimator, build_model, learned_categories
-from .evaluate import evaluate, primary_metric
+from .evaluate import evaluate, primary_metric, validation_predictions
 from .logs import log_event
 from .spec import parse_spec
 
@@ -74,10 +74,10 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
                 raise FitError(f"fitting {parsed.estimator.class_name} failed: {type(exc).__name__}: {exc}") from None
         with _step("evaluate", rows=len(x_valid)) as info:
             try:
-                predictions = model.predict(x_valid)
+                predictions, probabilities = validation_predictions(model, parsed.estimator.class_name, x_valid)
             except Exception as exc:
                 raise FitError(f"predicting the validation split failed: {type(exc).__name__}: {exc}") from None
-            metrics = evaluate(model, x_valid, y_valid, predictions, task, metric)
+            metrics = evaluate(model, x_valid, y_valid, predictions, task, metric, probabilities)
             info.update(metric=metric, value=metrics[metric])
         with _step("sketch.predictions"):
             prediction_reference = build_reference({columns.target: predictions},

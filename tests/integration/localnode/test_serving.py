@@ -3,6 +3,7 @@ real processes answer, readiness decides whether an endpoint is ready, deletion 
 from __future__ import annotations
 
 import time
+import urllib.error
 import urllib.request
 
 import pytest

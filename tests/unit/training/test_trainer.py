@@ -9,6 +9,8 @@ import pytest
 
 from modelloop.artifacts import ArtifactMetadata, load_model, open_store
 from modelloop.training import train
+from modelloop.training.estimator import build_estimator
+from modelloop.training.evaluate import PREDICT_IS_MOST_PROBABLE, validation_predictions
 from modelloop.training.errors import (
     DatasetInvalidError, DatasetUnreadableError, FitError, SpecError, VersionExistsError,
 )
@@ -209,3 +211,16 @@ def test_an_estimator_that_fails_to_fit_is_reported(local, churn, to_bytes, spec
                     estimator={"class": "sklearn.linear_model.LogisticRegression", "params": {}})
     with pytest.raises(FitError, match="fitting sklearn.linear_model.LogisticRegression failed: ValueError: .*NaN"):
         train(spec, version=1, identity={})
+
+
+@pytest.mark.parametrize("class_path", sorted(PREDICT_IS_MOST_PROBABLE))
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_predictions_taken_from_probabilities_equal_predict(class_path, n_classes):
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=600, n_features=6, n_informative=4, n_classes=n_classes, random_state=1)
+    model, _, _ = build_estimator(class_path, {}, seed=0)
+    model.fit(x[:400], y[:400])
+    predictions, probabilities = validation_predictions(model, class_path, x[400:])
+    assert probabilities is not None
+    assert predictions.tolist() == model.predict(x[400:]).tolist()

@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""`make demo`: the whole loop on the embedded cluster, hands-off.
+
+train (ModelTraining) → serve (ModelDeployment, 2 pods on the local node) → live traffic →
+drifted traffic → DriftMonitor detects drift → retrain on fresh data → the new version passes its
+gates and is rolled out with zero failed requests.
+
+Starts what it needs (the cluster is started by make): a local S3-compatible server (moto) with the
+example data, the CRDs, the operator; applies examples/ into namespace modelloop-demo. Everything
+it starts is stopped by `make cluster-down`.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from hack.cluster import BIN, STATE_DIR, alive, register_extra  # noqa: E402
+
+NS = "modelloop-demo"
+BUCKET = "modelloop-demo"
+KUBECONFIG = STATE_DIR / "kubeconfig"
+os.environ["KUBECONFIG"] = str(KUBECONFIG)
+VENV_BIN = Path(sys.executable).parent
+START = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[demo {time.monotonic() - START:6.1f}s] {msg}", flush=True)
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+    p = subprocess.run([str(BIN / "kubectl"), *args], input=input, text=True, capture_output=True)
+    if check and p.returncode != 0:
+        raise SystemExit(f"kubectl {' '.join(args)} failed: {p.stderr.strip()}")
+    return p.stdout
+
+
+def show(*args: str) -> None:
+    print(kubectl(*args, "-n", NS), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def background(name: str, argv: list[str], env: dict | None = None) -> int:
+    """Start (or reuse) a long-running helper; `make cluster-down` stops it."""
+    pidfile = STATE_DIR / "demo" / f"{name}.json"
+    if pidfile.exists():
+        info = json.loads(pidfile.read_text())
+        if alive(info["pid"]):
+            return info["port"]
+    port = free_port()
+    argv = [a.replace("{port}", str(port)) for a in argv]
+    log = open(STATE_DIR / "logs" / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    register_extra(name, proc.pid)
+    pidfile.write_text(json.dumps({"pid": proc.pid, "port": port}))
+    return port
+
+
+def wait(what: str, predicate, timeout: float = 300, every: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    show("get", "modelloop,jobs,pods", "-o", "wide")
+    print(kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp"), flush=True)
+    raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}; operator log: "
+                     f"{STATE_DIR / 'logs' / 'operator.log'}")
+
+
+def status(kind: str, name: str = "churn") -> dict:
+    out = kubectl("get", kind, name, "-n", NS, "-o", "json", check=False)
+    return (json.loads(out).get("status") or {}) if out else {}
+
+
+def condition(st: dict, type_: str) -> dict:
+    return next((c for c in st.get("conditions") or () if c["type"] == type_), {})
+
+
+def start_s3() -> str:
+    port = background("s3", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", "{port}"])
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+    wait("the S3 server", up, timeout=30, every=0.2)
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="demo", aws_secret_access_key="demo-secret",
+                      region_name="us-east-1")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=BUCKET)
+    s3.upload_file(str(ROOT / "examples/data/churn.csv"), BUCKET, "churn.csv")
+    # The fresh data a retrain uses: the population after the change that causes the drift.
+    s3.upload_file(str(ROOT / "examples/data/churn-drifted.csv"), BUCKET, "churn-fresh.csv")
+    return endpoint
+
+
+def start_operator() -> None:
+    port = background("operator", [str(VENV_BIN / "modelloop-operator"), "--metrics-port={port}",
+                                   "--liveness="],
+                      env={"MODELLOOP_RESYNC_SECONDS": "10"})
+    say(f"operator running (metrics http://127.0.0.1:{port}/metrics, log {STATE_DIR / 'logs' / 'operator.log'})")
+
+
+def apply_examples(endpoint: str) -> None:
+    docs = []
+    for f in ("training.yaml", "deployment.yaml", "driftmonitor.yaml"):
+        for d in yaml.safe_load_all((ROOT / "examples" / f).read_text()):
+            if not d:
+                continue
+            if d["kind"] == "Secret":
+                d["stringData"]["AWS_ENDPOINT_URL"] = endpoint
+            if d["kind"] == "DriftMonitor":  # a faster pace than the example, for a short demo
+                d["spec"].update(interval="10s", consecutive=2, minSamples=200)
+            docs.append(d)
+    kubectl("apply", "--server-side", "--force-conflicts", "-n", NS, "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+def main() -> None:
+    (STATE_DIR / "demo").mkdir(parents=True, exist_ok=True)
+    say("1/6 set-up: S3-compatible server with the example data, CRDs, operator")
+    endpoint = start_s3()
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "-f", str(ROOT / "crds"))
+    kubectl("create", "namespace", NS, check=False)
+    wait("the default service account", lambda: kubectl("get", "sa", "default", "-n", NS, check=False), 60)
+    start_operator()
+    for kind in ("driftmonitor", "modeldeployment", "modeltraining"):  # a fresh loop on every run
+        kubectl("delete", kind, "--all", "-n", NS, "--wait=true", check=False)
+    apply_examples(endpoint)
+
+    say("2/6 training churn v1 (a Job on the local node runs modelloop-train)")
+    wait("ModelTraining churn to be Ready", lambda: condition(status("mtrain"), "Ready").get("status") == "True"
+         or (status("mtrain").get("phase") == "Failed" and sys.exit(f"training failed: {status('mtrain')['runs'][0]}")))
+    show("get", "mtrain")
+
+    say("3/6 serving v1 (2 pods of modelloop-serve behind Service churn)")
+    wait("ModelDeployment churn to be Ready", lambda: condition(status("mdep"), "Ready").get("status") == "True")
+    show("get", "mdep,deploy,pods", "-o", "wide")
+
+    from hack.traffic import Traffic, batches_from_csv
+
+    traffic = Traffic(NS, "churn")
+    traffic.wait_ready()
+    say("4/6 live traffic like the training data: the monitor sees no drift")
+    normal = traffic.run(batches_from_csv(str(ROOT / "examples/data/churn.csv"), "churned"), seconds=25, rate=40)
+    say(f"   traffic: {normal.line()}")
+    wait("a checked window", lambda: status("dmon").get("phase") in ("Watching", "Drifted"), timeout=60)
+    show("get", "dmon")
+
+    say("5/6 the population changes (higher charges, more support calls, more premium plans): drifted traffic")
+    drifted = batches_from_csv(str(ROOT / "examples/data/churn-drifted.csv"), "churned")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not status("dmon").get("retrains"):
+        r = traffic.run(drifted, seconds=10, rate=40)
+        d = status("dmon")
+        say(f"   traffic: {r.line()}; monitor: phase={d.get('phase')} share={d.get('driftShare')} "
+            f"consecutive={d.get('consecutiveDrifted')} retrains={d.get('retrains', 0)}")
+    if not status("dmon").get("retrains"):
+        raise SystemExit("demo: no retrain was requested within 10 minutes")
+    print(condition(status("dmon"), "DriftDetected").get("message", ""), flush=True)
+
+    say("6/6 retraining on fresh data, then promotion and a rolling update under traffic")
+    while status("mdep").get("modelVersion") != 2 or condition(status("mdep"), "Ready").get("status") != "True":
+        r = traffic.run(drifted, seconds=5, rate=40)
+        t, m = status("mtrain"), status("mdep")
+        say(f"   traffic: {r.line()}; training: phase={t.get('phase')} latest=v{t.get('latestVersion')}; "
+            f"serving: v{m.get('modelVersion')} {m.get('phase')}")
+        if t.get("phase") == "Failed" or m.get("candidateVersion") == 2:
+            print(json.dumps({"training": t.get("runs", [{}])[0], "promotion": m.get("promotionMessage")}, indent=2))
+            raise SystemExit("demo: the retrained version was not promoted (see above)")
+        if time.monotonic() - START > 1500:
+            raise SystemExit("demo: the loop did not finish within 25 minutes")
+    traffic.run(drifted, seconds=5, rate=40)
+    traffic.close()
+    say(f"loop closed: v2 serves. All traffic of the demo: {traffic.stats.line()}")
+    show("get", "modelloop")
+    print(kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", "-o",
+                  "custom-columns=TIME:.lastTimestamp,KIND:.involvedObject.kind,REASON:.reason,MESSAGE:.message"),
+          flush=True)
+    print(f"""
+What to look at next:
+  export KUBECONFIG={KUBECONFIG} PATH={BIN}:$PATH
+  kubectl get modelloop -n {NS}                  # the three resources and their columns
+  kubectl describe dmon churn -n {NS}            # per-feature drift scores, conditions, events
+  kubectl get mtrain churn -n {NS} -o yaml       # runs, versions, metrics
+  kubectl get pods -n {NS} -o wide               # server pods on the local node, each on its own 127.0.x.y
+  curl http://$(kubectl get endpointslices -n {NS} -l kubernetes.io/service-name=churn -o jsonpath='{{.items[0].endpoints[0].addresses[0]}}'):8080/metrics
+  logs: {STATE_DIR / 'logs'} (operator.log, localnode.log, ...)
+  make cluster-down                              # stop everything
+""")
+    if traffic.stats.failed:
+        raise SystemExit(f"demo: {traffic.stats.failed} requests failed")
+
+
+if __name__ == "__main__":
+    main()

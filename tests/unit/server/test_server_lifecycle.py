@@ -1,0 +1,158 @@
+"""Startup (verify, load, warm up, then ready), refusal of a bad artifact, and draining on SIGTERM."""
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from modelloop.artifacts import load_model
+
+from modelloop_server.app import ModelServerApp
+from modelloop_server.config import ServerConfig
+from modelloop_server.model import ServedModel
+
+from .conftest import Artifact, ServerProcess, serve_in_thread, v2_matrix
+
+ROW = [5.0, 3.4, 1.5, 0.2]
+
+
+def _tampered_copy(artifact: Artifact, destination: Path) -> str:
+    """The version copied with one byte of model.skops flipped: same size, different sha256."""
+    shutil.copytree(artifact.path, destination)
+    model_file = destination / "model.skops"
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    return f"file://{destination}"
+
+
+def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(
+        artifacts: dict[str, Artifact], tmp_path: Path) -> None:
+    uri = _tampered_copy(artifacts["flowers"], tmp_path / "v1")
+    server = ServerProcess(["--model-uri", uri], tmp_path / "server.log").start()
+    statuses = set()
+    while server.process.poll() is None:
+        try:
+            statuses.add(httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    assert server.wait_exit() == 1
+    assert 200 not in statuses
+    refused = [line for line in server.log.read_text().splitlines() if "event=model.refused" in line]
+    assert len(refused) == 1 and "sha256" in refused[0] and "refusing to load" in refused[0]
+    assert (tmp_path / "server.termination").read_text().startswith("ModelRefused: ArtifactIntegrityError")
+
+
+def test_a_version_that_does_not_exist_is_refused_and_the_process_exits_1(artifacts: dict[str, Artifact],
+                                                                          tmp_path: Path) -> None:
+    uri = artifacts["flowers"].uri.replace("/v1", "/v9")
+    server = ServerProcess(["--model-uri", uri], tmp_path / "server.log").start()
+    assert server.wait_exit() == 1
+    assert "event=model.refused" in server.log.read_text()
+
+
+def test_sigterm_stops_readiness_drains_then_exits_0(artifacts: dict[str, Artifact], tmp_path: Path) -> None:
+    # A 1.5 s batch wait keeps the first request in flight while the signal arrives.
+    server = ServerProcess(["--model-uri", artifacts["flowers"].uri, "--max-batch-wait-ms", "1500",
+                            "--max-batch-size", "1000", "--drain-seconds", "1.5"], tmp_path / "server.log")
+    server.start().wait_ready()
+    infer = f"{server.url}/v2/models/flowers/infer"
+    in_flight: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: in_flight.update(response=httpx.post(infer, json=v2_matrix([ROW]),
+                                                                                 timeout=20)))
+    thread.start()
+    time.sleep(0.3)
+    server.process.send_signal(signal.SIGTERM)
+
+    deadline = time.monotonic() + 2
+    while httpx.get(f"{server.url}/v2/health/ready").status_code != 503:
+        assert time.monotonic() < deadline, "readiness did not turn 503 after SIGTERM"
+        time.sleep(0.02)
+    assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+    during_drain = httpx.post(infer, json=v2_matrix([ROW]), timeout=20)
+    assert during_drain.status_code == 200
+    assert during_drain.headers["connection"] == "close"
+
+    thread.join(timeout=20)
+    assert in_flight["response"].status_code == 200
+    assert server.wait_exit(timeout=20) == 0
+    log = server.log.read_text()
+    assert "event=server.draining" in log and "event=server.exited" in log and "code=0" in log
+
+
+class _Gated:
+    """A loader that blocks until released, then loads the real artifact."""
+
+    def __init__(self, uri: str, broken: bool = False) -> None:
+        self.uri, self.broken = uri, broken
+        self.release = threading.Event()
+
+    def __call__(self) -> ServedModel:
+        self.release.wait(timeout=20)
+        loaded = load_model(self.uri)
+        model = ServedModel(loaded.model, loaded.metadata.wire())
+        if self.broken:
+            model.estimator = _Unpredictable()
+        return model
+
+
+class _Unpredictable:
+    classes_ = ["a"]
+
+    def predict(self, x: Any) -> Any:
+        raise RuntimeError("this estimator cannot predict")
+
+    predict_proba = predict
+
+
+def test_readiness_turns_true_only_after_the_model_is_loaded_and_warmed_up(artifacts: dict[str, Artifact]) -> None:
+    loader = _Gated(artifacts["flowers"].uri)
+    app = ModelServerApp(ServerConfig(model_uri=loader.uri), load=loader)
+    with serve_in_thread(app) as url:
+        assert httpx.get(f"{url}/v2/health/live").status_code == 200
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+        assert httpx.get(f"{url}/v2/models/flowers/ready").status_code == 503
+        loading = httpx.post(f"{url}/v2/models/flowers/infer", json=v2_matrix([ROW]))
+        assert loading.status_code == 503 and "not loaded yet" in loading.json()["error"]
+        loader.release.set()
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert httpx.post(f"{url}/v2/models/flowers/infer", json=v2_matrix([ROW])).status_code == 200
+
+
+def test_a_model_that_fails_its_warm_up_prediction_is_refused(artifacts: dict[str, Artifact]) -> None:
+    loader = _Gated(artifacts["flowers"].uri, broken=True)
+    loader.release.set()
+    app = ModelServerApp(ServerConfig(model_uri=loader.uri), load=loader)
+    refused = threading.Event()
+    reasons: list[str] = []
+    app.on_fatal = lambda reason: (reasons.append(reason), refused.set())
+    with serve_in_thread(app) as url:
+        assert refused.wait(timeout=20)
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+    assert reasons == ["RuntimeError: this estimator cannot predict"]
+
+
+@pytest.mark.parametrize("path", ["/v2/health/live", "/metrics"])
+def test_health_and_metrics_answer_while_a_batch_waits(churn: ServerProcess, path: str) -> None:
+    # churn holds a lone request up to 200 ms for company; the event loop stays free meanwhile.
+    thread = threading.Thread(target=lambda: httpx.post(
+        f"{churn.url}/v2/models/churn-model/infer",
+        json={"inputs": [{"name": "tenure", "datatype": "FP64", "shape": [1], "data": [1.0]},
+                         {"name": "spend", "datatype": "FP64", "shape": [1], "data": [1.0]},
+                         {"name": "plan", "datatype": "BYTES", "shape": [1], "data": ["pro"]},
+                         {"name": "region", "datatype": "INT64", "shape": [1], "data": [1]}]}))
+    thread.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    assert httpx.get(f"{churn.url}{path}").status_code == 200
+    assert time.monotonic() - started < 0.1
+    thread.join()

@@ -113,7 +113,8 @@ def main() -> None:
 
     trainer_times, plain_times = [r.wall_s for r in trainer_runs], [r.wall_s for r in plain_runs]
     trainer_s, plain_s = statistics.median(trainer_times), statistics.median(plain_times)
-    trainer_cpu, plain_cpu = statistics.median(r.cpu_s for r in trainer_runs), statistics.median(r.cpu_s for r in plain_runs)
+    trainer_cpu = statistics.median(r.cpu_s for r in trainer_runs)
+    plain_cpu = statistics.median(r.cpu_s for r in plain_runs)
     steps = [step_seconds(r.proc.stderr) for r in trainer_runs]
     step_medians = {name: round(statistics.median(s.get(name, 0.0) for s in steps), 3) for name in steps[0]}
     result = {

@@ -36,12 +36,15 @@ def ensure_local_range(cidr: str) -> str:
     if bindable(probe):
         return cidr
     if not network.is_loopback:
-        result = subprocess.run(["ip", "route", "add", "local", cidr, "dev", "lo"], capture_output=True, text=True)
+        try:
+            result = subprocess.run(["ip", "route", "add", "local", cidr, "dev", "lo"], capture_output=True, text=True)
+            error = result.stderr.strip()
+        except OSError as e:  # no `ip` command
+            error = str(e)
         if bindable(probe):
             log("pod_cidr.route_added", cidr=cidr, undo=f"ip route del local {cidr} dev lo")
             return cidr
-        log("pod_cidr.unroutable", level="warning", cidr=cidr, fallback=LOOPBACK_FALLBACK,
-            error=(result.stderr or "").strip() or "bind failed",
+        log("pod_cidr.unroutable", level="warning", cidr=cidr, fallback=LOOPBACK_FALLBACK, error=error or "bind failed",
             consequence="pod IPs are loopback addresses, which EndpointSlices reject: Services get no endpoints")
     return LOOPBACK_FALLBACK
 

@@ -3,6 +3,8 @@ runs each through a PodWorker; on SIGTERM/SIGINT it stops every process it start
 
     modelloop-localnode --kubeconfig=K --node-name=modelloop-local --state-dir=D --pvc-root=P
 
+It also provisions the PersistentVolumeClaims of its pods (provisioner.py).
+
 State directory layout: processes.json (`{"<ns>/<pod>/<container>": pid}`), pods/<ns>_<pod>_<uid>/
 (volumes, per-container scratch, the PVC root of the pod), logs/<ns>_<pod>_<uid>/<container>/<restart>.log.
 """
@@ -22,6 +24,7 @@ from .log import log
 from .node import NodeHeartbeat, machine_capacity
 from .podworker import PodWorker
 from .processes import ProcessRegistry, alive, kill_marked, signal_group, stop_leftovers
+from .provisioner import Provisioner
 from .translate import DEFAULT_ENTRYPOINT
 
 DEFAULT_POD_CIDR = "10.245.0.0/16"
@@ -54,6 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also run this image (a repository: any tag; with a tag or digest: exactly); repeatable")
     p.add_argument("--default-entrypoint", default=DEFAULT_ENTRYPOINT,
                    help="what a container without `command` runs (default %(default)s)")
+    p.add_argument("--storage-class", default="modelloop-local",
+                   help="StorageClass whose claims this node provisions as host directories; created if absent, "
+                        "the default class when the cluster has none; empty: no provisioning (default %(default)s)")
     p.add_argument("--max-pods", type=int, default=110)
     p.add_argument("--register-with-taint", action="append", default=[], type=parse_taint, metavar="KEY=VALUE:EFFECT",
                    help="taint the Node at registration; repeatable")
@@ -101,6 +107,13 @@ class Agent:
                 log("node.register_failed", level="warning", node=self.node_name, error=str(e)[:300])
                 time.sleep(1)
         self.node.start()
+        if self.args.storage_class:
+            provisioner = Provisioner(self.kube, self.node_name, self.pvc_root, self.args.storage_class, self.stopping)
+            try:
+                provisioner.ensure_class()
+            except ApiError as e:
+                log("storageclass.failed", level="warning", name=self.args.storage_class, error=str(e)[:300])
+            provisioner.start()
         threading.Thread(target=self._watch_pods, name="pod watch", daemon=True).start()
         log("agent.ready", node=self.node_name, pod_cidr=cidr)
         while not self.stopping.wait(1):

@@ -7,6 +7,7 @@ whenever it changes.
 """
 from __future__ import annotations
 
+import calendar
 import json
 import shutil
 import signal
@@ -25,7 +26,7 @@ from .log import log
 from .probes import ProbeTracker, run_exec, run_probe
 from .processes import RegistryClosed, kill_marked, signal_group
 from .translate import (DEFAULT_TERMINATION_MESSAGE_PATH, RUNTIME_REPOSITORY, CommandNotFound, ConfigError,
-                        EnvSources, PathMap, container_env, mounts_json, pod_env, resolve_argv, runnable_image)
+                        EnvSources, HostMap, container_env, mounts_json, pod_env, resolve_argv, runnable_image)
 from .volumes import (ObjectReader, PodVolumes, VolumeNotSupported, VolumeUnavailable, decode_data, materialize,
                       unsupported_volumes)
 
@@ -117,7 +118,7 @@ class PodWorker(threading.Thread):
         self.retry_at = 0.0
         self.final = False  # terminal phase reached: nothing runs any more
         self.stopping = False  # stopping every container (deletion or active deadline)
-        self.delete_when_stopped = False
+        self.deadline_at: float | None = None  # monotonic time activeDeadlineSeconds runs out
         self.deleted = False
         self.reported: dict | None = None
         status = pod.get("status") or {}
@@ -204,15 +205,18 @@ class PodWorker(threading.Thread):
                 self.retry_at = time.monotonic() + RETRY_S
                 for run in self.runs:
                     run.state = {"waiting": {"reason": "ContainerCreating", "message": self.waiting[1]}}
-        if self.prepared and not self.failure:
-            self._deadline(pod)
-            self._step(pod)
+        if self.prepared:
+            if not self.failure:
+                self._deadline(pod)
+            self._step(pod)  # after a failure (deadline) it only collects the stopping processes
         self._report(pod)
         return self._next_tick()
 
     def _next_tick(self) -> float:
         now = time.monotonic()
         times = [self.retry_at] if not self.prepared else []
+        if self.deadline_at is not None and not self.stopping:
+            times.append(self.deadline_at)
         for run in self.runs:
             if run.proc is None and not run.done:
                 times.append(run.not_before)
@@ -254,6 +258,8 @@ class PodWorker(threading.Thread):
 
     def _prepare(self, pod: dict) -> None:
         spec = pod["spec"]
+        if self.start_time is None:
+            self.start_time = st.rfc3339()
         extra = self.agent.runnable_images
         for run in self.runs:
             image = run.spec.get("image", "")
@@ -266,8 +272,6 @@ class PodWorker(threading.Thread):
         unsupported = unsupported_volumes(pod)
         if unsupported:
             raise PodFailed("VolumeNotSupported", f"volumes not supported by the local node: {', '.join(unsupported)}")
-        if self.start_time is None:
-            self.start_time = st.rfc3339()
         preferred = (pod.get("status") or {}).get("podIP")
         self.ip = self.agent.addresses.allocate(self.uid, preferred)
         self.pod_dir.mkdir(parents=True, exist_ok=True)
@@ -318,7 +322,7 @@ class PodWorker(threading.Thread):
     # --------------------------------------------------------------------------------------------
     # The process of a container
 
-    def _paths(self, run: ContainerRun) -> PathMap:
+    def _paths(self, run: ContainerRun) -> HostMap:
         assert self.volumes is not None
         pairs = []
         for mount in run.spec.get("volumeMounts") or []:
@@ -331,7 +335,7 @@ class PodWorker(threading.Thread):
         container_dir = self.pod_dir / "containers" / run.name
         message_path = run.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH
         pairs.append((message_path, str(container_dir / "termination-log")))
-        return PathMap(tuple(pairs))
+        return HostMap(tuple(pairs), self.ip or "")
 
     def _process_config(self, run: ContainerRun, pod: dict) -> tuple[dict[str, str], list[str], Path]:
         paths = self._paths(run)
@@ -579,8 +583,9 @@ class PodWorker(threading.Thread):
         deadline = pod["spec"].get("activeDeadlineSeconds")
         if not deadline or self.stopping or self.final or not self.start_time:
             return
-        started = time.mktime(time.strptime(self.start_time, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
-        if time.time() - started < deadline:
+        started = calendar.timegm(time.strptime(self.start_time, "%Y-%m-%dT%H:%M:%SZ"))
+        self.deadline_at = time.monotonic() + started + deadline - time.time()
+        if time.monotonic() < self.deadline_at:
             return
         self.failure = PodFailed("DeadlineExceeded", "Pod was active on the node longer than the specified deadline")
         self.stopping = True
@@ -595,14 +600,13 @@ class PodWorker(threading.Thread):
     def _terminate(self, pod: dict) -> float:
         meta, spec = pod["metadata"], pod["spec"]
         if not self.stopping:
-            self.stopping, self.delete_when_stopped = True, True
+            self.stopping = True
             grace = spec.get("terminationGracePeriodSeconds", 30)
             if meta.get("deletionGracePeriodSeconds") is not None:
                 grace = min(grace, meta["deletionGracePeriodSeconds"])
             log("pod.terminating", pod=f"{self.namespace}/{self.pod_name}", grace_s=grace)
             for run in self.runs:
                 self._stop(run, grace, "pod deleted")
-        self.delete_when_stopped = True
         for run in self.runs:
             self._reap(run)
         self._enforce_deadlines()
@@ -678,6 +682,7 @@ class PodWorker(threading.Thread):
             status["reason"], status["message"] = self.failure.reason, self.failure.message
         if phase in ("Succeeded", "Failed") and not self.stopping:
             self.final = True
+            self.agent.addresses.release(self.uid)  # as CNI does once the pod's sandbox is gone
         return status
 
     def _report(self, pod: dict) -> None:

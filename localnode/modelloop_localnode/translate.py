@@ -3,8 +3,8 @@
 - `runnable_image`: which images the agent can run (modelloop's runtime image, plus `--runnable-image`).
 - `resolve_argv`: `command`/`args` with Kubernetes `$(VAR)` expansion; `command[0]` names an entry
   point of the agent's own venv (`python`, `modelloop-train`, `modelloop-serve`, ...), never a host path.
-- `PathMap`: container paths (volume mounts, the termination-message path) to host paths; applied
-  to every env value and argument the pod spec supplies.
+- `HostMap`: container paths (volume mounts, the termination-message path) to host paths, and
+  0.0.0.0 to the pod IP; applied to every env value and argument the pod spec supplies.
 - `container_env`: the process environment: a minimal base, the pod's `envFrom`/`env`, and the
   variables through which the agent tells the process where things are (`MODELLOOP_*`).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 RUNTIME_REPOSITORY = "ghcr.io/modelloop/runtime"
 DEFAULT_ENTRYPOINT = "modelloop-serve"
 DEFAULT_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+ENV_NAME = re.compile(r"^[ -<>-~]+$")  # printable ASCII but "=" (Kubernetes' relaxed env var names)
 
 
 class ImageNotRunnable(Exception):
@@ -106,12 +106,16 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# Container paths -> host paths
+# Container-world strings -> host-world strings
+
+WILDCARD = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d.])")
 
 
 @dataclass(frozen=True)
-class PathMap:
-    """Container paths (mount points, files) and the host paths that stand for them.
+class HostMap:
+    """What a container-world string means on this host: container paths (mount points, files) become
+    the host paths that stand for them, and the wildcard address 0.0.0.0 (in a container: every
+    address of the pod) becomes the pod IP.
 
     A container path is rewritten where it starts a value or follows `=`, `:`, `,`, whitespace, a
     quote or `file://`, and is followed by `/`, the end, or one of those separators; so
@@ -119,23 +123,25 @@ class PathMap:
     """
 
     paths: tuple[tuple[str, str], ...] = ()
+    pod_ip: str = ""
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(((c.rstrip("/") or "/", h) for c, h in self.paths), key=lambda p: -len(p[0])))
         object.__setattr__(self, "paths", ordered)
-        if ordered:
-            alternatives = "|".join(re.escape(c) for c, _ in ordered if c != "/")
-            pattern = rf"(?:^|(?<=[=:,\s'\"])|(?<=file://))({alternatives})(?=/|$|[:,\s'\"])"
-            object.__setattr__(self, "_regex", re.compile(pattern))
-        else:
-            object.__setattr__(self, "_regex", None)
+        alternatives = "|".join(re.escape(c) for c, _ in ordered if c != "/")
+        regex = re.compile(rf"(?:^|(?<=[=:,\s'\"])|(?<=file://))({alternatives})(?=/|$|[:,\s'\"])") if alternatives else None
+        object.__setattr__(self, "_regex", regex)
 
     def to_host(self, value: str) -> str:
-        regex = getattr(self, "_regex")
-        if regex is None or not value:
+        if not value:
             return value
-        table = dict(self.paths)
-        return regex.sub(lambda m: table[m.group(1)], value)
+        regex = getattr(self, "_regex")
+        if regex is not None:
+            table = dict(self.paths)
+            value = regex.sub(lambda m: table[m.group(1)], value)
+        if self.pod_ip:
+            value = WILDCARD.sub(self.pod_ip, value)
+        return value
 
     def as_dict(self) -> dict[str, str]:
         return dict(self.paths)
@@ -145,7 +151,7 @@ class PathMap:
 # Command
 
 
-def resolve_argv(container: Mapping, env: Mapping[str, str], paths: PathMap, bin_dir: Path,
+def resolve_argv(container: Mapping, env: Mapping[str, str], paths: HostMap, bin_dir: Path,
                  default_entrypoint: str = DEFAULT_ENTRYPOINT) -> list[str]:
     """The argv of the process: `command` (or the image's entry point) + `args`, expanded and mapped.
 
@@ -192,7 +198,7 @@ def _from_object(kind: str, ref: Mapping, lookup: Callable[[str], Mapping[str, s
     return data[ref["key"]]
 
 
-def pod_env(container: Mapping, sources: EnvSources, paths: PathMap, provided: Mapping[str, str]) -> dict[str, str]:
+def pod_env(container: Mapping, sources: EnvSources, paths: HostMap, provided: Mapping[str, str]) -> dict[str, str]:
     """The pod-declared environment (envFrom, then env), as kubelet builds it.
 
     `provided` plays the part of kubelet's service variables: `$(NAME)` in an env value may refer
@@ -246,5 +252,5 @@ def container_env(base: Mapping[str, str], provided: Mapping[str, str], declared
     return env
 
 
-def mounts_json(paths: PathMap) -> str:
+def mounts_json(paths: HostMap) -> str:
     return json.dumps(paths.as_dict(), sort_keys=True)

@@ -4,8 +4,12 @@ so that the event loop keeps answering health checks and metrics while a model p
 How a batch forms:
 - While the worker is busy, arriving requests queue. When it frees, it takes the queued requests in
   arrival order, up to `max_batch_size` rows (the batch size follows the load by itself).
-- When the worker is idle and the queue holds fewer than `max_batch_size` rows, the batch stays open
-  until it is full or its oldest request has waited `max_wait` seconds (0: never wait).
+- When the worker is idle, the batch waits for company only as long as company is expected: until it
+  holds as many requests as were pending at once since the previous batch started (the recent
+  concurrency), or `max_batch_size` rows, or its oldest request has waited `max_wait` seconds,
+  whichever comes first. So a lone client is never delayed, 8 clients in lock-step are predicted
+  together as soon as the 8th arrives, and `max_wait` bounds the wait when fewer come than expected
+  (the expectation then drops to what did come). `max_wait` 0 never waits.
 - A request larger than `max_batch_size` rows runs alone; requests are never split.
 
 One worker thread, not a pool: scikit-learn's predict holds the GIL for much of its work, so a second
@@ -14,14 +18,10 @@ thread would mostly contend with the event loop, and one thread keeps the model 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(eq=False)
 class Job:
@@ -34,10 +34,8 @@ class Job:
     arrived: float = 0.0
 
 
-# Runs on the worker thread. Calls `deliver` with one result (or exception) per job, in order, as soon as
-# the predictions exist, and may then do bookkeeping (sketches, metrics) outside the requests' latency.
-Deliver = Callable[[Sequence[Any]], None]
-RunBatch = Callable[[Sequence[Job], Deliver], None]
+# Runs on the worker thread: one result (or exception) per job, in order.
+RunBatch = Callable[[Sequence[Job]], Sequence[Any]]
 
 
 class Batcher:
@@ -48,6 +46,8 @@ class Batcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._queue: deque[Job] = deque()
         self._queued_rows = 0
+        self._pending = 0  # submitted and not yet answered
+        self._concurrency = 1  # most requests pending at once since the previous batch started
         self._wakeup: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -63,8 +63,14 @@ class Batcher:
         job = Job(rows, count, proba, loop.create_future(), loop.time())
         self._queue.append(job)
         self._queued_rows += count
+        self._pending += 1
+        if self._pending > self._concurrency:
+            self._concurrency = self._pending
         self._wake()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            self._pending -= 1
 
     async def close(self) -> None:
         """Stop dispatching (after the queue is empty, when the server drained) and free the worker."""
@@ -104,9 +110,11 @@ class Batcher:
                 continue
             if self.max_wait > 0:
                 deadline = self._queue[0].arrived + self.max_wait
-                while self._queued_rows < self.max_batch_size and (left := deadline - loop.time()) > 0:
+                while (len(self._queue) < self._concurrency and self._queued_rows < self.max_batch_size
+                       and (left := deadline - loop.time()) > 0):
                     await self._sleep_until_woken(left)
             jobs = self._take()
+            self._concurrency = max(1, self._pending)
             try:
                 await loop.run_in_executor(self.executor, self._run_on_worker, jobs)
             except RuntimeError:  # executor shut down under us: only during process exit
@@ -140,17 +148,8 @@ class Batcher:
     def _run_on_worker(self, jobs: list[Job]) -> None:
         loop, run = self._loop, self.run
         assert loop is not None and run is not None
-        delivered = False
-
-        def deliver(results: Sequence[Any]) -> None:
-            nonlocal delivered
-            delivered = True
-            loop.call_soon_threadsafe(self._resolve, jobs, results)
-
         try:
-            run(jobs, deliver)
+            results: Sequence[Any] = run(jobs)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting requests; the batcher keeps going
-            if not delivered:
-                deliver([exc] * len(jobs))
-            else:
-                log.exception("batch.bookkeeping-failed")
+            results = [exc] * len(jobs)
+        loop.call_soon_threadsafe(self._resolve, jobs, results)

@@ -25,6 +25,7 @@ import time
 from types import FrameType
 from typing import Sequence
 
+import prometheus_client
 import uvicorn
 
 from .app import ModelServerApp
@@ -89,6 +90,7 @@ def load_served_model(uri: str, name: str | None) -> ServedModel:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(level=getattr(logging, config.log_level.upper()))
+    prometheus_client.disable_created_metrics()  # *_created series: noise for dashboards and scrapes
     from modelloop.training.cli import _default_termination_log, _write_termination_message
 
     log_event("server.starting", uri=config.model_uri, host=config.host, port=config.port,

@@ -1,24 +1,28 @@
-"""One prediction call for a batch of requests, on the worker thread: merge their rows, predict, hand
-each request its slice, then (outside the requests' latency) count the rows in the live sketches and
-the predictions in the metrics.
+"""One prediction call for a batch of requests, on the worker thread: merge their rows, predict, count
+rows and predictions in the live sketches and the metrics, and cut each request its slice. Counting
+comes before answering (it is cheap: the sketches buffer), so a sketch or /metrics read after a
+response includes it.
 
 A batch that fails is retried request by request, so one request's bad rows (say NaN for a model that
 rejects NaN) fail only that request.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from .batching import Deliver, Job
+from .batching import Job
 from .errors import ClientError
 from .live import LiveSketches
 from .metrics import ServerMetrics
 from .model import ServedModel
 from .schema import Rows
+
+log = logging.getLogger("modelloop.server")
 
 
 @dataclass
@@ -33,17 +37,15 @@ class Predictor:
         self.metrics = metrics
         self.sketches = sketches
 
-    def run(self, jobs: Sequence[Job], deliver: Deliver) -> None:
+    def run(self, jobs: Sequence[Job]) -> list[Any]:
         started = time.perf_counter()
         rows = self.model.schema.merge([job.rows for job in jobs])
         try:
             predictions, probabilities = self.model.predict(rows, proba=any(job.proba for job in jobs))
         except Exception as exc:  # noqa: BLE001 - isolated below, then reported per request
-            if len(jobs) == 1:
-                deliver([_as_request_error(exc)])
-                return
-            self._run_one_by_one(jobs, deliver, started)
-            return
+            return [_as_request_error(exc)] if len(jobs) == 1 else self._run_one_by_one(jobs, started)
+        self._sketch(rows, predictions)
+        self._count([predictions], job_count=len(jobs), started=started)
         results: list[Any] = []
         start = 0
         for job in jobs:
@@ -51,30 +53,35 @@ class Predictor:
             results.append(Prediction(predictions[start:end],
                                       probabilities[start:end] if job.proba and probabilities is not None else None))
             start = end
-        deliver(results)
-        self._observe([(rows, predictions)], len(jobs), time.perf_counter() - started)
+        return results
 
-    def _run_one_by_one(self, jobs: Sequence[Job], deliver: Deliver, started: float) -> None:
+    def _run_one_by_one(self, jobs: Sequence[Job], started: float) -> list[Any]:
         results: list[Any] = []
-        done: list[tuple[Rows, np.ndarray]] = []
+        answered: list[np.ndarray] = []
         for job in jobs:
             try:
                 predictions, probabilities = self.model.predict(job.rows, proba=job.proba)
             except Exception as exc:  # noqa: BLE001
                 results.append(_as_request_error(exc))
                 continue
+            self._sketch(job.rows, predictions)
             results.append(Prediction(predictions, probabilities))
-            done.append((job.rows, predictions))
-        deliver(results)
-        self._observe(done, len(jobs), time.perf_counter() - started)
+            answered.append(predictions)
+        self._count(answered, job_count=len(jobs), started=started)
+        return results
 
-    def _observe(self, done: list[tuple[Rows, np.ndarray]], requests: int, seconds: float) -> None:
-        count = sum(self.model.schema.count(rows) for rows, _ in done)
-        merged = np.concatenate([p for _, p in done]) if len(done) > 1 else done[0][1] if done else None
-        self.metrics.observe_batch(count, requests, seconds, merged)
-        if self.sketches is not None:
-            for rows, predictions in done:
-                self.sketches.observe(rows, predictions)
+    def _sketch(self, rows: Rows, predictions: np.ndarray) -> None:
+        if self.sketches is None:
+            return
+        try:
+            self.sketches.observe(rows, predictions)
+        except Exception:  # noqa: BLE001 - drift bookkeeping must never fail a prediction
+            log.exception("sketch.observe-failed")
+
+    def _count(self, predictions: list[np.ndarray], *, job_count: int, started: float) -> None:
+        merged = np.concatenate(predictions) if len(predictions) > 1 else predictions[0] if predictions else None
+        rows = 0 if merged is None else len(merged)
+        self.metrics.observe_batch(rows, job_count, time.perf_counter() - started, merged)
 
 
 def _as_request_error(exc: Exception) -> Exception:

@@ -147,7 +147,8 @@ class S3Backend:
     def list_keys(self, prefix: StorageUri) -> Iterator[str]:
         base = f"{prefix.path}/" if prefix.path else ""
         with _s3_errors(prefix, "list"):
-            pages = _s3_client(self._credentials).get_paginator("list_objects_v2").paginate(Bucket=prefix.location, Prefix=base)
+            paginator = _s3_client(self._credentials).get_paginator("list_objects_v2")
+            pages = paginator.paginate(Bucket=prefix.location, Prefix=base)
             for page in pages:
                 for obj in page.get("Contents", ()):
                     rel = obj["Key"][len(base):]
@@ -203,14 +204,11 @@ def _client_for(endpoint: str | None, region: str, access_key: str | None, secre
 
 def _s3_client(credentials: Mapping[str, str] | None = None) -> Any:
     # Keyed by the settings so that a changed endpoint or key (tests, rotation) gets a new client.
-    if credentials is not None:
-        c = credentials
-        return _client_for(c.get("AWS_ENDPOINT_URL_S3") or c.get("AWS_ENDPOINT_URL"),
-                           c.get("AWS_REGION") or c.get("AWS_DEFAULT_REGION") or "us-east-1",
-                           c.get("AWS_ACCESS_KEY_ID"), c.get("AWS_SECRET_ACCESS_KEY"), c.get("AWS_SESSION_TOKEN"))
-    return _client_for(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
-                       os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-                       os.environ.get("AWS_ACCESS_KEY_ID"))
+    settings: Mapping[str, str] = os.environ if credentials is None else credentials
+    return _client_for(settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL"),
+                       settings.get("AWS_REGION") or settings.get("AWS_DEFAULT_REGION") or "us-east-1",
+                       settings.get("AWS_ACCESS_KEY_ID"), settings.get("AWS_SECRET_ACCESS_KEY"),
+                       settings.get("AWS_SESSION_TOKEN"))
 
 
 _FILE, _S3 = FileBackend(), S3Backend()
@@ -222,9 +220,10 @@ def backend_for(uri: StorageUri, credentials: Mapping[str, str] | None = None) -
     return S3Backend(credentials) if credentials else _S3
 
 
-def read_object(uri: str, *, field: str = "uri") -> bytes:
-    """The bytes of one object (a dataset, a file): s3://bucket/key, file:///path or pvc://claim/path."""
+def read_object(uri: str, *, field: str = "uri", credentials: Mapping[str, str] | None = None) -> bytes:
+    """The bytes of one object (a dataset, a file): s3://bucket/key, file:///path or pvc://claim/path.
+    `credentials` (AWS_* keys) replace the environment's, as for open_store."""
     parsed = parse_uri(uri, field=field)
     if not parsed.path or (parsed.scheme == "s3" and parsed.path.endswith("/")):
         raise ObjectNotFoundError(f"{field} '{uri}' names no object")
-    return backend_for(parsed).read(parsed)
+    return backend_for(parsed, credentials).read(parsed)

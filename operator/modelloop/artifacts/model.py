@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import ArtifactIntegrityError, UntrustedTypeError
 from .metadata import ArtifactMetadata
@@ -73,10 +73,12 @@ class LoadedModel:
     uri: str
 
 
-def load_model(version_uri: str, *, expected_sha256: str | None = None) -> LoadedModel:
+def load_model(version_uri: str, *, expected_sha256: str | None = None,
+               credentials: Mapping[str, str] | None = None) -> LoadedModel:
     """Load the model of `<output>/v<N>`: read metadata.json, verify the model file's size and sha256
-    (and `expected_sha256`, e.g. the one pinned in the pod template) BEFORE deserialising it."""
-    store, version = split_version_uri(version_uri)
+    (and `expected_sha256`, e.g. the one pinned in the pod template) BEFORE deserialising it.
+    `credentials` (AWS_* keys) replace the environment's, as for open_store."""
+    store, version = split_version_uri(version_uri, credentials=credentials)
     metadata = ArtifactMetadata.model_validate(store.read_metadata(version))
     data = store.read_file(version, metadata.model.file)
     actual = sha256_bytes(data)

@@ -115,10 +115,12 @@ def open_store(uri: str, *, field: str = "uri", credentials: Mapping[str, str] |
     return ArtifactStore(base, backend_for(base, credentials))
 
 
-def split_version_uri(version_uri: str) -> tuple[ArtifactStore, int]:
+def split_version_uri(version_uri: str, *, credentials: Mapping[str, str] | None = None
+                      ) -> tuple[ArtifactStore, int]:
     """`<output>/v<N>` -> (store of <output>, N)."""
     parse_uri(version_uri)
     match = _VERSION_URI.match(version_uri)
     if not match:
-        raise InvalidUriError(f"uri '{version_uri}' is not a version URI; expected <output>/v<N>, e.g. s3://bucket/models/v3")
-    return open_store(match["base"]), int(match["version"])
+        raise InvalidUriError(f"uri '{version_uri}' is not a version URI; expected <output>/v<N>, "
+                              f"e.g. s3://bucket/models/v3")
+    return open_store(match["base"], credentials=credentials), int(match["version"])

@@ -1,2 +1,2 @@
 """One module per kind; importing this package registers every kopf handler."""
-from . import deployment, training  # noqa: F401
+from . import deployment, drift, training  # noqa: F401

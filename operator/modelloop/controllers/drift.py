@@ -25,8 +25,8 @@ from .. import kube, metrics
 from ..api.deployment import SERVER_PORT, ModelDeploymentSpec
 from ..api.drift import DriftMonitorSpec
 from ..api.training import RETRAIN_ANNOTATION, ModelTrainingSpec
+from ..drift import DriftConfig, detect
 from ..drift import sketch as sketches
-from ..drift.stats import DriftConfig, detect
 from ..status import Cond, changed_conditions, merge_conditions
 from . import storage
 from .training import RETRAIN_DATASET_ANNOTATION
@@ -103,8 +103,8 @@ def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str
 
 
 def summarize(report: dict) -> str:
-    drifted = sorted((f for f in report["features"] if f["drifted"]), key=lambda f: -f["score"])
-    top = ", ".join(f"{f['name']} {f['test']}={f['score']:.3g}" for f in drifted[:TOP_FEATURES])
+    drifted = sorted((f for f in report["features"] if f["drifted"]), key=lambda f: -(f["score"] or 0.0))
+    top = ", ".join(f"{f['name']} {f['test']}={f['score'] or 0:.3g}" for f in drifted[:TOP_FEATURES])
     return (f"{len(drifted)} of {len(report['features'])} features drifted "
             f"(share {report['drift_share']:.2f}) in {report['samples']} rows" + (f": {top}" if top else ""))
 
@@ -199,27 +199,24 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         for e in errors:
             metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
             log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
-        windows = [sketches.window(s, state.baseline.get(s["instance"])) for s in snaps]
-        current = windows[0]
-        for w in windows[1:]:
-            current = sketches.merge(current, w)
+        current = sketches.merge_all([sketches.window(s, state.baseline.get(s["instance"])) for s in snaps])
         samples = current.get("rows", 0)
+        report = detect(reference, current, engine_config(spec)).to_dict() if samples >= spec.min_samples else None
         status.update(modelVersion=version, samples=samples, lastCheckTime=kube.rfc3339(now))
         metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
-        if samples < spec.min_samples:
+        if report is None or report["status"] != "ok":
             # Keep the baseline: rows accumulate across intervals until there are enough to decide.
-            msg = f"{samples} new rows of {spec.min_samples} needed; nothing decided"
+            msg = (report or {}).get("message") or f"{samples} new rows of {spec.min_samples} needed; nothing decided"
             conds = [Cond.of("Ready", True, "InsufficientSamples", msg), Cond.of("DriftDetected", False, "Undecided", msg)]
             status.update(phase="InsufficientData")
         else:
-            report = detect(reference, current, engine_config(spec)).to_dict()
             state.baseline = {s["instance"]: s for s in snaps}
             drifted = bool(report["dataset_drift"])
             consecutive = (status.get("consecutiveDrifted") or 0) + 1 if drifted else 0
             summary = summarize(report)
             status.update(phase="Drifted" if drifted else "Watching", datasetDrift=drifted,
                           driftShare=round(report["drift_share"], 4), consecutiveDrifted=consecutive,
-                          features=[{"name": f["name"], "test": f["test"], "score": round(f["score"], 6),
+                          features=[{"name": f["name"], "test": f["test"], "score": round(f["score"] or 0.0, 6),
                                      **({"threshold": f["threshold"]} if f.get("threshold") is not None else {}),
                                      **({"pValue": f["p_value"]} if f.get("p_value") is not None else {}),
                                      "drifted": bool(f["drifted"])} for f in report["features"]])
@@ -265,7 +262,8 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
 
 def _export(namespace: str, name: str, report: dict) -> None:
     for f in report["features"]:
-        metrics.DRIFT_SCORE.labels(namespace, name, f["name"], f["test"]).set(f["score"])
+        if f["score"] is not None:
+            metrics.DRIFT_SCORE.labels(namespace, name, f["name"], f["test"]).set(f["score"])
     metrics.DRIFT_DATASET.labels(namespace, name).set(1 if report["dataset_drift"] else 0)
     metrics.DRIFT_SHARE.labels(namespace, name).set(report["drift_share"])
 

@@ -136,7 +136,8 @@ def _check_target(target: Any, name: str, uri: str, task: Task) -> None:
                                       f"a numeric target (or choose a classifier in spec.estimator.class)")
         return
     if feature_kind(target) is None:
-        raise DatasetInvalidError(f"target column '{name}' of {uri} has type {target.dtype}, which cannot be a class label")
+        raise DatasetInvalidError(f"target column '{name}' of {uri} has type {target.dtype}, which cannot be a "
+                                  f"class label")
     if types.is_float_dtype(target.dtype) and not (target % 1 == 0).all():
         raise DatasetInvalidError(f"target column '{name}' of {uri} holds continuous numbers; a classifier needs "
                                   f"class labels (or choose a regressor in spec.estimator.class)")

@@ -11,6 +11,8 @@ class TrainingError(Exception):
 
     reason = "TrainingFailed"
     exit_code = 1
+    # False when running the same spec again cannot succeed (the Job should fail at once, not retry).
+    retryable = True
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # one line, whatever the cause said
@@ -23,7 +25,7 @@ class TrainingError(Exception):
 class SpecError(TrainingError):
     """The spec (or the command line) is invalid: disallowed estimator, unknown params, bad metric."""
 
-    reason, exit_code = "InvalidSpec", 2
+    reason, exit_code, retryable = "InvalidSpec", 2, False
 
 
 class DatasetUnreadableError(TrainingError):
@@ -35,19 +37,19 @@ class DatasetUnreadableError(TrainingError):
 class DatasetInvalidError(TrainingError):
     """The dataset was read but does not fit the spec: missing columns, unusable types, too few rows."""
 
-    reason, exit_code = "DatasetInvalid", 4
+    reason, exit_code, retryable = "DatasetInvalid", 4, False
 
 
 class FitError(TrainingError):
     """Fitting, evaluating or serialising the model failed."""
 
-    reason, exit_code = "FitFailed", 5
+    reason, exit_code, retryable = "FitFailed", 5, False
 
 
 class VersionExistsError(TrainingError):
     """The version this run was given is already committed; versions are immutable."""
 
-    reason, exit_code = "VersionExists", 6
+    reason, exit_code, retryable = "VersionExists", 6, False
 
 
 class OutputError(TrainingError):
@@ -57,5 +59,7 @@ class OutputError(TrainingError):
 
 
 INTERNAL_ERROR_EXIT_CODE = 1
-EXIT_CODES = {cls.reason: cls.exit_code for cls in (
-    SpecError, DatasetUnreadableError, DatasetInvalidError, FitError, VersionExistsError, OutputError)}
+REASONS = (SpecError, DatasetUnreadableError, DatasetInvalidError, FitError, VersionExistsError, OutputError)
+EXIT_CODES = {cls.reason: cls.exit_code for cls in REASONS}
+# Exit codes of failures that a retry of the same spec cannot fix (for a Job's podFailurePolicy).
+USER_ERROR_EXIT_CODES = sorted(cls.exit_code for cls in REASONS if not cls.retryable)

@@ -1,7 +1,7 @@
 """One training run: spec -> checked dataset -> fitted model -> metrics and sketches -> a new version.
 
 Order matters: everything that can be checked without fitting (spec, estimator and params, output
-store and version, dataset columns and types) is checked first.
+store and version, dataset columns and types) is checked before the fit.
 """
 from __future__ import annotations
 
@@ -10,25 +10,44 @@ import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
+from modelloop.api.training import ModelTrainingSpec
 from modelloop.artifacts import (
-    MODEL_FILE, ArtifactMetadata, InvalidUriError, StorageError, UntrustedTypeError, open_store, serialize_model,
-    sha256_bytes,
+    MODEL_FILE, ArtifactMetadata, ArtifactStore, InvalidUriError, StorageError, UntrustedTypeError, open_store,
+    serialize_model, sha256_bytes,
 )
 from modelloop.artifacts import VersionExistsError as StoreVersionExistsError
 from modelloop.artifacts.metadata import TrainingIdentity
 from modelloop.drift.sketch import build_reference
 
-from .dataset import Columns, read_dataset, resolve_columns, schema_dtype
+from .dataset import Columns, Dataset, read_dataset, resolve_columns, schema_dtype
 from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError
-from .estimator import build_estimator, build_model, learned_categories
+from .estimator import Task, build_estimator, build_model, learned_categories
 from .evaluate import evaluate, primary_metric, validation_predictions
 from .logs import log_event
 from .spec import parse_spec
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Split:
+    x_train: Any
+    x_valid: Any
+    y_train: Any
+    y_valid: Any
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a fit produced, besides the model itself."""
+
+    metrics: dict[str, float]
+    reference: dict[str, Any]
+    prediction_reference: dict[str, Any]
 
 
 def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,75 +59,29 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
     who = _identity(identity)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SpecError(f"version {version!r} is not a positive integer")
-    estimator, params, task = build_estimator(parsed.estimator.class_name, parsed.estimator.params,
-                                              seed=parsed.validation.seed)
-    metric = primary_metric(parsed.validation.metric, task, parsed.estimator.class_name)
-    try:
-        store = open_store(parsed.output.uri, field="spec.output.uri")
-    except InvalidUriError as exc:
-        raise SpecError(str(exc)) from None
-    version_uri = store.version_uri(version)
-    if version in _committed(store):
-        raise VersionExistsError(f"{version_uri} already exists; versions are immutable, a run needs a new one")
+    class_path = parsed.estimator.class_name
+    estimator, params, task = build_estimator(class_path, parsed.estimator.params, seed=parsed.validation.seed)
+    metric = primary_metric(parsed.validation.metric, task, class_path)
+    store = _output_store(parsed.output.uri, version)
 
     with _step("dataset.read", uri=parsed.dataset.uri) as info:
         dataset = read_dataset(parsed.dataset)
         columns = resolve_columns(dataset, parsed.dataset, task)
         info.update(format=dataset.format, rows=len(dataset.frame), features=len(columns.features),
                     categorical=len(columns.categorical), sha256=dataset.sha256)
-    x_train, x_valid, y_train, y_valid = _split(dataset.frame, columns, task, parsed.validation.test_size,
-                                                parsed.validation.seed)
+    split = _split(dataset.frame, columns, task, parsed.validation.test_size, parsed.validation.seed)
     model = build_model(estimator, columns.categorical)
-    # What does not need the fitted model runs beside the fit, which spends its time in native code
-    # that releases the GIL: the reference sketch of the training features, and importing skops
-    # (whose import builds its trusted-type list by importing every scikit-learn estimator).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside-fit") as pool:
-        training_columns = {c: x_train[c].to_numpy() for c in columns.features}
-        reference = pool.submit(_timed, "sketch.reference", build_reference, training_columns,
-                                categorical=columns.categorical)
-        pool.submit(importlib.import_module, "skops.io")
-        with _step("fit", estimator=parsed.estimator.class_name, rows=len(x_train)):
-            try:
-                model.fit(x_train, y_train)
-            except Exception as exc:  # anything the estimator raises is a property of data + params
-                raise FitError(f"fitting {parsed.estimator.class_name} failed: {type(exc).__name__}: {exc}") from None
-        with _step("evaluate", rows=len(x_valid)) as info:
-            try:
-                predictions, probabilities = validation_predictions(model, parsed.estimator.class_name, x_valid)
-            except Exception as exc:
-                raise FitError(f"predicting the validation split failed: {type(exc).__name__}: {exc}") from None
-            metrics = evaluate(model, x_valid, y_valid, predictions, task, metric, probabilities)
-            info.update(metric=metric, value=metrics[metric])
-        with _step("sketch.predictions"):
-            prediction_reference = build_reference({columns.target: predictions},
-                                                   categorical=[columns.target] if task == "classification" else ())
-        reference = reference.result()
+    outcome = _fit_and_evaluate(model, class_path, split, columns, task, metric)
     with _step("serialize") as info:
         try:
             model_bytes, trusted_types = serialize_model(model)
         except UntrustedTypeError as exc:
             raise FitError(f"the fitted model cannot be stored safely: {exc}") from None
-        model_sha256 = sha256_bytes(model_bytes)
-        info.update(bytes=len(model_bytes), sha256=model_sha256)
+        info.update(bytes=len(model_bytes))
 
-    metadata = ArtifactMetadata.model_validate({
-        "version": version,
-        "created": datetime.now(timezone.utc),
-        "model": {"file": MODEL_FILE, "format": "skops", "sha256": model_sha256, "size": len(model_bytes),
-                  "trustedTypes": trusted_types},
-        "training": who,
-        "dataset": {"uri": dataset.uri, "format": dataset.format, "sha256": dataset.sha256,
-                    "rows": len(dataset.frame)},
-        "estimator": {"class": parsed.estimator.class_name, "params": params},
-        "task": task,
-        "libraries": _libraries(),
-        "metric": {"name": metric, "value": metrics[metric]},
-        "metrics": metrics,
-        "schema": _schema(model, dataset.frame, columns, task),
-        "reference": reference,
-        "predictionReference": prediction_reference,
-    }).wire()
-    with _step("commit", uri=version_uri):
+    metadata = _metadata(parsed, version, who, model, model_bytes, trusted_types, params, task, metric, dataset,
+                         columns, outcome)
+    with _step("commit", uri=store.version_uri(version), sha256=metadata["model"]["sha256"]):
         try:
             store.commit_version(version, {MODEL_FILE: model_bytes}, metadata)
         except StoreVersionExistsError as exc:
@@ -118,11 +91,19 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
     return metadata
 
 
-def _committed(store: Any) -> list[int]:
+def _output_store(uri: str, version: int) -> ArtifactStore:
+    """The output store, checked to be reachable and not to hold `version` already (before any fit)."""
     try:
-        return store.versions()
+        store = open_store(uri, field="spec.output.uri")
+        committed = store.versions()
+    except InvalidUriError as exc:
+        raise SpecError(str(exc)) from None
     except StorageError as exc:
         raise OutputError(f"spec.output.uri: {exc}") from None
+    if version in committed:
+        raise VersionExistsError(f"{store.version_uri(version)} already exists; versions are immutable, "
+                                 f"a run needs a new one")
+    return store
 
 
 def _identity(identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,24 +113,75 @@ def _identity(identity: Mapping[str, Any]) -> dict[str, Any]:
         raise SpecError(f"training identity is invalid: {exc}") from None
 
 
-def _split(frame: Any, columns: Columns, task: str, test_size: float, seed: int) -> tuple[Any, Any, Any, Any]:
+def _split(frame: Any, columns: Columns, task: Task, test_size: float, seed: int) -> Split:
     """Hold out `test_size` of the rows; stratified by class for classification when every class can be."""
     from sklearn.model_selection import train_test_split
 
     features, target = frame[columns.features], frame[columns.target]
     if task == "classification":
         try:
-            return train_test_split(features, target, test_size=test_size, random_state=seed, stratify=target)
+            return Split(*train_test_split(features, target, test_size=test_size, random_state=seed,
+                                           stratify=target))
         except ValueError as exc:  # a class too rare to appear on both sides
             log_event("split.unstratified", reason=str(exc))
     try:
-        return train_test_split(features, target, test_size=test_size, random_state=seed)
+        return Split(*train_test_split(features, target, test_size=test_size, random_state=seed))
     except ValueError as exc:
         raise DatasetInvalidError(f"cannot hold out spec.validation.testSize={test_size} of {len(frame)} rows: "
                                   f"{exc}") from None
 
 
-def _schema(model: Any, frame: Any, columns: Columns, task: str) -> dict[str, Any]:
+def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Columns, task: Task, metric: str
+                      ) -> Outcome:
+    # What does not need the fitted model runs beside the fit, which spends its time in native code
+    # that releases the GIL: the reference sketch of the training features, and importing skops
+    # (its import builds a trusted-type list by importing every scikit-learn estimator, ~0.5 s).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside-fit") as pool:
+        training_columns = {c: split.x_train[c].to_numpy() for c in columns.features}
+        reference = pool.submit(_timed, "sketch.reference", build_reference, training_columns,
+                                categorical=columns.categorical)
+        pool.submit(importlib.import_module, "skops.io")
+        with _step("fit", estimator=class_path, rows=len(split.x_train)):
+            try:
+                model.fit(split.x_train, split.y_train)
+            except Exception as exc:  # anything the estimator raises is a property of data + params
+                raise FitError(f"fitting {class_path} failed: {type(exc).__name__}: {exc}") from None
+        with _step("evaluate", rows=len(split.x_valid)) as info:
+            try:
+                predictions, probabilities = validation_predictions(model, class_path, split.x_valid)
+            except Exception as exc:
+                raise FitError(f"predicting the validation split failed: {type(exc).__name__}: {exc}") from None
+            metrics = evaluate(model, split.x_valid, split.y_valid, predictions, task, metric, probabilities)
+            info.update(metric=metric, value=metrics[metric])
+        prediction_reference = build_reference({columns.target: predictions},
+                                               categorical=[columns.target] if task == "classification" else ())
+        return Outcome(metrics=metrics, reference=reference.result(), prediction_reference=prediction_reference)
+
+
+def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], model: Any, model_bytes: bytes,
+              trusted_types: list[str], params: dict[str, Any], task: Task, metric: str, dataset: Dataset,
+              columns: Columns, outcome: Outcome) -> dict[str, Any]:
+    """metadata.json of the version (docs/contracts.md), validated by its model."""
+    return ArtifactMetadata.model_validate({
+        "version": version,
+        "created": datetime.now(timezone.utc),
+        "model": {"file": MODEL_FILE, "format": "skops", "sha256": sha256_bytes(model_bytes),
+                  "size": len(model_bytes), "trustedTypes": trusted_types},
+        "training": identity,
+        "dataset": {"uri": dataset.uri, "format": dataset.format, "sha256": dataset.sha256,
+                    "rows": len(dataset.frame)},
+        "estimator": {"class": spec.estimator.class_name, "params": params},
+        "task": task,
+        "libraries": _libraries(),
+        "metric": {"name": metric, "value": outcome.metrics[metric]},
+        "metrics": outcome.metrics,
+        "schema": _schema(model, dataset.frame, columns, task),
+        "reference": outcome.reference,
+        "predictionReference": outcome.prediction_reference,
+    }).wire()
+
+
+def _schema(model: Any, frame: Any, columns: Columns, task: Task) -> dict[str, Any]:
     categories = learned_categories(model)
     features = []
     for name in columns.features:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from modelloop.artifacts import (
-    ArtifactStore, InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageUri, VersionExistsError, open_store,
-    parse_uri, read_object, validate_metadata,
+    ArtifactStore, InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageUri, VersionExistsError,
+    open_store, parse_uri, read_object, validate_metadata,
 )
 from modelloop.artifacts.backends import backend_for
 
@@ -122,7 +122,8 @@ def test_commit_refuses_metadata_that_does_not_describe_the_version(output_uri: 
     with pytest.raises(InvalidMetadataError, match="metadata.version 2 differs from the version 1"):
         store.commit_version(1, {"model.skops": MODEL}, make_metadata(2, MODEL))
     with pytest.raises(InvalidMetadataError, match="model.sha256"):
-        store.commit_version(1, {"model.skops": MODEL}, {**make_metadata(1, MODEL), "model": {"sha256": "x", "size": 1}})
+        store.commit_version(1, {"model.skops": MODEL},
+                             {**make_metadata(1, MODEL), "model": {"sha256": "x", "size": 1}})
     assert store.versions() == []
 
 
@@ -157,3 +158,12 @@ def test_metadata_json_is_plain_camel_case_json(tmp_path: Path, make_metadata) -
     on_disk = json.loads((tmp_path / "v3" / "metadata.json").read_text())
     assert on_disk["predictionReference"]["format"] == "modelloop.sketch/v1"
     assert on_disk["model"]["trustedTypes"] == []
+
+
+def test_explicit_credentials_replace_the_environment(s3, make_metadata, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in s3.server.env:  # what the operator does: one Secret per resource, nothing in its own env
+        monkeypatch.delenv(key)
+    store = open_store(s3.uri("models"), credentials=s3.server.env)
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+    assert store.versions() == [1]
+    assert s3.get("models/v1/model.skops") == MODEL

@@ -13,6 +13,7 @@ import pytest
 from modelloop.artifacts import load_model
 
 from modelloop_server.app import ModelServerApp
+from modelloop_server.cli import load_served_model
 from modelloop_server.config import ServerConfig
 from modelloop_server.model import ServedModel
 
@@ -49,12 +50,16 @@ def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(
     assert (tmp_path / "server.termination").read_text().startswith("ModelRefused: ArtifactIntegrityError")
 
 
-def test_a_version_that_does_not_exist_is_refused_and_the_process_exits_1(artifacts: dict[str, Artifact],
-                                                                          tmp_path: Path) -> None:
+def test_a_version_that_does_not_exist_is_refused(artifacts: dict[str, Artifact]) -> None:
     uri = artifacts["flowers"].uri.replace("/v1", "/v9")
-    server = ServerProcess(["--model-uri", uri], tmp_path / "server.log").start()
-    assert server.wait_exit() == 1
-    assert "event=model.refused" in server.log.read_text()
+    app = ModelServerApp(ServerConfig(model_uri=uri), load=lambda: load_served_model(uri, None))
+    refused = threading.Event()
+    reasons: list[str] = []
+    app.on_fatal = lambda reason: (reasons.append(reason), refused.set())
+    with serve_in_thread(app) as url:
+        assert refused.wait(timeout=20)
+        assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+    assert reasons[0].startswith("ObjectNotFoundError") and "/v9" in reasons[0]
 
 
 def test_sigterm_stops_readiness_drains_then_exits_0(artifacts: dict[str, Artifact], tmp_path: Path) -> None:

@@ -148,7 +148,8 @@ def params(**values):
     pytest.param(dataset(features=["tenure", "age"]), DatasetInvalidError,
                  "spec.dataset.features lists columns missing from .*: age", id="feature-missing"),
     pytest.param(dataset(categorical=["colour"]), DatasetInvalidError,
-                 "spec.dataset.categorical lists columns that are not features: colour", id="categorical-not-a-feature"),
+                 "spec.dataset.categorical lists columns that are not features: colour",
+                 id="categorical-not-a-feature"),
     pytest.param(estimator("os.system"), SpecError,
                  r"spec.estimator.class 'os.system' is not an allowed estimator; allowed: .*sklearn\.\*",
                  id="estimator-outside-sklearn"),
@@ -213,13 +214,18 @@ def test_an_estimator_that_fails_to_fit_is_reported(local, churn, to_bytes, spec
         train(spec, version=1, identity={})
 
 
+QUICK_PARAMS = {"sklearn.ensemble.HistGradientBoostingClassifier": {"max_iter": 10},
+                "sklearn.ensemble.RandomForestClassifier": {"n_estimators": 10},
+                "sklearn.ensemble.ExtraTreesClassifier": {"n_estimators": 10}}
+
+
 @pytest.mark.parametrize("class_path", sorted(PREDICT_IS_MOST_PROBABLE))
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_predictions_taken_from_probabilities_equal_predict(class_path, n_classes):
     from sklearn.datasets import make_classification
 
     x, y = make_classification(n_samples=600, n_features=6, n_informative=4, n_classes=n_classes, random_state=1)
-    model, _, _ = build_estimator(class_path, {}, seed=0)
+    model, _, _ = build_estimator(class_path, QUICK_PARAMS.get(class_path, {}), seed=0)
     model.fit(x[:400], y[:400])
     predictions, probabilities = validation_predictions(model, class_path, x[400:])
     assert probabilities is not None

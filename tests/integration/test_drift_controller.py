@@ -1,0 +1,208 @@
+"""The DriftMonitor controller against the real API server and the real operator.
+
+The live sketches come from small HTTP servers standing in for model-server pods: each listens on
+its own loopback address, is listed in an EndpointSlice of the deployment's Service, and counts a
+new batch of rows (from the training data or from the drifted data) every time it is asked, as a
+server under traffic would. tests/e2e runs the same loop with real model servers.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import count
+
+import pandas as pd
+import pytest
+
+from modelloop.drift import count_into, empty_like
+from modelloop_localnode.addresses import ensure_local_range
+from tests.fixtures.cluster import ROOT, wait_for
+from tests.integration.test_deployment_controller import store  # noqa: F401 - the artifact fixture
+from tests.integration.test_training_controller import KWOK
+
+NORMAL = pd.read_csv(ROOT / "examples/data/churn.csv").drop(columns=["churned"])
+DRIFTED = pd.read_csv(ROOT / "examples/data/churn-drifted.csv").drop(columns=["churned"])
+_addresses = count(2)
+# EndpointSlices refuse loopback addresses: the fake pods take addresses of a private range made
+# local the way the local node agent does it (an AnyIP route on lo).
+FAKE_POD_CIDR = "10.251.0.0/16"
+
+
+class FakePod:
+    """A sketch endpoint on 127.0.<n>.<m>:8080 that counts `rows_per_scrape` rows per request."""
+
+    def __init__(self, reference: dict, rows_per_scrape: int = 400):
+        n = next(_addresses)
+        self.address = f"10.251.{n // 250}.{n % 250 + 2}"
+        self.reference, self.rows = reference, rows_per_scrape
+        self.data = NORMAL
+        self.malformed = False
+        self.snapshot = {**empty_like(reference), "instance": uuid.uuid4().hex, "modelVersion": 1,
+                         "started": "2026-01-01T00:00:00Z"}
+        self.offset, self.lock = 0, threading.Lock()
+        pod = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if not self.path.endswith("/sketch"):
+                    self.send_error(404)
+                    return
+                body = b'{"format": "modelloop.sketch/v1", "rows": -1}' if pod.malformed else json.dumps(pod.scrape()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer((self.address, 8080), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def scrape(self) -> dict:
+        with self.lock:
+            batch = self.data.iloc[[(self.offset + i) % len(self.data) for i in range(self.rows)]]
+            self.offset += self.rows
+            counted = count_into(self.snapshot, {c: batch[c].to_numpy() for c in batch.columns})
+            self.snapshot = {**self.snapshot, **counted}
+            return self.snapshot
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture()
+def loop(operator, cluster, namespace, store):  # noqa: F811 - `store` is the imported fixture
+    """A suspended ModelTraining with v1, a ModelDeployment serving it (no pods), its Service's
+    EndpointSlice pointing at fake pods, and a function to create the DriftMonitor."""
+    cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "ModelTraining",
+                   "metadata": {"name": "churn", "namespace": namespace},
+                   "spec": {**store.spec, "storage": {"secretRef": {"name": "s3"}}, "suspend": True}})
+    cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "ModelDeployment",
+                   "metadata": {"name": "churn", "namespace": namespace},
+                   "spec": {"model": {"uri": store.version_uri(1)}, "replicas": 0, "podTemplate": KWOK,
+                            "storage": {"secretRef": {"name": "s3"}}}})
+    wait_for(lambda: (cluster.get("mdep", "churn", "-n", namespace).get("status") or {}).get("modelVersion") == 1,
+             timeout=60, message="the deployment to serve v1")
+    if ensure_local_range(FAKE_POD_CIDR) != FAKE_POD_CIDR:
+        pytest.fail(f"cannot make {FAKE_POD_CIDR} local (needs CAP_NET_ADMIN for `ip route add local`)")
+    reference = store.read_metadata(1)["reference"]
+    pods: list[FakePod] = []
+
+    def add_pods(n: int = 2, listening: bool = True) -> list[FakePod]:
+        new = [FakePod(reference) for _ in range(n)]
+        if not listening:
+            for p in new:
+                p.close()
+        pods.extend(new)
+        cluster.apply({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                       "metadata": {"name": "churn-fake", "namespace": namespace,
+                                    "labels": {"kubernetes.io/service-name": "churn",
+                                               "endpointslice.kubernetes.io/managed-by": "tests.modelloop.dev"}},
+                       "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                       "endpoints": [{"addresses": [p.address], "conditions": {"ready": True}} for p in pods]})
+        return new
+
+    def monitor(**spec) -> None:
+        base = {"deploymentRef": {"name": "churn"}, "interval": "1s", "minSamples": 300, "consecutive": 2,
+                "thresholds": {"driftShare": 0.2},
+                "action": {"type": "retrain", "trainingRef": {"name": "churn"}, "cooldown": "1h"}}
+        base.update(spec)
+        cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "DriftMonitor",
+                       "metadata": {"name": "churn", "namespace": namespace}, "spec": base})
+
+    yield add_pods, monitor
+    cluster.kubectl("delete", "dmon", "churn", "-n", namespace, "--wait=false", check=False)
+    for p in pods:
+        p.close()
+
+
+def dmon(cluster, namespace) -> dict:
+    return cluster.get("dmon", "churn", "-n", namespace).get("status") or {}
+
+
+def cond(st: dict, type_: str) -> dict:
+    return next((c for c in st.get("conditions") or () if c["type"] == type_), {})
+
+
+def retrain_request(cluster, namespace) -> str | None:
+    md = cluster.get("mtrain", "churn", "-n", namespace)["metadata"]
+    return (md.get("annotations") or {}).get("modelloop.dev/retrain-requested")
+
+
+def reasons(cluster, namespace) -> list[str]:
+    return cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.kind=DriftMonitor",
+                           "-o", "jsonpath={.items[*].reason}").stdout.split()
+
+
+def test_no_drift_means_no_action(cluster, namespace, loop):
+    add_pods, monitor = loop
+    add_pods(2)
+    monitor()
+    wait_for(lambda: (dmon(cluster, namespace).get("samples") or 0) >= 300 and dmon(cluster, namespace).get("phase") == "Watching",
+             timeout=60, message="a checked window")
+    st = dmon(cluster, namespace)
+    assert st["datasetDrift"] is False and cond(st, "DriftDetected")["status"] == "False"
+    assert cond(st, "Ready")["status"] == "True" and st["modelVersion"] == 1
+    assert {f["name"] for f in st["features"]} == set(NORMAL.columns)
+    assert not st.get("retrains") and retrain_request(cluster, namespace) is None
+
+
+def test_drift_for_fewer_than_consecutive_windows_takes_no_action(cluster, namespace, loop):
+    add_pods, monitor = loop
+    for p in add_pods(2):
+        p.data = DRIFTED
+    monitor(consecutive=100)
+    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 3, timeout=60,
+             message="three drifted windows")
+    st = dmon(cluster, namespace)
+    assert cond(st, "DriftDetected")["status"] == "True" and st["phase"] == "Drifted"
+    drifted = {f["name"] for f in st["features"] if f["drifted"]}
+    assert {"monthly_charges", "support_calls", "plan"} <= drifted
+    assert "monthly_charges" in cond(st, "DriftDetected")["message"]
+    assert not st.get("retrains") and retrain_request(cluster, namespace) is None
+    assert "DriftDetected" in reasons(cluster, namespace)
+
+
+def test_drift_requests_exactly_one_retrain_then_none_during_the_cooldown(cluster, namespace, loop, operator):
+    add_pods, monitor = loop
+    for p in add_pods(2):
+        p.data = DRIFTED
+    monitor(consecutive=2)
+    wait_for(lambda: dmon(cluster, namespace).get("retrains") == 1, timeout=60, message="the retrain request")
+    request = retrain_request(cluster, namespace)
+    assert request and "monthly_charges" in request and request.startswith("DriftMonitor churn")
+    # Drift goes on: windows keep drifting, the cooldown holds the next request back.
+    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 4, timeout=60,
+             message="more drifted windows")
+    assert dmon(cluster, namespace)["retrains"] == 1 and retrain_request(cluster, namespace) == request
+    assert "RetrainSkipped" in reasons(cluster, namespace) and "RetrainRequested" in reasons(cluster, namespace)
+    retrains = [l for l in operator.metrics().splitlines() if l.startswith("modelloop_drift_retrains_total{")]
+    assert f'modelloop_drift_retrains_total{{monitor="churn",namespace="{namespace}"}} 1.0' in retrains, retrains
+
+
+def test_unreachable_pods_are_reported_and_trigger_nothing(cluster, namespace, loop, operator):
+    add_pods, monitor = loop
+    add_pods(1, listening=False)
+    monitor(consecutive=1)
+    wait_for(lambda: cond(dmon(cluster, namespace), "Ready").get("reason") == "SketchUnavailable", timeout=60,
+             message="SketchUnavailable")
+    st = dmon(cluster, namespace)
+    assert cond(st, "Ready")["status"] == "False" and st["phase"] == "Error"
+    assert cond(st, "DriftDetected")["reason"] == "Undecided"
+    assert not st.get("retrains") and retrain_request(cluster, namespace) is None
+    assert f'modelloop_drift_check_errors_total{{monitor="churn",namespace="{namespace}",reason="SketchUnavailable"}}' in operator.metrics()
+
+
+def test_malformed_sketch_is_reported_and_triggers_nothing(cluster, namespace, loop):
+    add_pods, monitor = loop
+    for p in add_pods(1):
+        p.malformed = True
+    monitor(consecutive=1)
+    wait_for(lambda: cond(dmon(cluster, namespace), "Ready").get("reason") == "InvalidSketch", timeout=60,
+             message="InvalidSketch")
+    assert retrain_request(cluster, namespace) is None

@@ -158,6 +158,7 @@ def build_model(work: Path, key: str, data: Path) -> tuple[str, Path]:
 
 
 def modelloop_server(label: str, uri: str, work: Path, extra: list[str]) -> Server:
+    """`work`: this model's folder (logs go there)."""
     port = free_port()
     return Server(label, "modelloop", port,
                   [sys.executable, "-m", "modelloop_server.cli", "--model-uri", uri, "--model-name", MODEL_NAME,
@@ -166,6 +167,7 @@ def modelloop_server(label: str, uri: str, work: Path, extra: list[str]) -> Serv
 
 
 def mlserver_server(label: str, mlserver_dir: Path, work: Path, parallel_workers: int | None) -> Server:
+    """`work`: this model's folder (the server's model repository and log go there)."""
     port = free_port()
     folder = work / label
     shutil.copytree(mlserver_dir, folder)
@@ -242,11 +244,12 @@ def main() -> int:
     }
     for key in args.models.split(","):
         uri, mlserver_dir = build_model(work, key, data)
+        model_work = work / key
         servers = [
-            modelloop_server("modelloop(wait=0)", uri, work, ["--max-batch-wait-ms", "0"]),
-            modelloop_server(f"modelloop(wait={default_wait:g}ms)", uri, work, []),
-            mlserver_server("mlserver(pw=0)", mlserver_dir, work, 0),
-            mlserver_server("mlserver(pw=default)", mlserver_dir, work, None),
+            modelloop_server("modelloop(wait=0)", uri, model_work, ["--max-batch-wait-ms", "0"]),
+            modelloop_server(f"modelloop(wait={default_wait:g}ms)", uri, model_work, []),
+            mlserver_server("mlserver(pw=0)", mlserver_dir, model_work, 0),
+            mlserver_server("mlserver(pw=default)", mlserver_dir, model_work, None),
         ]
         try:
             for server in servers:

@@ -23,7 +23,7 @@ from .kube import ApiError, Kube
 from .log import log
 from .node import NodeHeartbeat, machine_capacity
 from .podworker import PodWorker
-from .processes import ProcessRegistry, alive, kill_marked, signal_group, stop_leftovers
+from .processes import ProcessRegistry, agent_id, alive, kill_marked, signal_group, stop_leftovers
 from .provisioner import Provisioner
 from .translate import DEFAULT_ENTRYPOINT
 
@@ -82,7 +82,8 @@ class Agent:
         self.stopping = threading.Event()
         for d in (self.state_dir, self.state_dir / "pods", self.state_dir / "logs", self.pvc_root):
             d.mkdir(parents=True, exist_ok=True)
-        self.registry = ProcessRegistry(self.state_dir / "processes.json", self.node_name)
+        self.agent_id = agent_id(self.node_name, self.state_dir)  # marks the processes this agent starts
+        self.registry = ProcessRegistry(self.state_dir / "processes.json", self.agent_id)
         self.allocatable = machine_capacity(args.max_pods, self.state_dir)
         self.addresses: AddressPool
         self.node: NodeHeartbeat
@@ -92,7 +93,7 @@ class Agent:
     def run(self) -> None:
         log("agent.starting", node=self.node_name, state_dir=self.state_dir, pvc_root=self.pvc_root,
             api=self.kube.host, bin_dir=self.bin_dir)
-        stop_leftovers(self.state_dir / "processes.json", self.node_name)
+        stop_leftovers(self.state_dir / "processes.json", self.agent_id)
         cidr = ensure_local_range(self.args.pod_cidr)
         self.addresses = AddressPool(cidr)
         self.node = NodeHeartbeat(self.kube, self.node_name, cidr, self.args.register_with_taint, self.allocatable,
@@ -195,7 +196,7 @@ class Agent:
         for pid in pids.values():
             if alive(pid):
                 signal_group(pid, signal.SIGKILL)
-        kill_marked(self.node_name, grace=1.0)
+        kill_marked(self.agent_id, grace=1.0)
         self.registry.clear()
         self.node.stop()
         log("agent.stopped", node=self.node_name, processes=len(pids))

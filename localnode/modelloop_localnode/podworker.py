@@ -490,7 +490,7 @@ class PodWorker(threading.Thread):
         policy = run.spec.get("terminationMessagePolicy") or "File"
         message = st.termination_message(run.message_path, policy, code, run.log_path) if run.message_path else ""
         self._exited(run, code, st.exit_reason(code), message, time.time())
-        kill_marked(self.agent.node_name, f"{run.key}:{self.uid}", grace=1.0)  # children that left the group
+        kill_marked(self.agent.agent_id, f"{run.key}:{self.uid}", grace=1.0)  # children that left the group
 
     def _stop(self, run: ContainerRun, grace: float, reason: str) -> None:
         """SIGTERM now; SIGKILL when the grace period is over (checked by _enforce_deadlines)."""
@@ -647,7 +647,7 @@ class PodWorker(threading.Thread):
                 except subprocess.TimeoutExpired:
                     pass
                 self._reap(run)
-            kill_marked(self.agent.node_name, f"{run.key}:{self.uid}", grace=0.5)
+            kill_marked(self.agent.agent_id, f"{run.key}:{self.uid}", grace=0.5)
         self.agent.addresses.release(self.uid)
         shutil.rmtree(self.pod_dir, ignore_errors=True)
         self.finished = True

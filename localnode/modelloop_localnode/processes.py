@@ -1,7 +1,8 @@
 """The pod processes this agent started: spawning, signalling, and `<state dir>/processes.json`.
 
-Every process gets `MODELLOOP_LOCALNODE_ID=<node>:<namespace>/<pod>/<container>:<pod uid>` in its
-environment. Children inherit it, so a scan of /proc finds every process of a pod, including those
+Every process gets `MODELLOOP_LOCALNODE_ID=<agent>:<namespace>/<pod>/<container>:<pod uid>` in its
+environment, where `<agent>` is `<node>@<state dir>`: two agents on one host (two clusters, both with a
+node `modelloop-local`) never take each other's processes for their own. Children inherit it, so a scan of /proc finds every process of a pod, including those
 that left the process group; and a pid read back from processes.json is only signalled after
 /proc/<pid>/environ proves it is still ours (a pid can be reused once its process is gone).
 """
@@ -21,8 +22,17 @@ from .log import log
 MARKER = "MODELLOOP_LOCALNODE_ID"
 
 
-def marker(node: str, key: str, uid: str) -> str:
-    return f"{node}:{key}:{uid}"
+def agent_id(node: str, state_dir: Path) -> str:
+    return f"{node}@{state_dir.resolve()}"
+
+
+def marker(agent: str, key: str, uid: str) -> str:
+    return f"{agent}:{key}:{uid}"
+
+
+def marker_key(value: str) -> str:
+    """`<ns>/<pod>/<container>` of a marker value."""
+    return value.rsplit(":", 2)[1]
 
 
 def alive(pid: int) -> bool:
@@ -45,9 +55,9 @@ def marker_of(pid: int) -> str | None:
     return None
 
 
-def marked_processes(node: str, key_uid: str | None = None) -> dict[int, str]:
-    """pid -> marker of the live processes started for `node` (optionally for one `key:uid`)."""
-    wanted = f"{node}:" if key_uid is None else f"{node}:{key_uid}"
+def marked_processes(agent: str, key_uid: str | None = None) -> dict[int, str]:
+    """pid -> marker of the live processes started by `agent` (optionally for one `key:uid`)."""
+    wanted = f"{agent}:" if key_uid is None else f"{agent}:{key_uid}"
     found = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -75,9 +85,9 @@ def signal_pids(pids: Iterable[int], sig: int) -> None:
             pass
 
 
-def kill_marked(node: str, key_uid: str | None = None, grace: float = 3.0) -> list[int]:
-    """Stop every process marked for `node` (or one container): SIGTERM, then SIGKILL after `grace`."""
-    pids = list(marked_processes(node, key_uid))
+def kill_marked(agent: str, key_uid: str | None = None, grace: float = 3.0) -> list[int]:
+    """Stop every process marked by `agent` (or one container): SIGTERM, then SIGKILL after `grace`."""
+    pids = list(marked_processes(agent, key_uid))
     if not pids:
         return []
     signal_pids(pids, signal.SIGTERM)
@@ -95,9 +105,9 @@ class RegistryClosed(Exception):
 class ProcessRegistry:
     """Spawns pod processes and keeps `processes.json` (`{"<ns>/<pod>/<container>": pid}`) current."""
 
-    def __init__(self, path: Path, node: str) -> None:
+    def __init__(self, path: Path, agent: str) -> None:
         self.path = path
-        self.node = node
+        self.agent = agent
         self._pids: dict[str, int] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -109,7 +119,7 @@ class ProcessRegistry:
 
     def spawn(self, key: str, uid: str, argv: list[str], env: Mapping[str, str], cwd: Path,
               log_path: Path) -> subprocess.Popen:
-        env = {**env, MARKER: marker(self.node, key, uid)}
+        env = {**env, MARKER: marker(self.agent, key, uid)}
         with self._lock:
             if self._closed:
                 raise RegistryClosed()
@@ -138,17 +148,17 @@ class ProcessRegistry:
             self._save()
 
 
-def stop_leftovers(path: Path, node: str, grace: float = 3.0) -> None:
+def stop_leftovers(path: Path, agent: str, grace: float = 3.0) -> None:
     """Kill what a previous run of the agent left behind: the verified pids of processes.json and
-    every process carrying this node's marker. Pods are started again from the API's view."""
+    every process carrying this agent's marker. Pods are started again from the API's view."""
     try:
         recorded = {k: int(v) for k, v in json.loads(path.read_text()).items()}
     except (OSError, ValueError, TypeError, AttributeError):
         recorded = {}
-    ours = [pid for pid in recorded.values() if (marker_of(pid) or "").startswith(f"{node}:")]
+    ours = [pid for pid in recorded.values() if (marker_of(pid) or "").startswith(f"{agent}:")]
     for pid in ours:
         signal_group(pid, signal.SIGTERM)
-    killed = kill_marked(node, grace=grace)
+    killed = kill_marked(agent, grace=grace)
     for pid in ours:
         signal_group(pid, signal.SIGKILL)
     if recorded or killed:

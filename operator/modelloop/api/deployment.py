@@ -121,6 +121,9 @@ class ModelDeploymentStatus(ApiModel):
     last_available_uri: str | None = Field(default=None, description="Artifact URI of lastAvailableVersion.")
     failed_versions: list[int] | None = Field(default=None, description=(
         "Versions whose rollout missed its progress deadline; they are not promoted again unless pinned."))
+    rollback_generation: int | None = Field(default=None, description=(
+        "The .metadata.generation at the last rollback; a pinned version that failed is retried only "
+        "after the spec changes again."))
     candidate_version: int | None = Field(default=None, description=(
         "Newest version of the training not (yet) promoted, when one is held back."))
     promotion_message: str | None = Field(default=None, description="Why the candidate was not promoted.")

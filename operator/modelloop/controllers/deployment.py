@@ -187,6 +187,7 @@ def _reconcile(namespace: str, name: str) -> None:
             events.append(("Warning", "RollbackFailed", f"cannot roll back to version {back}: {e}"))
         else:
             failed = sorted(set(failed) | {serving})[-20:]
+            status["rollbackGeneration"] = generation
             events.append(("Warning", "RolledBack", f"version {serving} did not become Available within "
                            f"{spec.rollout.progress_deadline_seconds}s; rolled back to version {back}"))
             metrics.ROLLBACKS.labels(namespace, name).inc()
@@ -197,8 +198,12 @@ def _reconcile(namespace: str, name: str) -> None:
     # Promotion of the candidate.
     held = None
     if candidate and candidate.model.version != serving:
-        if candidate.model.version in failed and not candidate.pinned:
-            held = f"version {candidate.model.version} failed its rollout earlier and is not retried"
+        # A version that failed its rollout is not tried again by itself; a pinned one is retried
+        # once the user edits the spec after the rollback (their new intent).
+        retry = candidate.pinned and generation > (status.get("rollbackGeneration") or 0)
+        if candidate.model.version in failed and not retry:
+            held = (f"version {candidate.model.version} failed its rollout and is not retried"
+                    + ("; edit spec.model to retry it" if candidate.pinned else ""))
             status.update(candidateVersion=candidate.model.version, promotionMessage=held)
         else:
             decision = None if candidate.pinned else should_promote(

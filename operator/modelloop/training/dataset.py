@@ -85,11 +85,12 @@ def resolve_columns(dataset: Dataset, spec: DatasetSpec, task: Task) -> Columns:
     if stray:
         raise DatasetInvalidError(f"spec.dataset.categorical lists columns that are not features: {_names(stray)}")
 
-    unusable = [f"{c} ({frame[c].dtype})" for c in features if feature_kind(frame[c]) is None]
+    kinds = {c: feature_kind(frame[c]) for c in features}
+    unusable = [f"{c} ({frame[c].dtype})" for c, kind in kinds.items() if kind is None]
     if unusable:
         raise DatasetInvalidError(f"feature columns of {uri} have types a model cannot use: {_names(unusable)}; "
                                   f"convert them to numbers or strings, or leave them out of spec.dataset.features")
-    categorical = [c for c in features if c in declared or feature_kind(frame[c]) == "categorical"]
+    categorical = [c for c in features if c in declared or kinds[c] == "categorical"]
     if len(frame) < 2:
         raise DatasetInvalidError(f"{uri} has {len(frame)} row(s); at least 2 are needed to train and validate")
     _check_target(frame[spec.target], spec.target, uri, task)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 from modelloop.api.training import CLASSIFICATION_METRICS, REGRESSION_METRICS
@@ -97,16 +98,20 @@ def _classification(model: Any, features: Any, y: Any, predicted: Any, wanted: l
 
 
 def _collect(calculations: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    from sklearn.exceptions import UndefinedMetricWarning
+
     values: dict[str, float] = {}
     undefined: dict[str, str] = {}
-    for name, calculate in calculations.items():
-        try:
-            value = float(calculate())
-        except (ValueError, AttributeError, TypeError) as exc:
-            undefined[name] = f"{type(exc).__name__}: {exc}"
-            continue
-        if math.isfinite(value):
-            values[name] = value
-        else:
-            undefined[name] = f"value {value}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UndefinedMetricWarning)  # e.g. roc_auc with one class: undefined, not NaN
+        for name, calculate in calculations.items():
+            try:
+                value = float(calculate())
+            except (ValueError, AttributeError, TypeError, UndefinedMetricWarning) as exc:
+                undefined[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            if math.isfinite(value):
+                values[name] = value
+            else:
+                undefined[name] = f"value {value}"
     return values, undefined

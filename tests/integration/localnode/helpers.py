@@ -9,12 +9,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelloop_localnode.processes import marked_processes
-from tests.fixtures.cluster import ROOT, Cluster, wait_for
+from modelloop_localnode.processes import agent_id, marked_processes, marker_key
+from tests.fixtures.cluster import CLUSTER_DIR, ROOT, Cluster, wait_for
 
 LOCAL_NODE = "modelloop-local"
 RUNTIME_IMAGE = "ghcr.io/modelloop/runtime:test"
 AGENT = ROOT / ".venv" / "bin" / "modelloop-localnode"
+LOCAL_AGENT = agent_id(LOCAL_NODE, CLUSTER_DIR / "localnode")  # how the shared agent marks its processes
 
 
 def node_ready(cluster: Cluster, name: str) -> bool:
@@ -37,9 +38,9 @@ def pod(name: str, namespace: str, spec: dict, labels: dict | None = None) -> di
             "metadata": {"name": name, "namespace": namespace, "labels": labels or {}}, "spec": spec}
 
 
-def pod_processes(namespace: str, node: str = LOCAL_NODE) -> dict[int, str]:
-    """pid -> marker of the live processes a node runs for the pods of `namespace`."""
-    return {pid: m for pid, m in marked_processes(node).items() if m.split(":", 2)[1].startswith(f"{namespace}/")}
+def pod_processes(namespace: str, agent: str = LOCAL_AGENT) -> dict[int, str]:
+    """pid -> marker of the live processes an agent runs for the pods of `namespace`."""
+    return {pid: m for pid, m in marked_processes(agent).items() if marker_key(m).startswith(f"{namespace}/")}
 
 
 def wait_phase(cluster: Cluster, namespace: str, name: str, *phases: str, timeout: float = 30) -> dict:
@@ -95,7 +96,7 @@ class AgentProcess:
         return self.proc.wait(timeout=20)
 
     def processes(self) -> dict[int, str]:
-        return marked_processes(self.node)
+        return marked_processes(agent_id(self.node, self.state_dir))
 
     def recorded(self) -> dict[str, int]:
         return json.loads((self.state_dir / "processes.json").read_text())

@@ -6,6 +6,7 @@ import urllib.request
 
 import pytest
 
+from modelloop_localnode.processes import marker_key
 from tests.fixtures.cluster import wait_for
 from tests.integration.localnode.helpers import container, pod, wait_phase, wait_ready
 
@@ -21,7 +22,7 @@ def private_pod(name: str, namespace: str, node: str, command: list[str], restar
 
 
 def keys(processes: dict[int, str]) -> list[str]:
-    return sorted(marker.split(":")[1] for marker in processes.values())
+    return sorted(marker_key(marker) for marker in processes.values())
 
 
 def test_killed_agent_restarted_leaves_no_orphans_or_duplicate_processes(cluster, namespace, private_agent):

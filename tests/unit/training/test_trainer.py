@@ -103,6 +103,33 @@ def test_chosen_metric_is_primary_and_added_to_the_standard_set(local, churn, to
     assert set(metadata["metrics"]) == {"accuracy", "f1", "roc_auc", "log_loss"}
 
 
+def test_pvc_dataset_and_output_resolve_under_the_pvc_root(tmp_path, monkeypatch, churn, to_bytes, spec_for):
+    monkeypatch.setenv("MODELLOOP_PVC_ROOT", str(tmp_path))
+    (tmp_path / "data-claim").mkdir()
+    (tmp_path / "data-claim" / "churn.parquet").write_bytes(to_bytes(churn, "parquet"))
+    spec = spec_for("pvc://data-claim/churn.parquet", "churned", "pvc://models-claim/churn")
+    metadata = train(spec, version=1, identity={})
+
+    assert metadata["dataset"]["uri"] == "pvc://data-claim/churn.parquet"
+    assert (tmp_path / "models-claim" / "churn" / "v1" / "metadata.json").is_file()
+    assert load_model("pvc://models-claim/churn/v1").metadata.version == 1
+
+
+def test_a_class_too_rare_to_stratify_falls_back_to_a_random_split(local, churn, to_bytes, spec_for):
+    churn.loc[0, "churned"] = "maybe"  # one member: cannot be on both sides of a stratified split
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
+    metadata = train(spec, version=1, identity={})
+    assert metadata["schema"]["target"]["classes"] == ["maybe", "no", "yes"]
+
+
+def test_an_undefined_primary_metric_fails_the_run(local, churn, to_bytes, spec_for):
+    churn.loc[0, "churned"] = "maybe"  # one-member class: on one side of the split only, so no roc_auc
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
+    spec["validation"]["metric"] = "roc_auc"
+    with pytest.raises(FitError, match="spec.validation.metric 'roc_auc' is undefined on the validation split"):
+        train(spec, version=1, identity={})
+
+
 def test_a_second_run_writes_v2_and_leaves_v1_byte_identical(place, churn, to_bytes, spec_for):
     spec = spec_for(place.put("churn.csv", to_bytes(churn, "csv")), "churned", place.output())
     train(spec, version=1, identity={"run": "churn-v1"})

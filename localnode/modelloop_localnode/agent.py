@@ -133,8 +133,9 @@ class Agent:
                 pods = listing.get("items") or []
                 if first:  # pods that ran under a previous agent keep their addresses
                     for pod in pods:
-                        ip = (pod.get("status") or {}).get("podIP")
-                        if ip and pod["status"].get("phase") not in ("Succeeded", "Failed") and self.addresses.contains(ip):
+                        status = pod.get("status") or {}
+                        ip, phase = status.get("podIP"), status.get("phase")
+                        if ip and phase not in ("Succeeded", "Failed") and self.addresses.contains(ip):
                             self.addresses.allocate(pod["metadata"]["uid"], ip)
                     first = False
                 live = {pod["metadata"]["uid"] for pod in pods}

@@ -32,7 +32,8 @@ def field_value(pod: Mapping, path: str, pod_ip: str, host_ip: str) -> str:
         "status.podIPs": pod_ip,
     }
     if path not in values:
-        raise ValueError(f"fieldRef {path!r} is not supported by the local node (supported: {', '.join(sorted(values))}, "
+        supported = ", ".join(sorted(values))
+        raise ValueError(f"fieldRef {path!r} is not supported by the local node (supported: {supported}, "
                          "metadata.labels['k'], metadata.annotations['k'])")
     return values[path]
 

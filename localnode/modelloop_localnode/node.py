@@ -34,7 +34,8 @@ def _read(path: str) -> str:
 
 
 def machine_capacity(max_pods: int, state_dir: Path) -> dict[str, str]:
-    memory_kib = next((line.split()[1] for line in _read("/proc/meminfo").splitlines() if line.startswith("MemTotal:")), "0")
+    meminfo = _read("/proc/meminfo").splitlines()
+    memory_kib = next((line.split()[1] for line in meminfo if line.startswith("MemTotal:")), "0")
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -70,7 +71,8 @@ def render_node_status(capacity: dict[str, str], ready: bool, message: str, sinc
         "capacity": capacity,
         "allocatable": capacity,
         "conditions": [
-            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory",
+                      "kubelet has sufficient memory available"),
             condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
             condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             condition("Ready", "True" if ready else "False", "KubeletReady" if ready else "KubeletNotReady", message),
@@ -137,10 +139,10 @@ class NodeHeartbeat:
         except ApiError as e:
             if e.status != 404:
                 raise
+            owner = {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}
             body: dict[str, Any] = {
                 "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": "kube-node-lease",
-                             "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.uid}]},
+                "metadata": {"name": self.name, "namespace": "kube-node-lease", "ownerReferences": [owner]},
                 "spec": spec}
             self.kube.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", body)
 

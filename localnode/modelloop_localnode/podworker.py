@@ -114,7 +114,6 @@ class PodWorker(threading.Thread):
         self.volumes: PodVolumes | None = None
         self.prepared = False
         self.failure: PodFailed | None = None
-        self.waiting: tuple[str, str] | None = None  # pod-level wait (volumes not available yet)
         self.retry_at = 0.0
         self.final = False  # terminal phase reached: nothing runs any more
         self.stopping = False  # stopping every container (deletion or active deadline)
@@ -194,17 +193,16 @@ class PodWorker(threading.Thread):
                 return self.retry_at - time.monotonic()
             try:
                 self._prepare(pod)
-                self.waiting = None
             except PodFailed as e:
                 self.failure = e
                 self._fail_containers(e)
                 log("pod.failed", level="warning", pod=f"{self.namespace}/{self.pod_name}", reason=e.reason,
                     message=e.message)
-            except VolumeUnavailable as e:
-                self.waiting = ("ContainerCreating", f"MountVolume.SetUp failed: {e}")
+            except VolumeUnavailable as e:  # kubelet's FailedMount: keep waiting, retry
                 self.retry_at = time.monotonic() + RETRY_S
+                waiting = {"reason": "ContainerCreating", "message": f"MountVolume.SetUp failed: {e}"}
                 for run in self.runs:
-                    run.state = {"waiting": {"reason": "ContainerCreating", "message": self.waiting[1]}}
+                    run.state = {"waiting": waiting}
         if self.prepared:
             if not self.failure:
                 self._deadline(pod)
@@ -218,7 +216,7 @@ class PodWorker(threading.Thread):
         if self.deadline_at is not None and not self.stopping:
             times.append(self.deadline_at)
         for run in self.runs:
-            if run.proc is None and not run.done:
+            if run.proc is None and not run.done and run.not_before > now:
                 times.append(run.not_before)
             if run.stop_deadline:
                 times.append(run.stop_deadline)
@@ -233,7 +231,8 @@ class PodWorker(threading.Thread):
 
     def _restore(self, status: dict) -> None:
         """Continue from the status a previous agent run reported (its processes are gone)."""
-        previous = {s["name"]: s for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])}
+        reported = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        previous = {s["name"]: s for s in reported}
         now = st.rfc3339()
         for run in self.runs:
             before = previous.get(run.name)
@@ -243,8 +242,9 @@ class PodWorker(threading.Thread):
             run.last_state = before.get("lastState") or {}
             state = before.get("state") or {}
             if "running" in state:
-                state = {"terminated": {"exitCode": 137, "reason": "AgentRestarted", "startedAt": state["running"].get("startedAt"),
-                                        "finishedAt": now, "message": "the local node agent restarted; its process was stopped"}}
+                state = {"terminated": {"exitCode": 137, "reason": "AgentRestarted",
+                                        "startedAt": state["running"].get("startedAt"), "finishedAt": now,
+                                        "message": "the local node agent restarted; its process was stopped"}}
             if "terminated" in state:
                 run.ran_before = True
                 code = state["terminated"].get("exitCode", 0)
@@ -266,9 +266,9 @@ class PodWorker(threading.Thread):
             if not runnable_image(image, extra):
                 allowed = RUNTIME_REPOSITORY + " (any tag)" + "".join(f", {i}" for i in extra)
                 raise PodFailed("ImageNotRunnable",
-                                f'container {run.name}: image "{image}" cannot run on local node {self.agent.node_name}, '
-                                f"which runs only {allowed} as local processes (add --runnable-image to allow more, "
-                                "or keep the pod off this node)")
+                                f'container {run.name}: image "{image}" cannot run on local node '
+                                f"{self.agent.node_name}, which runs only {allowed} as local processes "
+                                "(add --runnable-image to allow more, or keep the pod off this node)")
         unsupported = unsupported_volumes(pod)
         if unsupported:
             raise PodFailed("VolumeNotSupported", f"volumes not supported by the local node: {', '.join(unsupported)}")
@@ -276,7 +276,8 @@ class PodWorker(threading.Thread):
         self.ip = self.agent.addresses.allocate(self.uid, preferred)
         self.pod_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        objects = ObjectReader(secret=lambda n: self._object("secrets", n), config_map=lambda n: self._object("configmaps", n),
+        objects = ObjectReader(secret=lambda n: self._object("secrets", n),
+                               config_map=lambda n: self._object("configmaps", n),
                                token=lambda source: self._token(pod, source), node_allocatable=self.agent.allocatable)
         try:
             self.volumes = materialize(pod, self.pod_dir, self.agent.pvc_root, objects, self.ip, self.agent.host_ip)
@@ -291,7 +292,8 @@ class PodWorker(threading.Thread):
             if not link.is_symlink():
                 link.symlink_to(directory, target_is_directory=True)
         self.prepared = True
-        log("pod.prepared", pod=f"{self.namespace}/{self.pod_name}", ip=self.ip, spec_restart=spec.get("restartPolicy"))
+        log("pod.prepared", pod=f"{self.namespace}/{self.pod_name}", ip=self.ip,
+            restart_policy=spec.get("restartPolicy", "Always"))
 
     def _object(self, plural: str, name: str) -> dict[str, bytes] | None:
         obj = self.agent.kube.get_or_none(f"/api/v1/namespaces/{self.namespace}/{plural}/{name}")
@@ -305,8 +307,9 @@ class PodWorker(threading.Thread):
                                                             "uid": self.uid}}}
         if source.get("audience"):
             body["spec"]["audiences"] = [source["audience"]]
+        path = f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token"
         try:
-            answer = self.agent.kube.create(f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token", body)
+            answer = self.agent.kube.create(path, body)
         except ApiError as e:
             raise VolumeUnavailable(f"service account token for {account}: {e}") from e
         return answer["status"]["token"]
@@ -343,6 +346,7 @@ class PodWorker(threading.Thread):
         (container_dir / "tmp").mkdir(parents=True, exist_ok=True)
         (self.pod_dir / "home").mkdir(exist_ok=True)
         mounts = paths.as_dict()
+        message_file = mounts[run.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH]
         api = urlparse(self.agent.kube.host)
         provided = {
             "KUBERNETES_SERVICE_HOST": api.hostname or "127.0.0.1",
@@ -355,7 +359,7 @@ class PodWorker(threading.Thread):
             provided["KUBECONFIG"] = str(kubeconfig)
         forced = {
             "MODELLOOP_POD_IP": self.ip,
-            "MODELLOOP_TERMINATION_LOG": mounts[run.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH],
+            "MODELLOOP_TERMINATION_LOG": message_file,
             "MODELLOOP_PVC_ROOT": str(self.pod_dir / "pvc"),
             "MODELLOOP_MOUNTS": mounts_json(paths),
             "PYTHONUNBUFFERED": "1",
@@ -379,8 +383,9 @@ class PodWorker(threading.Thread):
                 "HOSTNAME": pod["spec"].get("hostname") or self.pod_name}
         env = container_env(base, provided, declared, forced, self.agent.bin_dir)
         argv = resolve_argv(run.spec, env, paths, self.agent.bin_dir, self.agent.default_entrypoint)
-        working_dir = run.spec.get("workingDir")
-        cwd = Path(paths.to_host(working_dir)) if working_dir and paths.to_host(working_dir) != working_dir else container_dir
+        working_dir = run.spec.get("workingDir") or ""
+        mapped = paths.to_host(working_dir)
+        cwd = Path(mapped) if working_dir and mapped != working_dir else container_dir  # only a mount is visible
         cwd.mkdir(parents=True, exist_ok=True)
         return env, argv, cwd
 
@@ -680,7 +685,7 @@ class PodWorker(threading.Thread):
             status["podIP"], status["podIPs"] = self.ip, [{"ip": self.ip}]
         if self.failure:
             status["reason"], status["message"] = self.failure.reason, self.failure.message
-        if phase in ("Succeeded", "Failed") and not self.stopping:
+        if phase in ("Succeeded", "Failed"):
             self.final = True
             self.agent.addresses.release(self.uid)  # as CNI does once the pod's sandbox is gone
         return status

@@ -2,7 +2,8 @@
 
 Every process gets `MODELLOOP_LOCALNODE_ID=<agent>:<namespace>/<pod>/<container>:<pod uid>` in its
 environment, where `<agent>` is `<node>@<state dir>`: two agents on one host (two clusters, both with a
-node `modelloop-local`) never take each other's processes for their own. Children inherit it, so a scan of /proc finds every process of a pod, including those
+node `modelloop-local`) never take each other's processes for their own. Children inherit it, so a
+scan of /proc finds every process of a pod, including those
 that left the process group; and a pid read back from processes.json is only signalled after
 /proc/<pid>/environ proves it is still ours (a pid can be reused once its process is gone).
 """

@@ -137,7 +137,8 @@ def pod_conditions(pod: Mapping, init_statuses: Sequence[Mapping], statuses: Seq
     if terminal:
         out["ContainersReady"] = ("False", "PodCompleted", "")
     elif unready:
-        out["ContainersReady"] = ("False", "ContainersNotReady", f"containers with unready status: [{' '.join(unready)}]")
+        out["ContainersReady"] = ("False", "ContainersNotReady",
+                                  f"containers with unready status: [{' '.join(unready)}]")
     else:
         out["ContainersReady"] = ("True", "", "")
     ready = out["ContainersReady"]
@@ -146,9 +147,10 @@ def pod_conditions(pod: Mapping, init_statuses: Sequence[Mapping], statuses: Seq
         for gate in pod["spec"].get("readinessGates") or []:
             kind = gate["conditionType"]
             if existing.get(kind) != "True":
-                ready = ("False", "ReadinessGatesNotReady",
-                         f'corresponding condition of pod readiness gate "{kind}" does not exist.'
-                         if kind not in existing else f'the status of pod readiness gate "{kind}" is not "True", but {existing[kind]}')
+                message = (f'corresponding condition of pod readiness gate "{kind}" does not exist.'
+                           if kind not in existing else
+                           f'the status of pod readiness gate "{kind}" is not "True", but {existing[kind]}')
+                ready = ("False", "ReadinessGatesNotReady", message)
                 break
     elif not terminal:
         ready = ("False", "ContainersNotReady", ready[2])

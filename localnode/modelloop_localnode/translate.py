@@ -129,7 +129,9 @@ class HostMap:
         ordered = tuple(sorted(((c.rstrip("/") or "/", h) for c, h in self.paths), key=lambda p: -len(p[0])))
         object.__setattr__(self, "paths", ordered)
         alternatives = "|".join(re.escape(c) for c, _ in ordered if c != "/")
-        regex = re.compile(rf"(?:^|(?<=[=:,\s'\"])|(?<=file://))({alternatives})(?=/|$|[:,\s'\"])") if alternatives else None
+        regex = None
+        if alternatives:
+            regex = re.compile(rf"(?:^|(?<=[=:,\s'\"])|(?<=file://))({alternatives})(?=/|$|[:,\s'\"])")
         object.__setattr__(self, "_regex", regex)
 
     def to_host(self, value: str) -> str:

@@ -64,11 +64,13 @@ def _write(directory: Path, relative: str, data: bytes, mode: int) -> None:
     target.chmod(mode)
 
 
-def _write_keys(directory: Path, kind: str, source: Mapping, data: Mapping[str, bytes] | None, default_mode: int) -> None:
+def _write_keys(directory: Path, kind: str, source: Mapping, data: Mapping[str, bytes] | None,
+                default_mode: int) -> None:
+    name = source.get("name") or source.get("secretName")
     if data is None:
         if source.get("optional"):
             return
-        raise VolumeUnavailable(f'{kind} "{source.get("name") or source.get("secretName")}" not found')
+        raise VolumeUnavailable(f'{kind} "{name}" not found')
     items = source.get("items")
     if not items:
         for key, value in data.items():
@@ -78,7 +80,7 @@ def _write_keys(directory: Path, kind: str, source: Mapping, data: Mapping[str, 
         if item["key"] not in data:
             if source.get("optional"):
                 continue
-            raise VolumeUnavailable(f'key {item["key"]!r} not found in {kind} "{source.get("name") or source.get("secretName")}"')
+            raise VolumeUnavailable(f'key {item["key"]!r} not found in {kind} "{name}"')
         _write(directory, item["path"], data[item["key"]], item.get("mode", default_mode))
 
 
@@ -114,10 +116,12 @@ def materialize(pod: Mapping, pod_dir: Path, pvc_root: Path, objects: ObjectRead
             directory.mkdir(parents=True, exist_ok=True)
         if "secret" in volume:
             source = volume["secret"]
-            _write_keys(directory, "secret", source, objects.secret(source["secretName"]), source.get("defaultMode", 0o644))
+            mode = source.get("defaultMode", 0o644)
+            _write_keys(directory, "secret", source, objects.secret(source["secretName"]), mode)
         elif "configMap" in volume:
             source = volume["configMap"]
-            _write_keys(directory, "configmap", source, objects.config_map(source["name"]), source.get("defaultMode", 0o644))
+            mode = source.get("defaultMode", 0o644)
+            _write_keys(directory, "configmap", source, objects.config_map(source["name"]), mode)
         elif "downwardAPI" in volume:
             source = volume["downwardAPI"]
             _write_downward(directory, pod, source.get("items") or [], source.get("defaultMode", 0o644), pod_ip,

@@ -73,7 +73,7 @@ def build_server(config: ServerConfig) -> DrainingServer:
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="on",
         access_log=False, log_level=logging.WARNING, log_config=None, server_header=False,
-        timeout_graceful_shutdown=GRACEFUL_TIMEOUT_SECONDS, backlog=2048)
+        proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_SECONDS, backlog=2048)
     server = DrainingServer(uv_config, app, config.drain_seconds)
     app.on_fatal = server.fail
     return server

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import stats
 from .sketch import (
-    CATEGORICAL, NUMERIC, SketchError, _as_float, _check_same_bins, _is_categorical, build_reference, count_into,
+    CATEGORICAL, NUMERIC, SketchError, as_float, check_same_bins, is_categorical, build_reference, count_into,
     empty_like, validate,
 )
 
@@ -249,7 +249,7 @@ def detect(reference: dict, current: dict, config: DriftConfig | None = None) ->
     config = config or DriftConfig()
     validate(reference)
     validate(current)
-    _check_same_bins(reference, current, "compare")
+    check_same_bins(reference, current, "compare")
     rows_ref, rows_cur = reference["rows"], current["rows"]
     short = _insufficient(rows_ref, rows_cur, config)
     if short:
@@ -264,7 +264,7 @@ def detect(reference: dict, current: dict, config: DriftConfig | None = None) ->
 
 
 def _measure_raw_numeric(name: str, ref_values: Any, cur_values: Any, test: str) -> _Measured:
-    x, y = _as_float(ref_values).ravel(), _as_float(cur_values).ravel()
+    x, y = as_float(ref_values).ravel(), as_float(cur_values).ravel()
     x_ok, y_ok = np.isfinite(x), np.isfinite(y)
     x, y = (x if x_ok.all() else x[x_ok]), (y if y_ok.all() else y[y_ok])
     missing_ref, missing_cur = int(x_ok.size - x.size), int(y_ok.size - y.size)
@@ -315,7 +315,7 @@ def detect_raw(reference_frame: Mapping[str, Any], current_frame: Mapping[str, A
     categorical = set(categorical)
     measured = [
         _measure_raw_categorical(name, values, cur_cols[name], config.categorical_test)
-        if name in categorical or _is_categorical(values)
+        if name in categorical or is_categorical(values)
         else _measure_raw_numeric(name, values, cur_cols[name], config.numerical_test)
         for name, values in ref_cols.items()
     ]

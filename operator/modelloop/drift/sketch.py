@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .grid import bin_counts, quantiles
+
 FORMAT = "modelloop.sketch/v1"
 # 100 reference-quantile bins: the binned KS statistic and Wasserstein distance are then within about
 # 1% of the exact ones (docs/drift.md, "Binning tolerance"), for ~1 KiB of JSON per feature.
@@ -47,7 +49,7 @@ def _as_array(values: Any) -> np.ndarray | pd.Series:
     return np.asarray(values, dtype=object) if isinstance(values, (list, tuple)) else np.asarray(values)
 
 
-def _as_float(values: Any) -> np.ndarray:
+def as_float(values: Any) -> np.ndarray:
     """float64 values, NaN for missing; values that are not numbers (e.g. "abc") count as missing."""
     arr = _as_array(values)
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "fiub":
@@ -86,7 +88,7 @@ def _factorize(values: Any) -> tuple[np.ndarray, list[str | None]]:
     return codes, [category_key(u) for u in uniques]
 
 
-def _is_categorical(values: Any) -> bool:
+def is_categorical(values: Any) -> bool:
     """True for columns of strings (or pandas categoricals): they cannot be binned as numbers."""
     arr = _as_array(values)
     if isinstance(arr, np.ndarray) and arr.dtype.kind in "fiub":
@@ -94,77 +96,6 @@ def _is_categorical(values: Any) -> bool:
     if isinstance(getattr(arr, "dtype", None), pd.CategoricalDtype) or isinstance(arr, pd.Categorical):
         return True
     return pd.api.types.infer_dtype(arr, skipna=True) in ("string", "bytes", "mixed", "mixed-integer", "categorical")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Fast exact binning. np.searchsorted costs a mispredicted branch per level of its binary search
-# (~40 ns a value for 100 bins). Large arrays first go through a fine uniform grid: a cell that holds
-# no edge lies inside one bin, so only values in the few cells that hold an edge are searched. The
-# grid map is monotone (IEEE subtraction, multiplication by a positive constant and truncation all
-# are), so the result is exactly searchsorted's.
-
-_GRID_MIN_VALUES = 4096
-_GRID_CELLS = 1 << 16
-
-
-def _grid(values: np.ndarray, lo: float, hi: float) -> np.ndarray | None:
-    """Cell of each (non-NaN) value: 0 below `lo`, 1.._GRID_CELLS over [lo, hi), _GRID_CELLS + 1 from `hi`."""
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        scale = _GRID_CELLS / (hi - lo)
-    if not np.isfinite(scale) or scale <= 0:
-        return None
-    cell = values - lo
-    cell *= scale
-    cell += 1.0
-    np.clip(cell, 0.0, _GRID_CELLS + 1.0, out=cell)
-    return cell.astype(np.intp)
-
-
-def _bin_counts(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """np.bincount(np.searchsorted(edges, x, side="right"), minlength=len(edges) + 1) of non-NaN `x`."""
-    nbins = edges.size + 1
-    cell = _grid(x, edges[0], edges[-1]) if x.size >= _GRID_MIN_VALUES and edges.size >= 2 else None
-    if cell is None:
-        return np.bincount(np.searchsorted(edges, x, side="right"), minlength=nbins)
-    per_cell = np.bincount(cell, minlength=_GRID_CELLS + 2)
-    edge_cells = _grid(edges, edges[0], edges[-1])
-    holds_edge = np.zeros(_GRID_CELLS + 2, dtype=bool)
-    holds_edge[edge_cells] = True
-    # A cell without an edge is inside the bin numbered by the edges in lower cells.
-    bin_of_cell = np.searchsorted(edge_cells, np.arange(_GRID_CELLS + 2), side="left")
-    counts = np.bincount(bin_of_cell[~holds_edge], weights=per_cell[~holds_edge], minlength=nbins)
-    counts = counts.astype(np.int64)
-    counts += np.bincount(np.searchsorted(edges, x[holds_edge[cell]], side="right"), minlength=nbins)
-    return counts
-
-
-def _quantiles(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """np.quantile(x, q) (linear interpolation) of finite `x`. For large arrays only the values in the
-    grid cells holding the needed order statistics are sorted."""
-    n = x.size
-    lo, hi = (x.min(), x.max()) if n else (0.0, 0.0)
-    cell = _grid(x, lo, hi) if n >= _GRID_MIN_VALUES else None
-    if cell is None:
-        return np.full(q.size, lo) if n and lo == hi else np.quantile(x, q)
-    per_cell = np.bincount(cell, minlength=_GRID_CELLS + 2)
-    upto = np.cumsum(per_cell)
-    position = n * q + (1.0 - q) - 1.0  # numpy's virtual index for method="linear"
-    first = np.floor(position).astype(np.intp)
-    second = np.minimum(first + 1, n - 1)
-    ranks = np.union1d(first, second)
-    rank_cells = np.searchsorted(upto, ranks, side="right")
-    wanted = np.zeros(_GRID_CELLS + 2, dtype=bool)
-    wanted[rank_cells] = True
-    picked = wanted[cell]
-    if np.count_nonzero(picked) > n // 4:  # many ties in few cells: partitioning is cheaper
-        return np.quantile(x, q)
-    values = np.sort(x[picked])
-    picked_per_cell = np.where(wanted, per_cell, 0)
-    picked_below = np.cumsum(picked_per_cell) - picked_per_cell
-    stats = values[picked_below[rank_cells] + ranks - (upto[rank_cells] - per_cell[rank_cells])]
-    a, b = stats[np.searchsorted(ranks, first)], stats[np.searchsorted(ranks, second)]
-    t = position - first
-    return np.where(t >= 0.5, b - (b - a) * (1.0 - t), a + (b - a) * t)  # numpy's _lerp
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -190,12 +121,12 @@ class _Binner:
     def count(self, values: Any) -> tuple[np.ndarray, int]:
         """(counts per bin as int64, missing) of `values`."""
         if self.kind == NUMERIC:
-            x = _as_float(values).ravel()
+            x = as_float(values).ravel()
             nan = np.isnan(x)
             missing = int(np.count_nonzero(nan))
             if not self.edges.size:
                 return np.array([x.size - missing], dtype=np.int64), missing
-            return _bin_counts(x[~nan] if missing else x, self.edges).astype(np.int64, copy=False), missing
+            return bin_counts(x[~nan] if missing else x, self.edges).astype(np.int64, copy=False), missing
         codes, keys = _factorize(values)
         other, missing_bin = len(self.index), len(self.index) + 1
         lookup = np.array([missing_bin if k is None else self.index.get(k, other) for k in keys] + [missing_bin],
@@ -235,12 +166,12 @@ def _count_columns(binners: list[_Binner], columns: Mapping[str, Any]) -> tuple[
 # Building and counting.
 
 def _numeric_feature(name: str, values: Any, bins: int) -> dict:
-    x = _as_float(values).ravel()
+    x = as_float(values).ravel()
     is_finite = np.isfinite(x)
     finite = x if is_finite.all() else x[is_finite]
     if finite.size and bins > 1:
         # Unique quantiles: a constant column gets one edge, a column of few values a few.
-        edges = np.unique(_quantiles(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
+        edges = np.unique(quantiles(finite, np.linspace(0.0, 1.0, bins + 1)[1:-1]))
     else:
         edges = np.empty(0)
     binner = _Binner(name, NUMERIC, edges, None)
@@ -282,7 +213,7 @@ def build_reference(columns: Mapping[str, Any], categorical: Iterable[str] = (),
         raise SketchError(f"categorical columns {sorted(unknown)} are not in the data (columns: {list(items)[:20]})")
     features = [
         _categorical_feature(str(name), values, max_categories)
-        if name in categorical or _is_categorical(values) else _numeric_feature(str(name), values, bins)
+        if name in categorical or is_categorical(values) else _numeric_feature(str(name), values, bins)
         for name, values in items.items()
     ]
     return {"format": FORMAT, "rows": _rows_of(items), "features": features}
@@ -377,7 +308,7 @@ class LiveSketch:
 # ---------------------------------------------------------------------------------------------------
 # Arithmetic on sketches.
 
-def _check_same_bins(a: dict, b: dict, what: str) -> None:
+def check_same_bins(a: dict, b: dict, what: str) -> None:
     names_a = [f["name"] for f in a["features"]]
     names_b = [f["name"] for f in b["features"]]
     if names_a != names_b:
@@ -394,7 +325,7 @@ def merge(a: dict, b: dict) -> dict:
     kept when both sketches agree on them, except the per-process `instance` and `started`."""
     validate(a)
     validate(b)
-    _check_same_bins(a, b, "merge")
+    check_same_bins(a, b, "merge")
     shared = {k: v for k, v in a.items() if k not in PROCESS_KEYS and k in b and b[k] == v}
     return {**shared, "format": FORMAT, "rows": a["rows"] + b["rows"], "features": [
         {**fa, "counts": [x + y for x, y in zip(fa["counts"], fb["counts"])], "missing": fa["missing"] + fb["missing"]}
@@ -413,7 +344,7 @@ def is_reset(current: dict, previous: dict | None) -> bool:
     """True when `current` does not continue `previous`: no previous, another process, or a count fell."""
     if previous is None or current.get("instance") != previous.get("instance"):
         return True
-    _check_same_bins(current, previous, "subtract")
+    check_same_bins(current, previous, "subtract")
     if current["rows"] < previous["rows"]:
         return True
     return any(fc["missing"] < fp["missing"] or any(x < y for x, y in zip(fc["counts"], fp["counts"]))

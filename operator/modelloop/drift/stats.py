@@ -14,7 +14,7 @@ import numpy as np
 from scipy import special
 from scipy.stats import distributions
 
-from .sketch import _GRID_CELLS, _GRID_MIN_VALUES, _bin_counts, _grid, _quantiles
+from .grid import CELLS, MIN_VALUES, bin_counts, cells_of, quantiles
 
 # Bins of PSI and Jensen-Shannon on numeric features: 10 groups of equal reference mass (deciles).
 # Finer bins bias both upwards on small windows (about (bins - 1) / n under no drift).
@@ -148,7 +148,7 @@ def values_scale(x: np.ndarray) -> float:
     x = x[np.isfinite(x)]
     if x.size == 0:
         return 0.0
-    q1, q3 = _quantiles(x, np.array([0.25, 0.75]))
+    q1, q3 = quantiles(x, np.array([0.25, 0.75]))
     if q3 > q1:
         return float((q3 - q1) / IQR_PER_SIGMA)
     return float(np.std(x))
@@ -193,10 +193,10 @@ def _grid_ks_wasserstein(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | 
     lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
     if lo == hi:
         return 0.0, 0.0
-    ca, cb = _grid(a, lo, hi), _grid(b, lo, hi)
+    ca, cb = cells_of(a, lo, hi), cells_of(b, lo, hi)
     if ca is None or cb is None:
         return None
-    size = _GRID_CELLS + 2
+    size = CELLS + 2
     ha, hb = np.bincount(ca, minlength=size), np.bincount(cb, minlength=size)
     below_a, below_b = np.cumsum(ha) - ha, np.cumsum(hb) - hb  # values in lower cells
     before = below_a / n - below_b / m  # the gap before the cell's first value
@@ -215,13 +215,13 @@ def _grid_ks_wasserstein(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | 
     cells = np.concatenate([ca[pick_a], cb[pick_b]])
     from_a = np.arange(values.size) < np.count_nonzero(pick_a)
     single = np.zeros(size, dtype=bool)
-    if values.size > _GRID_MIN_VALUES:  # many values to sort: some cells may hold one repeated value
+    if values.size > MIN_VALUES:  # many values to sort: some cells may hold one repeated value
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = (sa + sb) / (ha + hb)
         single[inside] = np.bincount(cells, weights=(values - lo) != mean[cells], minlength=size)[inside] == 0
         keep = ~single[cells]
         values, cells, from_a = values[keep], cells[keep], from_a[keep]
-    width = (hi - lo) / _GRID_CELLS
+    width = (hi - lo) / CELLS
     start = (np.arange(size) - 1.0) * width
     end = np.minimum(start + width, hi - lo)
     start[0], end[0], start[-1], end[-1] = 0.0, 0.0, hi - lo, hi - lo  # cell 0 is empty, cell C+1 holds hi
@@ -279,7 +279,7 @@ def counts_over(edges: np.ndarray, x: np.ndarray) -> np.ndarray:
     edges = np.asarray(edges, dtype=np.float64)
     if edges.size == 0:
         return np.array([x.size], dtype=np.int64)
-    return _bin_counts(x, edges)
+    return bin_counts(x, edges)
 
 
 def decile_edges(x: np.ndarray, groups: int = NUMERIC_GROUPS) -> np.ndarray:
@@ -287,7 +287,7 @@ def decile_edges(x: np.ndarray, groups: int = NUMERIC_GROUPS) -> np.ndarray:
     x = x[np.isfinite(x)]
     if x.size == 0:
         return np.empty(0)
-    return np.unique(_quantiles(x, np.linspace(0.0, 1.0, groups + 1)[1:-1]))
+    return np.unique(quantiles(x, np.linspace(0.0, 1.0, groups + 1)[1:-1]))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ def job_condition(cluster, namespace: str, name: str) -> str | None:
 
 def test_job_whose_command_exits_zero_completes(cluster, namespace, local_node):
     cluster.apply(job(namespace, "ok", "print('trained')"))
-    assert wait_for(lambda: job_condition(cluster, namespace, "ok"), timeout=30, message="the Job to finish") == "Complete"
+    finished = wait_for(lambda: job_condition(cluster, namespace, "ok"), timeout=30, message="the Job to finish")
+    assert finished == "Complete"
     [pod] = cluster.get("pods", "-n", namespace, "-l", "job-name=ok")["items"]
     assert pod["status"]["phase"] == "Succeeded"
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]

@@ -93,14 +93,15 @@ def test_claims_of_local_pods_are_provisioned_as_host_directories_and_deleted_wi
     cluster.apply(claim_manifest(namespace, "data"))
     writer = container("main", ["python", "-c", "import sys; open(sys.argv[1], 'w').write('kept')", "/data/file"],
                        volumeMounts=[{"name": "data", "mountPath": "/data"}])
-    cluster.apply(pod("writer", namespace, pod_spec(writer, restartPolicy="Never",
-                                                      volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}])))
+    volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+    cluster.apply(pod("writer", namespace, pod_spec(writer, restartPolicy="Never", volumes=volumes)))
     wait_phase(cluster, namespace, "writer", "Succeeded", timeout=40)
     claim = cluster.get("pvc", "data", "-n", namespace)
     volume = cluster.get("pv", claim["spec"]["volumeName"])
     directory = CLUSTER_DIR / "pvc" / namespace / "data"
     assert volume["spec"]["hostPath"]["path"] == str(directory)
-    assert volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [local_node]
+    [term] = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+    assert term["matchExpressions"][0]["values"] == [local_node], "the data lives on this node"
     assert (directory / "file").read_text() == "kept"
     cluster.kubectl("delete", "pod", "writer", "-n", namespace)
     cluster.kubectl("delete", "pvc", "data", "-n", namespace)
@@ -179,8 +180,8 @@ def test_init_containers_run_first_and_sidecars_serve_alongside(cluster, namespa
     main = container("main", ["python", "-c", "import os, time, urllib.request\n"
                               "print(urllib.request.urlopen(f'http://{os.environ[\"POD_IP\"]}:9000/').status, flush=True)\n"
                               "time.sleep(3600)"],
-                     readinessProbe={"exec": {"command": ["python", "-c", "import os, sys; sys.exit(not os.path.exists('/work/initialized'))"]},
-                                     "periodSeconds": 1},
+                     readinessProbe={"periodSeconds": 1, "exec": {"command": [
+                         "python", "-c", "import os, sys; sys.exit(not os.path.exists('/work/initialized'))"]}},
                      volumeMounts=[{"name": "work", "mountPath": "/work"}])
     cluster.apply(pod("mixed", namespace, pod_spec(main, initContainers=[init, sidecar],
                                                      volumes=[{"name": "work", "emptyDir": {}}])))

@@ -43,7 +43,8 @@ def test_expand_follows_kubernetes_rules(text, expected):
 
 
 def test_host_map_rewrites_mount_paths_and_the_wildcard_address_but_not_lookalikes():
-    m = HostMap((("/models", "/h/models"), ("/models/cache", "/h/cache"), ("/dev/termination-log", "/h/msg")), "10.245.0.9")
+    mounts = (("/models", "/h/models"), ("/models/cache", "/h/cache"), ("/dev/termination-log", "/h/msg"))
+    m = HostMap(mounts, "10.245.0.9")
     assert m.to_host("/models/v1") == "/h/models/v1"
     assert m.to_host("/models/cache/x") == "/h/cache/x", "the longest mount path wins"
     assert m.to_host("--out=/models") == "--out=/h/models"
@@ -94,7 +95,8 @@ def test_pod_env_orders_envfrom_then_env_and_expands_only_earlier_names():
 
 def test_missing_references_are_config_errors_unless_optional():
     with pytest.raises(ConfigError, match='secret "nope" not found'):
-        pod_env({"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}]}, sources(), HostMap(), {})
+        missing = {"name": "A", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k"}}}
+        pod_env({"env": [missing]}, sources(), HostMap(), {})
     with pytest.raises(ConfigError, match="couldn't find key k"):
         pod_env({"env": [{"name": "A", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "k"}}}]},
                 sources(config_maps={"cm": {}}), HostMap(), {})

@@ -33,11 +33,13 @@ def test_volumes_are_written_as_files_with_items_and_modes(tmp_path):
     assert sorted(p.name for p in volumes.dirs["c"].rglob("*") if p.is_file()) == ["b.txt"]
     assert volumes.dirs["e"].is_dir() and not any(volumes.dirs["e"].iterdir())
     assert volumes.dirs["claim"] == tmp_path / "pvc" / "ns" / "models" and volumes.claims == {"models": volumes.dirs["claim"]}
-    assert {p.name: p.read_text() for p in volumes.dirs["sa"].iterdir()} == {"token": "TOKEN", "ca.crt": "CA", "namespace": "ns"}
+    projected = {p.name: p.read_text() for p in volumes.dirs["sa"].iterdir()}
+    assert projected == {"token": "TOKEN", "ca.crt": "CA", "namespace": "ns"}
 
 
 def test_a_missing_source_is_retried_unless_optional_and_unknown_types_are_reported(tmp_path):
     with pytest.raises(VolumeUnavailable, match='secret "nope" not found'):
         materialize(pod({"name": "s", "secret": {"secretName": "nope"}}), tmp_path, tmp_path, reader(), "", "")
     materialize(pod({"name": "s", "secret": {"secretName": "nope", "optional": True}}), tmp_path, tmp_path, reader(), "", "")
-    assert unsupported_volumes(pod({"name": "n", "nfs": {"server": "x", "path": "/"}}, {"name": "e", "emptyDir": {}})) == ["n (nfs)"]
+    nfs = {"name": "n", "nfs": {"server": "x", "path": "/"}}
+    assert unsupported_volumes(pod(nfs, {"name": "e", "emptyDir": {}})) == ["n (nfs)"]

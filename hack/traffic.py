@@ -49,6 +49,7 @@ class Traffic:
     def __init__(self, namespace: str, service: str, model: str | None = None):
         self.namespace, self.service, self.model = namespace, service, model or service
         self._endpoints: list[str] = []
+        self.last_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, daemon=True)
@@ -66,8 +67,8 @@ class Traffic:
                                 for a in ep.get("addresses") or ()})
                 with self._lock:
                     self._endpoints = ready
-            except Exception:  # noqa: BLE001 - keep the last known endpoints
-                pass
+            except Exception as e:  # noqa: BLE001 - keep the last known endpoints
+                self.last_error = f"{type(e).__name__}: {e}"
             self._stop.wait(0.2)
 
     def endpoints(self) -> list[str]:
@@ -80,7 +81,8 @@ class Traffic:
             if eps := self.endpoints():
                 return eps
             time.sleep(0.2)
-        raise TimeoutError(f"no ready endpoint of service {self.namespace}/{self.service} after {timeout}s")
+        raise TimeoutError(f"no ready endpoint of service {self.namespace}/{self.service} after {timeout}s"
+                           + (f" (last error: {self.last_error})" if self.last_error else ""))
 
     def run(self, batches: Iterable[list[dict[str, Any]]], seconds: float, rate: float = 50.0,
             concurrency: int = 4) -> Stats:

@@ -339,6 +339,8 @@ def summarise(rows: int, measured: dict, expected: list[str], previous: dict) ->
             out["raw_speedup_vs_scipy"] = out["scipy_s"] / out["modelloop_raw_s"]
     out["rows"] = rows
     out["flags_exact"] = out.get("flagged") == expected
+    out["memory_method"] = next(iter(measured.values()))["memory_method"]
+    out["loadavg_1m_after"] = os.getloadavg()[0]  # 2 shared cores: other work on the machine slows every tool
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return out
 

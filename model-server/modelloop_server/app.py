@@ -45,6 +45,7 @@ class ModelServerApp:
         self.batcher = Batcher(max_batch_size=config.max_batch_size, max_wait=config.max_batch_wait_ms / 1000)
         self.loaded = False
         self.draining = False
+        self._loading: asyncio.Task | None = None
         # Called with a one-line reason when the model cannot be served; the CLI makes the process exit.
         self.on_fatal: Callable[[str], None] = lambda reason: None
 

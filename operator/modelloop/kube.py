@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import logging
 import threading
 import uuid
@@ -50,7 +51,8 @@ def client() -> kubernetes.client.ApiClient:
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        # The client reads $KUBECONFIG when it is imported; read it now, when it is used.
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     return kubernetes.client.ApiClient()
 
 

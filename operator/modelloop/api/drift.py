@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..drift.detect import DEFAULT_MIN_SAMPLES
 from .common import (
     DURATION_PATTERN, URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, LocalObjectReference, StorageSpec, cel,
     conditions_field, extra,
@@ -51,7 +52,7 @@ class DriftMonitorSpec(ApiModel):
 
     deployment_ref: LocalObjectReference = Field(description="The ModelDeployment whose traffic is watched.")
     interval: str = Field(default="60s", pattern=DURATION_PATTERN, description="Time between checks, e.g. 30s or 5m.")
-    min_samples: int = Field(default=500, ge=1, description="Fewest new rows in a window before anything is decided.")
+    min_samples: int = Field(default=DEFAULT_MIN_SAMPLES, ge=1, description="Fewest new rows in a window before anything is decided.")
     dataset_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048, description=(
         f"Compare this dataset with the reference instead of live traffic (exact tests on raw values): {URI_DESCRIPTION}"))
     tests: TestsSpec = Field(default_factory=TestsSpec, description="Statistics used per feature kind.")

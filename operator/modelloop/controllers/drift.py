@@ -64,24 +64,6 @@ class CheckError(Exception):
 
 # ----------------------------------------------------------------------------- pure decisions
 
-def engine_config(spec: DriftMonitorSpec) -> DriftConfig:
-    """The engine's config from the spec; unset fields keep the engine's defaults (docs/drift.md)."""
-    over: dict[str, Any] = {"min_samples": spec.min_samples}
-    if spec.tests.numerical:
-        over["numerical_test"] = spec.tests.numerical
-    if spec.tests.categorical:
-        over["categorical_test"] = spec.tests.categorical
-    if spec.thresholds.score is not None:
-        over["score_threshold"] = spec.thresholds.score
-    if spec.thresholds.p_value is not None:
-        over["p_value"] = spec.thresholds.p_value
-    if spec.thresholds.drift_share is not None:
-        over["drift_share"] = spec.thresholds.drift_share
-    if spec.thresholds.features:
-        over["feature_thresholds"] = dict(spec.thresholds.features)
-    return DriftConfig(**over)
-
-
 def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str | None, training: dict | None,
                      now: datetime) -> tuple[bool, str]:
     """Whether to request a retrain now, and why (not)."""
@@ -201,7 +183,7 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
             log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
         current = sketches.merge_all([sketches.window(s, state.baseline.get(s["instance"])) for s in snaps])
         samples = current.get("rows", 0)
-        report = detect(reference, current, engine_config(spec)).to_dict() if samples >= spec.min_samples else None
+        report = detect(reference, current, DriftConfig.from_spec(spec.wire())).to_dict() if samples >= spec.min_samples else None
         status.update(modelVersion=version, samples=samples, lastCheckTime=kube.rfc3339(now))
         metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
         if report is None or report["status"] != "ok":

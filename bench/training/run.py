@@ -132,6 +132,10 @@ def main() -> None:
                     "load_1m_at_end": round(os.getloadavg()[0], 2),
                     "omp_threads": args.threads, "python": platform.python_version()},
         "runs": args.runs,
+        "method": ("each side a fresh process per run, interleaved, median; trainer = modelloop-train CLI end to end "
+                   "(file:// CSV, validation, accuracy+f1+roc_auc, reference sketches, skops, sha256, commit); "
+                   "plain = pandas.read_csv, same stratified split, same estimator/params/seed, accuracy, "
+                   "joblib.dump; cpu = user+sys of the process"),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

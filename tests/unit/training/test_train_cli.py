@@ -2,6 +2,7 @@
 what happened; the version URI goes to stdout, key=value logs to stderr."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     yield run
     root.handlers[:], root.level = handlers, level
     logging.captureWarnings(False)
+    gc.unfreeze()  # main() freezes the heap for a fast process exit
 
 
 def test_cli_trains_from_s3_prints_the_version_uri_and_reports_metrics(s3, churn, to_bytes, spec_for, tmp_path):

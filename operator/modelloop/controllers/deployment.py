@@ -163,8 +163,10 @@ def _reconcile(namespace: str, name: str) -> None:
 
     unavailable: ModelUnavailable | None = None
     candidate: Candidate | None = None
+    if spec.storage is None:  # the servers read the artifacts with the training's credentials
+        spec = spec.model_copy(update={"storage": _training_storage(namespace, spec)})
     try:
-        credentials = storage.credentials_from_secret(namespace, spec.storage or _training_storage(namespace, spec))
+        credentials = storage.credentials_from_secret(namespace, spec.storage)
         candidate = resolve_candidate(namespace, spec, credentials)
     except storage.StorageAccessError as e:
         unavailable, credentials = ModelUnavailable("SecretNotFound", str(e), stalled=True), None

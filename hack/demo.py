@@ -11,7 +11,6 @@ it starts is stopped by `make cluster-down`.
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -200,8 +199,9 @@ def main() -> None:
     traffic.close()
     say(f"loop closed: v2 serves. All traffic of the demo: {traffic.stats.line()}")
     show("get", "modelloop")
-    print(kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", "-o",
-                  "custom-columns=TIME:.lastTimestamp,KIND:.involvedObject.kind,REASON:.reason,MESSAGE:.message"),
+    events = kubectl("events", "-n", NS, "--types=Normal,Warning")
+    print("\n".join(l for l in events.splitlines() if any(k in l for k in ("LAST SEEN", "ModelTraining/",
+                                                                              "ModelDeployment/", "DriftMonitor/"))),
           flush=True)
     print(f"""
 What to look at next:

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.operator", "tests.fixtures.s3"]
+pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.operator", "tests.fixtures.s3", "tests.fixtures.artifacts"]

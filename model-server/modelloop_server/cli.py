@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(level=getattr(logging, config.log_level.upper()))
     prometheus_client.disable_created_metrics()  # *_created series: noise for dashboards and scrapes
-    from modelloop.training.cli import _default_termination_log, _write_termination_message
+    from modelloop.runtime import termination_log_path, write_termination_message
 
     log_event("server.starting", uri=config.model_uri, host=config.host, port=config.port,
               max_batch_size=config.max_batch_size, max_batch_wait_ms=config.max_batch_wait_ms,
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = build_server(config)
     server.run()
     if server.fatal_reason is not None:
-        _write_termination_message(_default_termination_log(), f"ModelRefused: {server.fatal_reason}")
+        write_termination_message(termination_log_path(), f"ModelRefused: {server.fatal_reason}")
     log_event("server.exited", code=server.exit_code)
     return server.exit_code
 

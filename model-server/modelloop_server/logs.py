@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from modelloop.training.logs import configure_logging  # noqa: F401 - re-exported for cli
+from modelloop.runtime import configure_logging  # noqa: F401 - re-exported for cli
 
 logger = logging.getLogger("modelloop.server")
 

@@ -10,7 +10,6 @@ import pytest
 
 from hack.traffic import Traffic, batches_from_csv
 from tests.fixtures.cluster import ROOT, wait_for
-from tests.integration.test_deployment_controller import store  # noqa: F401 - the artifact fixture
 
 pytestmark = pytest.mark.localnode
 CHURN = str(ROOT / "examples/data/churn.csv")
@@ -43,7 +42,7 @@ def background_traffic(traffic: Traffic, path: str, stop: threading.Event) -> th
     return t
 
 
-def test_rolling_update_under_constant_traffic_has_zero_failed_requests(operator, cluster, namespace, store):  # noqa: F811
+def test_rolling_update_under_constant_traffic_has_zero_failed_requests(operator, cluster, namespace, store):
     store.add(2, store.read_metadata(1)["metric"]["value"])
     serve(cluster, namespace, store.version_uri(1))
     cluster.kubectl("wait", "mdep/churn", "-n", namespace, "--for=condition=Ready", "--timeout=120s")
@@ -72,7 +71,7 @@ def test_rolling_update_under_constant_traffic_has_zero_failed_requests(operator
     assert mdep_status(cluster, namespace)["modelVersion"] == 2
 
 
-def add_unservable_version(store, version: int) -> None:  # noqa: F811
+def add_unservable_version(store, version: int) -> None:
     """A version that passes every checksum but whose model cannot predict from the schema's
     features: its servers fail their warm-up prediction and never become ready."""
     import numpy as np
@@ -89,7 +88,7 @@ def add_unservable_version(store, version: int) -> None:  # noqa: F811
     store.commit_version(version, {meta["model"]["file"]: data}, meta)
 
 
-def test_rollout_that_never_becomes_available_is_rolled_back(operator, cluster, namespace, store):  # noqa: F811
+def test_rollout_that_never_becomes_available_is_rolled_back(operator, cluster, namespace, store):
     add_unservable_version(store, 2)
     serve(cluster, namespace, store.version_uri(1), rollout={"progressDeadlineSeconds": 15})
     cluster.kubectl("wait", "mdep/churn", "-n", namespace, "--for=condition=Ready", "--timeout=120s")
@@ -116,7 +115,8 @@ def test_rollout_that_never_becomes_available_is_rolled_back(operator, cluster, 
 
 
 def test_the_whole_loop_train_serve_drift_retrain_promote(operator, cluster, namespace, s3):
-    from tests.integration.test_training_controller import secret, training
+    from tests.fixtures.artifacts import secret
+    from tests.integration.test_training_controller import training
 
     s3.put("churn.csv", (ROOT / "examples/data/churn.csv").read_bytes())
     s3.put("churn-fresh.csv", (ROOT / "examples/data/churn-drifted.csv").read_bytes())

@@ -7,42 +7,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
-from modelloop.artifacts import open_store
-from modelloop.training import train
 from tests.fixtures.cluster import wait_for
-from tests.integration.test_training_controller import CHURN, KWOK, secret
-
-SPEC = {
-    "dataset": {"uri": "", "target": "churned", "categorical": ["plan", "region"]},
-    "estimator": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}},
-    "validation": {"testSize": 0.25, "seed": 7, "metric": "accuracy"},
-    "output": {"uri": ""},
-}
-
-
-@pytest.fixture()
-def store(cluster, namespace, s3):
-    """A model output with version 1 trained for real; `add(version, accuracy)` writes more versions
-    that carry the same model with a chosen metric."""
-    s3.put("churn.csv", CHURN)
-    cluster.apply(secret(namespace, s3))
-    spec = json.loads(json.dumps(SPEC))
-    spec["dataset"]["uri"], spec["output"]["uri"] = s3.uri("churn.csv"), s3.uri("models/churn")
-    train(spec, version=1, identity={"name": "churn", "namespace": namespace, "uid": "test", "generation": 1,
-                                     "run": "churn-v1"})
-    out = open_store(spec["output"]["uri"])
-
-    def add(version: int, accuracy: float) -> None:
-        meta = out.read_metadata(1)
-        meta["version"], meta["metric"]["value"], meta["metrics"]["accuracy"] = version, accuracy, accuracy
-        out.commit_version(version, {meta["model"]["file"]: out.read_file(1, meta["model"]["file"])}, meta)
-
-    out.add = add
-    out.spec = spec
-    return out
-
+from tests.integration.test_training_controller import KWOK
 
 def deployment(namespace: str, **spec) -> dict:
     base = {"replicas": 2, "storage": {"secretRef": {"name": "s3"}}, "podTemplate": KWOK,

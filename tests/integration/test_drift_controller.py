@@ -19,7 +19,6 @@ import pytest
 from modelloop.drift import count_into, empty_like
 from modelloop_localnode.addresses import ensure_local_range
 from tests.fixtures.cluster import ROOT, wait_for
-from tests.integration.test_deployment_controller import store  # noqa: F401 - the artifact fixture
 from tests.integration.test_training_controller import KWOK
 
 NORMAL = pd.read_csv(ROOT / "examples/data/churn.csv").drop(columns=["churned"])
@@ -76,7 +75,7 @@ class FakePod:
 
 
 @pytest.fixture()
-def loop(operator, cluster, namespace, store):  # noqa: F811 - `store` is the imported fixture
+def loop(operator, cluster, namespace, store):
     """A suspended ModelTraining with v1, a ModelDeployment serving it (no pods), its Service's
     EndpointSlice pointing at fake pods, and a function to create the DriftMonitor."""
     cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "ModelTraining",

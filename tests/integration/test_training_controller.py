@@ -5,22 +5,13 @@ kwok drives the cases that need a pod to fail or to keep running on demand.
 """
 from __future__ import annotations
 
-import base64
 import json
-from pathlib import Path
-
 import pytest
 
-from tests.fixtures.cluster import ROOT, wait_for
+from tests.fixtures.artifacts import CHURN, secret
+from tests.fixtures.cluster import wait_for
 
 KWOK = {"nodeSelector": {"type": "kwok"}, "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}]}
-CHURN = (ROOT / "examples" / "data" / "churn.csv").read_bytes()
-
-
-def secret(namespace: str, s3) -> dict:
-    env = s3.server.env
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": namespace},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in env.items()}}
 
 
 def training(namespace: str, s3, name: str = "churn", **spec) -> dict:

@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from .common import (
-    URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, LocalObjectReference, MetricValue, PodOverrides,
+    URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, MetricValue, PodOverrides,
     ResourceRequirements, StorageSpec, cel, conditions_field, extra,
 )
 

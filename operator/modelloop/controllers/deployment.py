@@ -31,6 +31,9 @@ log = logging.getLogger("modelloop.deployment")
 
 API = "modelloop.dev/v1alpha1"
 KIND = "ModelDeployment"
+# Condition reasons that need someone's attention (Warning events); the rest is normal progress.
+PROBLEMS = frozenset({"RolloutFailed", "ProgressDeadlineExceeded", "TrainingNotFound", "ArtifactUnavailable",
+                      "SecretNotFound"})
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,7 @@ def _reconcile(namespace: str, name: str) -> None:
     kube.write_status(obj, status)
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"):
-            events.append(("Normal" if c["status"] == "True" and c["type"] == "Ready" else "Warning",
+            events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",
                            c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
     for type_, reason, message in events:
         kube.emit_event(obj, type_, reason, message)

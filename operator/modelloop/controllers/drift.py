@@ -57,9 +57,15 @@ class MonitorState:
 
 
 class CheckError(Exception):
+    """The check could not run: reported as Ready=False and counted in the error metric."""
+
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason, self.message = reason, message
+
+
+class Waiting(CheckError):
+    """Nothing to check yet, and nothing wrong (a rollout in progress): Ready stays True."""
 
 
 # ----------------------------------------------------------------------------- pure decisions
@@ -127,7 +133,7 @@ def reference_sketch(namespace: str, md: dict) -> tuple[int, dict]:
     st = md.get("status") or {}
     version, uri = st.get("modelVersion"), st.get("modelUri")
     if not version or not uri:
-        raise CheckError("NoServingVersion", f"ModelDeployment {md['metadata']['name']} serves no version yet")
+        raise Waiting("NoServingVersion", f"ModelDeployment {md['metadata']['name']} serves no version yet")
     if uri not in _references:
         try:
             spec = ModelDeploymentSpec.model_validate(md["spec"])
@@ -173,8 +179,10 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         addresses = ready_endpoints(namespace, spec.deployment_ref.name)
         if not addresses:
             raise CheckError("NoReadyPods", f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
-        snaps, errors = fetch_snapshots(addresses, spec.deployment_ref.name)
-        snaps = [s for s in snaps if s.get("modelVersion") in (None, version)]
+        answered, errors = fetch_snapshots(addresses, spec.deployment_ref.name)
+        snaps = [s for s in answered if s.get("modelVersion") in (None, version)]
+        if answered and not snaps:
+            raise Waiting("WaitingForRollout", f"no ready pod serves version {version} yet; nothing decided")
         if not snaps:
             reason = "InvalidSketch" if errors and all("malformed" in e for e in errors) else "SketchUnavailable"
             raise CheckError(reason, "no pod answered with a sketch: " + "; ".join(errors)[:900])
@@ -222,6 +230,9 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                     events.append(("Normal", "RetrainRequested", f"requested a retrain of {training_name}: {summary}"))
                 elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
                     events.append(("Normal", "RetrainSkipped", why))
+    except Waiting as e:
+        conds = [Cond.of("Ready", True, e.reason, e.message), Cond.of("DriftDetected", False, "Undecided", e.message)]
+        status.update(lastCheckTime=kube.rfc3339(now))
     except CheckError as e:
         metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, e.reason).inc()
         conds = [Cond.of("Ready", False, e.reason, e.message),
@@ -231,11 +242,13 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
     conditions = merge_conditions(status.get("conditions"), conds, md_.get("generation"))
     status.update(observedGeneration=md_.get("generation"), conditions=conditions)
     kube.write_status(obj, status)
+    was, now_drift = (obj.get("status") or {}).get("datasetDrift"), status.get("datasetDrift")
+    if now_drift and not was:
+        events.append(("Warning", "DriftDetected", next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
+    elif was and now_drift is False:
+        events.append(("Normal", "DriftResolved", next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
-        if c["type"] == "DriftDetected" and c["reason"] != "Undecided":
-            drifted = c["status"] == "True"
-            events.append(("Warning" if drifted else "Normal", "DriftDetected" if drifted else "DriftResolved", c["message"]))
-        elif c["type"] == "Ready":
+        if c["type"] == "Ready":
             events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
     for type_, reason, message in events:
         kube.emit_event(obj, type_, reason, message)

@@ -7,16 +7,15 @@ from typing import Any
 from ..api.training import ModelTrainingSpec
 from ..config import SETTINGS, Settings
 from ..kube import owner_reference
+from ..training.errors import USER_ERROR_EXIT_CODES
 from . import pods
 
 LABEL_TRAINING = "modelloop.dev/training"
 LABEL_VERSION = "modelloop.dev/version"
 ANNOTATION_TRIGGER = "modelloop.dev/trigger"
-# Trainer exit codes that mean "the input is wrong" (invalid spec, invalid dataset, fit failed,
-# version exists; see modelloop.training.errors): retrying the pod cannot help, so the Job fails at
-# once instead of spending its backoffLimit. Unreadable data (3) and output errors (7) may be
-# transient and are retried.
-USER_ERROR_EXIT_CODES = [2, 4, 5, 6]
+# USER_ERROR_EXIT_CODES: trainer exit codes that mean "the input is wrong" (invalid spec, invalid
+# dataset, fit failed, version exists): retrying the pod cannot help, so the Job fails at once instead
+# of spending its backoffLimit. Unreadable data and output errors may be transient and are retried.
 
 
 def job_name(training: str, version: int) -> str:

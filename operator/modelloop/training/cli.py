@@ -15,24 +15,22 @@ import gc
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from modelloop.artifacts import open_store
 
 from .errors import INTERNAL_ERROR_EXIT_CODE, SpecError, TrainingError
-from .logs import configure_logging, log_event
+from ..runtime import (
+    DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV, configure_logging, log_event, termination_log_path,
+    write_termination_message,
+)
 from .trainer import train
 
 SPEC_ENV = "MODELLOOP_TRAINING_SPEC"
-TERMINATION_LOG_ENV = "MODELLOOP_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 IDENTITY_ENV = {"name": "MODELLOOP_TRAINING_NAME", "namespace": "MODELLOOP_TRAINING_NAMESPACE",
                 "uid": "MODELLOOP_TRAINING_UID", "generation": "MODELLOOP_TRAINING_GENERATION",
                 "run": "MODELLOOP_TRAINING_RUN"}
-# Kubernetes keeps at most 4096 bytes of a termination message.
-TERMINATION_MESSAGE_LIMIT = 4096
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     configure_logging()
-    termination_log: str | None = _default_termination_log()
+    termination_log: str | None = termination_log_path()
     try:
         args = _arguments(argv)
         termination_log = args.termination_log or termination_log
@@ -59,17 +57,17 @@ def _run(argv: Sequence[str] | None) -> int:
     except TrainingError as exc:
         log_event("training.failed", level=logging.ERROR, reason=exc.reason, exit_code=exc.exit_code,
                   message=str(exc))
-        _write_termination_message(termination_log, exc.termination_message)
+        write_termination_message(termination_log, exc.termination_message)
         return exc.exit_code
     except Exception as exc:  # a bug, not the user's data: keep the traceback in the log
         logging.getLogger("modelloop.training").exception("training.crashed")
-        _write_termination_message(termination_log, f"InternalError: {type(exc).__name__}: {exc}")
+        write_termination_message(termination_log, f"InternalError: {type(exc).__name__}: {exc}")
         return INTERNAL_ERROR_EXIT_CODE
     uri = metadata["uri"]
     summary = {"artifact": uri, "version": metadata["version"], "sha256": metadata["model"]["sha256"],
                "metric": metadata["metric"], "metrics": metadata["metrics"]}
     log_event("training.succeeded", uri=uri, metric=metadata["metric"]["name"], value=metadata["metric"]["value"])
-    _write_termination_message(termination_log, json.dumps(summary, separators=(",", ":")))
+    write_termination_message(termination_log, json.dumps(summary, separators=(",", ":")))
     print(uri, flush=True)
     return 0
 
@@ -109,25 +107,3 @@ def _train(spec: Any, version: int) -> dict[str, Any]:
     log_event("training.started", version=version, **identity)
     metadata = train(spec, version=version, identity=identity)
     return {**metadata, "uri": open_store(spec["output"]["uri"]).version_uri(version)}
-
-
-def _default_termination_log() -> str | None:
-    configured = os.environ.get(TERMINATION_LOG_ENV)
-    if configured:
-        return configured
-    return DEFAULT_TERMINATION_LOG if os.access(DEFAULT_TERMINATION_LOG, os.W_OK) else None
-
-
-def _write_termination_message(path: str | None, message: str) -> None:
-    if not path:
-        return
-    line = " ".join(message.split())
-    data = line.encode()[:TERMINATION_MESSAGE_LIMIT - 1].decode(errors="ignore") + "\n"
-    try:
-        Path(path).write_text(data)
-    except OSError as exc:
-        log_event("termination_log.unwritable", level=logging.WARNING, path=path, error=exc.strerror or str(exc))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

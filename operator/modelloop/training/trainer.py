@@ -27,7 +27,7 @@ from .dataset import Columns, Dataset, read_dataset, resolve_columns, schema_dty
 from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError
 from .estimator import Task, build_estimator, build_model, learned_categories
 from .evaluate import evaluate, primary_metric, validation_predictions
-from .logs import log_event
+from ..runtime import log_event
 from .spec import parse_spec
 
 T = TypeVar("T")

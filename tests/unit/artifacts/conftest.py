@@ -5,7 +5,7 @@ from typing import Any, Callable
 import pytest
 
 from modelloop.artifacts import sha256_bytes
-from tests.fixtures.s3 import S3Bucket, s3, s3_server  # noqa: F401  (the S3 test server, see tests/fixtures/s3.py)
+from tests.fixtures.s3 import S3Bucket
 
 EMPTY_SKETCH = {"format": "modelloop.sketch/v1", "rows": 0, "features": []}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.fixtures.s3 import S3Bucket, s3, s3_server  # noqa: F401  (the S3 test server, see tests/fixtures/s3.py)
+from tests.fixtures.s3 import S3Bucket
 
 CLASSIFIER = {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 5, "max_depth": 4}}
 REGRESSOR = {"class": "sklearn.ensemble.RandomForestRegressor", "params": {"n_estimators": 5, "max_depth": 4}}

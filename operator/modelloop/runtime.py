@@ -1,8 +1,12 @@
-"""Structured log lines (key=value, one per event) on stderr for the trainer process."""
+"""What the two programs of the runtime image (the trainer and the model server) share: structured
+log lines (key=value, one per event, on stderr) and the termination message Kubernetes shows in the
+pod's status."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 import time
 from typing import Any, TextIO
 
@@ -46,3 +50,29 @@ def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.captureWarnings(True)
+
+
+TERMINATION_LOG_ENV = "MODELLOOP_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+# Kubernetes keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def termination_log_path() -> str | None:
+    """$MODELLOOP_TERMINATION_LOG, else /dev/termination-log when writable (in a pod), else None."""
+    configured = os.environ.get(TERMINATION_LOG_ENV)
+    if configured:
+        return configured
+    return DEFAULT_TERMINATION_LOG if os.access(DEFAULT_TERMINATION_LOG, os.W_OK) else None
+
+
+def write_termination_message(path: str | None, message: str) -> None:
+    """One line, cut to what Kubernetes keeps; an unwritable file is logged, never fatal."""
+    if not path:
+        return
+    line = " ".join(message.split())
+    data = line.encode()[:TERMINATION_MESSAGE_LIMIT - 1].decode(errors="ignore") + "\n"
+    try:
+        Path(path).write_text(data)
+    except OSError as exc:
+        log_event("termination_log.unwritable", level=logging.WARNING, path=path, error=exc.strerror or str(exc))

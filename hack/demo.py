@@ -120,7 +120,7 @@ def start_s3() -> str:
 
 
 def start_operator() -> None:
-    port = background("operator", [str(VENV_BIN / "modelloop-operator"), "--metrics-port={port}",
+    port = background("operator", [str(VENV_BIN / "modelloop-operator"), f"--namespace={NS}", "--metrics-port={port}",
                                    "--liveness="],
                       env={"MODELLOOP_RESYNC_SECONDS": "10"})
     say(f"operator running (metrics http://127.0.0.1:{port}/metrics, log {STATE_DIR / 'logs' / 'operator.log'})")

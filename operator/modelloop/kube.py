@@ -151,6 +151,17 @@ def write_status(obj: dict, status: dict) -> bool:
     return True
 
 
+RECONCILE_ANNOTATION = "modelloop.dev/reconcile"
+
+
+def reconcilable(obj: dict | None) -> bool:
+    """False for a deleted or deleting object, and for one a user paused with the annotation
+    `modelloop.dev/reconcile: disabled` (its children and status are then left as they are)."""
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return False
+    return (obj["metadata"].get("annotations") or {}).get(RECONCILE_ANNOTATION) != "disabled"
+
+
 def owner_reference(owner: dict) -> dict:
     md = owner["metadata"]
     return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": md["name"], "uid": md["uid"],

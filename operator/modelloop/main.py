@@ -32,7 +32,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modelloop-operator", description=__doc__)
     parser.add_argument("-n", "--namespace", action="append", default=[],
-                        help="namespace to watch (repeatable); default all namespaces")
+                        help="namespace to watch (repeatable; glob patterns like team-* work); default all namespaces")
     parser.add_argument("--metrics-port", type=int, default=SETTINGS.metrics_port,
                         help="port of the Prometheus /metrics endpoint (0 disables)")
     parser.add_argument("--liveness", default=os.environ.get("MODELLOOP_LIVENESS", "http://0.0.0.0:8081/healthz"),

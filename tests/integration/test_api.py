@@ -141,9 +141,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def paused(doc: dict) -> dict:
+    """The example with reconciliation disabled: the test writes its status, not the operator."""
+    doc = copy.deepcopy(doc)
+    doc["metadata"].setdefault("annotations", {})["modelloop.dev/reconcile"] = "disabled"
+    return doc
+
+
 def test_kubectl_get_modelloop_lists_all_three_kinds_with_useful_columns(crds, namespace):
     for kind in (T, D, M):
-        crds.apply(EXAMPLES[kind], "-n", namespace)
+        crds.apply(paused(EXAMPLES[kind]), "-n", namespace)
     ready = {"type": "Ready", "status": "True", "reason": "Succeeded", "message": "v3 trained",
              "lastTransitionTime": _now(), "observedGeneration": 1}
     crds.kubectl("patch", "mtrain", "churn", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(
@@ -163,7 +170,7 @@ def test_kubectl_get_modelloop_lists_all_three_kinds_with_useful_columns(crds, n
 
 
 def test_kubectl_wait_for_ready_condition_works(crds, namespace):
-    crds.apply(EXAMPLES[M], "-n", namespace)
+    crds.apply(paused(EXAMPLES[M]), "-n", namespace)
     ready = {"type": "Ready", "status": "True", "reason": "Checked", "message": "no drift",
              "lastTransitionTime": _now(), "observedGeneration": 1}
     crds.kubectl("patch", "dmon", "churn", "-n", namespace, "--subresource=status", "--type=merge",
@@ -172,6 +179,6 @@ def test_kubectl_wait_for_ready_condition_works(crds, namespace):
 
 
 def test_scale_subresource_of_model_deployment(crds, namespace):
-    crds.apply(EXAMPLES[D], "-n", namespace)
+    crds.apply(paused(EXAMPLES[D]), "-n", namespace)
     crds.kubectl("scale", "mdep/churn", "-n", namespace, "--replicas=3")
     assert crds.get("mdep", "churn", "-n", namespace)["spec"]["replicas"] == 3

@@ -153,7 +153,7 @@ def reconcile(namespace: str, name: str) -> None:
 
 def _reconcile(namespace: str, name: str) -> None:
     obj = kube.get(API, KIND, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if not kube.reconcilable(obj):
         return
     md = obj["metadata"]
     generation = md.get("generation", 1)

@@ -154,7 +154,7 @@ def reference_sketch(namespace: str, md: dict) -> tuple[int, dict]:
 
 def check(namespace: str, name: str, state: MonitorState) -> None:
     obj = kube.get(API, KIND, namespace, name)
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
+    if not kube.reconcilable(obj):
         return
     md_ = obj["metadata"]
     status: dict[str, Any] = dict(obj.get("status") or {})

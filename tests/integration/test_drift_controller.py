@@ -205,3 +205,30 @@ def test_malformed_sketch_is_reported_and_triggers_nothing(cluster, namespace, l
     wait_for(lambda: cond(dmon(cluster, namespace), "Ready").get("reason") == "InvalidSketch", timeout=60,
              message="InvalidSketch")
     assert retrain_request(cluster, namespace) is None
+
+
+def test_action_none_reports_drift_and_requests_nothing(cluster, namespace, loop):
+    add_pods, monitor = loop
+    for p in add_pods(2):
+        p.data = DRIFTED
+    monitor(consecutive=1, action={"type": "none"})
+    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 2, timeout=60,
+             message="drifted windows")
+    assert cond(dmon(cluster, namespace), "DriftDetected")["status"] == "True"
+    assert not dmon(cluster, namespace).get("retrains") and retrain_request(cluster, namespace) is None
+
+
+def test_dataset_uri_is_compared_with_the_training_data_by_exact_tests(cluster, namespace, loop, s3):
+    _, monitor = loop
+    s3.put("fresh.csv", (ROOT / "examples/data/churn-drifted.csv").read_bytes())
+    s3.put("same.csv", (ROOT / "examples/data/churn.csv").read_bytes())
+    monitor(datasetUri=s3.uri("same.csv"), storage={"secretRef": {"name": "s3"}}, action={"type": "none"},
+            interval="2s")
+    wait_for(lambda: dmon(cluster, namespace).get("phase") == "Watching", timeout=60, message="no drift on the same data")
+    assert dmon(cluster, namespace)["samples"] == len(NORMAL)
+    monitor(datasetUri=s3.uri("fresh.csv"), storage={"secretRef": {"name": "s3"}}, action={"type": "none"},
+            interval="2s")
+    wait_for(lambda: dmon(cluster, namespace).get("phase") == "Drifted", timeout=60, message="drift on fresh data")
+    drifted = {f["name"]: f for f in dmon(cluster, namespace)["features"] if f["drifted"]}
+    assert {"monthly_charges", "support_calls", "plan"} <= set(drifted)
+    assert all(f["pValue"] < 0.05 for f in drifted.values())

@@ -11,6 +11,7 @@ metrics; they never crash the operator and never trigger a retrain.
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from .. import kube, metrics
 from ..api.deployment import SERVER_PORT, ModelDeploymentSpec
 from ..api.drift import DriftMonitorSpec
 from ..api.training import RETRAIN_ANNOTATION, ModelTrainingSpec
-from ..drift import DriftConfig, detect
+from ..artifacts import read_object
+from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
 from ..status import Cond, changed_conditions, merge_conditions
 from . import storage
@@ -126,28 +128,92 @@ def fetch_snapshots(addresses: list[str], model: str) -> tuple[list[dict], list[
     return snaps, errors
 
 
-_references: dict[str, dict] = {}  # version URI -> reference sketch (versions are immutable)
+@dataclass(frozen=True)
+class Serving:
+    """The version a deployment serves, its metadata (reference sketches, schema, training dataset)
+    and the credentials to read its store."""
+
+    version: int
+    metadata: dict
+    credentials: Any
 
 
-def reference_sketch(namespace: str, md: dict) -> tuple[int, dict]:
+_metadata: dict[str, dict] = {}  # version URI -> verified metadata (versions are immutable)
+
+
+def serving_version(namespace: str, md: dict) -> Serving:
     st = md.get("status") or {}
     version, uri = st.get("modelVersion"), st.get("modelUri")
     if not version or not uri:
         raise Waiting("NoServingVersion", f"ModelDeployment {md['metadata']['name']} serves no version yet")
-    if uri not in _references:
-        try:
-            spec = ModelDeploymentSpec.model_validate(md["spec"])
-            secret = spec.storage
-            if secret is None and spec.model.from_training:
-                t = kube.get(API, "ModelTraining", namespace, spec.model.from_training)
-                secret = ModelTrainingSpec.model_validate(t["spec"]).storage if t else None
-            creds = storage.credentials_from_secret(namespace, secret)
+    try:
+        spec = ModelDeploymentSpec.model_validate(md["spec"])
+        secret = spec.storage
+        if secret is None and spec.model.from_training:
+            t = kube.get(API, "ModelTraining", namespace, spec.model.from_training)
+            secret = ModelTrainingSpec.model_validate(t["spec"]).storage if t else None
+        creds = storage.credentials_from_secret(namespace, secret)
+        if uri not in _metadata:
             base = uri.rstrip("/")[: -len(f"/v{version}")]
             meta = storage.verified_metadata(base, version, creds)["metadata"]
-            _references[uri] = sketches.validate(meta["reference"])
-        except Exception as e:  # noqa: BLE001
-            raise CheckError("ReferenceUnavailable", f"reference of version {version} unavailable: {e}"[:1024]) from e
-    return version, _references[uri]
+            sketches.validate(meta["reference"])
+            _metadata[uri] = meta
+    except Exception as e:  # noqa: BLE001
+        raise CheckError("ReferenceUnavailable", f"reference of version {version} unavailable: {e}"[:1024]) from e
+    return Serving(version, _metadata[uri], creds)
+
+
+def read_frame(uri: str, credentials: Any, columns: list[str], field: str) -> Any:
+    """A CSV or Parquet dataset's `columns` as a DataFrame."""
+    import pandas as pd
+
+    try:
+        raw = read_object(uri, field=field, credentials=credentials)
+        frame = (pd.read_parquet(io.BytesIO(raw)) if uri.endswith((".parquet", ".pq"))
+                 else pd.read_csv(io.BytesIO(raw)))
+    except Exception as e:  # noqa: BLE001
+        raise CheckError("DatasetUnavailable", f"{field} '{uri}' cannot be read: {e}"[:1024]) from e
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CheckError("DatasetInvalid", f"{field} '{uri}' lacks the model's features {missing}")
+    return frame[columns]
+
+
+def dataset_window(spec: DriftMonitorSpec, serving: Serving, credentials: Any) -> tuple[dict, int]:
+    """Exact tests on raw values: the dataset at spec.datasetUri against the training dataset."""
+    features = serving.metadata["schema"]["features"]
+    names = [f["name"] for f in features]
+    reference = read_frame(serving.metadata["dataset"]["uri"], serving.credentials, names, "reference dataset")
+    current = read_frame(spec.dataset_uri, credentials, names, "spec.datasetUri")
+    report = detect_raw(reference, current, [f["name"] for f in features if f.get("categorical")],
+                        DriftConfig.from_spec(spec.wire()))
+    return report.to_dict(), len(current)
+
+
+def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serving, state: MonitorState
+                ) -> tuple[dict | None, int]:
+    """The merged window of every ready pod's live sketch, and the drift report once it is big enough."""
+    addresses = ready_endpoints(namespace, spec.deployment_ref.name)
+    if not addresses:
+        raise CheckError("NoReadyPods", f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
+    answered, errors = fetch_snapshots(addresses, spec.deployment_ref.name)
+    snaps = [s for s in answered if s.get("modelVersion") in (None, serving.version)]
+    if answered and not snaps:
+        raise Waiting("WaitingForRollout", f"no ready pod serves version {serving.version} yet; nothing decided")
+    if not snaps:
+        reason = "InvalidSketch" if errors and all("malformed" in e for e in errors) else "SketchUnavailable"
+        raise CheckError(reason, "no pod answered with a sketch: " + "; ".join(errors)[:900])
+    for e in errors:
+        metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
+        log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
+    current = sketches.merge_all([sketches.window(s, state.baseline.get(s["instance"])) for s in snaps])
+    samples = current.get("rows", 0)
+    if samples < spec.min_samples:
+        return None, samples  # keep the baseline: rows accumulate until there are enough to decide
+    report = detect(serving.metadata["reference"], current, DriftConfig.from_spec(spec.wire())).to_dict()
+    if report["status"] == "ok":
+        state.baseline = {s["instance"]: s for s in snaps}
+    return report, samples
 
 
 # ----------------------------------------------------------------------------- one check
@@ -170,37 +236,28 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         if dep is None:
             raise CheckError("DeploymentNotFound", f"spec.deploymentRef: ModelDeployment '{spec.deployment_ref.name}' "
                              f"not found in namespace {namespace}")
-        version, reference = reference_sketch(namespace, dep)
+        serving = serving_version(namespace, dep)
+        version = serving.version
         if version != state.version:  # a new version serves: the window restarts against its reference
             if state.version is not None:
                 events.append(("Normal", "ReferenceChanged", f"now watching version {version}"))
             state.baseline, state.version = {}, version
             status.update(consecutiveDrifted=0)
-        addresses = ready_endpoints(namespace, spec.deployment_ref.name)
-        if not addresses:
-            raise CheckError("NoReadyPods", f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
-        answered, errors = fetch_snapshots(addresses, spec.deployment_ref.name)
-        snaps = [s for s in answered if s.get("modelVersion") in (None, version)]
-        if answered and not snaps:
-            raise Waiting("WaitingForRollout", f"no ready pod serves version {version} yet; nothing decided")
-        if not snaps:
-            reason = "InvalidSketch" if errors and all("malformed" in e for e in errors) else "SketchUnavailable"
-            raise CheckError(reason, "no pod answered with a sketch: " + "; ".join(errors)[:900])
-        for e in errors:
-            metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
-            log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
-        current = sketches.merge_all([sketches.window(s, state.baseline.get(s["instance"])) for s in snaps])
-        samples = current.get("rows", 0)
-        report = detect(reference, current, DriftConfig.from_spec(spec.wire())).to_dict() if samples >= spec.min_samples else None
+        if spec.dataset_uri:
+            try:
+                credentials = storage.credentials_from_secret(namespace, spec.storage)
+            except storage.StorageAccessError as e:
+                raise CheckError("SecretNotFound", str(e)) from e
+            report, samples = dataset_window(spec, serving, credentials)
+        else:
+            report, samples = live_window(namespace, name, spec, serving, state)
         status.update(modelVersion=version, samples=samples, lastCheckTime=kube.rfc3339(now))
         metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
         if report is None or report["status"] != "ok":
-            # Keep the baseline: rows accumulate across intervals until there are enough to decide.
             msg = (report or {}).get("message") or f"{samples} new rows of {spec.min_samples} needed; nothing decided"
             conds = [Cond.of("Ready", True, "InsufficientSamples", msg), Cond.of("DriftDetected", False, "Undecided", msg)]
             status.update(phase="InsufficientData")
         else:
-            state.baseline = {s["instance"]: s for s in snaps}
             drifted = bool(report["dataset_drift"])
             consecutive = (status.get("consecutiveDrifted") or 0) + 1 if drifted else 0
             summary = summarize(report)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import logging
+import os
 import threading
 import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
+import kopf
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
@@ -193,6 +194,18 @@ def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "
         _call("POST", f"/apis/events.k8s.io/v1/namespaces/{md['namespace']}/events", body=event)
     except Exception as e:  # noqa: BLE001 - an event is best effort
         log.warning("event=failed reason=%s error=%s", reason, e)
+
+
+def converge(kind: str, namespace: str, name: str, reconcile: Callable[[str, str], None], attempts: int = 5) -> None:
+    """Run a controller's `reconcile(namespace, name)` under the object's lock; a Conflict (the
+    object changed since it was read) re-reads and runs it again."""
+    with object_lock(kind, namespace, name):
+        for _ in range(attempts):
+            try:
+                return reconcile(namespace, name)
+            except Conflict:
+                continue
+    raise kopf.TemporaryError(f"{kind} {namespace}/{name}: status kept conflicting", delay=2)
 
 
 _locks: dict[tuple[str, str, str], threading.Lock] = {}

@@ -142,13 +142,7 @@ def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials) ->
 # ----------------------------------------------------------------------------- reconcile
 
 def reconcile(namespace: str, name: str) -> None:
-    with kube.object_lock(KIND, namespace, name):
-        for _ in range(5):
-            try:
-                return _reconcile(namespace, name)
-            except kube.Conflict:
-                continue
-        raise kopf.TemporaryError("status kept conflicting", delay=2)
+    kube.converge(KIND, namespace, name, _reconcile)
 
 
 def _reconcile(namespace: str, name: str) -> None:

@@ -112,13 +112,7 @@ def phase_of(runs: list[dict]) -> str:
 # ----------------------------------------------------------------------------- reconcile
 
 def reconcile(namespace: str, name: str) -> None:
-    with kube.object_lock(KIND, namespace, name):
-        for _ in range(5):
-            try:
-                return _reconcile(namespace, name)
-            except kube.Conflict:
-                continue  # the object changed under us: read it again
-        raise kopf.TemporaryError("status kept conflicting", delay=2)
+    kube.converge(KIND, namespace, name, _reconcile)
 
 
 def _reconcile(namespace: str, name: str) -> None:

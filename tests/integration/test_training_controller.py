@@ -170,3 +170,10 @@ def test_operator_restart_during_a_run_creates_no_duplicate_job_and_the_result_l
     assert [r["job"] for r in st["runs"]] == ["churn-v1"] and st["latestVersion"] == 1
     assert st["runs"][0]["result"] == "Succeeded"
     assert len(cluster.get("jobs", "-n", namespace)["items"]) <= 1
+
+
+def test_missing_storage_secret_stalls_with_a_message_naming_it(operator, cluster, namespace, data):
+    cluster.apply(training(namespace, data, storage={"secretRef": {"name": "no-such-secret"}}))
+    wait_for(lambda: cond(status(cluster, namespace), "Stalled").get("status") == "True", timeout=30, message="Stalled")
+    assert "Secret 'no-such-secret' not found" in cond(status(cluster, namespace), "Stalled")["message"]
+    assert jobs(cluster, namespace) == []

@@ -135,7 +135,10 @@ def _reconcile(namespace: str, name: str) -> None:
         invalid = _validate_estimator(spec)
 
     jobs = {j["metadata"]["name"]: j for j in kube.list_("batch/v1", "Job", namespace, f"{LABEL_TRAINING}={name}")}
-    credentials = storage.credentials_from_secret(namespace, spec.storage if spec else None)
+    try:
+        credentials = storage.credentials_from_secret(namespace, spec.storage if spec else None)
+    except storage.StorageAccessError as e:  # a Job could not read its data either: stall until it exists
+        credentials, invalid = None, invalid or str(e)
 
     # 1. Adopt a Job the status does not know (the operator stopped between creating it and writing status).
     known = {r["job"] for r in runs}

@@ -209,7 +209,7 @@ What to look at next:
   kubectl get modelloop -n {NS}                  # the three resources and their columns
   kubectl describe dmon churn -n {NS}            # per-feature drift scores, conditions, events
   kubectl get mtrain churn -n {NS} -o yaml       # runs, versions, metrics
-  kubectl get pods -n {NS} -o wide               # server pods on the local node, each on its own 127.0.x.y
+  kubectl get pods -n {NS} -o wide               # server pods on the local node, each on its own address (10.245.x.y)
   curl http://$(kubectl get endpointslices -n {NS} -l kubernetes.io/service-name=churn -o jsonpath='{{.items[0].endpoints[0].addresses[0]}}'):8080/metrics
   logs: {STATE_DIR / 'logs'} (operator.log, localnode.log, ...)
   make cluster-down                              # stop everything

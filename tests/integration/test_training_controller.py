@@ -120,6 +120,8 @@ def test_failed_pod_on_kwok_sets_failed_with_the_termination_message(operator, c
     assert "latestVersion" not in st
     assert st["runs"][0]["message"] == "exit code 3: DatasetUnreadable s3://bucket/churn.csv access denied"
     assert cond(st, "Ready")["reason"] == "NoVersion"
+    runs_total = [l for l in operator.metrics().splitlines() if l.startswith("modelloop_training_runs_total{")]
+    assert f'modelloop_training_runs_total{{namespace="{namespace}",result="Failed",training="churn"}} 1.0' in runs_total
 
 
 def test_invalid_estimator_params_stall_before_any_job_starts(operator, cluster, namespace, data):

@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from .. import kube
+from .. import kube, metrics
 from ..api.training import RETRAIN_ANNOTATION, ModelTrainingSpec
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..render.training import LABEL_TRAINING, effective_spec, job_name, render_job
@@ -209,6 +209,11 @@ def _reconcile(namespace: str, name: str) -> None:
     status.update(observedGeneration=generation, phase=phase_of(runs), runs=runs, conditions=conditions,
                   currentRun=next((r["job"] for r in runs if r["result"] == "Running"), None), queuedRequest=queued)
     kube.write_status(obj, status)
+    for type_, reason, _ in events:  # counted once the status that records them is written
+        if reason in ("RunSucceeded", "RunFailed"):
+            metrics.TRAINING_RUNS.labels(namespace, name, "Succeeded" if reason == "RunSucceeded" else "Failed").inc()
+    if status.get("latestVersion"):
+        metrics.TRAINING_LATEST_VERSION.labels(namespace, name).set(status["latestVersion"])
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] in ("Stalled", "Ready") and (c["status"] == "True" or c["type"] == "Ready"):
             events.append(("Warning" if c["reason"] in ("InvalidSpec", "NoVersion") else "Normal", c["reason"],

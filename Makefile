@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install modelloop with its test dependencies
 
-binaries: ## build (or reuse) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm
+binaries: ## build (or reuse) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, promtool
 	hack/build-binaries.sh
 
 cluster: $(STAMP) ## start the embedded control plane (idempotent); kubeconfig in .cluster/kubeconfig

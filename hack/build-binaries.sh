@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build (or reuse) the binaries of the embedded control plane from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd,
-# kwok and helm. Each binary is cached as $CACHE/bin/<name>-<version> and rebuilt only when missing
+# kwok, helm and promtool. Each binary is cached as $CACHE/bin/<name>-<version> and rebuilt only when missing
 # or when it does not report the expected version. Prints the bin directory on success.
 #
-# Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm; default all)
+# Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool; default all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -28,6 +28,7 @@ have() { # have <name> <version>: cached binary exists and reports its version
     etcd) "$f" --version 2>/dev/null | grep -q "${2#v}" ;;
     kwok) "$f" --version 2>/dev/null | grep -q "${2#v}" ;;
     helm) "$f" version --short 2>/dev/null | grep -q "$2" ;;
+    promtool) "$f" --version 2>/dev/null | grep -q "$2" ;;
   esac
 }
 
@@ -119,8 +120,20 @@ build_helm() {
   link helm "$v"
 }
 
+build_promtool() {
+  local v="$PROMETHEUS_VERSION"
+  if ! have promtool "$v"; then
+    log "promtool $v: building"
+    GOBIN="$WORK/promtool-$v" go install -trimpath \
+      -ldflags "-s -w -X github.com/prometheus/common/version.Version=$v" \
+      "github.com/prometheus/prometheus/cmd/promtool@$v"
+    mv "$WORK/promtool-$v/promtool" "$BIN/promtool-$v"
+  fi
+  link promtool "$v"
+}
+
 components=("$@")
-((${#components[@]})) || components=(etcd kwok k8s helm)
+((${#components[@]})) || components=(etcd kwok k8s helm promtool)
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

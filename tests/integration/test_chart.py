@@ -73,3 +73,50 @@ def test_alert_rules_are_valid_prometheus_rules(cluster):
             for token in r["expr"].replace("(", " ").replace(")", " ").replace("{", " ").replace("[", " ").split():
                 if token.startswith("modelloop_"):
                     assert f'"{token}"' in metric_names, f"alert {r['alert']} uses unknown metric {token}"
+
+
+ALERTS = CHART / "files" / "alerts.yaml"
+ALERT_TESTS = """
+rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'modelloop_drift_dataset_drift{{namespace="ml",monitor="churn"}}'
+        values: '0 0 1x20'
+      - series: 'modelloop_training_runs_total{{namespace="ml",training="churn",result="Failed"}}'
+        values: '0 0 1 1 1'
+      - series: 'modelloop_deployment_rollbacks_total{{namespace="ml",deployment="churn"}}'
+        values: '0 0 0 0 0'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: ModelDriftDetected
+        exp_alerts: []
+      - eval_time: 20m
+        alertname: ModelDriftDetected
+        exp_alerts:
+          - exp_labels: {{severity: warning, namespace: ml, monitor: churn}}
+            exp_annotations:
+              summary: "Data drift on ml/churn"
+              description: "The live inputs drifted from the training reference for 15 minutes; see kubectl describe dmon churn -n ml."
+      - eval_time: 4m
+        alertname: ModelTrainingFailed
+        exp_alerts:
+          - exp_labels: {{severity: warning, namespace: ml, training: churn, result: Failed}}
+            exp_annotations:
+              summary: "Training ml/churn failed"
+              description: "A training run failed in the last hour; the last good version keeps serving. See status.runs[0].message."
+      - eval_time: 4m
+        alertname: ModelDeploymentRolledBack
+        exp_alerts: []
+"""
+
+
+def test_alert_rules_pass_promtool_check_and_their_unit_tests(cluster, tmp_path):
+    promtool = str(cluster.bin / "promtool")
+    check = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    tests = tmp_path / "alerts_test.yaml"
+    tests.write_text(ALERT_TESTS.format(rules=ALERTS))
+    run = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -152,6 +152,14 @@ def write_status(obj: dict, status: dict) -> bool:
     return True
 
 
+def emit_events(obj: dict, events: list[tuple[str, str, str]]) -> None:
+    """Post each (type, reason, message) as an Event about `obj` and log it, one line each."""
+    md = obj["metadata"]
+    for type_, reason, message in events:
+        emit_event(obj, type_, reason, message)
+        log.info("kind=%s object=%s/%s event=%s %s", obj["kind"], md["namespace"], md["name"], reason, message)
+
+
 RECONCILE_ANNOTATION = "modelloop.dev/reconcile"
 
 

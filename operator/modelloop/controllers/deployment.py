@@ -7,7 +7,6 @@ the children (Deployment, Service, HPA, PDB) with server-side apply, and writes 
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,6 @@ from ..render.deployment import (
 from ..status import Cond, changed_conditions, merge_conditions
 from . import storage
 
-log = logging.getLogger("modelloop.deployment")
 
 API = "modelloop.dev/v1alpha1"
 KIND = "ModelDeployment"
@@ -253,9 +251,7 @@ def _reconcile(namespace: str, name: str) -> None:
         if c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"):
             events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",
                            c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
-    for type_, reason, message in events:
-        kube.emit_event(obj, type_, reason, message)
-        log.info("deployment=%s/%s event=%s %s", namespace, name, reason, message)
+    kube.emit_events(obj, events)
 
 
 def _training_storage(namespace: str, spec: ModelDeploymentSpec):

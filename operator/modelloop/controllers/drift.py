@@ -307,9 +307,7 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] == "Ready":
             events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
-    for type_, reason, message in events:
-        kube.emit_event(obj, type_, reason, message)
-        log.info("monitor=%s/%s event=%s %s", namespace, name, reason, message)
+    kube.emit_events(obj, events)
 
 
 def _export(namespace: str, name: str, report: dict) -> None:

@@ -7,7 +7,6 @@ events and by a periodic timer; a per-object lock keeps those from overlapping.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
@@ -22,7 +21,6 @@ from ..training.errors import SpecError
 from ..training.estimator import build_estimator
 from . import storage
 
-log = logging.getLogger("modelloop.training")
 
 API = "modelloop.dev/v1alpha1"
 KIND = "ModelTraining"
@@ -218,9 +216,7 @@ def _reconcile(namespace: str, name: str) -> None:
         if c["type"] in ("Stalled", "Ready") and (c["status"] == "True" or c["type"] == "Ready"):
             events.append(("Warning" if c["reason"] in ("InvalidSpec", "NoVersion") else "Normal", c["reason"],
                            c["message"] or f"{c['type']} is {c['status']}"))
-    for type_, reason, message in events:
-        kube.emit_event(obj, type_, reason, message)
-        log.info("training=%s/%s event=%s %s", namespace, name, reason, message)
+    kube.emit_events(obj, events)
     _clean_up_jobs(namespace, jobs, runs)
 
 

@@ -8,7 +8,7 @@ BENCH ?=
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help venv binaries cluster cluster-down cluster-status test test-unit test-integration demo bench crds crds-check lint clean
+.PHONY: help venv binaries images cluster cluster-down cluster-status test test-unit test-integration demo bench crds crds-check lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install modelloop with its test dependencies
 
-binaries: ## build (or reuse) kube-apiserver, controller-manager, scheduler, kubectl, etcd, kwok, helm, promtool
+binaries: ## build (or reuse) the Kubernetes binaries, etcd, kwok, helm, promtool, CoreDNS, metrics-server
 	hack/build-binaries.sh
+
+images: ## build (or reuse) the operator, runtime, base and pause images with Docker (cached by content)
+	hack/images.sh
 
 cluster: $(STAMP) ## start the embedded control plane (idempotent); kubeconfig in .cluster/kubeconfig
 	hack/build-binaries.sh helm >/dev/null

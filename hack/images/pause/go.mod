@@ -1,0 +1,3 @@
+module modelloop.dev/pause
+
+go 1.24

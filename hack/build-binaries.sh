@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build (or reuse) the binaries of the embedded control plane from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd,
-# kwok, helm and promtool. Each binary is cached as $CACHE/bin/<name>-<version> and rebuilt only when missing
+# kwok, helm, promtool, and the node's CoreDNS and metrics-server. Each binary is cached as $CACHE/bin/<name>-<version> and rebuilt only when missing
 # or when it does not report the expected version. Prints the bin directory on success.
 #
-# Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool; default all)
+# Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool coredns
+#        metrics-server; default all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -23,19 +24,21 @@ have() { # have <name> <version>: cached binary exists and reports its version
   local f="$BIN/$1-$2"
   [[ -x "$f" ]] || return 1
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler) "$f" --version 2>/dev/null | grep -q "$2" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy) "$f" --version 2>/dev/null | grep -q "$2" ;;
     kubectl) "$f" version --client 2>/dev/null | grep -q "$2" ;;
     etcd) "$f" --version 2>/dev/null | grep -q "${2#v}" ;;
     kwok) "$f" --version 2>/dev/null | grep -q "${2#v}" ;;
     helm) "$f" version --short 2>/dev/null | grep -q "$2" ;;
     promtool) "$f" --version 2>/dev/null | grep -q "$2" ;;
+    coredns) "$f" -version 2>/dev/null | grep -q "${2#v}" ;;
+    metrics-server) "$f" --version 2>/dev/null | grep -q "$2" ;;
   esac
 }
 
 link() { ln -sf "$1-$2" "$BIN/$1"; }
 
 build_k8s() {
-  local v="$K8S_VERSION" names=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=()
+  local v="$K8S_VERSION" names=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) missing=()
   for n in "${names[@]}"; do have "$n" "$v" || missing+=("$n"); done
   if ((${#missing[@]})); then
     log "kubernetes $v: building ${missing[*]} (cold: tens of minutes on 2 cores)"
@@ -132,8 +135,27 @@ build_promtool() {
   link promtool "$v"
 }
 
+# go install <module>/<cmd>@<version> into the cache (modules without replace directives only).
+go_install() { # go_install <name> <version> <package> [ldflags]
+  local name="$1" v="$2" pkg="$3" ld="${4:-}"
+  if ! have "$name" "$v"; then
+    log "$name $v: building"
+    GOBIN="$WORK/$name-$v" go install -trimpath -ldflags "-s -w $ld" "$pkg@$v"
+    mv "$WORK/$name-$v/$(basename "${pkg%/}")" "$BIN/$name-$v"
+  fi
+  link "$name" "$v"
+}
+
+# Cluster DNS for the real node (kube-dns Service); run on the host by hack/node.py.
+build_coredns() { go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns; }
+# Resource metrics for HPAs (metrics.k8s.io), scraping the kubelet; run on the host by hack/node.py.
+build_metrics-server() {
+  go_install metrics-server "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server \
+    "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION"
+}
+
 components=("$@")
-((${#components[@]})) || components=(etcd kwok k8s helm promtool)
+((${#components[@]})) || components=(etcd kwok k8s helm promtool coredns metrics-server)
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""The embedded Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok (two simulated nodes), all real binaries built from their Go modules by
-hack/build-binaries.sh, run as local processes on 127.0.0.1.
+"""The embedded Kubernetes cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (two
+simulated nodes, tainted, for fast controller tests) and one real node (hack/node.py: kubelet, kube-proxy,
+containerd, CNI bridge, CoreDNS, metrics-server), all real binaries built from their Go modules by
+hack/build-binaries.sh, run as host processes. Pods on the real node run in containers from the images
+hack/images.sh builds. MODELLOOP_NODE=0 starts the control plane and kwok only (no root needed), on 127.0.0.1.
 
     hack/cluster.py up       start (or reuse a healthy) cluster; kubeconfig in .cluster/kubeconfig
     hack/cluster.py down     stop every process it started and remove its state
     hack/cluster.py status   exit 0 when the recorded cluster is healthy
+    hack/cluster.py images   rebuild changed images and import them into the running node (JSON on stdout)
 
 State lives in $MODELLOOP_CLUSTER_DIR (default .cluster/): pki/, data/, logs/, state.json, kubeconfig.
 Only the standard library is used, so this runs before the venv exists.
@@ -28,6 +31,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import node  # noqa: E402  (hack/node.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 HACK = ROOT / "hack"
 STATE_DIR = Path(os.environ.get("MODELLOOP_CLUSTER_DIR", ROOT / ".cluster")).resolve()
@@ -37,8 +43,11 @@ SERVICE_CIDR = "10.0.0.0/24"
 KWOK_POD_CIDR = "10.244.0.0/16"
 KWOK_NODES = ("kwok-node-0", "kwok-node-1")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-LOCAL_NODE = "modelloop-local"
 READY_TIMEOUT_S = 120
+
+
+def with_node() -> bool:
+    return os.environ.get("MODELLOOP_NODE", "1") != "0"
 
 
 def log(msg: str) -> None:
@@ -73,8 +82,8 @@ def make_pki(pki: Path) -> None:
     pki.mkdir(parents=True, exist_ok=True)
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
             "-days", "3650", "-subj", "/CN=modelloop-local-ca", cwd=pki)
-    sans = ("subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-            "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
+    sans = (f"subjectAltName=IP:127.0.0.1,IP:10.0.0.1,IP:{node.NODE_IP},DNS:localhost,DNS:kubernetes,"
+            "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")
     (pki / "server.ext").write_text(sans + "\nextendedKeyUsage=serverAuth\n")
     (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
     for name, subject, ext in (("apiserver", "/CN=kube-apiserver", "server.ext"),
@@ -85,6 +94,7 @@ def make_pki(pki: Path) -> None:
                 "-out", f"{name}.crt", "-days", "3650", "-extfile", ext, cwd=pki)
     openssl("genrsa", "-out", "sa.key", "2048", cwd=pki)
     openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+    node.make_node_pki(pki, openssl)
 
 
 def write_kubeconfig(path: Path, pki: Path, server: str) -> None:
@@ -230,7 +240,7 @@ def healthy(state: dict | None) -> bool:
     if not state or not all(alive(p) for p in state["pids"].values()):
         return False
     try:
-        url = f"https://127.0.0.1:{state['ports']['apiserver']}/readyz"
+        url = f"https://{state.get('host', '127.0.0.1')}:{state['ports']['apiserver']}/readyz"
         with urllib.request.urlopen(url, context=client_context(STATE_DIR / "pki"), timeout=3) as r:
             return r.status == 200
     except Exception:  # noqa: BLE001
@@ -252,20 +262,20 @@ def locked():
 def down() -> None:
     state = read_state()
     if state:
-        stop_pids(state["pids"])
+        pids = dict(state["pids"])
+        if "kubelet" in pids:  # the kubelet first, so that it restarts no pod while they are removed
+            stop_pids({"kubelet": pids.pop("kubelet")})
+            node.remove_pod_containers()
+        stop_pids(pids)
         log(f"stopped {', '.join(state['pids'])}")
+        if state.get("node"):
+            node.teardown_network(SERVICE_CIDR, (KWOK_POD_CIDR,))
+            node.cleanup_dirs()
     # Servers other tools started for this cluster (the demo's operator and S3 server).
     extra = STATE_DIR / "extra-pids.json"
     if extra.exists():
         try:
             stop_pids({k: int(v) for k, v in json.loads(extra.read_text()).items()}, grace=5)
-        except (ValueError, TypeError):
-            pass
-    # Pod processes the local node agent started (it stops them itself; this covers a killed agent).
-    leftovers = STATE_DIR / "localnode" / "processes.json"
-    if leftovers.exists():
-        try:
-            stop_pids({k: int(v) for k, v in json.loads(leftovers.read_text()).items()}, grace=5)
         except (ValueError, TypeError):
             pass
     shutil.rmtree(STATE_DIR, ignore_errors=True)
@@ -280,8 +290,19 @@ def register_extra(name: str, pid: int) -> None:
 
 
 def build_binaries() -> None:
-    subprocess.run([str(HACK / "build-binaries.sh"), "etcd", "kwok", "k8s"], check=True,
-                   stdout=subprocess.DEVNULL)
+    components = ["etcd", "kwok", "k8s"] + (["coredns", "metrics-server"] if with_node() else [])
+    subprocess.run([str(HACK / "build-binaries.sh"), *components], check=True, stdout=subprocess.DEVNULL)
+
+
+def images(containerd_socket: Path | None = None) -> dict[str, str]:
+    """Build (or reuse) modelloop's images; with a socket, also import them into that containerd."""
+    env = {**os.environ}
+    if containerd_socket:
+        env["MODELLOOP_CONTAINERD_SOCKET"] = str(containerd_socket)
+    proc = subprocess.run([str(HACK / "images.sh")], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StartError(f"hack/images.sh failed:\n{proc.stderr[-4000:]}")
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
 
 
 def up() -> dict:
@@ -293,22 +314,31 @@ def up() -> dict:
         log("recorded cluster is not healthy; cleaning it up")
         down()
     build_binaries()
+    real_node = with_node()
+    if real_node:
+        node.require_root()
+        built = images()  # before anything starts: a cold build takes minutes
     v = versions()
     pki, data, logs = STATE_DIR / "pki", STATE_DIR / "data", STATE_DIR / "logs"
     for d in (pki, data, logs):
         d.mkdir(parents=True, exist_ok=True)
     make_pki(pki)
-    ports = {n: free_port() for n in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok")}
+    host = node.NODE_IP if real_node else "127.0.0.1"
+    ports = {n: free_port() for n in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "kubelet_healthz",
+                                      "proxy_healthz", "proxy_metrics", "dns_health", "metrics_server")}
     kubeconfig = STATE_DIR / "kubeconfig"
-    write_kubeconfig(kubeconfig, pki, f"https://127.0.0.1:{ports['apiserver']}")
+    server = f"https://{host}:{ports['apiserver']}"
+    write_kubeconfig(kubeconfig, pki, server)
     pids: dict[str, int] = {}
-    state = {"pids": pids, "ports": ports, "versions": v, "kubeconfig": str(kubeconfig),
-             "bin": str(BIN), "started": time.time()}
+    state = {"pids": pids, "ports": ports, "versions": v, "kubeconfig": str(kubeconfig), "host": host,
+             "bin": str(BIN), "started": time.time(), "node": real_node}
 
     def save() -> None:
         (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2))
 
     try:
+        if real_node:
+            node.setup_network(SERVICE_CIDR, (KWOK_POD_CIDR,))
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"
         peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
         pids["etcd"] = start("etcd", [
@@ -320,9 +350,15 @@ def up() -> dict:
         save()
         wait_http("etcd", f"{etcd_url}/health", pids["etcd"], logs, expect=b'"health":"true"')
 
+        addresses = node.apiserver_flags(pki) if real_node else ["--bind-address=127.0.0.1",
+                                                                  "--advertise-address=127.0.0.1"]
+        # Every request of a ServiceAccount (the operator's, in the tests) is audited: the RBAC test compares
+        # the chart's rules with the calls the operator really made.
+        (STATE_DIR / "audit-policy.json").write_text(json.dumps({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}]}))
         pids["kube-apiserver"] = start("kube-apiserver", [
-            str(BIN / "kube-apiserver"), f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1", f"--secure-port={ports['apiserver']}",
+            str(BIN / "kube-apiserver"), f"--etcd-servers={etcd_url}", *addresses, f"--secure-port={ports['apiserver']}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -330,11 +366,12 @@ def up() -> dict:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
             "--allow-privileged=true", "--profiling=false", "--v=1",
+            f"--audit-policy-file={STATE_DIR / 'audit-policy.json'}", f"--audit-log-path={logs / 'audit.log'}",
+            "--audit-log-format=json", "--audit-log-maxsize=200",
         ], logs)
         save()
         ctx = client_context(pki)
-        base = f"https://127.0.0.1:{ports['apiserver']}"
-        wait_http("kube-apiserver", f"{base}/readyz", pids["kube-apiserver"], logs, context=ctx)
+        wait_http("kube-apiserver", f"{server}/readyz", pids["kube-apiserver"], logs, context=ctx)
 
         auth = [f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
@@ -343,6 +380,8 @@ def up() -> dict:
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
             "--use-service-account-credentials=false", f"--cluster-signing-cert-file={pki / 'ca.crt'}",
             f"--cluster-signing-key-file={pki / 'ca.key'}", "--profiling=false", "--v=1",
+            # A short scale-down window (default 5 min) so HPAs settle within a test; the sync period as upstream.
+            "--horizontal-pod-autoscaler-downscale-stabilization=30s",
         ], logs)
         pids["kube-scheduler"] = start("kube-scheduler", [
             str(BIN / "kube-scheduler"), *auth, f"--secure-port={ports['scheduler']}", "--profiling=false",
@@ -366,14 +405,9 @@ def up() -> dict:
         wait_http("kwok", f"http://127.0.0.1:{ports['kwok']}/healthz", pids["kwok"], logs)
         create_kwok_nodes()
         wait_default_service_account(pids, logs)
-        agent = ROOT / ".venv" / "bin" / "modelloop-localnode"
-        if os.environ.get("MODELLOOP_LOCALNODE", "1") != "0" and agent.exists():
-            pids["localnode"] = start("localnode", [
-                str(agent), f"--kubeconfig={kubeconfig}", f"--node-name={LOCAL_NODE}",
-                f"--state-dir={STATE_DIR / 'localnode'}", f"--pvc-root={STATE_DIR / 'pvc'}",
-            ], logs)
+        if real_node:
+            state["images"] = start_node(built, pki, server, ports, pids, logs, save)
             save()
-            wait_node_ready(LOCAL_NODE, pids["localnode"], logs)
     except StartError as e:
         log(str(e))
         stop_pids(pids)
@@ -384,6 +418,82 @@ def up() -> dict:
     return state
 
 
+def start_node(built: dict[str, str], pki: Path, server: str, ports: dict[str, int], pids: dict[str, int],
+               logs: Path, save) -> dict[str, str]:
+    """containerd (with the images imported), kubelet, kube-proxy, CoreDNS and metrics-server."""
+    nd = STATE_DIR / "node"
+    nd.mkdir(parents=True, exist_ok=True)
+    node.write_cni_config(nd / "cni", nd / "ipam", SERVICE_CIDR)
+    node.write_containerd_config(nd / "containerd.toml", built["PAUSE_IMAGE"], nd / "cni")
+    node.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    pids["containerd"] = start("containerd", ["containerd", f"--config={nd / 'containerd.toml'}"], logs)
+    save()
+    deadline = time.monotonic() + 30
+    while not node.CONTAINERD_SOCKET.exists():
+        if time.monotonic() > deadline or not alive(pids["containerd"]):
+            raise StartError(f"containerd did not start:\n{tail(logs / 'containerd.log')}")
+        time.sleep(0.2)
+    built = images(node.CONTAINERD_SOCKET)
+
+    node.write_kubelet_config(nd / "kubelet.json", pki, ports["kubelet_healthz"], nd / "pod-logs")
+    pids["kubelet"] = start("kubelet", [
+        str(BIN / "kubelet"), f"--config={nd / 'kubelet.json'}",
+        f"--kubeconfig={node.kubeconfig_for(nd / 'kubelet.kubeconfig', pki, server, 'kubelet')}",
+        f"--root-dir={node.KUBELET_ROOT}", f"--node-ip={node.NODE_IP}", f"--hostname-override={node.NODE_NAME}",
+        "--node-labels=modelloop.dev/node=real", "--v=1",
+    ], logs)
+    save()
+    node.write_kube_proxy_config(nd / "kube-proxy.json", node.kubeconfig_for(nd / "kube-proxy.kubeconfig", pki, server,
+                                                                              "kube-proxy"),
+                                 ports["proxy_healthz"], ports["proxy_metrics"])
+    pids["kube-proxy"] = start("kube-proxy", [str(BIN / "kube-proxy"), f"--config={nd / 'kube-proxy.json'}", "--v=1"],
+                               logs)
+    save()
+    wait_node_ready(node.NODE_NAME, pids["kubelet"], logs)
+    wait_http("kube-proxy", f"http://127.0.0.1:{ports['proxy_healthz']}/healthz", pids["kube-proxy"], logs,
+              expect=None)
+
+    # Infrastructure processes on the host use the admin credentials, like kube-controller-manager here.
+    kubeconfig = STATE_DIR / "kubeconfig"
+    node.write_corefile(nd / "Corefile", kubeconfig, ports["dns_health"])
+    pids["coredns"] = start("coredns", [str(BIN / "coredns"), "-conf", str(nd / "Corefile")], logs)
+    save()
+    for obj in node.service_to_node("kube-dns", "kube-system", [
+            {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": 53, "targetPort": 53, "protocol": "TCP"}], cluster_ip=node.DNS_IP):
+        kubectl("apply", "--server-side", "-f", "-", input=json.dumps(obj))
+    wait_http("coredns", f"http://127.0.0.1:{ports['dns_health']}/health", pids["coredns"], logs, expect=b"OK")
+
+    pids["metrics-server"] = start("metrics-server", [
+        str(BIN / "metrics-server"), f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}", f"--bind-address={node.NODE_IP}",
+        f"--secure-port={ports['metrics_server']}", f"--tls-cert-file={pki / 'metrics-server.crt'}",
+        f"--tls-private-key-file={pki / 'metrics-server.key'}",
+        f"--kubelet-certificate-authority={pki / 'ca.crt'}", "--kubelet-preferred-address-types=InternalIP",
+        "--metric-resolution=10s",
+    ], logs)
+    save()
+    for obj in [*node.service_to_node("metrics-server", "kube-system", [
+            {"name": "https", "port": 443, "targetPort": ports["metrics_server"], "protocol": "TCP"}]),
+                node.metrics_api_service(pki)]:
+        kubectl("apply", "--server-side", "-f", "-", input=json.dumps(obj))
+    wait_api_service("v1beta1.metrics.k8s.io", pids["metrics-server"], logs)
+    return built
+
+
+def wait_api_service(name: str, pid: int, logs: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            raise StartError(f"metrics-server exited; last lines of its log:\n{tail(logs / 'metrics-server.log')}")
+        out = kubectl("get", "apiservice", name, "-o",
+                      "jsonpath={.status.conditions[?(@.type=='Available')].status}", check=False).stdout.strip()
+        if out == "True":
+            return
+        time.sleep(0.5)
+    raise StartError(f"APIService {name} not Available after {timeout:.0f}s:\n{tail(logs / 'metrics-server.log')}")
+
+
 def create_kwok_nodes() -> None:
     for name in KWOK_NODES:
         node = {
@@ -392,7 +502,7 @@ def create_kwok_nodes() -> None:
                          "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                                     "kubernetes.io/arch": "amd64", "type": "kwok"}},
             # Tainted so that only pods which ask for simulation land here; modelloop's real pods go
-            # to the local node, which runs them as processes.
+            # to the real node, which runs them in containers.
             "spec": {"taints": [{"key": KWOK_ANNOTATION, "value": "fake", "effect": "NoSchedule"}]},
             "status": {"allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
                        "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"}},
@@ -414,13 +524,14 @@ def wait_node_ready(name: str, pid: int, logs: Path, timeout: float = 60) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive(pid):
-            raise StartError(f"the local node agent exited; last lines of its log:\n{tail(logs / 'localnode.log')}")
+            raise StartError(f"the kubelet exited; last lines of its log:\n{tail(logs / 'kubelet.log')}")
         out = kubectl("get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
                       check=False).stdout.strip()
         if out == "True":
             return
         time.sleep(0.3)
-    raise StartError(f"node {name} not Ready after {timeout:.0f}s; last lines of its log:\n{tail(logs / 'localnode.log')}")
+    raise StartError(f"node {name} not Ready after {timeout:.0f}s; last lines of the kubelet's log:\n"
+                     f"{tail(logs / 'kubelet.log')}")
 
 
 def wait_default_service_account(pids: dict[str, int], logs: Path) -> None:
@@ -437,18 +548,24 @@ def wait_default_service_account(pids: dict[str, int], logs: Path) -> None:
 
 
 def describe(state: dict) -> str:
-    return (f"cluster ready: Kubernetes {state['versions']['K8S_VERSION']}, etcd {state['versions']['ETCD_VERSION']}, "
-            f"kwok {state['versions']['KWOK_VERSION']} on https://127.0.0.1:{state['ports']['apiserver']}\n"
-            f"  binaries (kubectl, helm of matching versions): {state['bin']}\n"
-            f"  logs: {STATE_DIR / 'logs'}\n"
-            f"  point a shell at it:\n"
-            f"    export KUBECONFIG={state['kubeconfig']} PATH={state['bin']}:$PATH\n"
-            f"    kubectl get nodes")
+    v = state["versions"]
+    lines = [f"cluster ready: Kubernetes {v['K8S_VERSION']}, etcd {v['ETCD_VERSION']}, kwok {v['KWOK_VERSION']} "
+             f"on https://{state.get('host', '127.0.0.1')}:{state['ports']['apiserver']}"]
+    if state.get("node"):
+        lines.append(f"  real node {node.NODE_NAME} ({node.NODE_IP}): kubelet, kube-proxy, containerd, CoreDNS "
+                     f"(kube-dns {node.DNS_IP}), metrics-server; images: "
+                     + ", ".join(state.get("images", {}).get(k, "?") for k in ("OPERATOR_IMAGE", "RUNTIME_IMAGE")))
+    lines += [f"  binaries (kubectl, helm of matching versions): {state['bin']}",
+              f"  logs: {STATE_DIR / 'logs'}",
+              "  point a shell at it:",
+              f"    export KUBECONFIG={state['kubeconfig']} PATH={state['bin']}:$PATH",
+              "    kubectl get nodes -o wide"]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "images"])
     args = parser.parse_args()
     with locked():
         if args.command == "up":
@@ -458,6 +575,16 @@ def main() -> None:
             log(f"up in {time.monotonic() - started:.1f}s")
         elif args.command == "down":
             down()
+        elif args.command == "images":  # rebuild what changed and import it into the running node
+            state = read_state()
+            if not (healthy(state) and state.get("node")):
+                raise SystemExit("no healthy cluster with a real node is running; `make cluster` starts one")
+            try:
+                state["images"] = images(node.CONTAINERD_SOCKET)
+            except StartError as e:
+                raise SystemExit(str(e))
+            (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2))
+            print(json.dumps(state["images"], indent=2))
         else:
             state = read_state()
             ok = healthy(state)

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""`make demo`: the whole loop on the embedded cluster, hands-off.
+"""`make demo`: the whole loop on the embedded cluster, hands-off, the way a user runs it.
 
-train (ModelTraining) → serve (ModelDeployment, 2 pods on the local node) → live traffic →
-drifted traffic → DriftMonitor detects drift → retrain on fresh data → the new version passes its
-gates and is rolled out with zero failed requests.
+`helm install` of the chart with the images built from this checkout (the operator runs in a pod on the
+real node under the chart's ServiceAccount) → train (ModelTraining: a Job in a container) → serve
+(ModelDeployment: 2 server pods) → live traffic through the Service → drifted traffic → the DriftMonitor
+detects drift → retrain on fresh data → the new version passes its gates and is rolled out with zero failed
+requests.
 
-Starts what it needs (the cluster is started by make): a local S3-compatible server (moto) with the
-example data, the CRDs, the operator; applies examples/ into namespace modelloop-demo. Everything
-it starts is stopped by `make cluster-down`.
+Starts what it needs besides the cluster (started by make): a local S3-compatible server (moto) on the node
+address with the example data. Everything it starts is stopped by `make cluster-down`.
 """
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hack.cluster import BIN, STATE_DIR, alive, register_extra  # noqa: E402
+from hack.cluster import BIN, STATE_DIR, alive, read_state, register_extra  # noqa: E402
 
 NS = "modelloop-demo"
+OPERATOR_NS = "modelloop-system"
+RELEASE = "modelloop"
+RESTRICTED = {f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}
 BUCKET = "modelloop-demo"
 KUBECONFIG = STATE_DIR / "kubeconfig"
 os.environ["KUBECONFIG"] = str(KUBECONFIG)
@@ -49,9 +53,14 @@ def show(*args: str) -> None:
     print(kubectl(*args, "-n", NS), flush=True)
 
 
+def node_address() -> str:
+    """Where servers the pods must reach listen: the real node's address."""
+    return (read_state() or {}).get("host", "127.0.0.1")
+
+
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((node_address(), 0))
         return s.getsockname()[1]
 
 
@@ -81,8 +90,9 @@ def wait(what: str, predicate, timeout: float = 300, every: float = 1.0):
         time.sleep(every)
     show("get", "modelloop,jobs,pods", "-o", "wide")
     print(kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp"), flush=True)
-    raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}; operator log: "
-                     f"{STATE_DIR / 'logs' / 'operator.log'}")
+    print(kubectl("logs", "-n", OPERATOR_NS, f"deploy/{RELEASE}", "--tail=40", check=False), flush=True)
+    raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}; operator log above "
+                     f"(kubectl logs -n {OPERATOR_NS} deploy/{RELEASE})")
 
 
 def status(kind: str, name: str = "churn") -> dict:
@@ -95,8 +105,9 @@ def condition(st: dict, type_: str) -> dict:
 
 
 def start_s3() -> str:
-    port = background("s3", [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", "{port}"])
-    endpoint = f"http://127.0.0.1:{port}"
+    host = node_address()
+    port = background("s3", [str(VENV_BIN / "moto_server"), "-H", host, "-p", "{port}"])
+    endpoint = f"http://{host}:{port}"
 
     def up() -> bool:
         try:
@@ -119,11 +130,28 @@ def start_s3() -> str:
     return endpoint
 
 
-def start_operator() -> None:
-    port = background("operator", [str(VENV_BIN / "modelloop-operator"), f"--namespace={NS}", "--metrics-port={port}",
-                                   "--liveness="],
-                      env={"MODELLOOP_RESYNC_SECONDS": "10"})
-    say(f"operator running (metrics http://127.0.0.1:{port}/metrics, log {STATE_DIR / 'logs' / 'operator.log'})")
+def namespace(name: str) -> None:
+    kubectl("apply", "--server-side", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED}}))
+
+
+def install_operator(images: dict[str, str]) -> None:
+    """`helm upgrade --install` of charts/modelloop with the images built from this checkout."""
+    namespace(OPERATOR_NS)
+    values = {"image": dict(zip(("repository", "tag"), images["OPERATOR_IMAGE"].rsplit(":", 1))),
+              "runtimeImage": dict(zip(("repository", "tag"), images["RUNTIME_IMAGE"].rsplit(":", 1))),
+              "watchNamespaces": [NS], "resyncSeconds": 10}
+    values_file = STATE_DIR / "demo" / "values.json"
+    values_file.write_text(json.dumps(values, indent=2))
+    p = subprocess.run([str(BIN / "helm"), "upgrade", "--install", RELEASE, str(ROOT / "charts" / "modelloop"),
+                        "-n", OPERATOR_NS, "-f", str(values_file), "--wait", "--timeout", "5m"],
+                       text=True, capture_output=True)
+    if p.returncode != 0:
+        raise SystemExit(f"helm install failed: {p.stderr.strip()}")
+    pod = json.loads(kubectl("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=modelloop-operator",
+                             "-o", "json"))["items"][0]
+    say(f"operator installed by helm: pod {OPERATOR_NS}/{pod['metadata']['name']} on {pod['spec']['nodeName']}, "
+        f"serviceAccount {pod['spec']['serviceAccountName']}, image {pod['status']['containerStatuses'][0]['imageID']}")
 
 
 def apply_examples(endpoint: str) -> None:
@@ -140,20 +168,34 @@ def apply_examples(endpoint: str) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-n", NS, "-f", "-", input=yaml.safe_dump_all(docs))
 
 
+def node_line() -> str:
+    n = json.loads(kubectl("get", "node", "modelloop-node", "-o", "json"))
+    info = n["status"]["nodeInfo"]
+    return (f"node {n['metadata']['name']}: kubelet {info['kubeletVersion']}, {info['containerRuntimeVersion']}, "
+            f"kernel {info['kernelVersion']}")
+
+
 def main() -> None:
     (STATE_DIR / "demo").mkdir(parents=True, exist_ok=True)
-    say("1/6 set-up: S3-compatible server with the example data, CRDs, operator")
+    state = read_state() or {}
+    if not state.get("node"):
+        raise SystemExit("demo: the cluster has no real node (MODELLOOP_NODE=0?); run `make cluster-down demo`")
+    images = state["images"]
+    say("1/6 set-up: images, S3-compatible server with the example data, CRDs, operator (helm install)")
+    say(f"   {node_line()}")
+    for key in ("OPERATOR", "RUNTIME"):
+        say(f"   {key.lower()} image {images[key + '_IMAGE']} ({images[key + '_ID']})")
     endpoint = start_s3()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     kubectl("wait", "--for=condition=Established", "-f", str(ROOT / "crds"))
-    kubectl("create", "namespace", NS, check=False)
+    namespace(NS)
     wait("the default service account", lambda: kubectl("get", "sa", "default", "-n", NS, check=False), 60)
-    start_operator()
+    install_operator(images)
     for kind in ("driftmonitor", "modeldeployment", "modeltraining"):  # a fresh loop on every run
         kubectl("delete", kind, "--all", "-n", NS, "--wait=true", check=False)
     apply_examples(endpoint)
 
-    say("2/6 training churn v1 (a Job on the local node runs modelloop-train)")
+    say("2/6 training churn v1 (a Job runs modelloop-train in a container of the runtime image)")
     wait("ModelTraining churn to be Ready", lambda: condition(status("mtrain"), "Ready").get("status") == "True"
          or (status("mtrain").get("phase") == "Failed" and sys.exit(f"training failed: {status('mtrain')['runs'][0]}")))
     show("get", "mtrain")
@@ -166,7 +208,8 @@ def main() -> None:
 
     traffic = Traffic(NS, "churn")
     traffic.wait_ready()
-    say("4/6 live traffic like the training data: the monitor sees no drift")
+    say(f"4/6 live traffic like the training data, to churn.{NS}.svc.cluster.local ({traffic.address}, resolved by "
+        f"the cluster DNS; kube-proxy picks the pod): the monitor sees no drift")
     normal = traffic.run(batches_from_csv(str(ROOT / "examples/data/churn.csv"), "churned"), seconds=25, rate=40)
     say(f"   traffic: {normal.line()}")
     wait("a checked window", lambda: status("dmon").get("phase") in ("Watching", "Drifted"), timeout=60)
@@ -206,12 +249,15 @@ def main() -> None:
     print(f"""
 What to look at next:
   export KUBECONFIG={KUBECONFIG} PATH={BIN}:$PATH
+  kubectl get nodes -o wide                      # the real node: kubelet v1.36, containerd
   kubectl get modelloop -n {NS}                  # the three resources and their columns
   kubectl describe dmon churn -n {NS}            # per-feature drift scores, conditions, events
   kubectl get mtrain churn -n {NS} -o yaml       # runs, versions, metrics
-  kubectl get pods -n {NS} -o wide               # server pods on the local node, each on its own address (10.245.x.y)
-  curl http://$(kubectl get endpointslices -n {NS} -l kubernetes.io/service-name=churn -o jsonpath='{{.items[0].endpoints[0].addresses[0]}}'):8080/metrics
-  logs: {STATE_DIR / 'logs'} (operator.log, localnode.log, ...)
+  kubectl get pods -n {NS} -o wide               # server pods, each in its containers on the real node
+  kubectl logs -n {OPERATOR_NS} deploy/{RELEASE}    # the operator, running in a pod under the chart's RBAC
+  curl http://{traffic.address}:8080/metrics      # the Service (kube-proxy picks a pod)
+  helm list -n {OPERATOR_NS}
+  logs of the node and control plane: {STATE_DIR / 'logs'}
   make cluster-down                              # stop everything
 """)
     if traffic.stats.failed:

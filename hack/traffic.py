@@ -1,24 +1,41 @@
-"""Traffic for a ModelDeployment on the embedded cluster, as kube-proxy would spread it.
+"""Traffic for a ModelDeployment on the embedded cluster, the way a client in the cluster sends it.
 
-The embedded cluster has no kube-proxy, so Service IPs do not route. `Traffic` follows the
-Service's EndpointSlices (re-read every 0.2 s, ready and not terminating endpoints only) and sends
-each request to the next endpoint in turn. It never retries: a failed request is counted as failed,
-which is what a rollout must avoid. Used by `make demo` and the end-to-end tests.
+`Traffic` resolves the Service's name (`<name>.<namespace>.svc.cluster.local`) with the cluster DNS
+(CoreDNS behind the kube-dns Service) and sends every request to that address: kube-proxy picks the pod.
+Each request opens its own connection, so kube-proxy balances every request, and it never retries: a failed
+request is counted as failed, which is what a rollout must avoid. Responses are counted by the model version
+that answered. Used by `make demo` and the end-to-end tests.
 """
 from __future__ import annotations
 
-import itertools
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+import dns.resolver
 import httpx
 
-from modelloop import kube
-
 PORT = 8080
+DNS_SERVER = "10.0.0.10"  # hack/node.py's kube-dns Service
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def resolve(service: str, namespace: str, timeout: float = 60) -> str:
+    """The Service's ClusterIP, as the cluster DNS answers for its name."""
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [DNS_SERVER]
+    resolver.lifetime = 2
+    name = f"{service}.{namespace}.svc.{CLUSTER_DOMAIN}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return resolver.resolve(name, "A")[0].address
+        except (dns.exception.DNSException, OSError) as e:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not resolve through {DNS_SERVER} within {timeout:.0f}s: {e}") from e
+            time.sleep(0.5)
 
 
 def v2_request(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -39,50 +56,35 @@ class Stats:
     ok: int = 0
     failed: int = 0
     errors: Counter = field(default_factory=Counter)
-    by_endpoint: Counter = field(default_factory=Counter)
+    by_version: Counter = field(default_factory=Counter)
 
     def line(self) -> str:
-        return f"sent={self.sent} ok={self.ok} failed={self.failed}" + (f" errors={dict(self.errors)}" if self.errors else "")
+        return (f"sent={self.sent} ok={self.ok} failed={self.failed}"
+                + (f" by_version={dict(self.by_version)}" if self.by_version else "")
+                + (f" errors={dict(self.errors)}" if self.errors else ""))
 
 
 class Traffic:
     def __init__(self, namespace: str, service: str, model: str | None = None):
         self.namespace, self.service, self.model = namespace, service, model or service
-        self._endpoints: list[str] = []
-        self.last_error: str | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, daemon=True)
-        self._watcher.start()
+        self.address = resolve(service, namespace)
+        self.url = f"http://{self.address}:{PORT}/v2/models/{self.model}"
         self.stats = Stats()
 
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            try:
-                slices = kube.list_("discovery.k8s.io/v1", "EndpointSlice", self.namespace,
-                                    f"kubernetes.io/service-name={self.service}")
-                ready = sorted({a for s in slices for ep in s.get("endpoints") or ()
-                                if (ep.get("conditions") or {}).get("ready")
-                                and not (ep.get("conditions") or {}).get("terminating")
-                                for a in ep.get("addresses") or ()})
-                with self._lock:
-                    self._endpoints = ready
-            except Exception as e:  # noqa: BLE001 - keep the last known endpoints
-                self.last_error = f"{type(e).__name__}: {e}"
-            self._stop.wait(0.2)
-
-    def endpoints(self) -> list[str]:
-        with self._lock:
-            return list(self._endpoints)
-
-    def wait_ready(self, timeout: float = 120) -> list[str]:
+    def wait_ready(self, timeout: float = 120) -> str:
+        """Until the Service answers a readiness probe (some pod behind it is ready)."""
         deadline = time.monotonic() + timeout
+        last = ""
         while time.monotonic() < deadline:
-            if eps := self.endpoints():
-                return eps
-            time.sleep(0.2)
-        raise TimeoutError(f"no ready endpoint of service {self.namespace}/{self.service} after {timeout}s"
-                           + (f" (last error: {self.last_error})" if self.last_error else ""))
+            try:
+                r = httpx.get(f"{self.url}/ready", timeout=2)
+                if r.status_code == 200:
+                    return self.address
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                last = type(e).__name__
+            time.sleep(0.3)
+        raise TimeoutError(f"service {self.namespace}/{self.service} ({self.address}) not ready after {timeout}s ({last})")
 
     def run(self, batches: Iterable[list[dict[str, Any]]], seconds: float, rate: float = 50.0,
             concurrency: int = 4) -> Stats:
@@ -90,35 +92,28 @@ class Traffic:
         `concurrency` threads; returns the counts of this run (also added to self.stats)."""
         run = Stats()
         source = iter(batches)
-        source_lock = threading.Lock()
-        rr = itertools.count()
+        lock = threading.Lock()
         deadline = time.monotonic() + seconds
         interval = concurrency / rate
 
         def worker() -> None:
-            with httpx.Client(timeout=10) as client:
-                next_at = time.monotonic()
-                while time.monotonic() < deadline:
-                    with source_lock:
-                        rows = next(source, None)
-                    if rows is None:
-                        return
-                    eps = self.endpoints()
-                    if not eps:
-                        time.sleep(0.05)
-                        continue
-                    ep = eps[next(rr) % len(eps)]
-                    outcome = self._send(client, ep, rows)
-                    with source_lock:
-                        run.sent += 1
-                        run.by_endpoint[ep] += 1
-                        if outcome is None:
-                            run.ok += 1
-                        else:
-                            run.failed += 1
-                            run.errors[outcome] += 1
-                    next_at += interval
-                    time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at = time.monotonic()
+            while time.monotonic() < deadline:
+                with lock:
+                    rows = next(source, None)
+                if rows is None:
+                    return
+                error, version = self._send(rows)
+                with lock:
+                    run.sent += 1
+                    if error is None:
+                        run.ok += 1
+                        run.by_version[version] += 1
+                    else:
+                        run.failed += 1
+                        run.errors[error] += 1
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
 
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
         for t in threads:
@@ -128,19 +123,21 @@ class Traffic:
         for k in ("sent", "ok", "failed"):
             setattr(self.stats, k, getattr(self.stats, k) + getattr(run, k))
         self.stats.errors.update(run.errors)
-        self.stats.by_endpoint.update(run.by_endpoint)
+        self.stats.by_version.update(run.by_version)
         return run
 
-    def _send(self, client: httpx.Client, endpoint: str, rows: list[dict[str, Any]]) -> str | None:
-        try:
-            r = client.post(f"http://{endpoint}:{PORT}/v2/models/{self.model}/infer", json=v2_request(rows))
+    def _send(self, rows: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+        try:  # a connection per request: kube-proxy balances each one
+            r = httpx.post(f"{self.url}/infer", json=v2_request(rows), timeout=10,
+                           headers={"connection": "close"})
         except httpx.HTTPError as e:
-            return type(e).__name__
-        return None if r.status_code == 200 else f"HTTP {r.status_code}"
+            return type(e).__name__, None
+        if r.status_code != 200:
+            return f"HTTP {r.status_code}", None
+        return None, str(r.json().get("model_version"))
 
     def close(self) -> None:
-        self._stop.set()
-        self._watcher.join(timeout=2)
+        """Nothing to release (kept for callers that close a traffic source)."""
 
 
 def batches_from_csv(path: str, target: str, batch: int = 8, repeat: bool = True) -> Iterator[list[dict[str, Any]]]:

@@ -5,6 +5,7 @@ All handlers are registered by importing modelloop.controllers; start-up setting
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -29,6 +30,21 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.batching.worker_limit = 64
 
 
+def release_finalizers(registry: kopf.OperatorRegistry) -> None:
+    """Register every timer and daemon as not needing a finalizer.
+
+    kopf's @timer and @daemon hard-code `requires_finalizer=True`, so kopf would block the deletion of every
+    ModelTraining, ModelDeployment and DriftMonitor until the operator releases it: after `helm uninstall`
+    (or with the operator down) those objects, and so their namespaces, would stay Terminating for good.
+    modelloop has nothing to do at deletion: children carry owner references (the garbage collector
+    removes them), artifact versions are kept on purpose, and kopf stops a daemon or timer when its object
+    is gone from the watch stream. With no handler requiring it, kopf also removes a finalizer left by an
+    older version. (The spawning registry is private kopf API; tests/integration check the outcome.)
+    """
+    spawning = registry._spawning  # noqa: SLF001
+    spawning._handlers = [dataclasses.replace(h, requires_finalizer=False) for h in spawning._handlers]  # noqa: SLF001
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="modelloop-operator", description=__doc__)
     parser.add_argument("-n", "--namespace", action="append", default=[],
@@ -49,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("metrics=serving port=%d", args.metrics_port)
 
     from . import controllers  # noqa: F401 - registers every handler
+
+    release_finalizers(kopf.get_default_registry())
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,

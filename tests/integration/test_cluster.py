@@ -125,14 +125,15 @@ def _processes_under(path: Path) -> list[int]:
 
 
 def test_make_cluster_twice_leaves_one_set_of_processes_and_cluster_down_leaves_none(tmp_path):
-    env = {**os.environ, "MODELLOOP_CLUSTER_DIR": str(tmp_path / "c")}
+    # A second control plane beside the session's, without a real node (the node's addresses are machine-wide).
+    env = {**os.environ, "MODELLOOP_CLUSTER_DIR": str(tmp_path / "c"), "MODELLOOP_NODE": "0"}
     make = ["make", "-s", "-C", str(ROOT)]
     subprocess.run([*make, "cluster"], env=env, check=True, capture_output=True, timeout=300)
     first = sorted(_processes_under(tmp_path / "c"))
     subprocess.run([*make, "cluster"], env=env, check=True, capture_output=True, timeout=300)
     second = sorted(_processes_under(tmp_path / "c"))
     try:
-        assert len(first) >= 5  # etcd, apiserver, controller-manager, scheduler, kwok (+ local node)
+        assert len(first) >= 5  # etcd, apiserver, controller-manager, scheduler, kwok
         assert second == first
         state = json.loads((tmp_path / "c" / "state.json").read_text())
         assert sorted(state["pids"].values()) == first

@@ -8,6 +8,8 @@ server under traffic would. tests/e2e runs the same loop with real model servers
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +19,6 @@ import pandas as pd
 import pytest
 
 from modelloop.drift import count_into, empty_like
-from modelloop_localnode.addresses import ensure_local_range
 from tests.fixtures.cluster import ROOT, wait_for
 from tests.integration.test_training_controller import KWOK
 
@@ -25,8 +26,18 @@ NORMAL = pd.read_csv(ROOT / "examples/data/churn.csv").drop(columns=["churned"])
 DRIFTED = pd.read_csv(ROOT / "examples/data/churn-drifted.csv").drop(columns=["churned"])
 _addresses = count(2)
 # EndpointSlices refuse loopback addresses: the fake pods take addresses of a private range made
-# local the way the local node agent does it (an AnyIP route on lo).
+# local to this machine (an AnyIP route on lo), so nothing sent to them leaves it.
 FAKE_POD_CIDR = "10.251.0.0/16"
+
+
+def make_local(cidr: str) -> bool:
+    subprocess.run(["ip", "route", "replace", "local", cidr, "dev", "lo"], capture_output=True)
+    with socket.socket() as s:
+        try:
+            s.bind((cidr.split("/")[0].rsplit(".", 2)[0] + ".0.2", 0))
+        except OSError:
+            return False
+    return True
 
 
 class FakePod:
@@ -87,7 +98,7 @@ def loop(operator, cluster, namespace, store):
                             "storage": {"secretRef": {"name": "s3"}}}})
     wait_for(lambda: (cluster.get("mdep", "churn", "-n", namespace).get("status") or {}).get("modelVersion") == 1,
              timeout=60, message="the deployment to serve v1")
-    if ensure_local_range(FAKE_POD_CIDR) != FAKE_POD_CIDR:
+    if not make_local(FAKE_POD_CIDR):
         pytest.fail(f"cannot make {FAKE_POD_CIDR} local (needs CAP_NET_ADMIN for `ip route add local`)")
     reference = store.read_metadata(1)["reference"]
     pods: list[FakePod] = []

@@ -70,7 +70,7 @@ def test_applying_a_training_creates_exactly_one_job_with_the_expected_spec(oper
     assert len(jobs(cluster, namespace)) == 1
 
 
-@pytest.mark.localnode
+@pytest.mark.node
 def test_successful_run_records_version_metrics_and_ready(operator, cluster, namespace, data):
     cluster.apply(training(namespace, data))
     cluster.kubectl("wait", "mtrain/churn", "-n", namespace, "--for=condition=Ready", "--timeout=180s")
@@ -89,7 +89,7 @@ def test_successful_run_records_version_metrics_and_ready(operator, cluster, nam
     assert "modelloop-test-secret" not in json.dumps(cluster.get("mtrain", "churn", "-n", namespace))
 
 
-@pytest.mark.localnode
+@pytest.mark.node
 def test_failed_run_reports_the_trainers_reason_and_keeps_the_last_good_version(operator, cluster, namespace, data):
     cluster.apply(training(namespace, data))
     cluster.kubectl("wait", "mtrain/churn", "-n", namespace, "--for=condition=Ready", "--timeout=180s")

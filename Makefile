@@ -27,7 +27,7 @@ binaries: ## build (or reuse) the Kubernetes binaries, etcd, kwok, helm, promtoo
 images: ## build (or reuse) the operator, runtime, base and pause images with Docker (cached by content)
 	hack/images.sh
 
-cluster: $(STAMP) ## start the embedded control plane (idempotent); kubeconfig in .cluster/kubeconfig
+cluster: $(STAMP) ## start the embedded cluster with its real node (idempotent); kubeconfig in .cluster/kubeconfig
 	hack/build-binaries.sh helm >/dev/null
 	$(PY) hack/cluster.py up
 
@@ -44,8 +44,9 @@ crds-check: $(STAMP) ## fail when the committed CRDs differ from the generator's
 	$(PY) -m modelloop.api.generate --check
 
 test: $(STAMP) ## the whole suite: unit, integration and end-to-end (starts the cluster when needed)
-	@# Build the control plane first, outside pytest: a cold build takes longer than a test's timeout.
+	@# Build the binaries and images first, outside pytest: a cold build takes longer than a test's timeout.
 	hack/build-binaries.sh >/dev/null
+	hack/images.sh >/dev/null
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## unit tests only (no cluster)
@@ -53,6 +54,7 @@ test-unit: $(STAMP) ## unit tests only (no cluster)
 
 test-integration: $(STAMP) ## integration and end-to-end tests
 	hack/build-binaries.sh >/dev/null
+	hack/images.sh >/dev/null
 	$(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 demo: cluster ## the whole loop on the embedded cluster: operator, examples, what to look at next

@@ -151,7 +151,7 @@ build_coredns() { go_install coredns "$COREDNS_VERSION" github.com/coredns/cored
 # Resource metrics for HPAs (metrics.k8s.io), scraping the kubelet; run on the host by hack/node.py.
 build_metrics-server() {
   go_install metrics-server "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server \
-    "-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=$METRICS_SERVER_VERSION"
+    "-X k8s.io/component-base/version.gitVersion=$METRICS_SERVER_VERSION"
 }
 
 components=("$@")

@@ -221,8 +221,11 @@ def client_context(pki: Path) -> ssl.SSLContext:
 
 
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(STATE_DIR / "kubeconfig"), *args],
-                          input=input, text=True, capture_output=True, check=check)
+    proc = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", str(STATE_DIR / "kubeconfig"), *args],
+                          input=input, text=True, capture_output=True)
+    if check and proc.returncode != 0:
+        raise StartError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +473,7 @@ def start_node(built: dict[str, str], pki: Path, server: str, ports: dict[str, i
         f"--secure-port={ports['metrics_server']}", f"--tls-cert-file={pki / 'metrics-server.crt'}",
         f"--tls-private-key-file={pki / 'metrics-server.key'}",
         f"--kubelet-certificate-authority={pki / 'ca.crt'}", "--kubelet-preferred-address-types=InternalIP",
-        "--metric-resolution=10s",
+        "--metric-resolution=15s", "--kubelet-request-timeout=5s",
     ], logs)
     save()
     for obj in [*node.service_to_node("metrics-server", "kube-system", [

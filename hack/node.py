@@ -117,7 +117,8 @@ def setup_network(service_cidr: str, blackholes: tuple[str, ...]) -> None:
     sh("ip", "route", "replace", service_cidr, "dev", POD_BRIDGE, "src", POD_GATEWAY)
     for cidr in (POD_SUPERNET, *blackholes):
         sh("ip", "route", "replace", "unreachable", cidr)
-    sh("modprobe", "br_netfilter", check=False)  # docker loads it; without it bridged pod→service traffic skips kube-proxy
+    if shutil.which("modprobe"):  # docker loads it too; without it bridged pod→service traffic skips kube-proxy
+        sh("modprobe", "br_netfilter", check=False)
     for key, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")):
         p = Path("/proc/sys") / key
         if p.exists() and p.read_text().strip() != value:
@@ -280,7 +281,7 @@ def service_to_node(name: str, namespace: str, ports: list[dict], cluster_ip: st
     eps = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
            "metadata": {"name": f"{name}-node", "namespace": namespace,
                         "labels": {"kubernetes.io/service-name": name,
-                                   "endpointslice.kubernetes.io/managed-by": "modelloop.dev/node"}},
+                                   "endpointslice.kubernetes.io/managed-by": "node.modelloop.dev"}},
            "addressType": "IPv4",
            "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}, "nodeName": NODE_NAME}],
            "ports": [{"name": p["name"], "port": p["targetPort"], "protocol": p["protocol"]} for p in ports]}

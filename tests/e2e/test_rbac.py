@@ -35,7 +35,8 @@ def audited_calls() -> tuple[set[tuple[str, str, str]], list[dict]]:
 
 
 def granted(cluster) -> set[tuple[str, str, str]]:
-    out = cluster.helm("template", "modelloop", str(CHART), "-n", "modelloop-system").stdout
+    version = cluster.state["versions"]["K8S_VERSION"].lstrip("v")
+    out = cluster.helm("template", "modelloop", str(CHART), "-n", "modelloop-system", "--kube-version", version).stdout
     rules = [r for d in yaml.safe_load_all(out) if d and d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
     return {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"] for v in r["verbs"]}
 

@@ -57,18 +57,31 @@ def echo(cluster, namespace):
     return image
 
 
+def get(url: str) -> str | None:
+    try:
+        return httpx.get(url, headers={"connection": "close"}, timeout=5).text
+    except httpx.HTTPError:
+        return None
+
+
 def test_service_name_resolves_and_answers_from_the_host_through_kube_proxy(cluster, namespace, echo):
     address = resolve("echo", namespace)
     assert address == cluster.get("service", "echo", "-n", namespace)["spec"]["clusterIP"]
+    # kube-proxy programs the Service's rules shortly after its endpoints are ready: wait for that once.
+    wait_for(lambda: get(f"http://{address}/"), timeout=30, message="kube-proxy to route the Service")
     answered = {httpx.get(f"http://{address}/", headers={"connection": "close"}, timeout=5).text for _ in range(40)}
     pods = {p["metadata"]["name"] for p in cluster.get("pods", "-n", namespace, "-l", "app=echo")["items"]}
     assert answered == pods  # kube-proxy spread 40 connections over both pods
 
 
 def test_service_name_resolves_and_answers_from_a_pod(cluster, namespace, echo):
-    probe = ("import urllib.request, socket\n"
+    probe = ("import urllib.request, socket, time\n"
              f"print(socket.gethostbyname('echo.{namespace}.svc.cluster.local'))\n"
-             "print(urllib.request.urlopen('http://echo/', timeout=5).read().decode())\n")
+             "for attempt in range(30):  # until kube-proxy has programmed the new Service\n"
+             "    try:\n"
+             "        print(urllib.request.urlopen('http://echo/', timeout=5).read().decode()); break\n"
+             "    except OSError:\n"
+             "        time.sleep(1)\n")
     cluster.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client", "namespace": namespace},
                    "spec": {"restartPolicy": "Never", "securityContext": RESTRICTED_POD,
                             "automountServiceAccountToken": False,

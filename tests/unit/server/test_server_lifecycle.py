@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import numpy as np
 import numpy.testing
-import pytest
 import skops.io
 from modelloop.artifacts import load_model, open_store, sha256_bytes
 from sklearn.dummy import DummyClassifier

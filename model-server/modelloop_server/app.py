@@ -1,5 +1,8 @@
-"""The ASGI application: routing, request bodies, errors as JSON, readiness, and the model's lifecycle
-(load and warm up in the background at startup; drain on shutdown).
+"""The ASGI application: routing, request bodies, errors as JSON, readiness, the model's lifecycle
+(load and warm up in the background at startup; drain on shutdown), and the request limits: inference
+requests in flight (--max-concurrency), rows per request (--max-rows), body read time
+(--body-timeout-seconds). A failure of the server itself is answered 500 with a request id, never with
+the exception's text, which goes to the log under that id.
 
 A plain ASGI callable rather than a framework: the hot path (infer) is a dozen lines from the socket to
 the batcher, and every response is one JSON body with an explicit length.
@@ -9,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
 
 from . import v1, v2
-from .batching import Batcher
+from .batching import Batcher, QueueFull
 from .config import ServerConfig
-from .errors import ClientError
+from .errors import RETRY_AFTER, ClientError, unavailable
 from .inference import Prediction, Predictor
 from .live import LiveSketches
 from .logs import log_event
@@ -42,7 +46,9 @@ class ModelServerApp:
         self.model: ServedModel | None = None
         self.sketches: LiveSketches | None = None
         self.metrics = ServerMetrics()
-        self.batcher = Batcher(max_batch_size=config.max_batch_size, max_wait=config.max_batch_wait_ms / 1000)
+        self.batcher = Batcher(max_batch_size=config.max_batch_size, max_wait=config.max_batch_wait_ms / 1000,
+                               max_queue=config.max_queue)
+        self.inferring = 0  # inference requests in flight (counted against --max-concurrency)
         self.loaded = False
         self.draining = False
         self._loading: asyncio.Task | None = None
@@ -71,25 +77,39 @@ class ModelServerApp:
         in_flight = self.metrics.in_flight
         in_flight.inc()
         route = "unmatched"
+        limited = False
         try:
             route, handler, params = match_route(scope["method"], scope["path"])
+            if handler in _INFERENCE:
+                if self.inferring >= self.config.max_concurrency:
+                    self.metrics.refused.labels("concurrency").inc()
+                    raise unavailable(f"the server is at its limit of {self.config.max_concurrency} inference "
+                                      "requests in flight (--max-concurrency); retry shortly")
+                self.inferring += 1
+                limited = True
             status, body, headers = await handler(self, scope, receive, **params)
             headers = [*headers, (b"content-length", str(len(body)).encode())]
         except ClientError as exc:
             status, body = exc.status, orjson.dumps({"error": exc.message})
-            headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
-            if status == 413:  # the unread body would be taken for the next request
+            headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()), *exc.headers]
+            if exc.close:  # the unread body would be taken for the next request
                 headers.append((b"connection", b"close"))
-        except Exception as exc:  # noqa: BLE001 - a bug must cost one request, never the process
-            log.exception("request.failed route=%s", route)
-            status, body = 500, orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"})
-            headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+        except Exception:  # noqa: BLE001 - a bug must cost one request, never the process
+            request_id = uuid.uuid4().hex[:16]
+            log.error("request.failed", exc_info=True, extra={"fields": {"request_id": request_id, "route": route}})
+            status = 500
+            body = orjson.dumps({"error": f"internal error; the server logged it as request {request_id}",
+                                 "requestId": request_id})
+            headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode()),
+                       (b"x-request-id", request_id.encode())]
         if self.draining:  # keep-alive clients reconnect, through the Service, to a pod that stays
             headers.append((b"connection", b"close"))
         try:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body})
         finally:
+            if limited:
+                self.inferring -= 1
             in_flight.dec()
             self.metrics.observe_request(route, status, time.perf_counter() - started)
 
@@ -159,7 +179,7 @@ class ModelServerApp:
         json_length = _binary_header(headers)
         body = await self._read_body(headers, receive, binary=json_length is not None)
         request = v2.decode_infer(body, model, json_length=json_length)
-        result: Prediction = await self.batcher.submit(request.rows, request.count, proba=request.proba)
+        result = await self._predict(request.rows, request.count, proba=request.proba)
         out, header_length = v2.encode_infer(model, request, result.predictions, result.probabilities)
         if header_length is None:
             return 200, out, JSON_HEADERS
@@ -174,7 +194,7 @@ class ModelServerApp:
         model = self._model(name, None)
         body = await self._read_body(_headers(scope), receive, binary=False)
         rows, count = v1.decode_predict(body, model)
-        result: Prediction = await self.batcher.submit(rows, count)
+        result = await self._predict(rows, count, proba=False)
         return 200, v1.encode_predict(result.predictions), JSON_HEADERS
 
     async def sketch(self, scope: Scope, receive: Receive, name: str | None = None, version: str | None = None
@@ -182,13 +202,25 @@ class ModelServerApp:
         if name is not None:
             self._model(name, version)
         if self.sketches is None:
-            raise ClientError(503, "the model is not loaded yet; no sketch")
+            raise ClientError(503, "the model is not loaded yet; no sketch", headers=(RETRY_AFTER,))
         return 200, orjson.dumps(self.sketches.snapshot(), option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS
 
     async def prometheus(self, scope: Scope, receive: Receive) -> Response:
         return 200, self.metrics.exposition(), [(b"content-type", self.metrics.content_type.encode())]
 
     # -- helpers ------------------------------------------------------------------------------------
+
+    async def _predict(self, rows: Any, count: int, *, proba: bool) -> Prediction:
+        if count > self.config.max_rows:
+            self.metrics.refused.labels("rows").inc()
+            raise ClientError(413, f"the request holds {count} rows; the limit is {self.config.max_rows} rows per "
+                                   "request (--max-rows); send them in several requests")
+        try:
+            return await self.batcher.submit(rows, count, proba=proba)
+        except QueueFull:
+            self.metrics.refused.labels("queue").inc()
+            raise unavailable(f"the prediction queue is full ({self.config.max_queue} requests waiting, "
+                              "--max-queue); retry shortly") from None
 
     def _model(self, name: str, version: str | None, *, must_be_loaded: bool = True) -> ServedModel | None:
         model = self.model
@@ -197,7 +229,7 @@ class ModelServerApp:
             raise ClientError(404, f"model {name!r} not found; this server serves {known!r}")
         if model is None:
             if must_be_loaded:
-                raise ClientError(503, f"model {name!r} is not loaded yet; retry when /v2/health/ready is 200")
+                raise unavailable(f"model {name!r} is not loaded yet; retry when /v2/health/ready is 200")
             return None
         if version is not None and version != str(model.version):
             raise ClientError(404, f"model {name!r} has no version {version!r}; this server serves version "
@@ -215,24 +247,35 @@ class ModelServerApp:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise ClientError(413, f"the request body has {int(declared)} bytes; the limit is {limit} "
-                                   "(--max-body-bytes)")
+                                   "(--max-body-bytes)", close=True)
+        timeout = self.config.body_timeout_seconds
+        try:
+            async with asyncio.timeout(timeout):
+                return await _receive_body(receive, limit)
+        except TimeoutError:
+            self.metrics.refused.labels("body_timeout").inc()
+            raise ClientError(408, f"the request body did not arrive within {timeout:g} s "
+                                   "(--body-timeout-seconds)", close=True) from None
+
+
+async def _receive_body(receive: Receive, limit: int) -> bytes:
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body"):
+        if len(body) > limit:
+            raise ClientError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)", close=True)
+        return body
+    chunks, size = [body], len(body)
+    while message.get("more_body"):
         message = await receive()
-        body = message.get("body", b"")
-        if not message.get("more_body"):
-            if len(body) > limit:
-                raise ClientError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)")
-            return body
-        chunks, size = [body], len(body)
-        while message.get("more_body"):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientError(400, "the client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ClientError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        if message["type"] == "http.disconnect":
+            raise ClientError(400, "the client disconnected before sending the whole body", close=True)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, f"the request body exceeds {limit} bytes (--max-body-bytes)", close=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -250,6 +293,10 @@ _FIXED_ROUTES: dict[str, tuple[str, Handler]] = {
     "/metrics": ("GET", ModelServerApp.prometheus),
     "/sketch": ("GET", ModelServerApp.sketch),
 }
+
+
+# Routes that predict: counted against --max-concurrency (health, metadata and metrics never are).
+_INFERENCE = frozenset({ModelServerApp.infer, ModelServerApp.v1_predict})
 
 
 def match_route(method: str, path: str) -> tuple[str, Handler, dict[str, str]]:

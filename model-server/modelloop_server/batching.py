@@ -11,6 +11,8 @@ How a batch forms:
   together as soon as the 8th arrives, and `max_wait` bounds the wait when fewer come than expected
   (the expectation then drops to what did come). `max_wait` 0 never waits.
 - A request larger than `max_batch_size` rows runs alone; requests are never split.
+- At most `max_queue` requests wait for a prediction call; `submit` refuses more (QueueFull) at once, so
+  under overload a client learns it in microseconds instead of timing out behind a queue that only grows.
 
 One worker thread, not a pool: scikit-learn's predict holds the GIL for much of its work, so a second
 thread would mostly contend with the event loop, and one thread keeps the model free of concurrent calls.
@@ -38,10 +40,16 @@ class Job:
 RunBatch = Callable[[Sequence[Job]], Sequence[Any]]
 
 
+class QueueFull(Exception):
+    """`max_queue` requests already wait for a prediction call."""
+
+
 class Batcher:
-    def __init__(self, *, max_batch_size: int, max_wait: float, run: RunBatch | None = None) -> None:
+    def __init__(self, *, max_batch_size: int, max_wait: float, run: RunBatch | None = None,
+                 max_queue: int | None = None) -> None:
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait
+        self.max_queue = max_queue
         self.run = run
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict")
         self._queue: deque[Job] = deque()
@@ -57,9 +65,11 @@ class Batcher:
         self._task = self._loop.create_task(self._dispatch(), name="batcher")
 
     async def submit(self, rows: Any, count: int, *, proba: bool = False) -> Any:
-        """Queue `count` rows for prediction and wait for their result."""
+        """Queue `count` rows for prediction and wait for their result; QueueFull when the queue is full."""
         loop = self._loop
         assert loop is not None and self.run is not None, "Batcher.start() and .run come first"
+        if self.max_queue is not None and len(self._queue) >= self.max_queue:
+            raise QueueFull(f"{len(self._queue)} requests are waiting for a prediction call")
         job = Job(rows, count, proba, loop.create_future(), loop.time())
         self._queue.append(job)
         self._queued_rows += count

@@ -6,8 +6,9 @@ Every flag has an environment variable (see config.py); the controller sets thos
 
 Lifecycle, as a kubelet sees it:
 - The port opens at once: liveness is 200, readiness 503 while the model loads in the background.
-- Readiness turns 200 once the model is loaded (sha256 verified first) and a warm-up prediction passed.
-- A model that cannot be served (sha256 mismatch, untrusted type, unreachable store, failing warm-up)
+- Readiness turns 200 once the model is loaded (the pinned digests of metadata.json and the model
+  verified first, then the exact type list) and a warm-up prediction passed.
+- A model that cannot be served (digest mismatch, untrusted type, unreachable store, failing warm-up)
   makes the process exit 1 with a one-line log and termination message: the pod shows CrashLoopBackOff
   with the reason, the kubelet retries with back-off (which heals a store that was briefly down), and a
   rollout to a bad version stalls and is rolled back by the controller. Staying up "not ready" would
@@ -30,6 +31,7 @@ import uvicorn
 
 from .app import ModelServerApp
 from .config import GRACEFUL_TIMEOUT_SECONDS, ServerConfig, parse_config
+from .connections import guarded_protocol
 from .logs import configure_logging, log_event
 from .model import ServedModel
 
@@ -69,21 +71,28 @@ class DrainingServer(uvicorn.Server):
 
 
 def build_server(config: ServerConfig) -> DrainingServer:
-    app = ModelServerApp(config, load=lambda: load_served_model(config.model_uri, config.model_name))
+    app = ModelServerApp(config, load=lambda: load_served_model(
+        config.model_uri, config.model_name, model_sha256=config.model_sha256,
+        metadata_sha256=config.metadata_sha256))
+    protocol = guarded_protocol(config.header_timeout_seconds, config.max_header_bytes,
+                                on_refused=lambda limit: app.metrics.refused.labels(limit).inc())
     uv_config = uvicorn.Config(
-        app, host=config.host, port=config.port, loop="uvloop", http="httptools", lifespan="on",
+        app, host=config.host, port=config.port, loop="uvloop", http=protocol, lifespan="on",
         access_log=False, log_level=logging.WARNING, log_config=None, server_header=False,
-        proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_SECONDS, backlog=2048)
+        proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_TIMEOUT_SECONDS, backlog=2048,
+        timeout_keep_alive=config.keep_alive_seconds)  # type: ignore[arg-type] - a float works (call_later)
     server = DrainingServer(uv_config, app, config.drain_seconds)
     app.on_fatal = server.fail
     return server
 
 
-def load_served_model(uri: str, name: str | None) -> ServedModel:
-    """Read and verify the artifact version (sha256 before deserialising) and wrap its estimator."""
+def load_served_model(uri: str, name: str | None, *, model_sha256: str | None = None,
+                      metadata_sha256: str | None = None) -> ServedModel:
+    """Read and verify the artifact version (the pinned digests, then the exact type list, before
+    deserialising) and wrap its estimator."""
     from modelloop.artifacts import load_model
 
-    loaded = load_model(uri)
+    loaded = load_model(uri, expected_sha256=model_sha256, expected_metadata_sha256=metadata_sha256)
     return ServedModel(loaded.model, loaded.metadata.wire(), name=name)
 
 
@@ -95,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log_event("server.starting", uri=config.model_uri, host=config.host, port=config.port,
               max_batch_size=config.max_batch_size, max_batch_wait_ms=config.max_batch_wait_ms,
-              max_body_bytes=config.max_body_bytes, drain_seconds=config.drain_seconds)
+              max_body_bytes=config.max_body_bytes, drain_seconds=config.drain_seconds,
+              model_pinned=config.model_sha256 is not None, metadata_pinned=config.metadata_sha256 is not None,
+              max_concurrency=config.max_concurrency, max_queue=config.max_queue, max_rows=config.max_rows)
     server = build_server(config)
     server.run()
     if server.fatal_reason is not None:

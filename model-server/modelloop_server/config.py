@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,6 +18,7 @@ _SPEC_DEFAULTS = ServerSpec()
 # Longest uvicorn waits, after the drain period, for in-flight requests before cancelling them.
 # Kubernetes' default terminationGracePeriodSeconds is 30: drain (5) + this stays under it.
 GRACEFUL_TIMEOUT_SECONDS = 20.0
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,17 @@ class ServerConfig:
     max_body_bytes: int = _SPEC_DEFAULTS.max_body_bytes
     drain_seconds: float = 5.0
     log_level: str = "info"
+    # Digests pinned by the operator (docs/security.md); unset, only metadata.json vouches for the model.
+    model_sha256: str | None = None
+    metadata_sha256: str | None = None
+    # Limits against load and abuse (docs/server.md, "Limits").
+    max_concurrency: int = 128
+    max_queue: int = 64
+    max_rows: int = 10_000
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    keep_alive_seconds: float = 5.0
+    max_header_bytes: int = 65_536
 
 
 # flag -> (environment variable, type, help). The environment variable is the flag's default.
@@ -50,6 +63,27 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
     "drain_seconds": ("MODELLOOP_DRAIN_SECONDS", float,
                       "after SIGTERM: seconds to keep serving while not ready, before shutting down (default 5)"),
     "log_level": ("MODELLOOP_LOG_LEVEL", str, "debug, info, warning or error (default info)"),
+    "model_sha256": ("MODELLOOP_MODEL_SHA256", str,
+                     "sha256 the model file must have; the server refuses the version otherwise (the operator "
+                     "pins it)"),
+    "metadata_sha256": ("MODELLOOP_METADATA_SHA256", str,
+                        "sha256 metadata.json must have, checked before it is parsed (the operator pins it)"),
+    "max_concurrency": ("MODELLOOP_MAX_CONCURRENCY", int,
+                        "most inference requests in flight; more get 503 with Retry-After (default 128)"),
+    "max_queue": ("MODELLOOP_MAX_QUEUE", int,
+                  "most requests waiting for a prediction call; more get 503 with Retry-After (default 64)"),
+    "max_rows": ("MODELLOOP_MAX_ROWS", int, "most rows in one request; more get 413 (default 10000)"),
+    "header_timeout_seconds": ("MODELLOOP_HEADER_TIMEOUT_SECONDS", float,
+                               "a connection that has not sent a request's headers within this is answered 408 "
+                               "and closed (default 10)"),
+    "body_timeout_seconds": ("MODELLOOP_BODY_TIMEOUT_SECONDS", float,
+                             "a request whose body has not arrived within this after its headers gets 408 "
+                             "(default 30)"),
+    "keep_alive_seconds": ("MODELLOOP_KEEP_ALIVE_SECONDS", float,
+                           "an idle kept-alive connection is closed after this (default 5)"),
+    "max_header_bytes": ("MODELLOOP_MAX_HEADER_BYTES", int,
+                         "largest request line and headers; more get 431 and the connection closes "
+                         "(default 65536)"),
 }
 
 
@@ -94,3 +128,15 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
         parser.error(f"--port {config.port} must be between 0 and 65535")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         parser.error(f"--log-level {config.log_level!r} must be one of debug, info, warning, error")
+    for flag, digest in (("--model-sha256", config.model_sha256), ("--metadata-sha256", config.metadata_sha256)):
+        if digest is not None and not SHA256.match(digest):
+            parser.error(f"{flag} {digest!r} must be 64 lowercase hexadecimal digits")
+    for flag, value in (("--max-concurrency", config.max_concurrency), ("--max-queue", config.max_queue),
+                        ("--max-rows", config.max_rows), ("--max-header-bytes", config.max_header_bytes)):
+        if value < 1:
+            parser.error(f"{flag} {value} must be at least 1")
+    for flag, seconds in (("--header-timeout-seconds", config.header_timeout_seconds),
+                          ("--body-timeout-seconds", config.body_timeout_seconds),
+                          ("--keep-alive-seconds", config.keep_alive_seconds)):
+        if not seconds > 0:
+            parser.error(f"{flag} {seconds:g} must be more than 0")

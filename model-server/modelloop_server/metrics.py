@@ -35,6 +35,9 @@ class ServerMetrics:
                                  "Time from request start to response sent, by route template.",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "HTTP requests being served.", registry=registry)
+        self.refused = Counter(f"{PREFIX}_refused", "Requests refused by a server limit, by limit (concurrency, "
+                               "queue, rows, body_timeout, header_timeout, header_bytes).", ["limit"],
+                               registry=registry)
         self.batch_rows = Histogram(f"{PREFIX}_batch_rows", "Rows per prediction call (after batching).",
                                     buckets=ROW_BUCKETS, registry=registry)
         self.batch_requests = Histogram(f"{PREFIX}_batch_requests", "Requests merged into one prediction call.",

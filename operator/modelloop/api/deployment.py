@@ -114,6 +114,8 @@ class ModelDeploymentStatus(ApiModel):
     model_version: int | None = Field(default=None, description="Version being served (or rolled out).")
     model_uri: str | None = Field(default=None, description="Artifact URI being served.")
     model_sha256: str | None = Field(default=None, description="sha256 of the served model file.")
+    model_metadata_sha256: str | None = Field(default=None, description=(
+        "sha256 of the served version's metadata.json; the servers refuse a version whose files differ."))
     metric: MetricValue | None = Field(default=None, description="Primary metric of the served version.")
     previous_version: int | None = Field(default=None, description="Version served before the current one.")
     last_available_version: int | None = Field(default=None, description=(

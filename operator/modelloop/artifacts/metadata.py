@@ -4,6 +4,7 @@ Readers ignore keys they do not know (a newer writer may add some); writers prod
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -123,3 +124,25 @@ def validate_metadata(data: dict[str, Any], *, source: str = "metadata.json") ->
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
         raise InvalidMetadataError(f"{source} is not a valid {ARTIFACT_FORMAT} document: {problems}") from None
+
+
+def decode_metadata(data: bytes, *, source: str = "metadata.json") -> dict[str, Any]:
+    """The JSON object of metadata.json bytes, validated; InvalidMetadataError names `source`."""
+    document = _json_object(data, source)
+    validate_metadata(document, source=source)
+    return document
+
+
+def parse_metadata(data: bytes, *, source: str = "metadata.json") -> ArtifactMetadata:
+    """metadata.json bytes, decoded and validated."""
+    return validate_metadata(_json_object(data, source), source=source)
+
+
+def _json_object(data: bytes, source: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidMetadataError(f"{source} is not JSON: {type(exc).__name__}") from None
+    if not isinstance(document, dict):
+        raise InvalidMetadataError(f"{source} is not a JSON object")
+    return document

@@ -1,69 +1,159 @@
-"""Model files: serialise with skops, load only after the checksum and the type policy pass.
+"""Model files: serialise with skops, load only after the digests and the exact type list pass.
 
-A pickle runs arbitrary code when loaded; skops instead rebuilds objects from a description and
-refuses any type it is not told to trust. What we tell it to trust is the intersection of the
-version's `trustedTypes` (recorded by the trainer) and an allow-list of libraries, so a forged
-metadata.json cannot widen the set beyond scikit-learn, numpy, scipy and builtins.
+A pickle runs arbitrary code when loaded; skops instead rebuilds objects from a description (schema.json
+inside a zip) and imports, calls or instantiates only the names that description holds. Which names we
+let it use is decided here, from two lists defined in code and never from the artifact:
+
+- `TRUSTED_NODES` (trusted_types.py, generated from the estimators the trainer allows): for each kind of
+  skops node, the exact type names a model written by modelloop's trainer contains;
+- `HARMLESS_UFUNCS`: the numpy ufuncs a function node may name (element-wise arithmetic, nothing that
+  reads files, evaluates strings or reaches Python callables).
+
+`check_model_file` walks schema.json itself and refuses (UntrustedTypeError) any node outside those lists
+before skops parses the file; only then is `skops.io.loads` called, trusting the names just checked.
+`metadata.json`'s `model.trustedTypes` is informational: loading never reads it.
 """
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import zipfile
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .errors import ArtifactIntegrityError, UntrustedTypeError
-from .metadata import ArtifactMetadata
+from .metadata import METADATA_FILE, ArtifactMetadata, parse_metadata
 from .stores import split_version_uri
+from .trusted_types import BIT_GENERATORS, SKOPS_PROTOCOLS, TRUSTED_NODES
 
-# A type is allowed when its dotted path starts with one of these.
-ALLOWED_TYPE_PREFIXES = ("sklearn.", "numpy.", "scipy.", "builtins.")
-# Builtins that evaluate code, import modules or touch files: never trusted, even when listed.
-DENIED_TYPES = frozenset(f"builtins.{name}" for name in (
-    "eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr", "globals", "locals",
-    "vars", "input", "breakpoint", "exit", "quit", "help", "memoryview", "__loader__", "__build_class__",
+FUNCTION_NODE = "FunctionNode"
+# numpy ufuncs a model file may reference as functions (e.g. FunctionTransformer(func=numpy.log1p)): pure
+# element-wise math on arrays. Spelled as skops records them (`numpy.<name>`); the trainer itself stores none.
+HARMLESS_UFUNCS = frozenset(f"numpy.{name}" for name in (
+    "absolute", "add", "arccos", "arccosh", "arcsin", "arcsinh", "arctan", "arctanh", "cbrt", "ceil", "cos",
+    "cosh", "divide", "exp", "exp2", "expm1", "fabs", "floor", "fmax", "fmin", "isfinite", "isinf", "isnan",
+    "log", "log10", "log1p", "log2", "logaddexp", "maximum", "minimum", "multiply", "negative", "positive",
+    "power", "reciprocal", "rint", "sign", "sin", "sinh", "sqrt", "square", "subtract", "tan", "tanh", "trunc",
 ))
+# schema.json of a large forest is a few MB; anything far beyond is not a model the trainer wrote.
+MAX_SCHEMA_BYTES = 256 * 1024 * 1024
 
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def is_allowed_type(type_name: str) -> bool:
-    return type_name.startswith(ALLOWED_TYPE_PREFIXES) and type_name not in DENIED_TYPES and ".." not in type_name
+@dataclass(frozen=True)
+class SkopsNode:
+    """One node of a skops file: its loader (how skops rebuilds it) and the name skops imports for it."""
+
+    loader: str
+    name: str
+
+
+def read_skops_schema(data: bytes) -> dict[str, Any]:
+    """schema.json of the skops file `data` (a zip), parsed as plain JSON: nothing is imported."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            info = archive.getinfo("schema.json")
+            if info.file_size > MAX_SCHEMA_BYTES:
+                raise ArtifactIntegrityError(f"the model file's schema.json has {info.file_size} bytes (more than "
+                                             f"{MAX_SCHEMA_BYTES}); refusing to load")
+            schema = json.loads(archive.read(info))
+    except ArtifactIntegrityError:
+        raise
+    except (zipfile.BadZipFile, KeyError, ValueError, RecursionError, OSError) as exc:
+        # a checksum on garbage can still match; say what is wrong without echoing the content
+        raise ArtifactIntegrityError(f"the model file is not a readable skops file ({type(exc).__name__})") from None
+    if not isinstance(schema, dict):
+        raise ArtifactIntegrityError("the model file's schema.json is not a JSON object")
+    return schema
+
+
+def skops_nodes(schema: dict[str, Any]) -> Iterator[SkopsNode]:
+    """Every node of a skops schema (read_skops_schema), wherever it sits in the tree.
+
+    A random Generator's bit generator is reported as a node of its own (loader "BitGenerator"): skops
+    looks that class up by a name stored as plain data inside the node.
+    """
+    stack: list[Any] = [schema]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+            continue
+        if not isinstance(value, dict):
+            continue
+        if "__loader__" in value:
+            loader, module, cls = value.get("__loader__"), value.get("__module__"), value.get("__class__")
+            if not all(isinstance(part, str) and part for part in (loader, module, cls)):
+                raise UntrustedTypeError(f"the model file has a malformed node (loader {loader!r}, module "
+                                         f"{module!r}, class {cls!r}); refusing to load")
+            yield SkopsNode(loader, f"{module}.{cls}")
+            if loader == "RandomGeneratorNode":
+                yield SkopsNode("BitGenerator", f"numpy.random.{_bit_generator_name(value)}")
+        stack.extend(value.values())
+
+
+def check_model_file(data: bytes) -> list[str]:
+    """Refuse (UntrustedTypeError) a skops file naming anything outside the exact lists; return the names
+    it uses, sorted (what `skops.io.loads` is then told to trust)."""
+    refused, names = _screen(data)
+    if refused:
+        raise UntrustedTypeError(
+            f"the model file names types outside modelloop's exact allow-list: {', '.join(refused)}; "
+            f"modelloop's trainer never writes these, so the file was not written by it or was altered; "
+            f"refusing to load")
+    return names
+
+
+def _screen(data: bytes) -> tuple[list[str], list[str]]:
+    """(what is refused, with its node kind; every name used), each sorted."""
+    schema = read_skops_schema(data)
+    refused: set[str] = set()
+    names: set[str] = set()
+    protocol = schema.get("protocol")
+    if type(protocol) is not int or protocol not in SKOPS_PROTOCOLS:
+        # older protocols rebuild some nodes with fewer checks; the trainer writes the current one
+        refused.add(f"skops protocol {protocol!r} (trusted: {', '.join(map(str, sorted(SKOPS_PROTOCOLS)))})")
+    for node in skops_nodes(schema):
+        if node.loader == FUNCTION_NODE:
+            if node.name not in HARMLESS_UFUNCS:
+                refused.add(f"{node.name} (function)")
+        elif node.loader == "BitGenerator":
+            if node.name not in BIT_GENERATORS:
+                refused.add(f"{node.name} (random bit generator)")
+        elif node.name not in TRUSTED_NODES.get(node.loader, ()):
+            refused.add(f"{node.name} ({node.loader})")
+        names.add(node.name)
+    return sorted(refused), sorted(names)
 
 
 def serialize_model(model: Any) -> tuple[bytes, list[str]]:
-    """skops bytes of a fitted model and the types a loader must trust to read them back.
+    """skops bytes of a fitted model, and the types skops does not trust by default (for information).
 
-    Refuses (UntrustedTypeError) a model that needs a type outside the allow-list: it could not be
-    loaded by a server anyway.
+    Refuses (UntrustedTypeError) a model holding anything a server would refuse: a run fails rather
+    than commit a version no server could load.
     """
     import skops.io
 
     data = skops.io.dumps(model)
-    needed = sorted(skops.io.get_untrusted_types(data=data))
-    refused = [t for t in needed if not is_allowed_type(t)]
+    refused, _ = _screen(data)
     if refused:
-        raise UntrustedTypeError(f"the model needs types outside the allow-list ({', '.join(ALLOWED_TYPE_PREFIXES)}"
-                                 f"*): {', '.join(refused)}")
-    return data, needed
+        raise UntrustedTypeError(
+            f"the model holds types outside modelloop's allow-list: {', '.join(refused)}; the list holds what "
+            f"the allowed estimators produce (python -m modelloop.training.trusted_types); choose other "
+            f"params or another estimator")
+    return data, sorted(skops.io.get_untrusted_types(data=data))
 
 
-def deserialize_model(data: bytes, trusted_types: list[str]) -> Any:
-    """Load skops bytes, trusting only `trusted_types`, each of which must be inside the allow-list."""
+def deserialize_model(data: bytes) -> Any:
+    """Load skops bytes after `check_model_file` passed; skops trusts exactly the names checked."""
     import skops.io
 
-    refused = [t for t in trusted_types if not is_allowed_type(t)]
-    if refused:
-        raise UntrustedTypeError(f"trustedTypes lists types outside the allow-list "
-                                 f"({', '.join(ALLOWED_TYPE_PREFIXES)}*): {', '.join(refused)}")
-    try:
-        unexpected = sorted(set(skops.io.get_untrusted_types(data=data)) - set(trusted_types))
-    except Exception as exc:  # not a skops file at all (a checksum on garbage can still match)
-        raise ArtifactIntegrityError(f"the model file is not a readable skops file: {exc}") from None
-    if unexpected:
-        raise UntrustedTypeError(f"the model file contains types that are not trusted: {', '.join(unexpected)}")
-    return skops.io.loads(data, trusted=list(trusted_types))
+    trusted = check_model_file(data)
+    return skops.io.loads(data, trusted=trusted)
 
 
 @dataclass(frozen=True)
@@ -73,13 +163,25 @@ class LoadedModel:
     uri: str
 
 
-def load_model(version_uri: str, *, expected_sha256: str | None = None,
+def load_model(version_uri: str, *, expected_sha256: str | None = None, expected_metadata_sha256: str | None = None,
                credentials: Mapping[str, str] | None = None) -> LoadedModel:
-    """Load the model of `<output>/v<N>`: read metadata.json, verify the model file's size and sha256
-    (and `expected_sha256`, e.g. the one pinned in the pod template) BEFORE deserialising it.
-    `credentials` (AWS_* keys) replace the environment's, as for open_store."""
+    """Load the model of `<output>/v<N>`, checking before anything is parsed:
+
+    1. metadata.json's sha256 against `expected_metadata_sha256` (pinned by the operator), before parsing it;
+    2. the model file's size and sha256 against metadata.json, and against `expected_sha256` (pinned);
+    3. every type the model file names against the exact lists (check_model_file), before skops reads it.
+
+    `credentials` (AWS_* keys) replace the environment's, as for open_store.
+    """
     store, version = split_version_uri(version_uri, credentials=credentials)
-    metadata = ArtifactMetadata.model_validate(store.read_metadata(version))
+    raw_metadata = store.read_metadata_bytes(version)
+    metadata_uri = f"{store.version_uri(version)}/{METADATA_FILE}"
+    if expected_metadata_sha256 is not None and sha256_bytes(raw_metadata) != expected_metadata_sha256:
+        raise ArtifactIntegrityError(f"{metadata_uri}: sha256 {sha256_bytes(raw_metadata)} is not the pinned "
+                                     f"{expected_metadata_sha256}; refusing to load")
+    metadata = parse_metadata(raw_metadata, source=metadata_uri)
+    if metadata.version != version:
+        raise ArtifactIntegrityError(f"{metadata_uri} says version {metadata.version}; refusing to load")
     data = store.read_file(version, metadata.model.file)
     actual = sha256_bytes(data)
     if actual != metadata.model.sha256 or len(data) != metadata.model.size:
@@ -87,7 +189,18 @@ def load_model(version_uri: str, *, expected_sha256: str | None = None,
             f"{version_uri}/{metadata.model.file}: sha256 {actual} ({len(data)} bytes) does not match "
             f"metadata.json ({metadata.model.sha256}, {metadata.model.size} bytes); refusing to load")
     if expected_sha256 is not None and actual != expected_sha256:
-        raise ArtifactIntegrityError(f"{version_uri}/{metadata.model.file}: sha256 {actual} is not the expected "
+        raise ArtifactIntegrityError(f"{version_uri}/{metadata.model.file}: sha256 {actual} is not the pinned "
                                      f"{expected_sha256}; refusing to load")
-    return LoadedModel(model=deserialize_model(data, metadata.model.trusted_types), metadata=metadata,
-                       uri=store.version_uri(version))
+    return LoadedModel(model=deserialize_model(data), metadata=metadata, uri=store.version_uri(version))
+
+
+def _bit_generator_name(node: dict[str, Any]) -> str:
+    """The bit generator class name a RandomGeneratorNode holds as data (where skops 0.16 reads it)."""
+    try:
+        name = json.loads(node["content"]["bit_generator"]["content"]["bit_generator"]["content"])
+    except (KeyError, TypeError, ValueError):
+        name = None
+    if not isinstance(name, str):
+        raise UntrustedTypeError("the model file has a random Generator without a readable bit generator name; "
+                                 "refusing to load")
+    return name

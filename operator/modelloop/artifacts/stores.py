@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from .backends import Backend, backend_for
 from .errors import InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageError, VersionExistsError
-from .metadata import FILE_NAME_PATTERN, METADATA_FILE, validate_metadata
+from .metadata import FILE_NAME_PATTERN, METADATA_FILE, decode_metadata, validate_metadata
 from .uri import StorageUri, parse_uri
 
 _VERSION_KEY = re.compile(r"^v([1-9][0-9]*)/" + re.escape(METADATA_FILE) + "$")
@@ -41,17 +41,15 @@ class ArtifactStore:
 
     def read_metadata(self, version: int) -> dict[str, Any]:
         """The validated metadata.json of a committed version; ObjectNotFoundError if it is not committed."""
+        return decode_metadata(self.read_metadata_bytes(version), source=self._metadata_source(version))
+
+    def read_metadata_bytes(self, version: int) -> bytes:
+        """metadata.json of a committed version as stored (what a pinned sha256 is computed over)."""
         uri = self._version_dir(version).child(METADATA_FILE)
         try:
-            data = json.loads(self._backend.read(uri))
+            return self._backend.read(uri)
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"version {version} does not exist in {self.base} (no {uri})") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidMetadataError(f"{uri} is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise InvalidMetadataError(f"{uri} is not a JSON object")
-        validate_metadata(data, source=str(uri))
-        return data
 
     def read_file(self, version: int, name: str) -> bytes:
         return self._backend.read(self._version_dir(version).child(_checked_name(name)))
@@ -95,6 +93,9 @@ class ArtifactStore:
             except StorageError:
                 pass  # a hidden leftover; readers never look under .staging
         return str(target)
+
+    def _metadata_source(self, version: int) -> str:
+        return str(self._version_dir(version).child(METADATA_FILE))
 
     def _version_dir(self, version: int) -> StorageUri:
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:

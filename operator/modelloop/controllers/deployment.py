@@ -109,7 +109,24 @@ def _served(version_uri: str, credentials) -> tuple[ServedModel, dict | None]:
         base = version_uri[: -len(f"/v{version}")].rstrip("/")
         _verified[version_uri] = storage.verified_metadata(base, version, credentials)
     meta = _verified[version_uri]
-    return ServedModel(meta["metadata"]["version"], meta["uri"], meta["sha256"]), meta["metric"]
+    return (ServedModel(meta["metadata"]["version"], meta["uri"], meta["sha256"], meta["metadataSha256"]),
+            meta["metric"])
+
+
+def _status_target(status: dict, credentials) -> ServedModel | None:
+    """The version status says is served. A status written before metadata.json was pinned learns its
+    digest from the store now, once, provided the model there is still the pinned one."""
+    if not (status.get("modelVersion") and status.get("modelUri") and status.get("modelSha256")):
+        return None
+    metadata_sha256 = status.get("modelMetadataSha256")
+    if metadata_sha256 is None:
+        try:
+            stored, _ = _served(status["modelUri"], credentials)
+        except Exception:  # noqa: BLE001 - unreadable now: keep serving on the model digest alone
+            stored = None
+        if stored is not None and stored.sha256 == status["modelSha256"]:
+            metadata_sha256 = status["modelMetadataSha256"] = stored.metadata_sha256
+    return ServedModel(status["modelVersion"], status["modelUri"], status["modelSha256"], metadata_sha256)
 
 
 def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials) -> Candidate:
@@ -170,8 +187,7 @@ def _reconcile(namespace: str, name: str) -> None:
 
     dep = kube.get("apps/v1", "Deployment", namespace, name)
     serving = status.get("modelVersion")
-    target: ServedModel | None = (ServedModel(serving, status["modelUri"], status["modelSha256"])
-                                  if serving and status.get("modelUri") and status.get("modelSha256") else None)
+    target = _status_target(status, credentials)
     state = rollout_state(dep, serving) if target else "Missing"
     failed = list(status.get("failedVersions") or [])
 
@@ -189,7 +205,7 @@ def _reconcile(namespace: str, name: str) -> None:
                            f"{spec.rollout.progress_deadline_seconds}s; rolled back to version {back}"))
             metrics.ROLLBACKS.labels(namespace, name).inc()
             status.update(previousVersion=serving, modelVersion=back, modelUri=model.uri, modelSha256=model.sha256,
-                          metric=metric)
+                          modelMetadataSha256=model.metadata_sha256, metric=metric)
             target, serving, state = model, back, "Progressing"
 
     # Promotion of the candidate.
@@ -209,7 +225,8 @@ def _reconcile(namespace: str, name: str) -> None:
                 if serving is not None:
                     status["previousVersion"] = serving
                 status.update(modelVersion=candidate.model.version, modelUri=candidate.model.uri,
-                              modelSha256=candidate.model.sha256, metric=candidate.metric,
+                              modelSha256=candidate.model.sha256,
+                              modelMetadataSha256=candidate.model.metadata_sha256, metric=candidate.metric,
                               candidateVersion=None, promotionMessage=None)
                 if candidate.model.version in failed:  # a pinned retry of a version that failed before
                     failed.remove(candidate.model.version)

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from .. import kube
 from ..api.common import StorageSpec
-from ..artifacts import ArtifactIntegrityError, open_store, sha256_bytes
+from ..artifacts import METADATA_FILE, ArtifactIntegrityError, decode_metadata, open_store, sha256_bytes
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
                    "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -36,9 +36,12 @@ def stored_versions(output_uri: str, credentials: Mapping[str, str] | None) -> l
 
 
 def verified_metadata(output_uri: str, version: int, credentials: Mapping[str, str] | None) -> dict[str, Any]:
-    """metadata.json of a version, checked (schema, version number, model sha256): uri, metric(s), sha."""
+    """metadata.json of a version, checked (schema, version number, model sha256): uri, metric(s), the
+    model's sha256 and the sha256 of metadata.json's bytes (the two digests the servers are pinned to)."""
     store = open_store(output_uri, credentials=credentials)
-    meta = store.read_metadata(version)  # schema-validated
+    raw = store.read_metadata_bytes(version)
+    source = f"{store.version_uri(version)}/{METADATA_FILE}"
+    meta = decode_metadata(raw, source=source)  # schema-validated
     if meta["version"] != version:
         raise ArtifactIntegrityError(f"{store.version_uri(version)}/metadata.json says version {meta['version']}")
     data = store.read_file(version, meta["model"]["file"])
@@ -46,4 +49,4 @@ def verified_metadata(output_uri: str, version: int, credentials: Mapping[str, s
         raise ArtifactIntegrityError(f"{store.version_uri(version)}/{meta['model']['file']}: sha256 does not match "
                                      f"metadata.json; the artifact was modified after it was written")
     return {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": meta["metric"],
-            "sha256": meta["model"]["sha256"], "metadata": meta}
+            "sha256": meta["model"]["sha256"], "metadataSha256": sha256_bytes(raw), "metadata": meta}

@@ -13,16 +13,18 @@ from . import pods
 LABEL_DEPLOYMENT = "modelloop.dev/deployment"
 ANNOTATION_VERSION = "modelloop.dev/model-version"
 ANNOTATION_SHA256 = "modelloop.dev/model-sha256"
+ANNOTATION_METADATA_SHA256 = "modelloop.dev/metadata-sha256"
 ANNOTATION_URI = "modelloop.dev/model-uri"
 
 
 @dataclass(frozen=True)
 class ServedModel:
-    """The version a Deployment's pods load."""
+    """The version a Deployment's pods load, and the digests they must find (model file, metadata.json)."""
 
     version: int
     uri: str
     sha256: str
+    metadata_sha256: str | None  # None only for a status written before the operator pinned metadata
 
 
 def selector(name: str) -> dict[str, str]:
@@ -61,7 +63,7 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
         "args": ["--model-uri", model.uri, "--model-name", name, "--port", str(SERVER_PORT),
                  "--max-batch-size", str(s.max_batch_size), "--max-batch-wait-ms", f"{s.max_batch_wait_ms:g}",
                  "--max-body-bytes", str(s.max_body_bytes)],
-        "env": [*pods.base_env(settings), {"name": "MODELLOOP_MODEL_SHA256", "value": model.sha256}],
+        "env": [*pods.base_env(settings), *pinned_digests_env(model)],
         "envFrom": pods.storage_env_from(spec.storage),
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -77,6 +79,7 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
         "labels": dict(labels),
         # The served version is part of the pod template: a new version is a rolling update.
         "annotations": {ANNOTATION_VERSION: str(model.version), ANNOTATION_SHA256: model.sha256,
+                        **({ANNOTATION_METADATA_SHA256: model.metadata_sha256} if model.metadata_sha256 else {}),
                         ANNOTATION_URI: model.uri, "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(SERVER_PORT), "prometheus.io/path": "/metrics"},
     }
@@ -101,6 +104,14 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
     meta = _meta(owner, name, labels)
     meta["annotations"] = {ANNOTATION_VERSION: str(model.version)}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
+
+
+def pinned_digests_env(model: ServedModel) -> list[dict[str, str]]:
+    """The digests the server checks before it parses a byte of the version (docs/security.md)."""
+    env = [{"name": "MODELLOOP_MODEL_SHA256", "value": model.sha256}]
+    if model.metadata_sha256:
+        env.append({"name": "MODELLOOP_METADATA_SHA256", "value": model.metadata_sha256})
+    return env
 
 
 def render_service(owner: dict) -> dict[str, Any]:

@@ -60,13 +60,18 @@ def build_estimator(class_path: str, params: Mapping[str, Any] | None, *, seed: 
         params["random_state"] = seed
     try:
         estimator = cls(**params)
-        if hasattr(estimator, "_validate_params"):  # what fit() checks first; fail before reading any data
+        if hasattr(estimator, "_parameter_constraints"):  # what fit() checks first; fail before reading any data
             estimator._validate_params()
     except (TypeError, ValueError) as exc:
         raise SpecError(f"spec.estimator.params are invalid for {class_path}: {exc}") from None
-    if is_classifier(estimator):
+    try:
+        classifier, regressor = is_classifier(estimator), is_regressor(estimator)
+    except AttributeError:  # a meta-estimator whose tags come from an estimator object params cannot give
+        raise SpecError(f"spec.estimator.class {class_path!r} needs an estimator object as a parameter; "
+                        f"modelloop trains estimators built from JSON params") from None
+    if classifier:
         task: Task = "classification"
-    elif is_regressor(estimator):
+    elif regressor:
         task = "regression"
     else:
         raise SpecError(f"spec.estimator.class {class_path!r} is neither a classifier nor a regressor; "

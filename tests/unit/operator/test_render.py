@@ -40,7 +40,7 @@ def test_every_pod_runs_as_non_root_with_a_read_only_root_filesystem():
     job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
     dep = render_deployment({**OWNER, "kind": "ModelDeployment"},
                             ModelDeploymentSpec.model_validate(EXAMPLES["ModelDeployment"]["spec"]),
-                            ServedModel(2, "s3://b/m/v2", "ab" * 32))
+                            ServedModel(2, "s3://b/m/v2", "ab" * 32, "ba" * 32))
     for pod in (job["spec"]["template"]["spec"], dep["spec"]["template"]["spec"]):
         assert pod["securityContext"]["runAsNonRoot"] is True
         c = pod["containers"][0]
@@ -86,7 +86,7 @@ def test_pod_template_overrides_apply_without_breaking_selectors():
 
 def test_deployment_carries_version_in_pod_template_and_never_reduces_availability():
     spec = ModelDeploymentSpec.model_validate(EXAMPLES["ModelDeployment"]["spec"])
-    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, spec, ServedModel(7, "s3://b/m/v7", "cd" * 32))
+    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, spec, ServedModel(7, "s3://b/m/v7", "cd" * 32, "dc" * 32))
     ann = dep["spec"]["template"]["metadata"]["annotations"]
     assert ann["modelloop.dev/model-version"] == "7" and ann["modelloop.dev/model-sha256"] == "cd" * 32
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -99,11 +99,20 @@ def test_deployment_carries_version_in_pod_template_and_never_reduces_availabili
     assert render_service({**OWNER, "kind": "ModelDeployment"})["spec"]["ports"][0]["port"] == 8080
 
 
+def test_server_pods_are_pinned_to_the_digests_of_the_model_and_its_metadata():
+    spec = ModelDeploymentSpec.model_validate(EXAMPLES["ModelDeployment"]["spec"])
+    model = ServedModel(7, "s3://b/m/v7", "cd" * 32, "dc" * 32)
+    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, spec, model)
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELLOOP_MODEL_SHA256"] == "cd" * 32 and env["MODELLOOP_METADATA_SHA256"] == "dc" * 32
+    assert dep["spec"]["template"]["metadata"]["annotations"]["modelloop.dev/metadata-sha256"] == "dc" * 32
+
+
 def test_autoscaling_renders_an_hpa_and_leaves_replicas_to_it():
     raw = {**EXAMPLES["ModelDeployment"]["spec"], "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
     raw.pop("replicas")
     spec = ModelDeploymentSpec.model_validate(raw)
-    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, spec, ServedModel(1, "s3://b/m/v1", "e" * 64))
+    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, spec, ServedModel(1, "s3://b/m/v1", "e" * 64, "f" * 64))
     assert "replicas" not in dep["spec"]
     hpa = render_hpa({**OWNER, "kind": "ModelDeployment"}, spec)
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)

@@ -166,11 +166,17 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def servers(artifacts: dict[str, Artifact], tmp_path_factory: pytest.TempPathFactory):
     """One long-lived server per model, started concurrently. Batching: flowers never waits (0 ms),
-    churn waits up to 200 ms for company, so concurrent requests there are merged for sure."""
+    churn waits up to 200 ms for company, so concurrent requests there are merged for sure. flowers is
+    pinned to its digests as the operator pins every server."""
+    from modelloop.artifacts import sha256_bytes
+
     logs = tmp_path_factory.mktemp("server-logs")
+    flowers = artifacts["flowers"]
+    flowers_pins = {"MODELLOOP_MODEL_SHA256": flowers.metadata["model"]["sha256"],
+                    "MODELLOOP_METADATA_SHA256": sha256_bytes((flowers.path / "metadata.json").read_bytes())}
     started = {
         "flowers": ServerProcess(["--model-uri", artifacts["flowers"].uri, "--max-batch-wait-ms", "0",
-                                  "--max-body-bytes", "65536"], logs / "flowers.log"),
+                                  "--max-body-bytes", "65536"], logs / "flowers.log", env=flowers_pins),
         "churn": ServerProcess(["--max-batch-wait-ms", "200", "--max-batch-size", "64"], logs / "churn.log",
                                env={"MODELLOOP_MODEL_URI": artifacts["churn"].uri,
                                     "MODELLOOP_MODEL_NAME": "churn-model"}),

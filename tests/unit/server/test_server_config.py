@@ -35,7 +35,31 @@ def test_defaults_are_those_of_the_model_deployment_api() -> None:
         spec.max_batch_size, spec.max_batch_wait_ms, spec.max_body_bytes)
 
 
+def test_the_pinned_digests_and_the_limits_come_from_the_environment() -> None:
+    config = parse_config([], {
+        "MODELLOOP_MODEL_URI": "s3://models/iris/v3", "MODELLOOP_MODEL_SHA256": "a" * 64,
+        "MODELLOOP_METADATA_SHA256": "b" * 64, "MODELLOOP_MAX_CONCURRENCY": "16", "MODELLOOP_MAX_QUEUE": "8",
+        "MODELLOOP_MAX_ROWS": "100", "MODELLOOP_HEADER_TIMEOUT_SECONDS": "2", "MODELLOOP_BODY_TIMEOUT_SECONDS": "3",
+        "MODELLOOP_KEEP_ALIVE_SECONDS": "4", "MODELLOOP_MAX_HEADER_BYTES": "8192"})
+    assert (config.model_sha256, config.metadata_sha256) == ("a" * 64, "b" * 64)
+    assert (config.max_concurrency, config.max_queue, config.max_rows, config.max_header_bytes) == (16, 8, 100, 8192)
+    assert (config.header_timeout_seconds, config.body_timeout_seconds, config.keep_alive_seconds) == (2.0, 3.0, 4.0)
+
+
+def test_without_pins_or_limits_set_the_defaults_apply() -> None:
+    config = parse_config(["--model-uri", "file:///m/v1"], {})
+    assert config.model_sha256 is None and config.metadata_sha256 is None
+    assert (config.max_concurrency, config.max_queue, config.max_rows) == (128, 64, 10_000)
+    assert (config.header_timeout_seconds, config.body_timeout_seconds, config.keep_alive_seconds) == (10.0, 30.0, 5.0)
+    assert config.max_header_bytes == 65_536
+
+
 @pytest.mark.parametrize("argv, environ, message", [
+    (["--model-uri", "file:///m/v1"], {"MODELLOOP_MODEL_SHA256": "ABC"}, "--model-sha256 'ABC' must be 64"),
+    (["--model-uri", "file:///m/v1", "--metadata-sha256", "f" * 63], {}, "--metadata-sha256"),
+    (["--model-uri", "file:///m/v1", "--max-queue", "0"], {}, "--max-queue 0 must be at least 1"),
+    (["--model-uri", "file:///m/v1", "--max-rows", "-5"], {}, "--max-rows -5 must be at least 1"),
+    (["--model-uri", "file:///m/v1", "--body-timeout-seconds", "0"], {}, "--body-timeout-seconds 0 must be more"),
     ([], {}, "--model-uri"),
     (["--model-uri", "file:///m/v1"], {"MODELLOOP_MAX_BATCH_SIZE": "many"}, "MODELLOOP_MAX_BATCH_SIZE='many'"),
     (["--model-uri", "file:///m/v1", "--max-batch-size", "0"], {}, "--max-batch-size 0 must be at least 1"),

@@ -1,6 +1,7 @@
 """Startup (verify, load, warm up, then ready), refusal of a bad artifact, and draining on SIGTERM."""
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import threading
@@ -9,8 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from modelloop.artifacts import load_model
+import numpy as np
+import numpy.testing
+import skops.io
+from modelloop.artifacts import load_model, open_store, sha256_bytes
+from sklearn.dummy import DummyClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from modelloop_server.app import ModelServerApp
 from modelloop_server.cli import load_served_model
@@ -32,10 +38,9 @@ def _tampered_copy(artifact: Artifact, destination: Path) -> str:
     return f"file://{destination}"
 
 
-def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(
-        artifacts: dict[str, Artifact], tmp_path: Path) -> None:
-    uri = _tampered_copy(artifacts["flowers"], tmp_path / "v1")
-    server = ServerProcess(["--model-uri", uri], tmp_path / "server.log").start()
+def refused_at_start(server: ServerProcess) -> tuple[str, str]:
+    """Poll readiness until the process exits; it must exit 1 without ever being ready, with one
+    model.refused line. Returns that line and the termination message."""
     statuses = set()
     while server.process.poll() is None:
         try:
@@ -46,8 +51,73 @@ def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(
     assert server.wait_exit() == 1
     assert 200 not in statuses
     refused = [line for line in server.log.read_text().splitlines() if "event=model.refused" in line]
-    assert len(refused) == 1 and "sha256" in refused[0] and "refusing to load" in refused[0]
-    assert (tmp_path / "server.termination").read_text().startswith("ModelRefused: ArtifactIntegrityError")
+    assert len(refused) == 1, server.log.read_text()
+    return refused[0], server.log.with_suffix(".termination").read_text()
+
+
+def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(
+        artifacts: dict[str, Artifact], tmp_path: Path) -> None:
+    uri = _tampered_copy(artifacts["flowers"], tmp_path / "v1")
+    line, termination = refused_at_start(ServerProcess(["--model-uri", uri], tmp_path / "server.log").start())
+    assert "sha256" in line and "refusing to load" in line
+    assert termination.startswith("ModelRefused: ArtifactIntegrityError")
+
+
+def _pins(artifact: Artifact) -> dict[str, str]:
+    """The digests the operator renders into the pod template for this version."""
+    return {"MODELLOOP_MODEL_SHA256": artifact.metadata["model"]["sha256"],
+            "MODELLOOP_METADATA_SHA256": sha256_bytes((artifact.path / "metadata.json").read_bytes())}
+
+
+def test_a_server_pinned_to_a_model_refuses_another_valid_version_put_in_its_place(
+        artifacts: dict[str, Artifact], tmp_path: Path) -> None:
+    swapped = tmp_path / "v1"
+    shutil.copytree(artifacts["prices"].path, swapped)  # consistent with itself: only the pin can tell
+    pins = _pins(artifacts["flowers"])
+    server = ServerProcess(["--model-uri", f"file://{swapped}"], tmp_path / "model-pin.log",
+                           env={"MODELLOOP_MODEL_SHA256": pins["MODELLOOP_MODEL_SHA256"]}).start()
+    line, termination = refused_at_start(server)
+    assert f"is not the pinned {pins['MODELLOOP_MODEL_SHA256']}" in line
+    assert termination.startswith("ModelRefused: ArtifactIntegrityError")
+
+    both = ServerProcess(["--model-uri", f"file://{swapped}"], tmp_path / "both-pins.log", env=pins).start()
+    line, _ = refused_at_start(both)
+    assert "metadata.json: sha256" in line and f"is not the pinned {pins['MODELLOOP_METADATA_SHA256']}" in line
+
+
+def test_a_server_pinned_to_a_metadata_json_refuses_an_edited_one(artifacts: dict[str, Artifact],
+                                                                   tmp_path: Path) -> None:
+    edited = tmp_path / "v1"
+    shutil.copytree(artifacts["flowers"].path, edited)
+    metadata = json.loads((edited / "metadata.json").read_text())
+    metadata["metric"]["value"] = 1.0  # the model file and its digest untouched
+    (edited / "metadata.json").write_text(json.dumps(metadata))
+    server = ServerProcess(["--model-uri", f"file://{edited}"], tmp_path / "server.log",
+                           env=_pins(artifacts["flowers"])).start()
+    line, termination = refused_at_start(server)
+    assert "metadata.json: sha256" in line and "is not the pinned" in line
+    assert termination.startswith("ModelRefused: ArtifactIntegrityError")
+
+
+def test_a_model_file_that_would_run_code_is_refused_and_its_payload_never_runs(
+        artifacts: dict[str, Artifact], tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    chain = Pipeline([
+        ("fill", FunctionTransformer(np.full_like, kw_args={"fill_value": f"open({str(marker)!r}, 'w').write('x')",
+                                                              "dtype": "O", "shape": ()})),
+        ("text", FunctionTransformer(np.str_)),
+        ("run", FunctionTransformer(numpy.testing.runstring, kw_args={"dict": {}})),
+        ("model", DummyClassifier().fit([[0.0], [1.0]], ["a", "b"]))])
+    data = skops.io.dumps(chain)
+    metadata = json.loads((artifacts["flowers"].path / "metadata.json").read_text())
+    metadata["model"].update(sha256=sha256_bytes(data), size=len(data),
+                             trustedTypes=skops.io.get_untrusted_types(data=data))  # forged, as an attacker would
+    uri = open_store(f"file://{tmp_path}/store").commit_version(1, {"model.skops": data}, metadata)
+
+    line, termination = refused_at_start(ServerProcess(["--model-uri", uri], tmp_path / "server.log").start())
+    assert "UntrustedTypeError" in line and "numpy.testing._private.utils.runstring (function)" in line
+    assert termination.startswith("ModelRefused: UntrustedTypeError")
+    assert not marker.exists()
 
 
 def test_a_version_that_does_not_exist_is_refused(artifacts: dict[str, Artifact]) -> None:
@@ -144,20 +214,3 @@ def test_a_model_that_fails_its_warm_up_prediction_is_refused(artifacts: dict[st
         assert refused.wait(timeout=20)
         assert httpx.get(f"{url}/v2/health/ready").status_code == 503
     assert reasons == ["RuntimeError: this estimator cannot predict"]
-
-
-@pytest.mark.parametrize("path", ["/v2/health/live", "/metrics"])
-def test_health_and_metrics_answer_while_a_batch_waits(churn: ServerProcess, path: str) -> None:
-    # churn holds a lone request up to 200 ms for company; the event loop stays free meanwhile.
-    thread = threading.Thread(target=lambda: httpx.post(
-        f"{churn.url}/v2/models/churn-model/infer",
-        json={"inputs": [{"name": "tenure", "datatype": "FP64", "shape": [1], "data": [1.0]},
-                         {"name": "spend", "datatype": "FP64", "shape": [1], "data": [1.0]},
-                         {"name": "plan", "datatype": "BYTES", "shape": [1], "data": ["pro"]},
-                         {"name": "region", "datatype": "INT64", "shape": [1], "data": [1]}]}))
-    thread.start()
-    time.sleep(0.05)
-    # No wall-clock bound here (shared, noisy machines): the request must simply be answered, not queued
-    # behind the batch; bench/server measures latencies.
-    assert httpx.get(f"{churn.url}{path}").status_code == 200
-    thread.join()

@@ -2,8 +2,9 @@
 """`make demo`: the whole loop on the embedded cluster, hands-off.
 
 train (ModelTraining) → serve (ModelDeployment, 2 pods on the local node) → live traffic →
-drifted traffic → DriftMonitor detects drift → retrain on fresh data → the new version passes its
-gates and is rolled out with zero failed requests.
+drifted traffic → DriftMonitor detects drift → retrain on fresh data (the example training allows
+the example monitor in spec.retrain) → the new version passes its gates and is rolled out with zero
+failed requests.
 
 Starts what it needs (the cluster is started by make): a local S3-compatible server (moto) with the
 example data, the CRDs, the operator; applies examples/ into namespace modelloop-demo. Everything
@@ -134,9 +135,15 @@ def apply_examples(endpoint: str) -> None:
                 continue
             if d["kind"] == "Secret":
                 d["stringData"]["AWS_ENDPOINT_URL"] = endpoint
-            if d["kind"] == "DriftMonitor":  # a faster pace than the example, for a short demo
+            if d["kind"] == "DriftMonitor":  # a faster pace than the example, for a short demo (10s is the least)
                 d["spec"].update(interval="10s", consecutive=2, minSamples=200)
             docs.append(d)
+    # The loop closes only if the training lets the monitor retrain it (spec.retrain; default: nobody).
+    training = next(d for d in docs if d["kind"] == "ModelTraining")
+    monitor = next(d for d in docs if d["kind"] == "DriftMonitor")
+    if monitor["metadata"]["name"] not in (training["spec"].get("retrain") or {}).get("allowedMonitors", []):
+        raise SystemExit(f"demo: examples/training.yaml must list DriftMonitor {monitor['metadata']['name']} in "
+                         f"spec.retrain.allowedMonitors, or drift can never trigger a retrain")
     kubectl("apply", "--server-side", "--force-conflicts", "-n", NS, "-f", "-", input=yaml.safe_dump_all(docs))
 
 

@@ -121,14 +121,14 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(operator, cluster, nam
     s3.put("churn.csv", (ROOT / "examples/data/churn.csv").read_bytes())
     s3.put("churn-fresh.csv", (ROOT / "examples/data/churn-drifted.csv").read_bytes())
     cluster.apply(secret(namespace, s3))
-    cluster.apply(training(namespace, s3))
+    cluster.apply(training(namespace, s3, retrain={"allowedMonitors": ["churn"]}))
     cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "ModelDeployment",
                    "metadata": {"name": "churn", "namespace": namespace},
                    "spec": {"model": {"fromTraining": "churn"}, "replicas": 2,
                             "promotion": {"minMetric": 0.6, "maxRegression": 0.05}}})
     cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "DriftMonitor",
                    "metadata": {"name": "churn", "namespace": namespace},
-                   "spec": {"deploymentRef": {"name": "churn"}, "interval": "2s", "minSamples": 200, "consecutive": 2,
+                   "spec": {"deploymentRef": {"name": "churn"}, "interval": "10s", "minSamples": 200, "consecutive": 2,
                             "tests": {"numerical": "psi", "categorical": "chi2"}, "thresholds": {"driftShare": 0.2},
                             "action": {"type": "retrain", "cooldown": "1h", "datasetUri": s3.uri("churn-fresh.csv")}}})
     cluster.kubectl("wait", "mdep/churn", "-n", namespace, "--for=condition=Ready", "--timeout=240s")
@@ -137,7 +137,7 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(operator, cluster, nam
     traffic.wait_ready()
     normal = traffic.run(batches_from_csv(CHURN, "churned"), seconds=8, rate=60)
     dmon = lambda: cluster.get("dmon", "churn", "-n", namespace).get("status") or {}  # noqa: E731
-    wait_for(lambda: dmon().get("phase") == "Watching", timeout=60, message="a window without drift")
+    wait_for(lambda: dmon().get("phase") == "Watching", timeout=90, message="a window without drift")
     assert not dmon().get("retrains")
     stop = threading.Event()
     worker = background_traffic(traffic, DRIFTED, stop)

@@ -4,7 +4,8 @@
 `helm install` of the chart with the images built from this checkout (the operator runs in a pod on the
 real node under the chart's ServiceAccount) → train (ModelTraining: a Job in a container) → serve
 (ModelDeployment: 2 server pods) → live traffic through the Service → drifted traffic → the DriftMonitor
-detects drift → retrain on fresh data → the new version passes its gates and is rolled out with zero failed
+detects drift → retrain on fresh data (the example training allows the example monitor in
+spec.retrain) → the new version passes its gates and is rolled out with zero failed
 requests.
 
 Starts what it needs besides the cluster (started by make): a local S3-compatible server (moto) on the node
@@ -162,9 +163,15 @@ def apply_examples(endpoint: str) -> None:
                 continue
             if d["kind"] == "Secret":
                 d["stringData"]["AWS_ENDPOINT_URL"] = endpoint
-            if d["kind"] == "DriftMonitor":  # a faster pace than the example, for a short demo
+            if d["kind"] == "DriftMonitor":  # a faster pace than the example, for a short demo (10s is the least)
                 d["spec"].update(interval="10s", consecutive=2, minSamples=200)
             docs.append(d)
+    # The loop closes only if the training lets the monitor retrain it (spec.retrain; default: nobody).
+    training = next(d for d in docs if d["kind"] == "ModelTraining")
+    monitor = next(d for d in docs if d["kind"] == "DriftMonitor")
+    if monitor["metadata"]["name"] not in (training["spec"].get("retrain") or {}).get("allowedMonitors", []):
+        raise SystemExit(f"demo: examples/training.yaml must list DriftMonitor {monitor['metadata']['name']} in "
+                         f"spec.retrain.allowedMonitors, or drift can never trigger a retrain")
     kubectl("apply", "--server-side", "--force-conflicts", "-n", NS, "-f", "-", input=yaml.safe_dump_all(docs))
 
 

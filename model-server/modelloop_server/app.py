@@ -52,6 +52,7 @@ class ModelServerApp:
         self.loaded = False
         self.draining = False
         self._loading: asyncio.Task | None = None
+        self._sketch_server: Any = None  # the listener of the sketch port (a uvicorn.Server)
         # Called with a one-line reason when the model cannot be served; the CLI makes the process exit.
         self.on_fatal: Callable[[str], None] = lambda reason: None
 
@@ -80,6 +81,10 @@ class ModelServerApp:
         limited = False
         try:
             route, handler, params = match_route(scope["method"], scope["path"])
+            # Sketches are served on their own port only, and that port serves nothing else.
+            on_sketch_port = (scope.get("server") or (None, None))[1] == self.config.sketch_port
+            if (handler is ModelServerApp.sketch) != on_sketch_port:
+                raise ClientError(404, f"no such endpoint on this port: {scope['method']} {scope['path']}")
             if handler in _INFERENCE:
                 if self.inferring >= self.config.max_concurrency:
                     self.metrics.refused.labels("concurrency").inc()
@@ -118,13 +123,29 @@ class ModelServerApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.batcher.start()
+                await self._start_sketch_listener()
                 self._loading = asyncio.get_running_loop().create_task(self._load_model())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._sketch_server is not None:
+                    await self._sketch_server.shutdown()
                 await self.batcher.close()
                 log_event("server.stopped")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _start_sketch_listener(self) -> None:
+        """A second listener, on the sketch port, for this same app (it tells the ports apart)."""
+        import uvicorn
+
+        config = uvicorn.Config(self, host=self.config.host, port=self.config.sketch_port, http="httptools",
+                                lifespan="off", access_log=False, log_config=None, log_level=logging.WARNING,
+                                server_header=False, proxy_headers=False, timeout_graceful_shutdown=2)
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        await server.startup()
+        self._sketch_server = server
 
     # -- model lifecycle ----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from modelloop.api.deployment import SERVER_PORT, ServerSpec
+from modelloop.api.deployment import SERVER_PORT, SKETCH_PORT, ServerSpec
 
 _SPEC_DEFAULTS = ServerSpec()
 
@@ -27,6 +27,7 @@ class ServerConfig:
     model_name: str | None = None
     host: str = "0.0.0.0"
     port: int = SERVER_PORT
+    sketch_port: int = SKETCH_PORT
     max_batch_size: int = _SPEC_DEFAULTS.max_batch_size
     max_batch_wait_ms: float = _SPEC_DEFAULTS.max_batch_wait_ms
     max_body_bytes: int = _SPEC_DEFAULTS.max_body_bytes
@@ -53,6 +54,9 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
                    "name in /v2/models/{name} (default: the training name in metadata.json)"),
     "host": ("MODELLOOP_POD_IP", str, "address to listen on (default 0.0.0.0)"),
     "port": ("MODELLOOP_PORT", int, f"port to listen on (default {SERVER_PORT})"),
+    "sketch_port": ("MODELLOOP_SKETCH_PORT", int,
+                    f"port of the live sketches (/sketch), apart from the inference port so that a NetworkPolicy "
+                    f"can open it to the operator only (default {SKETCH_PORT})"),
     "max_batch_size": ("MODELLOOP_MAX_BATCH_SIZE", int,
                        f"most rows merged into one predict call (default {_SPEC_DEFAULTS.max_batch_size})"),
     "max_batch_wait_ms": ("MODELLOOP_MAX_BATCH_WAIT_MS", float,
@@ -126,6 +130,8 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
         parser.error(f"--drain-seconds {config.drain_seconds:g} must be 0 or more")
     if not 0 <= config.port <= 65535:
         parser.error(f"--port {config.port} must be between 0 and 65535")
+    if not 0 < config.sketch_port <= 65535 or config.sketch_port == config.port:
+        parser.error(f"--sketch-port {config.sketch_port} must be between 1 and 65535 and differ from --port")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         parser.error(f"--log-level {config.log_level!r} must be one of debug, info, warning, error")
     for flag, digest in (("--model-sha256", config.model_sha256), ("--metadata-sha256", config.metadata_sha256)):

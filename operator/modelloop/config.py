@@ -11,6 +11,16 @@ MANAGER = "modelloop"
 FIELD_MANAGER = "modelloop-operator"
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _labels(text: str) -> dict[str, str]:
+    """`k=v,k2=v2` → {k: v, k2: v2}."""
+    pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 @dataclass(frozen=True)
 class Settings:
     runtime_image: str = field(default_factory=lambda: os.environ.get(
@@ -21,6 +31,34 @@ class Settings:
     run_as_user: int = 65532
     # How often each resource is re-checked even without events (level-based safety net).
     resync_seconds: float = field(default_factory=lambda: float(os.environ.get("MODELLOOP_RESYNC_SECONDS", "30")))
+
+    # Where the operator runs: the NetworkPolicy of each ModelDeployment opens the sketch port to the
+    # pods with these labels in this namespace only (the chart sets both).
+    operator_namespace: str = field(default_factory=lambda: os.environ.get(
+        "MODELLOOP_OPERATOR_NAMESPACE", "modelloop-system"))
+    operator_pod_labels: dict[str, str] = field(default_factory=lambda: _labels(os.environ.get(
+        "MODELLOOP_OPERATOR_POD_LABELS", "app.kubernetes.io/name=modelloop-operator")))
+
+    # file:// and pvc:// URIs are paths on the operator's own filesystem when the operator reads them:
+    # refused on behalf of resources unless enabled (development on one machine, the tests).
+    local_storage: bool = field(default_factory=lambda: _flag("MODELLOOP_OPERATOR_LOCAL_STORAGE"))
+
+    # Drift checks run in their own bounded pool, never in kopf's (which the reconciles share).
+    drift_workers: int = field(default_factory=lambda: int(os.environ.get("MODELLOOP_DRIFT_WORKERS", "4")))
+    # One check fetches every pod's sketch concurrently, within this deadline in total.
+    sketch_deadline_seconds: float = field(default_factory=lambda: float(os.environ.get(
+        "MODELLOOP_SKETCH_DEADLINE_SECONDS", "10")))
+    max_sketch_bytes: int = field(default_factory=lambda: int(os.environ.get(
+        "MODELLOOP_MAX_SKETCH_BYTES", str(8 * 1024 * 1024))))
+    # What the operator reads from stores on behalf of resources, at most.
+    max_model_bytes: int = field(default_factory=lambda: int(os.environ.get(
+        "MODELLOOP_MAX_MODEL_BYTES", str(4 * 1024 ** 3))))
+    max_metadata_bytes: int = field(default_factory=lambda: int(os.environ.get(
+        "MODELLOOP_MAX_METADATA_BYTES", str(32 * 1024 * 1024))))
+    max_dataset_bytes: int = field(default_factory=lambda: int(os.environ.get(
+        "MODELLOOP_MAX_DATASET_BYTES", str(512 * 1024 * 1024))))
+    # Entries of each in-memory cache (verified artifact metadata).
+    cache_entries: int = field(default_factory=lambda: int(os.environ.get("MODELLOOP_CACHE_ENTRIES", "256")))
 
 
 SETTINGS = Settings()

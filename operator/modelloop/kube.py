@@ -36,6 +36,7 @@ _PATHS = {
     ("batch/v1", "Job"): ("/apis/batch/v1", "jobs"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
     (f"{GROUP}/{VERSION}", "ModelTraining"): (f"/apis/{GROUP}/{VERSION}", "modeltrainings"),
     (f"{GROUP}/{VERSION}", "ModelDeployment"): (f"/apis/{GROUP}/{VERSION}", "modeldeployments"),
@@ -123,8 +124,9 @@ def delete(api_version: str, kind: str, namespace: str, name: str, propagation: 
         raise
 
 
-def patch(api_version: str, kind: str, namespace: str, name: str, body: dict, subresource: str | None = None,
+def patch(api_version: str, kind: str, namespace: str, name: str, body: dict | list, subresource: str | None = None,
           merge: bool = True) -> dict:
+    """A JSON merge patch (a dict), or with `merge=False` a JSON patch (a list of operations)."""
     ct = "application/merge-patch+json" if merge else "application/json-patch+json"
     return _call("PATCH", _path(api_version, kind, namespace, name, subresource), body=body, content_type=ct)
 

@@ -17,7 +17,7 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster
     s3.put("churn.csv", open(CHURN, "rb").read())
     s3.put("churn-fresh.csv", open(DRIFTED, "rb").read())
     cluster.apply(secret(ns, s3))
-    cluster.apply(training(ns, s3))
+    cluster.apply(training(ns, s3, retrain={"allowedMonitors": ["churn"]}))
     cluster.apply({"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": "churn", "namespace": ns},
                    "spec": {"model": {"fromTraining": "churn"}, "replicas": 2, "storage": {"secretRef": {"name": "s3"}},
                             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},

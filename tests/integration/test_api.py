@@ -34,11 +34,18 @@ def test_every_example_applies_server_side_and_reads_back_unchanged(crds, namesp
 
 
 def _set(doc: dict, path: str, value) -> dict:
+    """`doc` with the field at `path` (dots, and [i] for list items) set to `value` or deleted."""
     doc = copy.deepcopy(doc)
-    *parents, leaf = path.split(".")
+    steps: list = []
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        steps.append(name)
+        if index:
+            steps.append(int(index.rstrip("]")))
+    *parents, leaf = steps
     node = doc
     for p in parents:
-        node = node.setdefault(p, {})
+        node = node[p] if isinstance(p, int) else node.setdefault(p, {})
     if value is DELETE:
         node.pop(leaf, None)
     else:
@@ -83,15 +90,106 @@ MALFORMED = [
     (M, "spec.consecutive", 0, "spec.consecutive"),
     (M, "spec.action.type", "page-someone", "spec.action.type"),
     (M, "spec.action.cooldown", "soon", "spec.action.cooldown"),
+    # What passed admission before, and failed later, at run time or never (issue 11).
+    (M, "spec.interval", "0s", "spec.interval"),            # a hot loop against the API server
+    (M, "spec.interval", "9s", "spec.interval"),
+    (M, "spec.interval", "999999h", "spec.interval"),
+    (M, "spec.action.cooldown", "9999h", "spec.action.cooldown"),
+    (M, "spec.minSamples", 10**12, "spec.minSamples"),
+    (M, "spec.thresholds.features", {"plan": -1}, "spec.thresholds.features"),
+    (T, "spec.dataset.features", ["tenure_months", ""], "spec.dataset.features"),
+    (T, "spec.dataset.uri", "s3://modelloop-demo/churn.csv?versionId=1", "spec.dataset.uri"),
+    (T, "spec.dataset.uri", "s3://modelloop-demo/churn\t.csv", "spec.dataset.uri"),
+    (T, "spec.resources.requests", {"cpus": "1"}, "spec.resources.requests"),
+    (T, "spec.resources", {"requests": {"memory": "4Gi"}, "limits": {"memory": "1Gi"}}, "spec.resources.requests"),
+    (T, "spec.resources.limits.memory", -1, "spec.resources.limits.memory"),
+    (T, "spec.podTemplate", {"env": [{"name": "MODELLOOP_TRAINING_SPEC", "value": "{}"}]}, "spec.podTemplate.env[0].name"),
+    (T, "spec.podTemplate", {"env": [{"name": "has space", "value": "x"}]}, "spec.podTemplate.env[0].name"),
+    (T, "spec.podTemplate", {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "spec.podTemplate.env"),
+    (T, "spec.podTemplate", {"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "Bad Name", "key": "k"}}}]},
+     "spec.podTemplate.env[0].valueFrom.secretKeyRef.name"),
+    (T, "spec.podTemplate", {"env": [{"name": "A", "valueFrom": {}}]}, "spec.podTemplate.env[0].valueFrom"),
+    (T, "spec.podTemplate", {"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]},
+     "spec.podTemplate.env[0].valueFrom"),
+    (T, "spec.podTemplate", {"labels": {"bad key!": "x"}}, "spec.podTemplate.labels"),
+    (T, "spec.podTemplate", {"labels": {"team": "x" * 64}}, "spec.podTemplate.labels"),
+    (T, "spec.podTemplate", {"annotations": {"/no-name": "x"}}, "spec.podTemplate.annotations"),
+    (T, "spec.podTemplate", {"nodeSelector": {"disk": "fast ssd"}}, "spec.podTemplate.nodeSelector"),
+    (T, "spec.podTemplate", {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]},
+     "spec.podTemplate.tolerations[0].value"),
+    (T, "spec.podTemplate", {"tolerations": [{"key": "k", "tolerationSeconds": 5}]},
+     "spec.podTemplate.tolerations[0].tolerationSeconds"),
+    (T, "spec.podTemplate", {"tolerations": [{"value": "v"}]}, "spec.podTemplate.tolerations[0].operator"),
+    (T, "spec.podTemplate", {"serviceAccountName": "Admin_SA"}, "spec.podTemplate.serviceAccountName"),
+    (T, "spec.podTemplate", {"priorityClassName": "high priority"}, "spec.podTemplate.priorityClassName"),
+    (T, "spec.podTemplate", {"image": "evil image"}, "spec.podTemplate.image"),
+    (T, "spec.retrain", {"monitorSelector": {"matchExpressions": [{"key": "team", "operator": "In"}]}},
+     "spec.retrain.monitorSelector.matchExpressions[0].values"),
+    (T, "spec.retrain", {"monitorSelector": {"matchExpressions": [{"key": "team", "operator": "Near",
+                                                                   "values": ["x"]}]}},
+     "spec.retrain.monitorSelector.matchExpressions[0].operator"),
+    (D, "spec.model", {"uri": "s3://modelloop-demo/models/churn"}, "spec.model.uri"),    # not a version
+    (D, "spec.rollout.maxSurge", 0, "spec.rollout.maxSurge"),          # with maxUnavailable 0: a stuck rollout
+    (D, "spec.rollout.maxSurge", "lots", "spec.rollout.maxSurge"),
+    (D, "spec.rollout.maxSurge", "0%", "spec.rollout.maxSurge"),
+    (D, "spec.resources.requests.cpu", "1 core", "spec.resources.requests.cpu"),
+    (D, "spec.podTemplate", {"env": [{"name": "MODELLOOP_SKETCH_PORT", "value": "8080"}]},
+     "spec.podTemplate.env[0].name"),
 ]
 
+# Every field of a kind of value, in every example, gets each of these values (the kinds are found in
+# the generated schema, so a new field of a known kind is covered without listing it here).
+BAD_VALUES = {
+    "uri": ["s3://modelloop-demo/../other-team/data.csv", "s3://modelloop-demo/a//b.csv", "file:///data/./x.csv",
+            "pvc://claim/..", "ftp://modelloop-demo/x.csv", "pvc://Claim_1/x.csv"],
+    "quantity": ["lots", "-1", "1.5.5", "10 Gi"],
+    "name": ["Bad_Name", "-leading-dash", "dots..twice", "x" * 254],
+}
 
-def test_there_are_at_least_twenty_malformed_cases():
-    assert len(MALFORMED) >= 20
+
+def _kind_of(schema: dict) -> str | None:
+    from modelloop.api.common import OBJECT_NAME_PATTERN, QUANTITY_PATTERN, URI_PATTERN
+
+    return {URI_PATTERN: "uri", QUANTITY_PATTERN: "quantity", OBJECT_NAME_PATTERN: "name"}.get(schema.get("pattern"))
 
 
-@pytest.mark.parametrize("kind,path,value,field", MALFORMED,
-                         ids=[f"{k}:{p}={'<deleted>' if v is DELETE else v}" for k, p, v, _ in MALFORMED])
+def _field_cases() -> list[tuple[str, str, object, str]]:
+    crds = {c["spec"]["names"]["kind"]: c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            for c in render_all().values()}
+    cases = []
+
+    def walk(kind: str, value, schema: dict, path: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                props = schema.get("properties", {})
+                child = props[k] if k in props else schema.get("additionalProperties", {})
+                walk(kind, v, child, f"{path}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(kind, v, schema.get("items", {}), f"{path}[{i}]")
+        elif _kind_of(schema):
+            cases.extend((kind, path, bad, path) for bad in BAD_VALUES[_kind_of(schema)])
+
+    for kind, doc in EXAMPLES.items():
+        walk(kind, doc["spec"], crds[kind]["properties"]["spec"], "spec")
+    return cases
+
+
+FIELD_CASES = _field_cases()
+
+
+def test_there_are_at_least_fifty_malformed_cases_and_every_kind_of_value_is_mutated():
+    assert len(MALFORMED) + len(FIELD_CASES) >= 50
+    mutated = {(k, p) for k, p, _, _ in FIELD_CASES}
+    assert {(T, "spec.dataset.uri"), (T, "spec.output.uri"), (T, "spec.storage.secretRef.name"),
+            (T, "spec.resources.requests.cpu"), (T, "spec.retrain.allowedMonitors[0]"),
+            (D, "spec.model.fromTraining"), (D, "spec.resources.limits.memory"), (M, "spec.deploymentRef.name"),
+            (M, "spec.action.datasetUri"), (M, "spec.action.trainingRef.name")} <= mutated
+
+
+@pytest.mark.parametrize("kind,path,value,field", MALFORMED + FIELD_CASES,
+                         ids=[f"{k}:{p}={'<deleted>' if v is DELETE else str(v)[:60]}"
+                              for k, p, v, _ in MALFORMED + FIELD_CASES])
 def test_malformed_resource_is_rejected_with_a_message_naming_the_field(crds, namespace, kind, path, value, field):
     doc = _set(EXAMPLES[kind], path, value)
     doc["metadata"]["name"] = "malformed"

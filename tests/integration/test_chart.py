@@ -1,6 +1,7 @@
 """The Helm chart: lints, renders, and what it renders is accepted by the real API server."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import yaml
@@ -27,7 +28,7 @@ def test_chart_lints(cluster):
 
 
 def test_rendered_chart_is_accepted_by_the_api_server(crds, namespace):
-    for sets in ((), (f"watchNamespaces={{{namespace}}}",)):
+    for sets in ((), (f"watchNamespaces={{{namespace}}}",), ("admissionPolicy.enabled=true",)):
         text = render(crds, *sets)
         docs = [d for d in yaml.safe_load_all(text) if d]
         for d in docs:
@@ -120,3 +121,89 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests(cluster, tmp_path)
     tests.write_text(ALERT_TESTS.format(rules=ALERTS))
     run = subprocess.run([promtool, "test", "rules", str(tests)], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_operator_tells_its_network_identity_and_local_storage_is_off_by_default(cluster):
+    docs = [d for d in yaml.safe_load_all(render(cluster)) if d]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert env["MODELLOOP_OPERATOR_POD_LABELS"]["value"] == ",".join(f"{k}={v}" for k, v in labels.items())
+    assert env["MODELLOOP_OPERATOR_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert "MODELLOOP_OPERATOR_LOCAL_STORAGE" not in env
+    assert not [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    docs = [d for d in yaml.safe_load_all(render(cluster, "operator.localStorage=true")) if d]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODELLOOP_OPERATOR_LOCAL_STORAGE"]["value"] == "true"
+
+
+def test_network_policies_are_applied_with_the_fewest_verbs(cluster):
+    docs = [d for d in yaml.safe_load_all(render(cluster)) if d]
+    rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
+    netpol = [r for r in rules if "networkpolicies" in r["resources"]]
+    assert netpol == [{"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                       "verbs": ["get", "create", "patch"]}]
+
+
+def _policy_docs(cluster, *sets: str) -> list[dict]:
+    docs = [d for d in yaml.safe_load_all(render(cluster, "admissionPolicy.enabled=true", *sets)) if d]
+    return [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_admission_policy_renders_the_allow_list_and_its_binding(cluster):
+    policy, binding = _policy_docs(cluster)
+    assert policy["kind"] == "ValidatingAdmissionPolicy" and binding["kind"] == "ValidatingAdmissionPolicyBinding"
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert policy["spec"]["matchConstraints"]["objectSelector"] == {
+        "matchLabels": {"app.kubernetes.io/managed-by": "modelloop"}}
+    allowed = next(v["expression"] for v in policy["spec"]["variables"] if v["name"] == "allowed")
+    assert allowed == '["ghcr.io/modelloop/runtime:","ghcr.io/modelloop/runtime@"]'
+    policy, _ = _policy_docs(cluster, "admissionPolicy.allowedImages={registry.example.com/ml/}")
+    assert next(v["expression"] for v in policy["spec"]["variables"] if v["name"] == "allowed") == (
+        '["registry.example.com/ml/"]')
+
+
+def _pod(namespace: str, name: str, **spec) -> dict:
+    base = {"containers": [{"name": "c", "image": "ghcr.io/modelloop/runtime:0.1.0"}]}
+    base.update(spec)
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "modelloop"}},
+            "spec": base}
+
+
+def test_admission_policy_rejects_pods_that_break_out_of_a_modelloop_workload(crds, namespace):
+    from tests.fixtures.cluster import wait_for
+
+    docs = _policy_docs(crds, f"admissionPolicy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={namespace}")
+    for d in docs:  # cluster-scoped: named after the test's namespace so that nothing else is affected
+        d["metadata"]["name"] = f"{namespace}-workloads"
+    docs[1]["spec"]["policyName"] = f"{namespace}-workloads"
+    crds.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    try:
+        def dry_run(pod: dict):
+            return crds.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False)
+
+        evil = _pod(namespace, "evil-image", containers=[{"name": "c", "image": "docker.io/attacker/miner:latest"}])
+        wait_for(lambda: dry_run(evil).returncode != 0, timeout=30, message="the policy to be in force")
+        assert "docker.io/attacker/miner:latest" in dry_run(evil).stderr
+        init = _pod(namespace, "evil-init", initContainers=[{"name": "i", "image": "busybox"}])
+        assert "allowed images only" in dry_run(init).stderr
+        crds.kubectl("create", "serviceaccount", "admin", "-n", namespace)  # it exists; still not allowed
+        sa = _pod(namespace, "other-sa", serviceAccountName="admin")
+        assert "serviceAccountName is not allowed" in dry_run(sa).stderr
+        host = _pod(namespace, "host-path", volumes=[{"name": "root", "hostPath": {"path": "/"}}])
+        assert "hostPath" in dry_run(host).stderr
+        job = {"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": "evil-job", "namespace": namespace,
+                            "labels": {"app.kubernetes.io/managed-by": "modelloop"}},
+               "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                              "containers": [{"name": "c", "image": "attacker/x:1"}]}}}}
+        assert "allowed images only" in dry_run(job).stderr
+        assert dry_run(_pod(namespace, "fine")).returncode == 0
+        unmanaged = _pod(namespace, "not-ours", containers=[{"name": "c", "image": "busybox"}])
+        unmanaged["metadata"]["labels"] = {}
+        assert dry_run(unmanaged).returncode == 0  # other workloads are not modelloop's business
+    finally:
+        crds.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(docs), check=False)

@@ -56,8 +56,14 @@ def test_children_are_created_owned_and_shaped_for_safe_rollouts(operator, clust
     dep = cluster.get("deployment", "churn", "-n", namespace)
     svc = cluster.get("service", "churn", "-n", namespace)
     pdb = cluster.get("pdb", "churn", "-n", namespace)
-    for child in (dep, svc, pdb):
+    netpol = cluster.get("networkpolicy", "churn", "-n", namespace)
+    for child in (dep, svc, pdb, netpol):
         assert child["metadata"]["ownerReferences"][0]["uid"] == uid
+    sketch_rule = next(r for r in netpol["spec"]["ingress"] if r["ports"][0]["port"] == 8081)
+    assert sketch_rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "modelloop-operator"}
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8080]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in container and {p["containerPort"] for p in container["ports"]} == {8080, 8081}
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert dep["spec"]["progressDeadlineSeconds"] == 30
     ann = dep["spec"]["template"]["metadata"]["annotations"]
@@ -121,7 +127,7 @@ def test_deleting_the_resource_deletes_its_children(operator, cluster, namespace
     wait_for(lambda: cluster.kubectl("get", "deployment", "churn", "-n", namespace, check=False).returncode == 0,
              timeout=60, message="the Deployment")
     cluster.kubectl("delete", "mdep", "churn", "-n", namespace)
-    for kind in ("deployment", "service", "pdb"):
+    for kind in ("deployment", "service", "pdb", "networkpolicy"):
         wait_for(lambda: cluster.kubectl("get", kind, "churn", "-n", namespace, check=False).returncode != 0,
                  timeout=60, message=f"the {kind} to be garbage-collected")
 

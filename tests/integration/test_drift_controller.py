@@ -18,6 +18,7 @@ from itertools import count
 import pandas as pd
 import pytest
 
+from modelloop.api.deployment import SKETCH_PORT
 from modelloop.drift import count_into, empty_like
 from tests.fixtures.cluster import ROOT, wait_for
 from tests.integration.test_training_controller import KWOK
@@ -41,7 +42,8 @@ def make_local(cidr: str) -> bool:
 
 
 class FakePod:
-    """A sketch endpoint on 127.0.<n>.<m>:8080 that counts `rows_per_scrape` rows per request."""
+    """A sketch endpoint on 10.251.<n>.<m>:8081 (the servers' sketch port) that counts `rows_per_scrape`
+    rows per request; a `stalled` pod accepts requests and never answers."""
 
     def __init__(self, reference: dict, rows_per_scrape: int = 400):
         n = next(_addresses)
@@ -49,6 +51,8 @@ class FakePod:
         self.reference, self.rows = reference, rows_per_scrape
         self.data = NORMAL
         self.malformed = False
+        self.stalled = False
+        self.closed = threading.Event()
         self.snapshot = {**empty_like(reference), "instance": uuid.uuid4().hex, "modelVersion": 1,
                          "started": "2026-01-01T00:00:00Z"}
         self.offset, self.lock = 0, threading.Lock()
@@ -56,6 +60,9 @@ class FakePod:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
+                if pod.stalled:
+                    pod.closed.wait(120)
+                    return
                 if not self.path.endswith("/sketch"):
                     self.send_error(404)
                     return
@@ -69,7 +76,7 @@ class FakePod:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer((self.address, 8080), Handler)
+        self.server = ThreadingHTTPServer((self.address, SKETCH_PORT), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def scrape(self) -> dict:
@@ -81,6 +88,7 @@ class FakePod:
             return self.snapshot
 
     def close(self) -> None:
+        self.closed.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -91,7 +99,8 @@ def loop(operator, cluster, namespace, store):
     EndpointSlice pointing at fake pods, and a function to create the DriftMonitor."""
     cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "ModelTraining",
                    "metadata": {"name": "churn", "namespace": namespace},
-                   "spec": {**store.spec, "storage": {"secretRef": {"name": "s3"}}, "suspend": True}})
+                   "spec": {**store.spec, "storage": {"secretRef": {"name": "s3"}}, "suspend": True,
+                            "retrain": {"allowedMonitors": ["churn"]}}})
     cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "ModelDeployment",
                    "metadata": {"name": "churn", "namespace": namespace},
                    "spec": {"model": {"uri": store.version_uri(1)}, "replicas": 0, "podTemplate": KWOK,
@@ -103,10 +112,11 @@ def loop(operator, cluster, namespace, store):
     reference = store.read_metadata(1)["reference"]
     pods: list[FakePod] = []
 
-    def add_pods(n: int = 2, listening: bool = True) -> list[FakePod]:
+    def add_pods(n: int = 2, listening: bool = True, stalled: bool = False) -> list[FakePod]:
         new = [FakePod(reference) for _ in range(n)]
-        if not listening:
-            for p in new:
+        for p in new:
+            p.stalled = stalled
+            if not listening:
                 p.close()
         pods.extend(new)
         cluster.apply({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -117,13 +127,13 @@ def loop(operator, cluster, namespace, store):
                        "endpoints": [{"addresses": [p.address], "conditions": {"ready": True}} for p in pods]})
         return new
 
-    def monitor(**spec) -> None:
-        base = {"deploymentRef": {"name": "churn"}, "interval": "1s", "minSamples": 300, "consecutive": 2,
+    def monitor(name: str = "churn", **spec) -> None:
+        base = {"deploymentRef": {"name": "churn"}, "interval": "10s", "minSamples": 300, "consecutive": 2,
                 "thresholds": {"driftShare": 0.2},
                 "action": {"type": "retrain", "trainingRef": {"name": "churn"}, "cooldown": "1h"}}
         base.update(spec)
         cluster.apply({"apiVersion": "modelloop.dev/v1alpha1", "kind": "DriftMonitor",
-                       "metadata": {"name": "churn", "namespace": namespace}, "spec": base})
+                       "metadata": {"name": name, "namespace": namespace}, "spec": base})
 
     yield add_pods, monitor
     cluster.kubectl("delete", "dmon", "churn", "-n", namespace, "--wait=false", check=False)
@@ -167,7 +177,7 @@ def test_drift_for_fewer_than_consecutive_windows_takes_no_action(cluster, names
     for p in add_pods(2):
         p.data = DRIFTED
     monitor(consecutive=100)
-    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 3, timeout=60,
+    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 3, timeout=90,
              message="three drifted windows")
     st = dmon(cluster, namespace)
     assert cond(st, "DriftDetected")["status"] == "True" and st["phase"] == "Drifted"
@@ -183,11 +193,11 @@ def test_drift_requests_exactly_one_retrain_then_none_during_the_cooldown(cluste
     for p in add_pods(2):
         p.data = DRIFTED
     monitor(consecutive=2)
-    wait_for(lambda: dmon(cluster, namespace).get("retrains") == 1, timeout=60, message="the retrain request")
+    wait_for(lambda: dmon(cluster, namespace).get("retrains") == 1, timeout=90, message="the retrain request")
     request = retrain_request(cluster, namespace)
     assert request and "monthly_charges" in request and request.startswith("DriftMonitor churn")
     # Drift goes on: windows keep drifting, the cooldown holds the next request back.
-    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 4, timeout=60,
+    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 3, timeout=90,
              message="more drifted windows")
     assert dmon(cluster, namespace)["retrains"] == 1 and retrain_request(cluster, namespace) == request
     assert "RetrainSkipped" in reasons(cluster, namespace) and "RetrainRequested" in reasons(cluster, namespace)
@@ -223,7 +233,7 @@ def test_action_none_reports_drift_and_requests_nothing(cluster, namespace, loop
     for p in add_pods(2):
         p.data = DRIFTED
     monitor(consecutive=1, action={"type": "none"})
-    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 2, timeout=60,
+    wait_for(lambda: (dmon(cluster, namespace).get("consecutiveDrifted") or 0) >= 2, timeout=90,
              message="drifted windows")
     assert cond(dmon(cluster, namespace), "DriftDetected")["status"] == "True"
     assert not dmon(cluster, namespace).get("retrains") and retrain_request(cluster, namespace) is None
@@ -233,13 +243,50 @@ def test_dataset_uri_is_compared_with_the_training_data_by_exact_tests(cluster, 
     _, monitor = loop
     s3.put("fresh.csv", (ROOT / "examples/data/churn-drifted.csv").read_bytes())
     s3.put("same.csv", (ROOT / "examples/data/churn.csv").read_bytes())
-    monitor(datasetUri=s3.uri("same.csv"), storage={"secretRef": {"name": "s3"}}, action={"type": "none"},
-            interval="2s")
+    monitor(datasetUri=s3.uri("same.csv"), storage={"secretRef": {"name": "s3"}}, action={"type": "none"})
     wait_for(lambda: dmon(cluster, namespace).get("phase") == "Watching", timeout=60, message="no drift on the same data")
     assert dmon(cluster, namespace)["samples"] == len(NORMAL)
-    monitor(datasetUri=s3.uri("fresh.csv"), storage={"secretRef": {"name": "s3"}}, action={"type": "none"},
-            interval="2s")
+    monitor(datasetUri=s3.uri("fresh.csv"), storage={"secretRef": {"name": "s3"}}, action={"type": "none"})
     wait_for(lambda: dmon(cluster, namespace).get("phase") == "Drifted", timeout=60, message="drift on fresh data")
     drifted = {f["name"]: f for f in dmon(cluster, namespace)["features"] if f["drifted"]}
     assert {"monthly_charges", "support_calls", "plan"} <= set(drifted)
     assert all(f["pValue"] < 0.05 for f in drifted.values())
+
+
+def test_a_monitor_the_training_does_not_allow_cannot_retrain_it(cluster, namespace, loop):
+    add_pods, monitor = loop
+    cluster.kubectl("patch", "mtrain", "churn", "-n", namespace, "--type=merge", "-p",
+                    json.dumps({"spec": {"retrain": {"allowedMonitors": ["someone-else"]}}}))
+    for p in add_pods(2):
+        p.data = DRIFTED
+    monitor(consecutive=1)
+    wait_for(lambda: "RetrainDenied" in reasons(cluster, namespace), timeout=60, message="RetrainDenied")
+    assert not dmon(cluster, namespace).get("retrains") and retrain_request(cluster, namespace) is None
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.kind=DriftMonitor,reason=RetrainDenied", "-o", "json").stdout
+    assert "spec.retrain.allowedMonitors" in events
+    # A label selector on monitors works as well as names.
+    cluster.kubectl("label", "dmon", "churn", "-n", namespace, "team=ml")
+    cluster.kubectl("patch", "mtrain", "churn", "-n", namespace, "--type=merge", "-p",
+                    json.dumps({"spec": {"retrain": {"monitorSelector": {"matchLabels": {"team": "ml"}}}}}))
+    wait_for(lambda: dmon(cluster, namespace).get("retrains") == 1, timeout=60, message="the allowed retrain")
+    assert retrain_request(cluster, namespace).startswith("DriftMonitor churn")
+
+
+def test_32_monitors_on_stalled_pods_leave_the_other_controllers_responsive(operator, cluster, namespace, loop, s3):
+    from tests.integration.test_training_controller import training
+
+    add_pods, monitor = loop
+    add_pods(2, stalled=True)
+    for i in range(32):
+        monitor(name=f"stalled-{i}", action={"type": "none"})
+    wait_for(lambda: sum(1 for m in cluster.get("dmon", "-n", namespace)["items"]
+                         if cond(m.get("status") or {}, "Ready").get("reason") == "SketchUnavailable") >= 4,
+             timeout=60, message="monitors checking the stalled pods")
+    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "600000"}}
+    cluster.apply(training(namespace, s3, name="other", podTemplate=held))
+    wait_for(lambda: cluster.get("jobs", "-n", namespace, "-l", "modelloop.dev/training=other")["items"],
+             timeout=10, message="the other training's Job while 32 monitors wait on stalled pods")
+    msg = next(cond(m["status"], "Ready")["message"] for m in cluster.get("dmon", "-n", namespace)["items"]
+               if cond(m.get("status") or {}, "Ready").get("reason") == "SketchUnavailable")
+    assert "no answer within" in msg

@@ -58,7 +58,10 @@ def test_applying_a_training_creates_exactly_one_job_with_the_expected_spec(oper
     c = pod["containers"][0]
     assert c["command"] == ["modelloop-train"] and c["args"] == ["--version", "1"]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"] is True
-    assert {"secretRef": {"name": "s3"}} in c["envFrom"]
+    assert "envFrom" not in c  # credentials are the Secret's named keys only
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs["AWS_SECRET_ACCESS_KEY"] == {"name": "s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    assert refs["AWS_ENDPOINT_URL"] == {"name": "s3", "key": "AWS_ENDPOINT_URL", "optional": True}
     assert pod["nodeSelector"] == {"type": "kwok"}
     st = status(cluster, namespace)
     assert st["currentRun"] == "churn-v1" and st["observedGeneration"] == 1
@@ -179,3 +182,42 @@ def test_missing_storage_secret_stalls_with_a_message_naming_it(operator, cluste
     wait_for(lambda: cond(status(cluster, namespace), "Stalled").get("status") == "True", timeout=30, message="Stalled")
     assert "Secret 'no-such-secret' not found" in cond(status(cluster, namespace), "Stalled")["message"]
     assert jobs(cluster, namespace) == []
+
+
+def annotations(cluster, namespace, name="churn") -> dict:
+    return cluster.get("mtrain", name, "-n", namespace)["metadata"].get("annotations") or {}
+
+
+def first_run_failed(cluster, namespace, data) -> None:
+    """A training whose first run has ended (kwok completes the pod; without an artifact it fails)."""
+    cluster.apply(training(namespace, data, podTemplate=KWOK))
+    wait_for(lambda: status(cluster, namespace).get("phase") == "Failed", timeout=60, message="run 1 to end")
+
+
+def test_retrain_with_fresh_data_uses_it_once_and_clears_the_annotation(operator, cluster, namespace, data):
+    first_run_failed(cluster, namespace, data)
+    fresh = data.uri("fresh/churn.csv")
+    cluster.kubectl("annotate", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-1",
+                    f"modelloop.dev/retrain-dataset-uri={fresh}")
+    wait_for(lambda: len(status(cluster, namespace).get("runs") or []) == 2, timeout=30, message="run 2")
+    job = cluster.get("job", "churn-v2", "-n", namespace)
+    spec = json.loads(next(e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+                           if e["name"] == "MODELLOOP_TRAINING_SPEC"))
+    assert spec["dataset"]["uri"] == fresh
+    wait_for(lambda: "modelloop.dev/retrain-dataset-uri" not in annotations(cluster, namespace), timeout=30,
+             message="the dataset annotation to be cleared once used")
+    assert f"(dataset {fresh})" in status(cluster, namespace)["runs"][0]["reason"]
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/../other-team/data.csv", "ftp://bucket/data.csv"])
+def test_retrain_with_an_invalid_dataset_uri_is_refused_and_starts_nothing(operator, cluster, namespace, data, uri):
+    first_run_failed(cluster, namespace, data)
+    cluster.kubectl("annotate", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-1",
+                    f"modelloop.dev/retrain-dataset-uri={uri}")
+    wait_for(lambda: status(cluster, namespace).get("handledRequest") == "drift-1", timeout=30, message="handled")
+    wait_for(lambda: "modelloop.dev/retrain-dataset-uri" not in annotations(cluster, namespace), timeout=30,
+             message="the refused annotation to be cleared")
+    assert len(status(cluster, namespace)["runs"]) == 1
+    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                             "involvedObject.kind=ModelTraining,reason=RetrainRefused", "-o", "json").stdout
+    assert "modelloop.dev/retrain-dataset-uri" in events

@@ -49,3 +49,31 @@ def test_conditions_are_a_list_map_keyed_by_type():
         assert conditions["x-kubernetes-list-type"] == "map"
         assert conditions["x-kubernetes-list-map-keys"] == ["type"]
         assert set(conditions["items"]["required"]) == {"type", "status", "reason", "lastTransitionTime"}
+
+
+def test_storage_uris_are_checked_the_same_way_by_the_models_as_by_the_schema():
+    from pydantic import ValidationError
+
+    from modelloop.api.common import STORAGE_URI_RULE, URI_PATTERN, check_storage_uri, uri_path_problem
+
+    training = yaml.safe_load((ROOT / "examples" / "training.yaml").read_text().split("---")[1])["spec"]
+    for bad in ("s3://bucket/a/../b.csv", "s3://bucket//b.csv", "pvc://claim/./x", "file:///data/..",
+                "s3://bucket/x.csv#frag", "s3://bucket/x\ny.csv"):
+        try:
+            ModelTraining.model_validate({"spec": {**training, "dataset": {**training["dataset"], "uri": bad}}})
+        except ValidationError as e:
+            assert e.errors()[0]["loc"][:3] == ("spec", "dataset", "uri")
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+        try:
+            check_storage_uri(bad, "annotation x")
+        except ValueError as e:
+            assert str(e).startswith("annotation x ")
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+    for good in ("s3://bucket/a/b.csv", "s3://bucket/models/", "file:///data/x..y.csv", "pvc://claim/.hidden"):
+        assert uri_path_problem(good) is None and check_storage_uri(good, "f") == good
+    # The CRD carries the pattern and the same segment rule, for every storage URI field.
+    crds = {c["spec"]["names"]["kind"]: c["spec"]["versions"][0]["schema"]["openAPIV3Schema"] for c in render_all().values()}
+    uri = crds["ModelTraining"]["properties"]["spec"]["properties"]["dataset"]["properties"]["uri"]
+    assert uri["pattern"] == URI_PATTERN and uri["x-kubernetes-validations"] == [STORAGE_URI_RULE]

@@ -45,6 +45,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# One NetworkPolicy per ModelDeployment, applied (server-side apply) and garbage-collected with it.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
 # Failure reasons of training pods; live sketches of ready server pods.
 - apiGroups: [""]
   resources: ["pods"]
@@ -59,4 +63,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["events.k8s.io", ""]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{- define "modelloop.allowedImages" -}}
+{{- $allowed := .Values.admissionPolicy.allowedImages -}}
+{{- if not $allowed -}}
+{{- $allowed = list (printf "%s:" .Values.runtimeImage.repository) (printf "%s@" .Values.runtimeImage.repository) -}}
+{{- end -}}
+{{- toJson $allowed -}}
 {{- end -}}

@@ -35,6 +35,9 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
             types = sorted(o.get("type") for o in options)
             if node.get("x-kubernetes-int-or-string") or types == ["integer", "string"]:
                 node["x-kubernetes-int-or-string"] = True
+                # The options' bounds apply to their own type only (OpenAPI), so they can sit side by side.
+                for option in options:
+                    node.update({k: v for k, v in option.items() if k != "type"})
             elif len(options) == 1:
                 return convert({**options[0], **node})
             else:

@@ -6,22 +6,25 @@ from typing import Literal
 from pydantic import Field
 
 from .common import (
-    URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, MetricValue, PodOverrides,
-    ResourceRequirements, StorageSpec, cel, conditions_field, extra,
+    URI_DESCRIPTION, ApiModel, Condition, MetricValue, ObjectName, PodOverrides, ResourceRequirements,
+    StorageSpec, StorageUri, cel, conditions_field, extra,
 )
 
+# The model server's ports: inference, health and /metrics on SERVER_PORT (open to the cluster);
+# live sketches on SKETCH_PORT, which the rendered NetworkPolicy opens to the operator only.
 SERVER_PORT = 8080
+SKETCH_PORT = 8081
 
 
 class ModelSource(ApiModel):
     """Which model to serve: follow a ModelTraining, or a fixed artifact."""
 
-    from_training: str | None = Field(default=None, min_length=1, max_length=253, description=(
+    from_training: ObjectName | None = Field(default=None, description=(
         "Name of a ModelTraining in the same namespace whose versions this deployment serves."))
     version: str | None = Field(default=None, pattern=r"^(latest|[1-9][0-9]*)$", description=(
         "With fromTraining: `latest` (default) follows each new good version subject to spec.promotion; "
         "a number pins that version."))
-    uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048, description=(
+    uri: StorageUri | None = Field(default=None, description=(
         f"A fixed artifact version to serve (the v<N> directory that holds metadata.json): {URI_DESCRIPTION}"))
 
 
@@ -30,6 +33,8 @@ ModelSource.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
         "spec.model must set exactly one of fromTraining and uri"),
     cel("!has(self.version) || has(self.fromTraining)",
         "spec.model.version can only be used with spec.model.fromTraining", ".version"),
+    cel("!has(self.uri) || self.uri.matches('/v[1-9][0-9]*/?$')",
+        "spec.model.uri must name a version: <output>/v<N>, e.g. s3://bucket/models/churn/v3", ".uri"),
 ])
 
 
@@ -79,8 +84,12 @@ class RolloutSpec(ApiModel):
 
     progress_deadline_seconds: int = Field(default=300, ge=10, le=3600, description=(
         "A rollout not Available within this time is rolled back to the last Available version."))
-    max_surge: int | str = Field(default="25%", description="Extra pods during a rollout (number or percent).",
-                                 json_schema_extra=extra(x_kubernetes_int_or_string=True))
+    max_surge: int | str = Field(default="25%", description=(
+        "Extra pods during a rollout: a number or a percentage, at least 1 (pods are never taken down first)."),
+        json_schema_extra=extra(x_kubernetes_int_or_string=True, x_kubernetes_validations=[
+            cel("type(self) == int ? self >= 1 : self.matches('^[1-9][0-9]{0,3}%$')",
+                "spec.rollout.maxSurge must be a number >= 1 or a percentage such as 25% (maxUnavailable is 0)"),
+        ]))
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -145,6 +154,9 @@ class ModelDeployment(ApiModel):
 ModelDeployment.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
     cel("self.metadata.name.size() <= 52",
         "metadata.name must be at most 52 characters (it names the Service and Deployment)"),
+    cel("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+        "metadata.name must be a DNS-1035 label: lower-case letters, digits and '-', starting with a letter "
+        "(it names the Service)"),
 ])
 
 KIND = {

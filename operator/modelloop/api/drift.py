@@ -8,9 +8,13 @@ from pydantic import Field
 
 from ..drift.detect import DEFAULT_MIN_SAMPLES
 from .common import (
-    DURATION_PATTERN, URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, LocalObjectReference, StorageSpec, cel,
-    conditions_field, extra,
+    DURATION_PATTERN, URI_DESCRIPTION, ApiModel, Condition, LocalObjectReference, StorageSpec, StorageUri, cel,
+    conditions_field, duration_rule, extra,
 )
+
+# Bounds of spec.interval: each check costs API calls and a request to every server pod.
+MIN_INTERVAL_SECONDS = 10
+MIN_INTERVAL, MAX_INTERVAL = f"{MIN_INTERVAL_SECONDS}s", "24h"
 
 
 class TestsSpec(ApiModel):
@@ -31,7 +35,9 @@ class ThresholdsSpec(ApiModel):
         "Significance level of p-value tests after multiple-testing correction."))
     drift_share: float | None = Field(default=None, gt=0, le=1, description=(
         "Share of drifted features at or above which the dataset drifts."))
-    features: dict[str, float] | None = Field(default=None, description="Per-feature score thresholds by name.")
+    features: dict[str, float] | None = Field(default=None, max_length=10000, description=(
+        "Per-feature score thresholds by name."), json_schema_extra=extra(x_kubernetes_validations=[
+            cel("self.all(k, self[k] >= 0.0)", "spec.thresholds.features values must be 0 or more")]))
 
 
 class ActionSpec(ApiModel):
@@ -41,9 +47,10 @@ class ActionSpec(ApiModel):
         "retrain: request a new training run; none: report only (conditions, events, metrics)."))
     training_ref: LocalObjectReference | None = Field(default=None, description=(
         "ModelTraining to retrain; default the one the deployment follows."))
-    cooldown: str = Field(default="1h", pattern=DURATION_PATTERN, description=(
-        "Least time between two retrain requests, e.g. 30m or 1h."))
-    dataset_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048, description=(
+    cooldown: str = Field(default="1h", pattern=DURATION_PATTERN, max_length=32, description=(
+        "Least time between two retrain requests, e.g. 30m or 1h (at most 720h)."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.action.cooldown", "0s", "720h")]))
+    dataset_uri: StorageUri | None = Field(default=None, description=(
         f"Fresh data to retrain on, passed with the request: {URI_DESCRIPTION}"))
 
 
@@ -51,9 +58,12 @@ class DriftMonitorSpec(ApiModel):
     """Desired state of a DriftMonitor."""
 
     deployment_ref: LocalObjectReference = Field(description="The ModelDeployment whose traffic is watched.")
-    interval: str = Field(default="60s", pattern=DURATION_PATTERN, description="Time between checks, e.g. 30s or 5m.")
-    min_samples: int = Field(default=DEFAULT_MIN_SAMPLES, ge=1, description="Fewest new rows in a window before anything is decided.")
-    dataset_uri: str | None = Field(default=None, pattern=URI_PATTERN, max_length=2048, description=(
+    interval: str = Field(default="60s", pattern=DURATION_PATTERN, max_length=32, description=(
+        f"Time between checks, e.g. 30s or 5m; from {MIN_INTERVAL} to {MAX_INTERVAL}."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.interval", MIN_INTERVAL, MAX_INTERVAL)]))
+    min_samples: int = Field(default=DEFAULT_MIN_SAMPLES, ge=1, le=10**9, description=(
+        "Fewest new rows in a window before anything is decided."))
+    dataset_uri: StorageUri | None = Field(default=None, description=(
         f"Compare this dataset with the reference instead of live traffic (exact tests on raw values): {URI_DESCRIPTION}"))
     tests: TestsSpec = Field(default_factory=TestsSpec, description="Statistics used per feature kind.")
     thresholds: ThresholdsSpec = Field(default_factory=ThresholdsSpec, description="Decision thresholds.")

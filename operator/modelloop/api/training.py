@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from .common import (
-    URI_DESCRIPTION, URI_PATTERN, ApiModel, Condition, MetricValue, PodOverrides, ResourceRequirements,
-    StorageSpec, cel, conditions_field, extra,
+    QUALIFIED_NAME_RE, URI_DESCRIPTION, ApiModel, Condition, LabelValue, MetricValue, ObjectName, PodOverrides,
+    ResourceRequirements, StorageSpec, StorageUri, cel, conditions_field, extra, key_rules,
 )
 
 ALLOWED_ESTIMATOR_MODULES = ("sklearn",)
@@ -19,19 +19,22 @@ Metric = Literal["accuracy", "f1", "roc_auc", "precision", "recall", "log_loss",
 # Metrics where a lower value is better; promotion and regression checks flip for these.
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
 RETRAIN_ANNOTATION = "modelloop.dev/retrain-requested"
+# Fresh data for the run a retrain request starts; validated like spec.dataset.uri, removed once used.
+RETRAIN_DATASET_ANNOTATION = "modelloop.dev/retrain-dataset-uri"
+ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class DatasetSpec(ApiModel):
     """The tabular dataset to train on."""
 
-    uri: str = Field(description=f"Where the dataset is: {URI_DESCRIPTION}", pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri = Field(description=f"Where the dataset is: {URI_DESCRIPTION}")
     format: Literal["csv", "parquet"] | None = Field(default=None, description=(
         "File format; inferred from the URI's extension (.csv, .parquet, .pq) when omitted."))
     target: str = Field(description="Column to predict.", min_length=1, max_length=256)
-    features: list[str] | None = Field(default=None, max_length=10000, description=(
+    features: list[ColumnName] | None = Field(default=None, max_length=10000, description=(
         "Columns to train on, in this order; default every column except the target."),
         json_schema_extra=extra(x_kubernetes_list_type="set"))
-    categorical: list[str] | None = Field(default=None, max_length=10000, description=(
+    categorical: list[ColumnName] | None = Field(default=None, max_length=10000, description=(
         "Columns to treat as categorical (one-hot encoded, category counts for drift); non-numeric "
         "columns are categorical anyway."), json_schema_extra=extra(x_kubernetes_list_type="set"))
 
@@ -76,8 +79,60 @@ class ValidationSpec(ApiModel):
 class OutputSpec(ApiModel):
     """Where model versions are written."""
 
-    uri: str = Field(description=f"Base location of the versions, each in <uri>/v<N>/: {URI_DESCRIPTION}",
-                     pattern=URI_PATTERN, max_length=2048)
+    uri: StorageUri = Field(description=f"Base location of the versions, each in <uri>/v<N>/: {URI_DESCRIPTION}")
+
+
+class LabelSelectorRequirement(ApiModel):
+    """One requirement of a label selector, as in metav1.LabelSelector."""
+
+    key: str = Field(max_length=317, pattern=QUALIFIED_NAME_RE, description="Label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[LabelValue] | None = Field(
+        default=None, max_length=64, description="Values for In and NotIn; empty for Exists and DoesNotExist.")
+
+
+LabelSelectorRequirement.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("(self.operator in ['In', 'NotIn']) == (has(self.values) && size(self.values) > 0)",
+        "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist", ".values"),
+])
+
+
+class LabelSelector(ApiModel):
+    """A label selector, as in metav1.LabelSelector; an empty selector matches nothing here."""
+
+    match_labels: dict[str, LabelValue] | None = Field(default=None, max_length=32, description=(
+        "Labels that must match."), json_schema_extra=extra(x_kubernetes_validations=key_rules("matchLabels")))
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=32, description=(
+        "Requirements that must all hold."))
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        """Whether `labels` satisfy the selector; an empty selector matches nothing (deny by default)."""
+        if not self.match_labels and not self.match_expressions:
+            return False
+        if any(labels.get(k) != v for k, v in (self.match_labels or {}).items()):
+            return False
+        for r in self.match_expressions or ():
+            present, value = r.key in labels, labels.get(r.key)
+            ok = {"In": present and value in (r.values or ()), "NotIn": not present or value not in (r.values or ()),
+                  "Exists": present, "DoesNotExist": not present}[r.operator]
+            if not ok:
+                return False
+        return True
+
+
+class RetrainSpec(ApiModel):
+    """Which DriftMonitors may request a retrain of this ModelTraining. Nothing is allowed by default:
+    a monitor can only start runs (and bring fresh data) where the training's owner said so."""
+
+    allowed_monitors: list[ObjectName] | None = Field(default=None, max_length=64, description=(
+        "Names of DriftMonitors in the same namespace that may request a retrain."),
+        json_schema_extra=extra(x_kubernetes_list_type="set"))
+    monitor_selector: LabelSelector | None = Field(default=None, description=(
+        "DriftMonitors in the same namespace whose labels match may request a retrain."))
+
+    def allows(self, monitor: str, labels: dict[str, str]) -> bool:
+        return monitor in (self.allowed_monitors or ()) or bool(
+            self.monitor_selector and self.monitor_selector.matches(labels))
 
 
 class ModelTrainingSpec(ApiModel):
@@ -95,6 +150,9 @@ class ModelTrainingSpec(ApiModel):
         "Time limit of one run; a run past it fails with reason DeadlineExceeded."))
     history_limit: int = Field(default=10, ge=1, le=100, description="Runs kept in status.runs (newest first).")
     suspend: bool = Field(default=False, description="When true, no new run starts; a running one finishes.")
+    retrain: RetrainSpec | None = Field(default=None, description=(
+        "Which DriftMonitors may request retrains (default: none). Humans request one with the annotation "
+        f"{RETRAIN_ANNOTATION}."))
 
 
 class TrainingRun(ApiModel):

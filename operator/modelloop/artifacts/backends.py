@@ -1,8 +1,10 @@
 """Object I/O on the two kinds of storage: a local filesystem (file://, pvc://) and S3 (s3://).
 
-A backend reads and writes whole objects named by StorageUri; the version layout and commit order
-live in stores.py. S3 credentials, endpoint and region come from the environment only
-(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION) and are never logged.
+A backend reads and writes whole objects named by StorageUri (or streams them in chunks, with a size
+cap); the version layout and commit order live in stores.py. S3 credentials, endpoint and region come
+from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION) or from
+an explicit mapping with the same keys, which then replaces the environment entirely (an empty
+mapping means anonymous access); they are never logged.
 """
 from __future__ import annotations
 
@@ -17,8 +19,13 @@ from .errors import ObjectNotFoundError, StorageError, VersionExistsError
 from .uri import StorageUri, parse_uri
 
 
+CHUNK_BYTES = 1 << 20
+
+
 class Backend(Protocol):
     def read(self, uri: StorageUri) -> bytes: ...
+    def chunks(self, uri: StorageUri) -> Iterator[bytes]:
+        """The object's bytes in pieces, so that a caller can hash or cap it without holding it."""
     def exists(self, uri: StorageUri) -> bool: ...
     def write(self, uri: StorageUri, data: bytes) -> None: ...
     def write_new(self, uri: StorageUri, data: bytes) -> None:
@@ -34,14 +41,14 @@ class FileBackend:
 
     def read(self, uri: StorageUri) -> bytes:
         path = uri.local_path()
-        try:
+        with _read_errors(uri, path):
             return path.read_bytes()
-        except FileNotFoundError:
-            raise ObjectNotFoundError(f"{uri}: no such file ({path})") from None
-        except IsADirectoryError:
-            raise StorageError(f"{uri}: is a directory, not a file ({path})") from None
-        except OSError as exc:
-            raise StorageError(f"{uri}: cannot read {path}: {exc.strerror or exc}") from None
+
+    def chunks(self, uri: StorageUri) -> Iterator[bytes]:
+        path = uri.local_path()
+        with _read_errors(uri, path), open(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                yield chunk
 
     def exists(self, uri: StorageUri) -> bool:
         return uri.local_path().is_file()
@@ -92,6 +99,18 @@ class FileBackend:
         shutil.rmtree(prefix.local_path(), ignore_errors=True)
 
 
+@contextmanager
+def _read_errors(uri: StorageUri, path: os.PathLike[str]) -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        raise ObjectNotFoundError(f"{uri}: no such file ({path})") from None
+    except IsADirectoryError:
+        raise StorageError(f"{uri}: is a directory, not a file ({path})") from None
+    except OSError as exc:
+        raise StorageError(f"{uri}: cannot read {path}: {exc.strerror or exc}") from None
+
+
 def _fsync_dir(path: os.PathLike[str]) -> None:
     """Make a rename or link durable: the directory entry is data of its directory."""
     try:
@@ -109,15 +128,24 @@ def _fsync_dir(path: os.PathLike[str]) -> None:
 class S3Backend:
     """s3:// URIs on AWS or any S3-compatible server (AWS_ENDPOINT_URL).
 
-    Credentials come from the environment (pods get them by envFrom), or from an explicit mapping
-    with the same AWS_* keys (the operator, which reads each resource's Secret)."""
+    Credentials come from the environment (pods get them as secretKeyRefs), or from an explicit mapping
+    with the same AWS_* keys (the operator, which reads each resource's Secret and must never fall back
+    on its own environment: an empty mapping is anonymous access)."""
 
     def __init__(self, credentials: Mapping[str, str] | None = None):
-        self._credentials = dict(credentials) if credentials else None
+        self._credentials = dict(credentials) if credentials is not None else None
 
     def read(self, uri: StorageUri) -> bytes:
         with _s3_errors(uri, "read"):
             return _s3_client(self._credentials).get_object(Bucket=uri.location, Key=uri.path)["Body"].read()
+
+    def chunks(self, uri: StorageUri) -> Iterator[bytes]:
+        with _s3_errors(uri, "read"):
+            body = _s3_client(self._credentials).get_object(Bucket=uri.location, Key=uri.path)["Body"]
+            try:
+                yield from body.iter_chunks(CHUNK_BYTES)
+            finally:
+                body.close()
 
     def exists(self, uri: StorageUri) -> bool:
         try:
@@ -189,13 +217,15 @@ def _s3_errors(uri: StorageUri, action: str, exists_message: str | None = None) 
 
 @lru_cache(maxsize=16)
 def _client_for(endpoint: str | None, region: str, access_key: str | None, secret_key: str | None = None,
-                session_token: str | None = None) -> Any:
+                session_token: str | None = None, anonymous: bool = False) -> Any:
     import boto3  # imported on first S3 use: file:// users do not pay its import time
+    from botocore import UNSIGNED
     from botocore.config import Config
 
     # S3-compatible servers behind a custom endpoint rarely resolve bucket.host names: use path style.
     config = Config(s3={"addressing_style": "path"} if endpoint else {},
-                    retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60)
+                    retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60,
+                    **({"signature_version": UNSIGNED} if anonymous else {}))
     keys = ({"aws_access_key_id": access_key, "aws_secret_access_key": secret_key, "aws_session_token": session_token}
             if secret_key else {})
     return boto3.session.Session().client("s3", endpoint_url=endpoint or None, region_name=region, config=config,
@@ -205,25 +235,43 @@ def _client_for(endpoint: str | None, region: str, access_key: str | None, secre
 def _s3_client(credentials: Mapping[str, str] | None = None) -> Any:
     # Keyed by the settings so that a changed endpoint or key (tests, rotation) gets a new client.
     settings: Mapping[str, str] = os.environ if credentials is None else credentials
+    # Explicit credentials without keys are anonymous: never boto3's default chain (the operator's own
+    # environment, instance profile or service-account role) on behalf of someone else's resource.
+    anonymous = credentials is not None and not settings.get("AWS_SECRET_ACCESS_KEY")
     return _client_for(settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL"),
                        settings.get("AWS_REGION") or settings.get("AWS_DEFAULT_REGION") or "us-east-1",
                        settings.get("AWS_ACCESS_KEY_ID"), settings.get("AWS_SECRET_ACCESS_KEY"),
-                       settings.get("AWS_SESSION_TOKEN"))
+                       settings.get("AWS_SESSION_TOKEN"), anonymous)
 
 
 _FILE, _S3 = FileBackend(), S3Backend()
 
 
 def backend_for(uri: StorageUri, credentials: Mapping[str, str] | None = None) -> Backend:
+    """The backend of `uri`; `credentials` None reads the environment, a mapping (even empty) replaces it."""
     if uri.scheme != "s3":
         return _FILE
-    return S3Backend(credentials) if credentials else _S3
+    return S3Backend(credentials) if credentials is not None else _S3
 
 
-def read_object(uri: str, *, field: str = "uri", credentials: Mapping[str, str] | None = None) -> bytes:
+def read_capped(backend: Backend, uri: StorageUri, max_bytes: int, what: str = "object") -> bytes:
+    """The object's bytes, refusing (StorageError) one larger than `max_bytes` before holding more."""
+    parts, size = [], 0
+    for chunk in backend.chunks(uri):
+        size += len(chunk)
+        if size > max_bytes:
+            raise StorageError(f"{uri}: the {what} is larger than the limit of {max_bytes} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def read_object(uri: str, *, field: str = "uri", credentials: Mapping[str, str] | None = None,
+                max_bytes: int | None = None) -> bytes:
     """The bytes of one object (a dataset, a file): s3://bucket/key, file:///path or pvc://claim/path.
-    `credentials` (AWS_* keys) replace the environment's, as for open_store."""
+    `credentials` (AWS_* keys) replace the environment's, as for open_store; with `max_bytes`, a bigger
+    object is refused while it streams."""
     parsed = parse_uri(uri, field=field)
     if not parsed.path or (parsed.scheme == "s3" and parsed.path.endswith("/")):
         raise ObjectNotFoundError(f"{field} '{uri}' names no object")
-    return backend_for(parsed, credentials).read(parsed)
+    backend = backend_for(parsed, credentials)
+    return backend.read(parsed) if max_bytes is None else read_capped(backend, parsed, max_bytes, field)

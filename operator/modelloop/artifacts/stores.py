@@ -6,12 +6,13 @@ A version exists once its metadata.json exists. commit_version stages the files 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
 from typing import Any, Mapping
 
-from .backends import Backend, backend_for
+from .backends import Backend, backend_for, read_capped
 from .errors import InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageError, VersionExistsError
 from .metadata import FILE_NAME_PATTERN, METADATA_FILE, decode_metadata, validate_metadata
 from .uri import StorageUri, parse_uri
@@ -39,20 +40,34 @@ class ArtifactStore:
         found = (_VERSION_KEY.match(key) for key in self._backend.list_keys(self.base))
         return sorted(int(m[1]) for m in found if m)
 
-    def read_metadata(self, version: int) -> dict[str, Any]:
-        """The validated metadata.json of a committed version; ObjectNotFoundError if it is not committed."""
-        return decode_metadata(self.read_metadata_bytes(version), source=self._metadata_source(version))
+    def read_metadata(self, version: int, max_bytes: int | None = None) -> dict[str, Any]:
+        """The validated metadata.json of a committed version; ObjectNotFoundError if it is not committed.
+        With `max_bytes`, a bigger file is refused (StorageError) while it streams."""
+        return decode_metadata(self.read_metadata_bytes(version, max_bytes), source=self._metadata_source(version))
 
-    def read_metadata_bytes(self, version: int) -> bytes:
+    def read_metadata_bytes(self, version: int, max_bytes: int | None = None) -> bytes:
         """metadata.json of a committed version as stored (what a pinned sha256 is computed over)."""
         uri = self._version_dir(version).child(METADATA_FILE)
         try:
-            return self._backend.read(uri)
+            return (self._backend.read(uri) if max_bytes is None
+                    else read_capped(self._backend, uri, max_bytes, METADATA_FILE))
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"version {version} does not exist in {self.base} (no {uri})") from None
 
     def read_file(self, version: int, name: str) -> bytes:
         return self._backend.read(self._version_dir(version).child(_checked_name(name)))
+
+    def file_sha256(self, version: int, name: str, max_bytes: int) -> tuple[str, int]:
+        """sha256 (hex) and size of a file of a version, streamed: never more than one chunk in memory;
+        a file larger than `max_bytes` is refused (StorageError)."""
+        uri = self._version_dir(version).child(_checked_name(name))
+        digest, size = hashlib.sha256(), 0
+        for chunk in self._backend.chunks(uri):
+            size += len(chunk)
+            if size > max_bytes:
+                raise StorageError(f"{uri}: the file is larger than the limit of {max_bytes} bytes")
+            digest.update(chunk)
+        return digest.hexdigest(), size
 
     def commit_version(self, version: int, files: Mapping[str, bytes], metadata: Mapping[str, Any]) -> str:
         """Write a new version: files first (staged, then moved), metadata.json last. Returns its URI.

@@ -3,7 +3,7 @@
 Level-based: each reconcile resolves the candidate version (a fixed URI, or the followed
 ModelTraining's latest or pinned version), observes the child Deployment's rollout, rolls back a
 rollout past its progress deadline to the last version that was Available, decides promotion, applies
-the children (Deployment, Service, HPA, PDB) with server-side apply, and writes status.
+the children (Deployment, Service, NetworkPolicy, HPA, PDB) with server-side apply, and writes status.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from ..artifacts import split_version_uri
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..promotion import should_promote
 from ..render.deployment import (
-    ANNOTATION_VERSION, LABEL_DEPLOYMENT, ServedModel, render_deployment, render_hpa, render_pdb, render_service,
-    selector_string, url,
+    ANNOTATION_VERSION, LABEL_DEPLOYMENT, ServedModel, render_deployment, render_hpa, render_network_policy,
+    render_pdb, render_service, selector_string, url,
 )
 from ..status import Cond, changed_conditions, merge_conditions
 from . import storage
@@ -100,20 +100,16 @@ def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held
 
 # ----------------------------------------------------------------------------- model resolution
 
-_verified: dict[str, dict] = {}  # version URI -> verified metadata summary; versions are immutable
-
-
-def _served(version_uri: str, credentials) -> tuple[ServedModel, dict | None]:
-    if version_uri not in _verified:
-        store, version = split_version_uri(version_uri)
-        base = version_uri[: -len(f"/v{version}")].rstrip("/")
-        _verified[version_uri] = storage.verified_metadata(base, version, credentials)
-    meta = _verified[version_uri]
+def _served(namespace: str, version_uri: str, credentials: storage.Credentials,
+            field: str = "spec.model.uri") -> tuple[ServedModel, dict | None]:
+    _, version = split_version_uri(version_uri)
+    base = version_uri[: -len(f"/v{version}")].rstrip("/")
+    meta = storage.verified_metadata(namespace, base, version, credentials, field=field)
     return (ServedModel(meta["metadata"]["version"], meta["uri"], meta["sha256"], meta["metadataSha256"]),
             meta["metric"])
 
 
-def _status_target(status: dict, credentials) -> ServedModel | None:
+def _status_target(namespace: str, status: dict, credentials: storage.Credentials) -> ServedModel | None:
     """The version status says is served. A status written before metadata.json was pinned learns its
     digest from the store now, once, provided the model there is still the pinned one."""
     if not (status.get("modelVersion") and status.get("modelUri") and status.get("modelSha256")):
@@ -121,7 +117,7 @@ def _status_target(status: dict, credentials) -> ServedModel | None:
     metadata_sha256 = status.get("modelMetadataSha256")
     if metadata_sha256 is None:
         try:
-            stored, _ = _served(status["modelUri"], credentials)
+            stored, _ = _served(namespace, status["modelUri"], credentials)
         except Exception:  # noqa: BLE001 - unreadable now: keep serving on the model digest alone
             stored = None
         if stored is not None and stored.sha256 == status["modelSha256"]:
@@ -129,11 +125,11 @@ def _status_target(status: dict, credentials) -> ServedModel | None:
     return ServedModel(status["modelVersion"], status["modelUri"], status["modelSha256"], metadata_sha256)
 
 
-def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials) -> Candidate:
+def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: storage.Credentials) -> Candidate:
     m = spec.model
     try:
         if m.uri:
-            model, metric = _served(m.uri.rstrip("/"), credentials)
+            model, metric = _served(namespace, m.uri.rstrip("/"), credentials)
             return Candidate(model, metric, pinned=True)
         training = kube.get(API, "ModelTraining", namespace, m.from_training)
         if training is None:
@@ -146,10 +142,13 @@ def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials) ->
             raise ModelUnavailable("WaitingForTraining", f"ModelTraining '{m.from_training}' has no good version yet",
                                    stalled=False)
         output = ModelTrainingSpec.model_validate(training["spec"]).output.uri.rstrip("/")
-        model, metric = _served(f"{output}/v{version}", credentials)
+        model, metric = _served(namespace, f"{output}/v{version}", credentials,
+                                field=f"spec.output.uri of ModelTraining {m.from_training}")
         return Candidate(model, metric, pinned=pinned)
     except ModelUnavailable:
         raise
+    except storage.StorageAccessError as e:
+        raise ModelUnavailable("ArtifactUnavailable", str(e)[:1024], stalled=True) from e
     except Exception as e:  # noqa: BLE001 - unreadable or tampered artifacts are reported, never crash
         raise ModelUnavailable("ArtifactUnavailable", f"model artifact cannot be used: {e}"[:1024], stalled=False) from e
 
@@ -181,13 +180,13 @@ def _reconcile(namespace: str, name: str) -> None:
         credentials = storage.credentials_from_secret(namespace, spec.storage)
         candidate = resolve_candidate(namespace, spec, credentials)
     except storage.StorageAccessError as e:
-        unavailable, credentials = ModelUnavailable("SecretNotFound", str(e), stalled=True), None
+        unavailable, credentials = ModelUnavailable("SecretNotFound", str(e), stalled=True), storage.ANONYMOUS
     except ModelUnavailable as e:
         unavailable = e
 
     dep = kube.get("apps/v1", "Deployment", namespace, name)
     serving = status.get("modelVersion")
-    target = _status_target(status, credentials)
+    target = _status_target(namespace, status, credentials)
     state = rollout_state(dep, serving) if target else "Missing"
     failed = list(status.get("failedVersions") or [])
 
@@ -195,7 +194,7 @@ def _reconcile(namespace: str, name: str) -> None:
     if state == "Failed" and status.get("lastAvailableVersion") and status["lastAvailableVersion"] != serving:
         back = status["lastAvailableVersion"]
         try:
-            model, metric = _served(status["lastAvailableUri"], credentials)
+            model, metric = _served(namespace, status["lastAvailableUri"], credentials)
         except Exception as e:  # noqa: BLE001
             events.append(("Warning", "RollbackFailed", f"cannot roll back to version {back}: {e}"))
         else:
@@ -247,6 +246,7 @@ def _reconcile(namespace: str, name: str) -> None:
     if target:
         dep = kube.apply(render_deployment(obj, spec, target))
         kube.apply(render_service(obj))
+        kube.apply(render_network_policy(obj))
         _apply_optional(namespace, name, "autoscaling/v2", "HorizontalPodAutoscaler", render_hpa(obj, spec))
         _apply_optional(namespace, name, "policy/v1", "PodDisruptionBudget", render_pdb(obj, spec))
         state = rollout_state(dep, serving) if state != "Failed" else state

@@ -1,19 +1,28 @@
 """DriftMonitor controller: one kopf daemon per monitor checks a window every spec.interval.
 
 A check: find the ModelDeployment's serving version and its reference sketches (metadata.json),
-fetch the live sketches of every ready endpoint of its Service (EndpointSlices), take each pod's
-window (difference from the previous snapshot of the same pod instance; counter resets handled by
-the engine), merge them, decide with the drift engine, write status and metrics, and after
-`consecutive` drifted windows request a retrain (at most once per cooldown, never during a run).
+fetch the live sketches of every ready endpoint of its Service (EndpointSlices) on the servers'
+sketch port, concurrently and within one deadline, take each pod's window (difference from the
+previous snapshot of the same pod instance; counter resets handled by the engine), merge them,
+decide with the drift engine, write status and metrics, and after `consecutive` drifted windows
+request a retrain (at most once per cooldown, never during a run, and only of a ModelTraining whose
+spec.retrain allows this monitor).
+
+The daemons are async and run each check in a bounded pool of their own (SETTINGS.drift_workers), so
+that however many monitors there are, and however slowly their pods answer, kopf's worker threads
+stay free for the reconciles of every kind.
 
 Failures (unreachable pods, a missing reference, a malformed sketch) are reported in conditions and
 metrics; they never crash the operator and never trigger a retrain.
 """
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -23,21 +32,19 @@ import kopf
 from pydantic import ValidationError
 
 from .. import kube, metrics
-from ..api.deployment import SERVER_PORT, ModelDeploymentSpec
-from ..api.drift import DriftMonitorSpec
-from ..api.training import RETRAIN_ANNOTATION, ModelTrainingSpec
-from ..artifacts import read_object
+from ..api.deployment import SKETCH_PORT, ModelDeploymentSpec
+from ..api.drift import MIN_INTERVAL_SECONDS, DriftMonitorSpec
+from ..api.training import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, ModelTrainingSpec, RetrainSpec
+from ..config import SETTINGS
 from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
 from ..status import Cond, changed_conditions, merge_conditions
 from . import storage
-from .training import RETRAIN_DATASET_ANNOTATION
 
 log = logging.getLogger("modelloop.drift")
 
 API = "modelloop.dev/v1alpha1"
 KIND = "DriftMonitor"
-FETCH_TIMEOUT_S = 5.0
 TOP_FEATURES = 5
 
 
@@ -48,6 +55,15 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"'{text}' is not a duration like 30s, 5m or 1h")
     return sum(float(n) * units[u] for n, u in parts)
+
+
+def check_interval(text: str | None) -> float:
+    """Seconds between checks: spec.interval, never below the schema's minimum (objects stored before
+    the schema had one keep a sane pace too)."""
+    try:
+        return max(float(MIN_INTERVAL_SECONDS), parse_duration(text or "60s"))
+    except ValueError:
+        return 60.0
 
 
 @dataclass
@@ -72,8 +88,17 @@ class Waiting(CheckError):
 
 # ----------------------------------------------------------------------------- pure decisions
 
+def retrain_allowed(training: dict, monitor: str, labels: dict[str, str]) -> bool:
+    """Whether the ModelTraining's spec.retrain lets this DriftMonitor request a retrain (default: no)."""
+    try:
+        rights = RetrainSpec.model_validate((training.get("spec") or {}).get("retrain") or {})
+    except ValidationError:
+        return False
+    return rights.allows(monitor, labels)
+
+
 def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str | None, training: dict | None,
-                     now: datetime) -> tuple[bool, str]:
+                     now: datetime, monitor: str = "", labels: dict[str, str] | None = None) -> tuple[bool, str]:
     """Whether to request a retrain now, and why (not)."""
     if spec.action.type != "retrain":
         return False, "action is none: reporting only"
@@ -81,6 +106,10 @@ def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str
         return False, f"{consecutive} of {spec.consecutive} drifted windows in a row"
     if training is None:
         return False, "the ModelTraining to retrain was not found"
+    if not retrain_allowed(training, monitor, labels or {}):
+        return False, (f"ModelTraining {training['metadata']['name']} does not allow DriftMonitor {monitor} to "
+                       f"request retrains; list it in the training's spec.retrain.allowedMonitors or match "
+                       f"spec.retrain.monitorSelector")
     tstatus = training.get("status") or {}
     if tstatus.get("currentRun"):
         return False, f"run {tstatus['currentRun']} is in progress"
@@ -111,20 +140,49 @@ def ready_endpoints(namespace: str, service: str) -> list[str]:
     return sorted(set(out))
 
 
-def fetch_snapshots(addresses: list[str], model: str) -> tuple[list[dict], list[str]]:
-    """Live sketches of each pod (validated), and the errors of the pods that could not answer."""
+def sketch_url(address: str, model: str) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{SKETCH_PORT}/v2/models/{model}/sketch"
+
+
+class SketchTooLarge(Exception):
+    pass
+
+
+async def fetch_snapshots(addresses: list[str], model: str, deadline: float = SETTINGS.sketch_deadline_seconds,
+                          max_bytes: int = SETTINGS.max_sketch_bytes) -> tuple[list[dict], list[str]]:
+    """Live sketches of each pod (validated), and the errors of the pods that could not answer. All
+    pods are asked at once; whatever has not answered within `deadline` seconds in total is an error,
+    and a body larger than `max_bytes` is refused while it streams."""
+
+    async def fetch(client: httpx.AsyncClient, address: str) -> dict:
+        async with client.stream("GET", sketch_url(address, model)) as r:
+            r.raise_for_status()
+            body = bytearray()
+            async for chunk in r.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise SketchTooLarge(f"the sketch is larger than {max_bytes} bytes")
+        return sketches.validate(json.loads(body))
+
     snaps, errors = [], []
-    with httpx.Client(timeout=FETCH_TIMEOUT_S) as client:
-        for addr in addresses:
-            url = f"http://{addr}:{SERVER_PORT}/v2/models/{model}/sketch"
-            try:
-                r = client.get(url)
-                r.raise_for_status()
-                snaps.append(sketches.validate(r.json()))
-            except sketches.SketchError as e:
-                errors.append(f"{addr}: malformed sketch: {e}")
-            except Exception as e:  # noqa: BLE001 - unreachable pod, bad JSON, HTTP error
-                errors.append(f"{addr}: {type(e).__name__}: {e}"[:300])
+    async with httpx.AsyncClient(timeout=deadline, follow_redirects=False, trust_env=False) as client:
+        tasks = {address: asyncio.ensure_future(fetch(client, address)) for address in addresses}
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=deadline)
+        for address, task in tasks.items():
+            if not task.done():
+                task.cancel()
+                errors.append(f"{address}: no answer within {deadline:g}s")
+                continue
+            e = task.exception()
+            if e is None:
+                snaps.append(task.result())
+            elif isinstance(e, (sketches.SketchError, SketchTooLarge, ValueError)):
+                errors.append(f"{address}: malformed sketch: {e}"[:300])
+            else:  # unreachable pod, HTTP error
+                errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
+        await asyncio.gather(*tasks.values(), return_exceptions=True)  # let cancelled fetches finish
     return snaps, errors
 
 
@@ -136,9 +194,6 @@ class Serving:
     version: int
     metadata: dict
     credentials: Any
-
-
-_metadata: dict[str, dict] = {}  # version URI -> verified metadata (versions are immutable)
 
 
 def serving_version(namespace: str, md: dict) -> Serving:
@@ -153,22 +208,20 @@ def serving_version(namespace: str, md: dict) -> Serving:
             t = kube.get(API, "ModelTraining", namespace, spec.model.from_training)
             secret = ModelTrainingSpec.model_validate(t["spec"]).storage if t else None
         creds = storage.credentials_from_secret(namespace, secret)
-        if uri not in _metadata:
-            base = uri.rstrip("/")[: -len(f"/v{version}")]
-            meta = storage.verified_metadata(base, version, creds)["metadata"]
-            sketches.validate(meta["reference"])
-            _metadata[uri] = meta
+        base = uri.rstrip("/")[: -len(f"/v{version}")]
+        meta = storage.verified_metadata(namespace, base, version, creds, field="status.modelUri")["metadata"]
+        sketches.validate(meta["reference"])
     except Exception as e:  # noqa: BLE001
         raise CheckError("ReferenceUnavailable", f"reference of version {version} unavailable: {e}"[:1024]) from e
-    return Serving(version, _metadata[uri], creds)
+    return Serving(version, meta, creds)
 
 
-def read_frame(uri: str, credentials: Any, columns: list[str], field: str) -> Any:
+def read_frame(uri: str, credentials: storage.Credentials, columns: list[str], field: str) -> Any:
     """A CSV or Parquet dataset's `columns` as a DataFrame."""
     import pandas as pd
 
     try:
-        raw = read_object(uri, field=field, credentials=credentials)
+        raw = storage.read_dataset(uri, credentials, field)
         frame = (pd.read_parquet(io.BytesIO(raw)) if uri.endswith((".parquet", ".pq"))
                  else pd.read_csv(io.BytesIO(raw)))
     except Exception as e:  # noqa: BLE001
@@ -179,7 +232,7 @@ def read_frame(uri: str, credentials: Any, columns: list[str], field: str) -> An
     return frame[columns]
 
 
-def dataset_window(spec: DriftMonitorSpec, serving: Serving, credentials: Any) -> tuple[dict, int]:
+def dataset_window(spec: DriftMonitorSpec, serving: Serving, credentials: storage.Credentials) -> tuple[dict, int]:
     """Exact tests on raw values: the dataset at spec.datasetUri against the training dataset."""
     features = serving.metadata["schema"]["features"]
     names = [f["name"] for f in features]
@@ -196,7 +249,7 @@ def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serv
     addresses = ready_endpoints(namespace, spec.deployment_ref.name)
     if not addresses:
         raise CheckError("NoReadyPods", f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
-    answered, errors = fetch_snapshots(addresses, spec.deployment_ref.name)
+    answered, errors = asyncio.run(fetch_snapshots(addresses, spec.deployment_ref.name))
     snaps = [s for s in answered if s.get("modelVersion") in (None, serving.version)]
     if answered and not snaps:
         raise Waiting("WaitingForRollout", f"no ready pod serves version {serving.version} yet; nothing decided")
@@ -274,7 +327,8 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                 training_name = (spec.action.training_ref.name if spec.action.training_ref
                                  else (dep["spec"].get("model") or {}).get("fromTraining"))
                 training = kube.get(API, "ModelTraining", namespace, training_name) if training_name else None
-                go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now)
+                go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now,
+                                           name, md_.get("labels") or {})
                 if go:
                     reason = f"DriftMonitor {name} at {kube.rfc3339(now)}: {summary}"[:1000]
                     annotations = {RETRAIN_ANNOTATION: reason}
@@ -286,7 +340,8 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                     metrics.DRIFT_RETRAINS.labels(namespace, name).inc()
                     events.append(("Normal", "RetrainRequested", f"requested a retrain of {training_name}: {summary}"))
                 elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
-                    events.append(("Normal", "RetrainSkipped", why))
+                    denied = training is not None and not retrain_allowed(training, name, md_.get("labels") or {})
+                    events.append(("Warning", "RetrainDenied", why) if denied else ("Normal", "RetrainSkipped", why))
     except Waiting as e:
         conds = [Cond.of("Ready", True, e.reason, e.message), Cond.of("DriftDetected", False, "Undecided", e.message)]
         status.update(lastCheckTime=kube.rfc3339(now))
@@ -320,25 +375,45 @@ def _export(namespace: str, name: str, report: dict) -> None:
 
 # ----------------------------------------------------------------------------- kopf wiring
 
+_executor: ThreadPoolExecutor | None = None
+
+
+def executor() -> ThreadPoolExecutor:
+    """The drift checks' own pool: bounded, separate from kopf's, created on first use."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=SETTINGS.drift_workers, thread_name_prefix="drift-check")
+    return _executor
+
+
+def run_check(namespace: str, name: str, state: MonitorState) -> float | None:
+    """One check, in the drift pool; the seconds until the next one, or None when the monitor is gone."""
+    interval = 60.0
+    try:
+        obj = kube.get(API, KIND, namespace, name)
+        if obj is None:
+            return None
+        interval = check_interval((obj.get("spec") or {}).get("interval"))
+        with kube.object_lock(KIND, namespace, name):
+            check(namespace, name, state)
+    except kube.Conflict:
+        interval = 1.0
+    except kopf.PermanentError as e:
+        log.error("monitor=%s/%s error=%s", namespace, name, e)
+    except Exception as e:  # noqa: BLE001 - a failed check is retried next interval, never fatal
+        log.exception("monitor=%s/%s check_failed=%s", namespace, name, e)
+        metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "InternalError").inc()
+    return interval
+
+
 @kopf.daemon("modelloop.dev", "v1alpha1", "driftmonitors", cancellation_timeout=10)
-def monitor(name: str, namespace: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def monitor(name: str, namespace: str, **_: Any) -> None:
+    """Async: waiting costs no thread; kopf cancels the task when the monitor is deleted or the
+    operator stops (a check already running in the pool finishes on its own)."""
     state = MonitorState()
-    while not stopped:
-        interval = 60.0
-        try:
-            obj = kube.get(API, KIND, namespace, name)
-            if obj is None:
-                return
-            interval = parse_duration((obj.get("spec") or {}).get("interval", "60s"))
-            with kube.object_lock(KIND, namespace, name):
-                check(namespace, name, state)
-        except kube.Conflict:
-            interval = 1.0
-        except kopf.PermanentError as e:
-            log.error("monitor=%s/%s error=%s", namespace, name, e)
-        except Exception as e:  # noqa: BLE001 - a failed check is retried next interval, never fatal
-            log.exception("monitor=%s/%s check_failed=%s", namespace, name, e)
-            metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "InternalError").inc()
-        stopped.wait(interval)
-
-
+    loop = asyncio.get_running_loop()
+    while True:
+        interval = await loop.run_in_executor(executor(), run_check, namespace, name, state)
+        if interval is None:
+            return
+        await asyncio.sleep(interval)

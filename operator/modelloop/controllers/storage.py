@@ -1,52 +1,105 @@
-"""The controllers' access to artifact stores, with the credentials of the resource's Secret.
+"""The controllers' access to artifact and dataset stores, on behalf of a resource and with its credentials.
 
-Credentials are read from the Secret named in spec.storage.secretRef and handed to the store
-object only; they are never logged, put in events or in status.
+Everything the operator reads for a resource goes through here, under three rules (docs/security.md):
+- Only the credentials of the resource's own Secret (spec.storage.secretRef) are used; without one, S3
+  is read anonymously. The operator's own environment (keys, instance profile, service-account role)
+  never reaches a store on a resource's behalf.
+- file:// and pvc:// URIs would be paths on the operator's own filesystem: refused unless the operator
+  runs with local storage enabled (MODELLOOP_OPERATOR_LOCAL_STORAGE, development only).
+- Reads are capped (model, metadata.json, datasets) and model files are hashed as they stream.
+
+Credentials are handed to the store objects only; they are never logged, put in events or in status.
+Verified metadata is cached per namespace, URI and credentials, in a bounded cache.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from .. import kube
-from ..api.common import StorageSpec
-from ..artifacts import METADATA_FILE, ArtifactIntegrityError, decode_metadata, open_store, sha256_bytes
+from ..api.common import CREDENTIAL_KEYS, REQUIRED_CREDENTIAL_KEYS, StorageSpec
+from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, decode_metadata, open_store, parse_uri, read_object,
+                         sha256_bytes)
+from ..cache import BoundedCache
+from ..config import SETTINGS, Settings
 
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                   "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+Credentials = Mapping[str, str]
+ANONYMOUS: Credentials = MappingProxyType({})
+LOCAL_SCHEMES = ("file", "pvc")
 
 
 class StorageAccessError(RuntimeError):
-    pass
+    """The store cannot be used for this resource (a missing Secret or key, a refused scheme)."""
 
 
-def credentials_from_secret(namespace: str, storage: StorageSpec | None) -> Mapping[str, str] | None:
+def credentials_from_secret(namespace: str, storage: StorageSpec | None) -> Credentials:
+    """The AWS_* keys of the resource's Secret; ANONYMOUS (an empty mapping) without a secretRef."""
     if not storage or not storage.secret_ref:
-        return None
-    secret = kube.get("v1", "Secret", namespace, storage.secret_ref.name)
+        return ANONYMOUS
+    name = storage.secret_ref.name
+    secret = kube.get("v1", "Secret", namespace, name)
     if secret is None:
-        raise StorageAccessError(f"spec.storage.secretRef: Secret '{storage.secret_ref.name}' not found in "
-                                 f"namespace {namespace}")
+        raise StorageAccessError(f"spec.storage.secretRef: Secret '{name}' not found in namespace {namespace}")
     data = secret.get("data") or {}
-    return {k: base64.b64decode(v).decode() for k, v in data.items() if k in CREDENTIAL_KEYS}
+    missing = [k for k in REQUIRED_CREDENTIAL_KEYS if k not in data]
+    if missing:
+        raise StorageAccessError(f"spec.storage.secretRef: Secret '{name}' lacks the key(s) {', '.join(missing)}")
+    return MappingProxyType({k: base64.b64decode(v).decode() for k, v in data.items() if k in CREDENTIAL_KEYS})
 
 
-def stored_versions(output_uri: str, credentials: Mapping[str, str] | None) -> list[int]:
-    return open_store(output_uri, credentials=credentials).versions()
+def check_allowed(uri: str, field: str, settings: Settings | None = None) -> None:
+    """Refuse URIs the operator must not read for a resource (local paths, unless enabled)."""
+    scheme = parse_uri(uri, field=field).scheme
+    if scheme in LOCAL_SCHEMES and not (settings or SETTINGS).local_storage:
+        raise StorageAccessError(
+            f"{field} '{uri}': the operator does not read {scheme}:// storage on behalf of resources (it would "
+            f"read its own filesystem); use s3://, or enable local storage for development (chart value "
+            f"operator.localStorage)")
 
 
-def verified_metadata(output_uri: str, version: int, credentials: Mapping[str, str] | None) -> dict[str, Any]:
-    """metadata.json of a version, checked (schema, version number, model sha256): uri, metric(s), the
-    model's sha256 and the sha256 of metadata.json's bytes (the two digests the servers are pinned to)."""
-    store = open_store(output_uri, credentials=credentials)
-    raw = store.read_metadata_bytes(version)
-    source = f"{store.version_uri(version)}/{METADATA_FILE}"
-    meta = decode_metadata(raw, source=source)  # schema-validated
+def stored_versions(output_uri: str, credentials: Credentials, field: str = "spec.output.uri") -> list[int]:
+    check_allowed(output_uri, field)
+    return open_store(output_uri, field=field, credentials=credentials).versions()
+
+
+def _fingerprint(credentials: Credentials) -> str:
+    return hashlib.sha256(json.dumps(sorted(credentials.items())).encode()).hexdigest()
+
+
+_verified: BoundedCache[tuple[str, str, str], dict[str, Any]] = BoundedCache(SETTINGS.cache_entries)
+
+
+def verified_metadata(namespace: str, output_uri: str, version: int, credentials: Credentials,
+                      field: str = "spec.output.uri") -> dict[str, Any]:
+    """metadata.json of a version, checked (schema, version number, model size and sha256): uri,
+    metric(s), the model's sha256, the sha256 of metadata.json's bytes (the two digests the servers are
+    pinned to) and the metadata. Versions are immutable, so a verified one is remembered, per namespace
+    and credentials: a resource never sees what another's credentials could read."""
+    check_allowed(output_uri, field)
+    key = (namespace, f"{output_uri.rstrip('/')}/v{version}", _fingerprint(credentials))
+    cached = _verified.get(key)
+    if cached is not None:
+        return cached
+    store = open_store(output_uri, field=field, credentials=credentials)
+    # The digest is taken over the very bytes that are parsed and checked here.
+    raw = store.read_metadata_bytes(version, max_bytes=SETTINGS.max_metadata_bytes)
+    meta = decode_metadata(raw, source=f"{store.version_uri(version)}/{METADATA_FILE}")  # schema-validated
     if meta["version"] != version:
         raise ArtifactIntegrityError(f"{store.version_uri(version)}/metadata.json says version {meta['version']}")
-    data = store.read_file(version, meta["model"]["file"])
-    if sha256_bytes(data) != meta["model"]["sha256"]:
-        raise ArtifactIntegrityError(f"{store.version_uri(version)}/{meta['model']['file']}: sha256 does not match "
-                                     f"metadata.json; the artifact was modified after it was written")
-    return {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": meta["metric"],
-            "sha256": meta["model"]["sha256"], "metadataSha256": sha256_bytes(raw), "metadata": meta}
+    sha256, size = store.file_sha256(version, meta["model"]["file"], max_bytes=SETTINGS.max_model_bytes)
+    if sha256 != meta["model"]["sha256"] or size != meta["model"]["size"]:
+        raise ArtifactIntegrityError(f"{store.version_uri(version)}/{meta['model']['file']}: sha256 or size does not "
+                                     f"match metadata.json; the artifact was modified after it was written")
+    result = {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": meta["metric"],
+              "sha256": sha256, "metadataSha256": sha256_bytes(raw), "metadata": meta}
+    _verified.put(key, result)
+    return result
+
+
+def read_dataset(uri: str, credentials: Credentials, field: str) -> bytes:
+    """A dataset's bytes, at most SETTINGS.max_dataset_bytes."""
+    check_allowed(uri, field)
+    return read_object(uri, field=field, credentials=credentials, max_bytes=SETTINGS.max_dataset_bytes)

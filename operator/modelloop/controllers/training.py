@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .. import kube, metrics
-from ..api.training import RETRAIN_ANNOTATION, ModelTrainingSpec
+from ..api.common import check_storage_uri
+from ..api.training import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, ModelTrainingSpec
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..render.training import LABEL_TRAINING, effective_spec, job_name, render_job
 from ..status import Cond, changed_conditions, merge_conditions
@@ -24,7 +26,6 @@ from . import storage
 
 API = "modelloop.dev/v1alpha1"
 KIND = "ModelTraining"
-RETRAIN_DATASET_ANNOTATION = "modelloop.dev/retrain-dataset-uri"
 FINISHED_JOBS_KEPT = 1
 
 
@@ -107,6 +108,18 @@ def phase_of(runs: list[dict]) -> str:
     return runs[0]["result"] if runs else "Pending"
 
 
+def dataset_override(trigger: str, annotations: dict[str, str]) -> tuple[str | None, str | None]:
+    """(the dataset URI a retrain request brings, why it is refused): the annotation is checked like
+    spec.dataset.uri, since it did not pass the API server's schema."""
+    uri = annotations.get(RETRAIN_DATASET_ANNOTATION)
+    if trigger != "RetrainRequested" or not uri:
+        return None, None
+    try:
+        return check_storage_uri(uri, f"annotation {RETRAIN_DATASET_ANNOTATION}"), None
+    except ValueError as e:
+        return None, str(e)
+
+
 # ----------------------------------------------------------------------------- reconcile
 
 def reconcile(namespace: str, name: str) -> None:
@@ -135,8 +148,10 @@ def _reconcile(namespace: str, name: str) -> None:
     jobs = {j["metadata"]["name"]: j for j in kube.list_("batch/v1", "Job", namespace, f"{LABEL_TRAINING}={name}")}
     try:
         credentials = storage.credentials_from_secret(namespace, spec.storage if spec else None)
+        if spec is not None:
+            storage.check_allowed(spec.output.uri, "spec.output.uri")
     except storage.StorageAccessError as e:  # a Job could not read its data either: stall until it exists
-        credentials, invalid = None, invalid or str(e)
+        credentials, invalid = storage.ANONYMOUS, invalid or str(e)
 
     # 1. Adopt a Job the status does not know (the operator stopped between creating it and writing status).
     known = {r["job"] for r in runs}
@@ -158,7 +173,7 @@ def _reconcile(namespace: str, name: str) -> None:
         run["finishTime"] = kube.rfc3339()
         if outcome == "Succeeded" and spec is not None:
             try:
-                meta = storage.verified_metadata(spec.output.uri, run["version"], credentials)
+                meta = storage.verified_metadata(namespace, spec.output.uri, run["version"], credentials)
             except Exception as e:  # noqa: BLE001 - a bad artifact fails the run, never the operator
                 run.update(result="Failed", message=f"artifact v{run['version']} rejected: {e}"[:1024])
             else:
@@ -182,24 +197,28 @@ def _reconcile(namespace: str, name: str) -> None:
     if trigger and running:
         queued = request if trigger == "RetrainRequested" else None
     elif trigger and spec is not None and not invalid and not spec.suspend:
-        version = next_version(status, storage.stored_versions(spec.output.uri, credentials))
-        dataset_override = annotations.get(RETRAIN_DATASET_ANNOTATION) if trigger == "RetrainRequested" else None
-        job = render_job(obj, effective_spec(spec, dataset_override), version, trigger)
-        try:
-            kube.create(job)
-        except kube.Conflict:
-            pass  # created by an earlier attempt: the run is the same
-        run = {"version": version, "job": job_name(name, version), "trigger": trigger, "generation": generation,
-               "startTime": kube.rfc3339(), "result": "Running"}
-        if trigger == "RetrainRequested":
-            run["reason"] = request[:1024]
-        if dataset_override:
-            run["reason"] = f"{run.get('reason', '')} (dataset {dataset_override})".strip()
-        runs.insert(0, run)
-        status["nextVersion"] = version + 1
-        if request:
-            status["handledRequest"] = request  # a run trains the newest spec: it answers any pending request
-        events.append(("Normal", "RunStarted", f"started run {run['job']} ({trigger}) for version {version}"))
+        fresh, refused = dataset_override(trigger, annotations)
+        if refused:  # the request is answered, without a run: training on other data than asked is no answer
+            status["handledRequest"] = request
+            events.append(("Warning", "RetrainRefused", f"retrain request refused: {refused}"))
+        else:
+            version = next_version(status, storage.stored_versions(spec.output.uri, credentials))
+            job = render_job(obj, effective_spec(spec, fresh), version, trigger)
+            try:
+                kube.create(job)
+            except kube.Conflict:
+                pass  # created by an earlier attempt: the run is the same
+            run = {"version": version, "job": job_name(name, version), "trigger": trigger, "generation": generation,
+                   "startTime": kube.rfc3339(), "result": "Running"}
+            if trigger == "RetrainRequested":
+                run["reason"] = request[:1024]
+            if fresh:
+                run["reason"] = f"{run.get('reason', '')} (dataset {fresh})".strip()
+            runs.insert(0, run)
+            status["nextVersion"] = version + 1
+            if request:
+                status["handledRequest"] = request  # a run trains the newest spec: it answers any pending request
+            events.append(("Normal", "RunStarted", f"started run {run['job']} ({trigger}) for version {version}"))
 
     runs = runs[:spec.history_limit if spec else 10]
     conditions = merge_conditions(status.get("conditions"), training_conditions(
@@ -217,7 +236,21 @@ def _reconcile(namespace: str, name: str) -> None:
             events.append(("Warning" if c["reason"] in ("InvalidSpec", "NoVersion") else "Normal", c["reason"],
                            c["message"] or f"{c['type']} is {c['status']}"))
     kube.emit_events(obj, events)
+    if status.get("handledRequest") == request and RETRAIN_DATASET_ANNOTATION in annotations:
+        _clear_dataset_override(namespace, name, annotations[RETRAIN_DATASET_ANNOTATION])
     _clean_up_jobs(namespace, jobs, runs)
+
+
+def _clear_dataset_override(namespace: str, name: str, used: str) -> None:
+    """Remove the dataset annotation of a request that has been answered, unless a new request has
+    meanwhile replaced it (the JSON patch tests the value first)."""
+    path = "/metadata/annotations/" + RETRAIN_DATASET_ANNOTATION.replace("~", "~0").replace("/", "~1")
+    try:
+        kube.patch(API, KIND, namespace, name, [{"op": "test", "path": path, "value": used},
+                                                {"op": "remove", "path": path}], merge=False)
+    except ApiException as e:
+        if e.status not in (404, 422):  # 422: the value changed (a new request); 404: the resource is gone
+            raise
 
 
 def _metric_text(status: dict) -> str:

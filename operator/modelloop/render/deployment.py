@@ -1,11 +1,11 @@
-"""ModelDeployment → its children: Deployment, Service, HPA (with autoscaling), PDB (more than one
-replica). Pure functions of the resource and the model version it serves."""
+"""ModelDeployment → its children: Deployment, Service, NetworkPolicy, HPA (with autoscaling), PDB
+(more than one replica). Pure functions of the resource and the model version it serves."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from ..api.deployment import SERVER_PORT, ModelDeploymentSpec
+from ..api.deployment import SERVER_PORT, SKETCH_PORT, ModelDeploymentSpec
 from ..config import SETTINGS, Settings
 from ..kube import owner_reference
 from . import pods
@@ -61,11 +61,12 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelloop-serve"],
         "args": ["--model-uri", model.uri, "--model-name", name, "--port", str(SERVER_PORT),
+                 "--sketch-port", str(SKETCH_PORT),
                  "--max-batch-size", str(s.max_batch_size), "--max-batch-wait-ms", f"{s.max_batch_wait_ms:g}",
                  "--max-body-bytes", str(s.max_body_bytes)],
-        "env": [*pods.base_env(settings), *pinned_digests_env(model)],
-        "envFrom": pods.storage_env_from(spec.storage),
-        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "env": [*pods.base_env(settings), *pinned_digests_env(model), *pods.storage_env(spec.storage)],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
+                  {"name": "sketch", "containerPort": SKETCH_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
                            "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 2},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
@@ -120,6 +121,20 @@ def render_service(owner: dict) -> dict[str, Any]:
             "metadata": _meta(owner, name, {**pods.common_labels("server", name), **selector(name)}),
             "spec": {"type": "ClusterIP", "selector": selector(name),
                      "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http", "protocol": "TCP"}]}}
+
+
+def render_network_policy(owner: dict, settings: Settings = SETTINGS) -> dict[str, Any]:
+    """Ingress of the server pods: the inference port (V2, V1, health, /metrics) from anywhere, as
+    without a policy; the sketch port (live feature distributions of the traffic) from the operator's
+    pods only. The Service does not expose the sketch port at all."""
+    name = owner["metadata"]["name"]
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}},
+                "podSelector": {"matchLabels": dict(settings.operator_pod_labels)}}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": _meta(owner, name, pods.common_labels("server", name)),
+            "spec": {"podSelector": {"matchLabels": selector(name)}, "policyTypes": ["Ingress"],
+                     "ingress": [{"ports": [{"protocol": "TCP", "port": SERVER_PORT}]},
+                                 {"from": [operator], "ports": [{"protocol": "TCP", "port": SKETCH_PORT}]}]}}
 
 
 def render_hpa(owner: dict, spec: ModelDeploymentSpec) -> dict[str, Any] | None:

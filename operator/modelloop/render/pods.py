@@ -1,15 +1,21 @@
 """Pieces every modelloop pod shares: security context, storage credentials, PVC mounts, overrides.
 
-Pure functions of the resource's spec and the operator settings.
+Pure functions of the resource's spec and the operator settings. What the operator sets (its
+environment variables, labels, annotations) always wins over spec.podTemplate (docs/security.md).
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ..api.common import PodOverrides, ResourceRequirements, StorageSpec
+from ..api.common import (
+    OPTIONAL_CREDENTIAL_KEYS, REQUIRED_CREDENTIAL_KEYS, RESERVED_ENV_PREFIX, PodOverrides, ResourceRequirements,
+    StorageSpec,
+)
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS, Settings
 
 TMP_VOLUME = "tmp"
+# Label and annotation keys under this prefix belong to the operator; podTemplate cannot set them.
+RESERVED_KEY_PREFIX = "modelloop.dev/"
 
 
 def pod_security_context(settings: Settings = SETTINGS) -> dict[str, Any]:
@@ -27,11 +33,16 @@ def common_labels(component: str, instance: str) -> dict[str, str]:
             LABEL_MANAGED_BY: MANAGER, "app.kubernetes.io/part-of": "modelloop"}
 
 
-def storage_env_from(storage: StorageSpec | None) -> list[dict[str, Any]]:
-    """The Secret's keys become the AWS_* variables boto3 reads; the values never pass through us."""
-    if storage and storage.secret_ref:
-        return [{"secretRef": {"name": storage.secret_ref.name}}]
-    return []
+def storage_env(storage: StorageSpec | None) -> list[dict[str, Any]]:
+    """The named keys of the Secret become the AWS_* variables boto3 reads, one secretKeyRef each (the
+    optional ones may be absent); no other key of the Secret reaches the pod, and the values never
+    pass through the operator."""
+    if not storage or not storage.secret_ref:
+        return []
+    name = storage.secret_ref.name
+    return ([{"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}} for k in REQUIRED_CREDENTIAL_KEYS]
+            + [{"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k, "optional": True}}}
+               for k in OPTIONAL_CREDENTIAL_KEYS])
 
 
 def pvc_claims(uris: Iterable[str | None]) -> list[str]:
@@ -71,16 +82,19 @@ def resources(spec: ResourceRequirements | None) -> dict[str, Any]:
 
 def apply_overrides(pod_spec: dict[str, Any], pod_meta: dict[str, Any], container: dict[str, Any],
                     overrides: PodOverrides | None) -> None:
-    """Fold spec.podTemplate into a rendered pod template (in place)."""
+    """Fold spec.podTemplate into a rendered pod template (in place). The operator's own labels,
+    annotations and environment variables win; podTemplate cannot set keys under modelloop.dev/ nor
+    variables starting with MODELLOOP_ (the schema refuses those too; this also holds for objects
+    stored before it did)."""
     if not overrides:
         return
     o = overrides
     if o.image:
         container["image"] = o.image
     if o.labels:
-        pod_meta["labels"] = {**o.labels, **pod_meta.get("labels", {})}  # ours win: selectors depend on them
+        pod_meta["labels"] = {**_unreserved(o.labels), **pod_meta.get("labels", {})}  # selectors depend on ours
     if o.annotations:
-        pod_meta.setdefault("annotations", {}).update(o.annotations)
+        pod_meta["annotations"] = {**_unreserved(o.annotations), **pod_meta.get("annotations", {})}
     if o.node_selector:
         pod_spec["nodeSelector"] = dict(o.node_selector)
     if o.tolerations:
@@ -90,4 +104,10 @@ def apply_overrides(pod_spec: dict[str, Any], pod_meta: dict[str, Any], containe
     if o.priority_class_name:
         pod_spec["priorityClassName"] = o.priority_class_name
     if o.env:
-        container["env"] = container.get("env", []) + [e.wire() for e in o.env]
+        ours = {e["name"] for e in container.get("env", [])}
+        container["env"] = container.get("env", []) + [
+            e.wire() for e in o.env if e.name not in ours and not e.name.startswith(RESERVED_ENV_PREFIX)]
+
+
+def _unreserved(items: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in items.items() if not k.startswith(RESERVED_KEY_PREFIX)}

@@ -52,13 +52,14 @@ def render_job(training: dict[str, Any], spec: ModelTrainingSpec, version: int, 
             {"name": "MODELLOOP_TRAINING_GENERATION", "value": str(md.get("generation", 1))},
             {"name": "MODELLOOP_TRAINING_RUN", "value": name},
             {"name": "MODELLOOP_TERMINATION_LOG", "value": "/dev/termination-log"},
+            *pods.storage_env(spec.storage),
         ],
-        "envFrom": pods.storage_env_from(spec.storage),
         "resources": pods.resources(spec.resources),
         "securityContext": pods.container_security_context(),
         "volumeMounts": mounts,
         "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # Only what the trainer writes (a reason and a message without data values), never log lines.
+        "terminationMessagePolicy": "File",
     }
     pod_meta: dict[str, Any] = {"labels": dict(labels)}
     pod_spec: dict[str, Any] = {

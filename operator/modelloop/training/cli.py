@@ -20,7 +20,7 @@ from typing import Any, NoReturn, Sequence
 
 from modelloop.artifacts import open_store
 
-from .errors import INTERNAL_ERROR_EXIT_CODE, SpecError, TrainingError
+from .errors import INTERNAL_ERROR_EXIT_CODE, SpecError, TrainingError, describe_exception
 from ..runtime import (
     DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV, configure_logging, log_event, termination_log_path,
     write_termination_message,
@@ -61,7 +61,7 @@ def _run(argv: Sequence[str] | None) -> int:
         return exc.exit_code
     except Exception as exc:  # a bug, not the user's data: keep the traceback in the log
         logging.getLogger("modelloop.training").exception("training.crashed")
-        write_termination_message(termination_log, f"InternalError: {type(exc).__name__}: {exc}")
+        write_termination_message(termination_log, f"InternalError: {describe_exception(exc)}")
         return INTERNAL_ERROR_EXIT_CODE
     uri = metadata["uri"]
     summary = {"artifact": uri, "version": metadata["version"], "sha256": metadata["model"]["sha256"],

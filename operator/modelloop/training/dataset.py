@@ -12,7 +12,7 @@ from typing import Any
 from modelloop.api.training import DatasetSpec
 from modelloop.artifacts import InvalidUriError, StorageError, read_object, sha256_bytes
 
-from .errors import DatasetInvalidError, DatasetUnreadableError, SpecError
+from .errors import DatasetInvalidError, DatasetUnreadableError, SpecError, describe_exception
 from .estimator import Task
 
 FORMATS_BY_EXTENSION = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -60,7 +60,7 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
         frame = pd.read_parquet(io.BytesIO(raw)) if fmt == "parquet" else pd.read_csv(io.BytesIO(raw))
     except Exception as exc:  # parsers raise many types (ParserError, ArrowInvalid, UnicodeDecodeError...)
         raise DatasetUnreadableError(f"spec.dataset.uri '{spec.uri}' cannot be parsed as {fmt}: "
-                                     f"{type(exc).__name__}: {exc}") from None
+                                     f"{describe_exception(exc)}") from None
     return Dataset(frame=frame, uri=spec.uri, format=fmt, sha256=sha256_bytes(raw))
 
 

@@ -5,6 +5,8 @@ code, so the controller can show the message and tell the reasons apart without 
 """
 from __future__ import annotations
 
+import re
+
 
 class TrainingError(Exception):
     """A failure the user can act on; the message names the field or data at fault."""
@@ -63,3 +65,29 @@ REASONS = (SpecError, DatasetUnreadableError, DatasetInvalidError, FitError, Ver
 EXIT_CODES = {cls.reason: cls.exit_code for cls in REASONS}
 # Exit codes of failures that a retry of the same spec cannot fix (for a Job's podFailurePolicy).
 USER_ERROR_EXIT_CODES = sorted(cls.exit_code for cls in REASONS if not cls.retryable)
+
+
+# What libraries quote of the data: quoted strings, bracketed or braced lists, numbers with a fraction
+# or an exponent. Integers stay: they are counts, line numbers and column positions.
+_QUOTED = re.compile(r"""'[^'\n]*'|"[^"\n]*"|`[^`\n]*`""")
+_GROUPED = re.compile(r"\[[^\[\]]*\]|\{[^{}]*\}")
+_FRACTIONAL = re.compile(r"(?<![\w.])[-+]?(\d+\.\d*|\.\d+|\d+(?=[eE]))([eE][-+]?\d+)?(?![\w.])")
+SCRUBBED = "…"
+
+
+def scrub(text: str) -> str:
+    """A library's message without the data values it quotes. A failed run's message travels to the
+    ModelTraining's status, its Events and alerts, which people without access to the data can read;
+    column names and URIs come from our own messages, not from here."""
+    text = _QUOTED.sub(f"'{SCRUBBED}'", text)
+    while True:  # innermost groups first; the placeholder has no brackets, so outer groups match next
+        shorter = _GROUPED.sub("\0", text)
+        if shorter == text:
+            break
+        text = shorter
+    return _FRACTIONAL.sub(SCRUBBED, text).replace("\0", f"[{SCRUBBED}]")
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message` of an exception raised by a library on the user's data, scrubbed of values."""
+    return f"{type(exc).__name__}: {scrub(str(exc))}"

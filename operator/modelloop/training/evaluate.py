@@ -7,7 +7,7 @@ from typing import Any
 
 from modelloop.api.training import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
-from .errors import FitError, SpecError
+from .errors import FitError, SpecError, describe_exception
 from .estimator import Task
 
 STANDARD_METRICS = {"classification": ("accuracy", "f1", "roc_auc"), "regression": ("r2", "rmse", "mae")}
@@ -108,7 +108,7 @@ def _collect(calculations: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
             try:
                 value = float(calculate())
             except (ValueError, AttributeError, TypeError, UndefinedMetricWarning) as exc:
-                undefined[name] = f"{type(exc).__name__}: {exc}"
+                undefined[name] = describe_exception(exc)
                 continue
             if math.isfinite(value):
                 values[name] = value

@@ -24,7 +24,7 @@ from modelloop.artifacts.metadata import TrainingIdentity
 from modelloop.drift.sketch import build_reference
 
 from .dataset import Columns, Dataset, read_dataset, resolve_columns, schema_dtype
-from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError
+from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError, describe_exception
 from .estimator import Task, build_estimator, build_model, learned_categories
 from .evaluate import evaluate, primary_metric, validation_predictions
 from ..runtime import log_event
@@ -123,12 +123,12 @@ def _split(frame: Any, columns: Columns, task: Task, test_size: float, seed: int
             return Split(*train_test_split(features, target, test_size=test_size, random_state=seed,
                                            stratify=target))
         except ValueError as exc:  # a class too rare to appear on both sides
-            log_event("split.unstratified", reason=str(exc))
+            log_event("split.unstratified", reason=describe_exception(exc))
     try:
         return Split(*train_test_split(features, target, test_size=test_size, random_state=seed))
     except ValueError as exc:
         raise DatasetInvalidError(f"cannot hold out spec.validation.testSize={test_size} of {len(frame)} rows: "
-                                  f"{exc}") from None
+                                  f"{describe_exception(exc)}") from None
 
 
 def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Columns, task: Task, metric: str
@@ -145,12 +145,12 @@ def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Column
             try:
                 model.fit(split.x_train, split.y_train)
             except Exception as exc:  # anything the estimator raises is a property of data + params
-                raise FitError(f"fitting {class_path} failed: {type(exc).__name__}: {exc}") from None
+                raise FitError(f"fitting {class_path} failed: {describe_exception(exc)}") from None
         with _step("evaluate", rows=len(split.x_valid)) as info:
             try:
                 predictions, probabilities = validation_predictions(model, class_path, split.x_valid)
             except Exception as exc:
-                raise FitError(f"predicting the validation split failed: {type(exc).__name__}: {exc}") from None
+                raise FitError(f"predicting the validation split failed: {describe_exception(exc)}") from None
             metrics = evaluate(model, split.x_valid, split.y_valid, predictions, task, metric, probabilities)
             info.update(metric=metric, value=metrics[metric])
         prediction_reference = build_reference({columns.target: predictions},

@@ -6,7 +6,10 @@ import yaml
 from modelloop.api import ModelDeploymentSpec, ModelTrainingSpec
 from modelloop.controllers.deployment import rollout_state
 from modelloop.controllers.training import job_failure_message, job_outcome, next_version, wanted_trigger
-from modelloop.render.deployment import ServedModel, render_deployment, render_hpa, render_pdb, render_service
+from modelloop.config import Settings
+from modelloop.render.deployment import (
+    ServedModel, render_deployment, render_hpa, render_network_policy, render_pdb, render_service,
+)
 from modelloop.render.training import effective_spec, job_name, render_job
 from tests.fixtures.cluster import ROOT
 
@@ -29,7 +32,7 @@ def test_job_has_deterministic_name_owner_labels_and_limits():
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 1800
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["args"] == ["--version", "3"]
-    assert c["envFrom"] == [{"secretRef": {"name": "modelloop-s3"}}]
+    assert "envFrom" not in c
     assert c["resources"]["limits"]["memory"] == "2Gi"
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert json.loads(env["MODELLOOP_TRAINING_SPEC"])["dataset"]["uri"] == "s3://modelloop-demo/churn.csv"
@@ -53,7 +56,99 @@ def test_every_pod_runs_as_non_root_with_a_read_only_root_filesystem():
 def test_no_credentials_are_rendered_into_pod_specs():
     job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
     text = json.dumps(job)
-    assert "demo-secret" not in text and "AWS_SECRET_ACCESS_KEY" not in text
+    assert "demo-secret" not in text and "envFrom" not in text
+
+
+def _deployment(spec: dict | None = None, **over) -> dict:
+    raw = {**EXAMPLES["ModelDeployment"]["spec"], **(spec or {}), **over}
+    return render_deployment({**OWNER, "kind": "ModelDeployment"}, ModelDeploymentSpec.model_validate(raw),
+                             ServedModel(2, "s3://b/m/v2", "ab" * 32))
+
+
+def test_storage_credentials_reach_pods_as_secret_key_refs_of_the_named_keys_only():
+    job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
+    dep = _deployment()
+    for c in (job["spec"]["template"]["spec"]["containers"][0], dep["spec"]["template"]["spec"]["containers"][0]):
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert set(refs) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                             "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"}
+        assert all(r["name"] == "modelloop-s3" and r["key"] == name for name, r in refs.items())
+        assert not refs["AWS_ACCESS_KEY_ID"].get("optional") and not refs["AWS_SECRET_ACCESS_KEY"].get("optional")
+        assert all(refs[k]["optional"] is True for k in refs if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+        assert "envFrom" not in c
+
+
+def test_without_a_secret_ref_pods_get_no_credential_variables():
+    raw = {**EXAMPLES["ModelTraining"]["spec"]}
+    raw.pop("storage")
+    job = render_job({**OWNER, "kind": "ModelTraining"}, ModelTrainingSpec.model_validate(raw), 1, "Created")
+    names = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not {n for n in names if n.startswith("AWS_")}
+
+
+def test_what_the_operator_sets_wins_over_the_pod_template():
+    template = {"labels": {"app.kubernetes.io/managed-by": "someone-else", "modelloop.dev/deployment": "other",
+                           "modelloop.dev/anything": "x", "team": "ml"},
+                "annotations": {"modelloop.dev/model-sha256": "0" * 64, "modelloop.dev/model-version": "99",
+                                "prometheus.io/port": "9999", "note": "kept"},
+                "env": [{"name": "AWS_ACCESS_KEY_ID", "value": "mine"}, {"name": "HOME", "value": "/root"},
+                        {"name": "LOG_FORMAT", "value": "json"}]}
+    dep = _deployment(podTemplate=template)
+    meta = dep["spec"]["template"]["metadata"]
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "modelloop"
+    assert meta["labels"]["modelloop.dev/deployment"] == "churn" and "modelloop.dev/anything" not in meta["labels"]
+    assert meta["labels"]["team"] == "ml"
+    assert meta["annotations"]["modelloop.dev/model-sha256"] == "ab" * 32
+    assert meta["annotations"]["modelloop.dev/model-version"] == "2"
+    assert meta["annotations"]["prometheus.io/port"] == "8080" and meta["annotations"]["note"] == "kept"
+    env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    by_name = {}
+    for e in env:
+        assert e["name"] not in by_name, f"{e['name']} rendered twice"
+        by_name[e["name"]] = e
+    assert "secretKeyRef" in by_name["AWS_ACCESS_KEY_ID"]["valueFrom"]
+    assert by_name["HOME"]["value"] == "/tmp" and by_name["LOG_FORMAT"]["value"] == "json"
+
+
+def test_reserved_environment_names_from_objects_stored_before_the_schema_refused_them_are_dropped():
+    spec = training_spec(podTemplate={"env": [{"name": "MODELLOOP_TRAINING_SPEC", "value": "{}"},
+                                              {"name": "MODELLOOP_PVC_ROOT", "value": "/"}]})
+    job = render_job({**OWNER, "kind": "ModelTraining"}, spec, 1, "Created")
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    specs = [e for e in env if e["name"] == "MODELLOOP_TRAINING_SPEC"]
+    assert len(specs) == 1 and json.loads(specs[0]["value"])["dataset"]["target"] == "churned"
+    assert [e["value"] for e in env if e["name"] == "MODELLOOP_PVC_ROOT"] == ["/var/lib/modelloop/pvc"]
+
+
+def test_training_pods_report_only_the_trainers_message_never_log_lines():
+    job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
+    assert job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "File"
+
+
+def test_server_exposes_the_sketch_on_its_own_port_which_the_service_does_not_publish():
+    dep = _deployment()
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8080, "sketch": 8081}
+    assert c["args"][c["args"].index("--sketch-port") + 1] == "8081"
+    svc = render_service({**OWNER, "kind": "ModelDeployment"})
+    assert [p["port"] for p in svc["spec"]["ports"]] == [8080]
+
+
+def test_network_policy_opens_the_sketch_port_to_the_operator_pods_only():
+    settings = Settings(operator_namespace="ops", operator_pod_labels={"app.kubernetes.io/name": "modelloop-operator",
+                                                                      "app.kubernetes.io/instance": "ml"})
+    np = render_network_policy({**OWNER, "kind": "ModelDeployment"}, settings)
+    assert np["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    spec = np["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "modelloop-server",
+                                                  "modelloop.dev/deployment": "churn"}
+    assert spec["policyTypes"] == ["Ingress"]
+    open_port, sketch = spec["ingress"]
+    assert open_port == {"ports": [{"protocol": "TCP", "port": 8080}]}  # inference and /metrics, from anywhere
+    assert sketch["ports"] == [{"protocol": "TCP", "port": 8081}]
+    assert sketch["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}},
+                               "podSelector": {"matchLabels": {"app.kubernetes.io/name": "modelloop-operator",
+                                                               "app.kubernetes.io/instance": "ml"}}}]
 
 
 def test_pvc_uris_mount_their_claims():

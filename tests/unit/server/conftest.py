@@ -110,16 +110,21 @@ class ServerProcess:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    sketch_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def sketch_url(self) -> str:
+        return f"http://127.0.0.1:{self.sketch_port}"
+
     def start(self) -> ServerProcess:
         env = {**os.environ, "MODELLOOP_TERMINATION_LOG": str(self.log.with_suffix(".termination")), **self.env}
         command = [sys.executable, "-m", "modelloop_server.cli", "--host", "127.0.0.1", "--port", str(self.port),
-                   *self.args]
+                   "--sketch-port", str(self.sketch_port), *self.args]
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                         stderr=self.log.open("wb"))
         return self

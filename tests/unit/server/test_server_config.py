@@ -3,19 +3,19 @@ from __future__ import annotations
 
 import pytest
 
-from modelloop.api.deployment import SERVER_PORT, ServerSpec
+from modelloop.api.deployment import SERVER_PORT, SKETCH_PORT, ServerSpec
 from modelloop_server.config import parse_config
 
 
 def test_environment_variables_configure_the_server() -> None:
     config = parse_config([], {
         "MODELLOOP_MODEL_URI": "s3://models/iris/v3", "MODELLOOP_MODEL_NAME": "iris", "MODELLOOP_POD_IP": "10.1.2.3",
-        "MODELLOOP_PORT": "9000", "MODELLOOP_MAX_BATCH_SIZE": "64", "MODELLOOP_MAX_BATCH_WAIT_MS": "0.5",
+        "MODELLOOP_PORT": "9000", "MODELLOOP_SKETCH_PORT": "9001", "MODELLOOP_MAX_BATCH_SIZE": "64", "MODELLOOP_MAX_BATCH_WAIT_MS": "0.5",
         "MODELLOOP_MAX_BODY_BYTES": "2048", "MODELLOOP_DRAIN_SECONDS": "10", "MODELLOOP_LOG_LEVEL": "debug"})
     assert (config.model_uri, config.model_name, config.host, config.port) == (
         "s3://models/iris/v3", "iris", "10.1.2.3", 9000)
     assert (config.max_batch_size, config.max_batch_wait_ms, config.max_body_bytes) == (64, 0.5, 2048)
-    assert (config.drain_seconds, config.log_level) == (10.0, "debug")
+    assert (config.drain_seconds, config.log_level, config.sketch_port) == (10.0, "debug", 9001)
 
 
 def test_flags_win_over_environment_variables() -> None:
@@ -29,6 +29,7 @@ def test_defaults_are_those_of_the_model_deployment_api() -> None:
     config = parse_config(["--model-uri", "file:///m/v1"], {})
     spec = ServerSpec()
     assert config.port == SERVER_PORT
+    assert config.sketch_port == SKETCH_PORT != SERVER_PORT
     assert config.host == "0.0.0.0"
     assert config.model_name is None
     assert (config.max_batch_size, config.max_batch_wait_ms, config.max_body_bytes) == (
@@ -65,6 +66,7 @@ def test_without_pins_or_limits_set_the_defaults_apply() -> None:
     (["--model-uri", "file:///m/v1", "--max-batch-size", "0"], {}, "--max-batch-size 0 must be at least 1"),
     (["--model-uri", "file:///m/v1", "--max-batch-wait-ms", "-1"], {}, "must be 0 or more"),
     (["--model-uri", "file:///m/v1", "--log-level", "loud"], {}, "--log-level 'loud'"),
+    (["--model-uri", "file:///m/v1", "--port", "9000"], {"MODELLOOP_SKETCH_PORT": "9000"}, "differ from --port"),
 ])
 def test_invalid_settings_stop_the_server_with_a_usage_error(argv: list[str], environ: dict[str, str],
                                                              message: str, capsys: pytest.CaptureFixture) -> None:

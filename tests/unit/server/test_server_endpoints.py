@@ -72,7 +72,20 @@ def test_model_name_comes_from_the_flag_or_env_when_given(churn: ServerProcess, 
 @pytest.mark.parametrize("suffix", ["", "/ready", "/sketch"])
 def test_versioned_routes_answer_for_the_served_version(flowers: ServerProcess, client: httpx.Client,
                                                         suffix: str) -> None:
-    assert client.get(f"{flowers.url}/v2/models/flowers/versions/1{suffix}").status_code == 200
+    base = flowers.sketch_url if suffix == "/sketch" else flowers.url
+    assert client.get(f"{base}/v2/models/flowers/versions/1{suffix}").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/sketch", "/v2/models/flowers/sketch", "/v2/models/flowers/versions/1/sketch"])
+def test_sketches_are_served_on_the_sketch_port_only(flowers: ServerProcess, client: httpx.Client, path: str) -> None:
+    assert client.get(f"{flowers.url}{path}").status_code == 404
+    assert client.get(f"{flowers.sketch_url}{path}").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/v2/health/ready", "/v2/models/flowers", "/v2"])
+def test_the_sketch_port_serves_nothing_else(flowers: ServerProcess, client: httpx.Client, path: str) -> None:
+    assert client.get(f"{flowers.sketch_url}{path}").status_code == 404
+    assert client.get(f"{flowers.url}{path}").status_code == 200
 
 
 def test_versioned_infer_answers_for_the_served_version(flowers: ServerProcess, client: httpx.Client) -> None:
@@ -242,7 +255,7 @@ def test_metrics_count_predictions_per_class_for_classifiers(flowers: ServerProc
 
 
 def _sketch(server: ServerProcess, client: httpx.Client, path: str) -> dict:
-    response = client.get(f"{server.url}{path}")
+    response = client.get(f"{server.sketch_url}{path}")
     assert response.status_code == 200
     return response.json()
 

@@ -62,7 +62,7 @@ def test_no_credentials_are_rendered_into_pod_specs():
 def _deployment(spec: dict | None = None, **over) -> dict:
     raw = {**EXAMPLES["ModelDeployment"]["spec"], **(spec or {}), **over}
     return render_deployment({**OWNER, "kind": "ModelDeployment"}, ModelDeploymentSpec.model_validate(raw),
-                             ServedModel(2, "s3://b/m/v2", "ab" * 32))
+                             ServedModel(2, "s3://b/m/v2", "ab" * 32, "ba" * 32))
 
 
 def test_storage_credentials_reach_pods_as_secret_key_refs_of_the_named_keys_only():

@@ -321,6 +321,7 @@ def up() -> dict:
     if real_node:
         node.require_root()
         built = images()  # before anything starts: a cold build takes minutes
+        node.reset_host(SERVICE_CIDR, (KWOK_POD_CIDR,))
     v = versions()
     pki, data, logs = STATE_DIR / "pki", STATE_DIR / "data", STATE_DIR / "logs"
     for d in (pki, data, logs):
@@ -436,6 +437,7 @@ def start_node(built: dict[str, str], pki: Path, server: str, ports: dict[str, i
         if time.monotonic() > deadline or not alive(pids["containerd"]):
             raise StartError(f"containerd did not start:\n{tail(logs / 'containerd.log')}")
         time.sleep(0.2)
+    node.remove_pod_containers()  # containers an earlier node left in the image store's metadata
     built = images(node.CONTAINERD_SOCKET)
 
     node.write_kubelet_config(nd / "kubelet.json", pki, ports["kubelet_healthz"], nd / "pod-logs")

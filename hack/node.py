@@ -304,6 +304,30 @@ def require_root() -> None:
                          "run as root, or set MODELLOOP_NODE=0 for a control plane with simulated nodes only")
 
 
+def kill_pod_processes() -> None:
+    """Kill every process in the kubelet's pod cgroups (cgroupfs driver: <controller>/kubepods/...): what a
+    node of an earlier cluster left running when its kubelet and containerd were killed."""
+    root = Path("/sys/fs/cgroup")
+    for procs in root.glob("*/kubepods*/**/cgroup.procs"):
+        try:
+            pids = procs.read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(int(pid), 9)
+            except (OSError, ValueError):
+                pass
+
+
+def reset_host(service_cidr: str, blackholes: tuple[str, ...]) -> None:
+    """Start from a clean machine: pods, network and kubelet state of an earlier node (a killed session, a
+    crashed `up`) are removed. One real node per machine: this also ends another checkout's node."""
+    kill_pod_processes()
+    teardown_network(service_cidr, blackholes)
+    cleanup_dirs()
+
+
 def cleanup_dirs() -> None:
     """The kubelet's root (its pod volume mounts first) and the runtime state; the image store stays."""
     if KUBELET_ROOT.exists():

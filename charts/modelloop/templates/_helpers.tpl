@@ -18,51 +18,58 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.serviceAccount.create -}}{{ default (include "modelloop.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 {{- define "modelloop.rules" -}}
-# The three kinds: read, and write their status (never their spec).
+# Exactly the calls the operator makes (tests/e2e/test_rbac.py compares these rules with the apiserver's
+# audit log of a test session). Children are written with server-side apply, which is `patch` (it also
+# creates), so no kind needs `create` except Jobs (created once, by name) and Events.
+# The three kinds: read (kopf watches them), and write their status (never their spec).
 - apiGroups: ["modelloop.dev"]
   resources: ["modeltrainings", "modeldeployments", "driftmonitors"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["modelloop.dev"]
   resources: ["modeltrainings/status", "modeldeployments/status", "driftmonitors/status"]
-  verbs: ["get", "patch", "update"]
-# DriftMonitor's retrain action annotates the ModelTraining it names.
+  verbs: ["patch"]
+# A DriftMonitor's retrain request annotates the ModelTraining it names; a run clears the dataset override.
 - apiGroups: ["modelloop.dev"]
   resources: ["modeltrainings"]
   verbs: ["patch"]
-# Children: training Jobs; server Deployment, Service, HPA, PDB (server-side apply = patch).
+# Training Jobs: watched, created by name, the oldest deleted past spec.historyLimit.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["list", "watch", "create", "delete"]
+# The server Deployment: watched (rollout progress) and applied.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "patch"]
+# Service and NetworkPolicy: applied; the garbage collector removes them with their owner.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: ["autoscaling"]
-  resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: ["policy"]
-  resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# One NetworkPolicy per ModelDeployment, applied (server-side apply) and garbage-collected with it.
+  verbs: ["patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create", "patch"]
-# Failure reasons of training pods; live sketches of ready server pods.
+  verbs: ["patch"]
+# HPA and PDB: applied, and deleted when the spec no longer calls for them (autoscaling off, one replica).
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "patch", "delete"]
+# Failure reasons of a failed training's pods.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
+# The ready server pods whose sketches a DriftMonitor merges.
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 # Storage credentials named by spec.storage.secretRef: get by name only (no list, no watch).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
+# modelloop's Events (events.k8s.io) and kopf's own warnings when a handler fails (core Events).
 - apiGroups: ["events.k8s.io", ""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- end -}}
 
 {{- define "modelloop.allowedImages" -}}

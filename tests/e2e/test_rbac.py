@@ -33,8 +33,11 @@ def audited_calls() -> tuple[set[tuple[str, str, str]], list[dict]]:
                 continue
             ref = event["objectRef"]
             resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-            calls.add((ref.get("apiGroup", ""), resource, event["verb"]))
             status = event.get("responseStatus", {})
+            calls.add((ref.get("apiGroup", ""), resource, event["verb"]))
+            if event["verb"] == "patch" and status.get("code") == 201:
+                # server-side apply that created the object: authorized as create as well as patch
+                calls.add((ref.get("apiGroup", ""), resource, "create"))
             # A 403 for creating in a namespace being deleted is not an authorization decision.
             if status.get("code") == 403 and "being terminated" not in status.get("message", ""):
                 forbidden.append(event)

@@ -19,8 +19,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- define "modelloop.rules" -}}
 # Exactly the calls the operator makes (tests/e2e/test_rbac.py compares these rules with the apiserver's
-# audit log of a test session). Children are written with server-side apply, which is `patch` (it also
-# creates), so no kind needs `create` except Jobs (created once, by name) and Events.
+# audit log of a test session). Children are written with server-side apply: a `patch` request, which the
+# apiserver also authorizes as `create` when the object does not exist yet.
 # The three kinds: read (kopf watches them), and write their status (never their spec).
 - apiGroups: ["modelloop.dev"]
   resources: ["modeltrainings", "modeldeployments", "driftmonitors"]
@@ -39,21 +39,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 # The server Deployment: watched (rollout progress) and applied.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Service and NetworkPolicy: applied; the garbage collector removes them with their owner.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["patch"]
+  verbs: ["create", "patch"]
 # HPA and PDB: applied, and deleted when the spec no longer calls for them (autoscaling off, one replica).
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # Failure reasons of a failed training's pods.
 - apiGroups: [""]
   resources: ["pods"]

@@ -26,7 +26,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hack.cluster import BIN, STATE_DIR, alive, read_state, register_extra  # noqa: E402
+from hack.cluster import BIN, STATE_DIR, alive, images, node, read_state, register_extra  # noqa: E402
 
 NS = "modelloop-demo"
 OPERATOR_NS = "modelloop-system"
@@ -136,11 +136,11 @@ def namespace(name: str) -> None:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": RESTRICTED}}))
 
 
-def install_operator(images: dict[str, str]) -> None:
+def install_operator(built: dict[str, str]) -> None:
     """`helm upgrade --install` of charts/modelloop with the images built from this checkout."""
     namespace(OPERATOR_NS)
-    values = {"image": dict(zip(("repository", "tag"), images["OPERATOR_IMAGE"].rsplit(":", 1))),
-              "runtimeImage": dict(zip(("repository", "tag"), images["RUNTIME_IMAGE"].rsplit(":", 1))),
+    values = {"image": dict(zip(("repository", "tag"), built["OPERATOR_IMAGE"].rsplit(":", 1))),
+              "runtimeImage": dict(zip(("repository", "tag"), built["RUNTIME_IMAGE"].rsplit(":", 1))),
               "watchNamespaces": [NS], "resyncSeconds": 10}
     values_file = STATE_DIR / "demo" / "values.json"
     values_file.write_text(json.dumps(values, indent=2))
@@ -187,17 +187,17 @@ def main() -> None:
     state = read_state() or {}
     if not state.get("node"):
         raise SystemExit("demo: the cluster has no real node (MODELLOOP_NODE=0?); run `make cluster-down demo`")
-    images = state["images"]
     say("1/6 set-up: images, S3-compatible server with the example data, CRDs, operator (helm install)")
+    built = images(node.CONTAINERD_SOCKET)  # what changed since the cluster started is rebuilt and imported
     say(f"   {node_line()}")
     for key in ("OPERATOR", "RUNTIME"):
-        say(f"   {key.lower()} image {images[key + '_IMAGE']} ({images[key + '_ID']})")
+        say(f"   {key.lower()} image {built[key + '_IMAGE']} ({built[key + '_ID']})")
     endpoint = start_s3()
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     kubectl("wait", "--for=condition=Established", "-f", str(ROOT / "crds"))
     namespace(NS)
     wait("the default service account", lambda: kubectl("get", "sa", "default", "-n", NS, check=False), 60)
-    install_operator(images)
+    install_operator(built)
     for kind in ("driftmonitor", "modeldeployment", "modeltraining"):  # a fresh loop on every run
         kubectl("delete", kind, "--all", "-n", NS, "--wait=true", check=False)
     apply_examples(endpoint)

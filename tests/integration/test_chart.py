@@ -166,15 +166,21 @@ def test_admission_policy_renders_the_allow_list_and_its_binding(cluster):
 
 
 def _pod(namespace: str, name: str, **spec) -> dict:
-    base = {"containers": [{"name": "c", "image": "ghcr.io/modelloop/runtime:0.1.0"}]}
+    """A pod that the namespace's restricted Pod Security admits, so that only the policy can refuse it."""
+    from tests.fixtures.cluster import RESTRICTED_CONTAINER, RESTRICTED_POD
+
+    base = {"securityContext": RESTRICTED_POD,
+            "containers": [{"name": "c", "image": "ghcr.io/modelloop/runtime:0.1.0"}]}
     base.update(spec)
+    for c in base["containers"] + base.get("initContainers", []):
+        c.setdefault("securityContext", RESTRICTED_CONTAINER)
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "modelloop"}},
             "spec": base}
 
 
 def test_admission_policy_rejects_pods_that_break_out_of_a_modelloop_workload(crds, namespace):
-    from tests.fixtures.cluster import wait_for
+    from tests.fixtures.cluster import RESTRICTED_CONTAINER, RESTRICTED_POD, wait_for
 
     docs = _policy_docs(crds, f"admissionPolicy.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name={namespace}")
     for d in docs:  # cluster-scoped: named after the test's namespace so that nothing else is affected
@@ -198,8 +204,9 @@ def test_admission_policy_rejects_pods_that_break_out_of_a_modelloop_workload(cr
         job = {"apiVersion": "batch/v1", "kind": "Job",
                "metadata": {"name": "evil-job", "namespace": namespace,
                             "labels": {"app.kubernetes.io/managed-by": "modelloop"}},
-               "spec": {"template": {"spec": {"restartPolicy": "Never",
-                                              "containers": [{"name": "c", "image": "attacker/x:1"}]}}}}
+               "spec": {"template": {"spec": {"restartPolicy": "Never", "securityContext": RESTRICTED_POD,
+                                              "containers": [{"name": "c", "image": "attacker/x:1",
+                                                              "securityContext": RESTRICTED_CONTAINER}]}}}}
         assert "allowed images only" in dry_run(job).stderr
         assert dry_run(_pod(namespace, "fine")).returncode == 0
         unmanaged = _pod(namespace, "not-ours", containers=[{"name": "c", "image": "busybox"}])

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures.cluster import ROOT, wait_for
+from tests.fixtures.cluster import RESTRICTED_CONTAINER, RESTRICTED_POD, ROOT, wait_for
 
 K8S_VERSION = next(l.split("=", 1)[1] for l in (ROOT / "hack" / "versions.env").read_text().splitlines()
                    if l.startswith("K8S_VERSION="))
@@ -36,7 +36,9 @@ def test_deployment_of_two_replicas_becomes_available_on_kwok_nodes(cluster, nam
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                  "template": {"metadata": {"labels": {"app": "web"}},
                               "spec": {"nodeSelector": KWOK_NODE, "tolerations": KWOK_TOLERATION,
-                                       "containers": [{"name": "web", "image": "example.invalid/web:1"}]}}},
+                                       "securityContext": RESTRICTED_POD,
+                                       "containers": [{"name": "web", "image": "example.invalid/web:1",
+                                                       "securityContext": RESTRICTED_CONTAINER}]}}},
     })
     cluster.kubectl("wait", "-n", namespace, "deployment/web", "--for=condition=Available", "--timeout=60s")
     rs = cluster.get("replicasets", "-n", namespace, "-l", "app=web")["items"]
@@ -57,7 +59,9 @@ def _job(name: str, namespace: str, fail: bool) -> dict:
         "spec": {"backoffLimit": 0, "template": {
             "metadata": {"labels": labels, "annotations": annotations},
             "spec": {"restartPolicy": "Never", "nodeSelector": KWOK_NODE, "tolerations": KWOK_TOLERATION,
-                     "containers": [{"name": "train", "image": "example.invalid/train:1"}]}}},
+                     "securityContext": RESTRICTED_POD,
+                     "containers": [{"name": "train", "image": "example.invalid/train:1",
+                                     "securityContext": RESTRICTED_CONTAINER}]}}},
     }
 
 

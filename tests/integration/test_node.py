@@ -8,13 +8,10 @@ import httpx
 import pytest
 
 from hack.traffic import resolve
-from tests.fixtures.cluster import wait_for
+from tests.fixtures.cluster import RESTRICTED_CONTAINER, RESTRICTED_POD, wait_for
 
 pytestmark = pytest.mark.node
 NODE = "modelloop-node"
-RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                        "capabilities": {"drop": ["ALL"]}}
-RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}}
 # A tiny HTTP server that answers with its pod's name (python3 of the runtime image, no files written).
 ECHO = ("import http.server, os\n"
         "class H(http.server.BaseHTTPRequestHandler):\n"

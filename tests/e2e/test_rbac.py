@@ -19,7 +19,9 @@ OPERATORS = {f"system:serviceaccount:{TESTS_RELEASE_NS}:{TESTS_RELEASE}",
 RARELY_USED = {
     ("", "events", "create"): "kopf posts a core Event when a handler fails (modelloop's own go to events.k8s.io)",
     ("batch", "jobs", "delete"): "runs past spec.historyLimit",
+    ("autoscaling", "horizontalpodautoscalers", "get"): "a deployment without autoscaling: is there one to delete?",
     ("autoscaling", "horizontalpodautoscalers", "delete"): "spec.autoscaling removed",
+    ("policy", "poddisruptionbudgets", "get"): "a deployment of one replica: is there a PDB to delete?",
     ("policy", "poddisruptionbudgets", "delete"): "replicas lowered to one",
     ("", "pods", "list"): "a failed training run (its pods' termination messages)",
 }

@@ -214,3 +214,11 @@ def test_admission_policy_rejects_pods_that_break_out_of_a_modelloop_workload(cr
         assert dry_run(unmanaged).returncode == 0  # other workloads are not modelloop's business
     finally:
         crds.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(docs), check=False)
+
+
+def test_operator_pod_gets_no_service_link_variables(cluster):
+    """Released as `modelloop`, the chart's Service modelloop-metrics would otherwise inject
+    MODELLOOP_METRICS_PORT=tcp://<ip>:9090 into the operator's environment, one of its own settings."""
+    docs = [d for d in yaml.safe_load_all(render(cluster)) if d]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["enableServiceLinks"] is False

@@ -87,6 +87,9 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
     pod_spec: dict[str, Any] = {
         "securityContext": pods.pod_security_context(settings),
         "automountServiceAccountToken": False,
+        # No docker-link variables for every Service of the namespace (a Service named like an env setting
+        # would override it, e.g. MODELLOOP_*_PORT).
+        "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
         "containers": [container],
         "volumes": volumes,

@@ -66,6 +66,9 @@ def render_job(training: dict[str, Any], spec: ModelTrainingSpec, version: int, 
         "restartPolicy": "Never",
         "securityContext": pods.pod_security_context(settings),
         "automountServiceAccountToken": False,
+        # No docker-link variables for every Service of the namespace (a Service named like an env setting
+        # would override it, e.g. MODELLOOP_*_PORT).
+        "enableServiceLinks": False,
         "containers": [container],
         "volumes": volumes,
     }

@@ -255,3 +255,11 @@ def test_rollout_state_reads_the_deployment_of_that_version():
     failed = dep(2, replicas=3, updatedReplicas=1, availableReplicas=2, conditions=[
         {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}])
     assert rollout_state(failed, 2) == "Failed"
+
+
+def test_rendered_pods_get_no_service_link_variables():
+    """A Service in the user's namespace named like a setting (modelloop-model-sha256 → MODELLOOP_MODEL_SHA256_...)
+    must not reach the pods' environment."""
+    job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
+    assert job["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    assert _deployment()["spec"]["template"]["spec"]["enableServiceLinks"] is False

@@ -552,6 +552,24 @@ def wait_default_service_account(pids: dict[str, int], logs: Path) -> None:
                      + tail(logs / "kube-controller-manager.log"))
 
 
+def helm_install(release: str, namespace: str, values_file: Path, timeout: str = "5m") -> None:
+    """`helm upgrade --install` of charts/modelloop, waiting for the operator to be ready. A release left
+    pending by an interrupted helm (a killed demo or test run) is first rolled back, or removed if it never
+    deployed, instead of failing with "another operation is in progress"."""
+    helm = [str(BIN / "helm"), "--kubeconfig", str(STATE_DIR / "kubeconfig"), "-n", namespace]
+    status = subprocess.run([*helm, "status", release, "-o", "json"], capture_output=True, text=True)
+    if status.returncode == 0 and json.loads(status.stdout)["info"]["status"].startswith("pending"):
+        history = subprocess.run([*helm, "history", release, "-o", "json"], capture_output=True, text=True)
+        deployed = [h for h in json.loads(history.stdout or "[]") if h["status"] in ("deployed", "superseded")]
+        fix = ["rollback", release, str(deployed[-1]["revision"])] if deployed else ["uninstall", release]
+        log(f"helm release {namespace}/{release} was left pending; {fix[0]}")
+        subprocess.run([*helm, *fix, "--wait"], capture_output=True, text=True)
+    proc = subprocess.run([*helm, "upgrade", "--install", release, str(ROOT / "charts" / "modelloop"),
+                           "-f", str(values_file), "--wait", "--timeout", timeout], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StartError(f"helm upgrade --install {release} failed: {proc.stderr.strip()}")
+
+
 def describe(state: dict) -> str:
     v = state["versions"]
     lines = [f"cluster ready: Kubernetes {v['K8S_VERSION']}, etcd {v['ETCD_VERSION']}, kwok {v['KWOK_VERSION']} "

@@ -26,7 +26,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from hack.cluster import BIN, STATE_DIR, alive, images, node, read_state, register_extra  # noqa: E402
+from hack.cluster import (BIN, STATE_DIR, StartError, alive, helm_install, images, node, read_state,  # noqa: E402
+                          register_extra)
 
 NS = "modelloop-demo"
 OPERATOR_NS = "modelloop-system"
@@ -144,11 +145,10 @@ def install_operator(built: dict[str, str]) -> None:
               "watchNamespaces": [NS], "resyncSeconds": 10}
     values_file = STATE_DIR / "demo" / "values.json"
     values_file.write_text(json.dumps(values, indent=2))
-    p = subprocess.run([str(BIN / "helm"), "upgrade", "--install", RELEASE, str(ROOT / "charts" / "modelloop"),
-                        "-n", OPERATOR_NS, "-f", str(values_file), "--wait", "--timeout", "5m"],
-                       text=True, capture_output=True)
-    if p.returncode != 0:
-        raise SystemExit(f"helm install failed: {p.stderr.strip()}")
+    try:
+        helm_install(RELEASE, OPERATOR_NS, values_file)
+    except StartError as e:
+        raise SystemExit(f"demo: {e}")
     pod = json.loads(kubectl("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=modelloop-operator",
                              "-o", "json"))["items"][0]
     say(f"operator installed by helm: pod {OPERATOR_NS}/{pod['metadata']['name']} on {pod['spec']['nodeName']}, "

@@ -100,7 +100,8 @@ class ModelDeploymentSpec(ApiModel):
     replicas: int | None = Field(default=None, ge=0, le=1000, description=(
         "Number of server pods (default 1) when autoscaling is not set."))
     autoscaling: AutoscalingSpec | None = Field(default=None, description="Autoscaling; excludes replicas.")
-    resources: ResourceRequirements | None = Field(default=None, description="Resources of the server container.")
+    resources: ResourceRequirements | None = Field(default=None, description=(
+        "Resources of the server container; default requests cpu 100m, memory 256Mi and a memory limit of 1Gi."))
     pod_template: PodOverrides | None = Field(default=None, description="Overrides of the server pods.")
     server: ServerSpec = Field(default_factory=ServerSpec, description="Model server options.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout settings.")

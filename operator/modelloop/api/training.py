@@ -143,7 +143,8 @@ class ModelTrainingSpec(ApiModel):
     validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Evaluation settings.")
     output: OutputSpec = Field(description="Where versions are written.")
     storage: StorageSpec | None = Field(default=None, description="Credentials of the dataset and output stores.")
-    resources: ResourceRequirements | None = Field(default=None, description="Resources of the training container.")
+    resources: ResourceRequirements | None = Field(default=None, description=(
+        "Resources of the training container; default requests cpu 500m, memory 512Mi and a memory limit of 4Gi."))
     pod_template: PodOverrides | None = Field(default=None, description="Overrides of the training pod.")
     backoff_limit: int = Field(default=0, ge=0, le=10, description="Retries of a failed training pod within one run.")
     active_deadline_seconds: int = Field(default=3600, ge=10, le=7 * 24 * 3600, description=(

@@ -71,7 +71,7 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
                            "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 2},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
                           "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 3},
-        "resources": pods.resources(spec.resources),
+        "resources": pods.resources(spec.resources, pods.DEFAULT_SERVER_RESOURCES),
         "securityContext": pods.container_security_context(),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",

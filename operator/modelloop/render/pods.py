@@ -76,8 +76,13 @@ def base_env(settings: Settings = SETTINGS) -> list[dict[str, Any]]:
     ]
 
 
-def resources(spec: ResourceRequirements | None) -> dict[str, Any]:
-    return spec.wire() if spec else {}
+# Without spec.resources a pod is not BestEffort (the first evicted, unbounded in memory): these apply.
+DEFAULT_SERVER_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+DEFAULT_TRAINING_RESOURCES = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "4Gi"}}
+
+
+def resources(spec: ResourceRequirements | None, default: dict[str, dict[str, str]]) -> dict[str, Any]:
+    return spec.wire() if spec else {k: dict(v) for k, v in default.items()}
 
 
 def apply_overrides(pod_spec: dict[str, Any], pod_meta: dict[str, Any], container: dict[str, Any],

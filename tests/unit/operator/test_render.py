@@ -263,3 +263,15 @@ def test_rendered_pods_get_no_service_link_variables():
     job = render_job({**OWNER, "kind": "ModelTraining"}, training_spec(), 1, "Created")
     assert job["spec"]["template"]["spec"]["enableServiceLinks"] is False
     assert _deployment()["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_pods_without_resources_get_defaults_and_are_not_best_effort():
+    spec = {k: v for k, v in EXAMPLES["ModelDeployment"]["spec"].items() if k != "resources"}
+    server = render_deployment({**OWNER, "kind": "ModelDeployment"}, ModelDeploymentSpec.model_validate(spec),
+                               ServedModel(2, "s3://b/m/v2", "ab" * 32, "ba" * 32))
+    res = server["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
+    raw = {k: v for k, v in training_spec().model_dump(by_alias=True, exclude_none=True).items() if k != "resources"}
+    job = render_job({**OWNER, "kind": "ModelTraining"}, type(training_spec()).model_validate(raw), 1, "Created")
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]

@@ -180,7 +180,7 @@ GO
 # Resource metrics for HPAs (metrics.k8s.io), scraping the kubelet; run on the host by hack/node.py.
 build_metrics-server() {
   go_install metrics-server "$METRICS_SERVER_VERSION" sigs.k8s.io/metrics-server/cmd/metrics-server \
-    "-X k8s.io/component-base/version.gitVersion=$METRICS_SERVER_VERSION"
+    "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION"
 }
 
 components=("$@")

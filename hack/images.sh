@@ -4,8 +4,8 @@
 #   base      Debian bookworm + Python 3.11 (mmdebstrap from the machine's apt sources, `docker import`),
 #             standing in for python:3.11-slim because no registry is reachable here
 #   pause     the node's sandbox image (a static Go program FROM scratch)
-#   operator  operator/Dockerfile          (modelloop-operator)
-#   runtime   model-server/Dockerfile      (modelloop-train, modelloop-serve)
+#   operator  Dockerfile, target operator  (modelloop-operator)
+#   runtime   Dockerfile, target runtime   (modelloop-train, modelloop-serve)
 #
 # Every image is tagged with a hash of what went into it, so a warm run only hashes files (seconds) and a
 # changed source file rebuilds just the layers after its COPY. Prints KEY=VALUE lines:
@@ -62,19 +62,20 @@ sources_hash() {
 }
 src_hash="$(sources_hash | hash_of)"
 extra_ca="$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null || true)"
-build_app() { # build_app <name> <dockerfile>
-  local name="$1" dockerfile="$2" tag ref
-  tag="$( { echo "$src_hash"; cat "$root/$dockerfile"; image_id "$BASE_IMAGE"; } | hash_of)"
+build_app() { # build_app <target>: a target of the Dockerfile
+  local name="$1" tag ref
+  tag="$( { echo "$src_hash $name"; cat "$root/Dockerfile"; image_id "$BASE_IMAGE"; } | hash_of)"
   ref="$REPO/$name:$tag"
   if ! exists "$ref"; then
-    log "$name: docker build -f $dockerfile (the dependency layer is cached until pyproject.toml changes)"
+    log "$name: docker build --target $name (the dependency layer is cached until the dependencies change)"
     # --network=host: pip reaches PyPI the way the host does.
-    docker build -q --network=host --build-arg "BASE=$BASE_IMAGE" --build-arg "EXTRA_CA_CERTS=$extra_ca" -f "$root/$dockerfile" -t "$ref" "$root" >/dev/null
+    docker build -q --network=host --build-arg "BASE=$BASE_IMAGE" --build-arg "EXTRA_CA_CERTS=$extra_ca" \
+      --target "$name" -t "$ref" "$root" >/dev/null
   fi
   echo "$ref"
 }
-OPERATOR_IMAGE="$(build_app operator operator/Dockerfile)"
-RUNTIME_IMAGE="$(build_app runtime model-server/Dockerfile)"
+OPERATOR_IMAGE="$(build_app operator)"
+RUNTIME_IMAGE="$(build_app runtime)"
 
 if [[ -n "${MODELLOOP_CONTAINERD_SOCKET:-}" ]]; then
   for ref in "$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$RUNTIME_IMAGE"; do

@@ -1,7 +1,8 @@
-# The runtime image of modelloop's data plane: the trainer (`modelloop-train`, run by training Jobs) and
-# the model server (`modelloop-serve`, run by ModelDeployment pods). From the repository root:
-#   docker build -f model-server/Dockerfile -t ghcr.io/modelloop/runtime:0.1.0 .
-# `make images` builds it with --build-arg BASE=<a Debian bookworm + Python 3.11 image made here>, because
+# modelloop's two images, from one build stage (so they share every layer but the last):
+#   docker build --target operator -t ghcr.io/modelloop/operator:0.1.0 .    the operator (modelloop-operator)
+#   docker build --target runtime  -t ghcr.io/modelloop/runtime:0.1.0 .     trainer (modelloop-train) and
+#                                                                            model server (modelloop-serve)
+# `make images` builds both with --build-arg BASE=<a Debian bookworm + Python 3.11 image made here>, because
 # no registry is reachable where modelloop is developed; elsewhere BASE defaults to python:3.11-slim,
 # pinned by digest (refresh: `docker buildx imagetools inspect python:3.11-slim`).
 ARG BASE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
@@ -16,7 +17,7 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyprojec
 FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_CERT=/tmp/ca.pem
 # Extra CA certificates (PEM) for pip, for builds behind a TLS-inspecting proxy; `make images` passes the
-# host's /usr/local/share/ca-certificates. Build stage only: the final image never sees them.
+# host's /usr/local/share/ca-certificates. Build stage only: the final images never see them.
 ARG EXTRA_CA_CERTS=""
 RUN { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERTS"; } > /tmp/ca.pem \
  && python3 -m venv /opt/modelloop && /opt/modelloop/bin/pip install -q --upgrade 'pip>=24' 'setuptools>=69' wheel
@@ -29,15 +30,20 @@ RUN /opt/modelloop/bin/pip install -q --no-deps --no-build-isolation /src \
  && find /opt/modelloop -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/modelloop/bin/python -m compileall -q /opt/modelloop/lib
 
-# The final stage: the base and the venv, no compilers, no pip cache, no source tree.
-FROM ${BASE}
+# What both images are: the base and the venv, no compilers, no pip cache, no source tree; a numeric
+# non-root user (runAsNonRoot can verify it) with a passwd entry (getpass, and so kopf's identity, look it up).
+FROM ${BASE} AS app
 COPY --from=build /opt/modelloop /opt/modelloop
-# A named account for the numeric user (getpass, and so kopf's peering identity, look it up).
 RUN echo 'modelloop:x:65532:65532:modelloop:/tmp:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'modelloop:x:65532:' >> /etc/group
 ENV PATH=/opt/modelloop/bin:/usr/local/bin:/usr/bin:/bin PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp TMPDIR=/tmp
-# A numeric non-root user: Kubernetes' runAsNonRoot can verify it without an /etc/passwd entry.
 USER 65532:65532
-EXPOSE 8080
+
+FROM app AS operator
+ENTRYPOINT ["modelloop-operator"]
+
+# Last, so that a plain `docker build .` gives the runtime image.
+FROM app AS runtime
+EXPOSE 8080 8081
 CMD ["modelloop-serve"]

@@ -161,7 +161,9 @@ def test_operator_restart_during_a_run_creates_no_duplicate_job_and_the_result_l
         operator, cluster, namespace, data):
     from modelloop.training import train
 
-    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "15000"}}
+    # kwok completes the pod 40 s after it starts: time enough for this test's own trainer to write
+    # version 1 first even on a loaded machine (with 15 s, a slow `train` lost the race and the run failed).
+    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "40000"}}
     doc = training(namespace, data, podTemplate=held)
     cluster.apply(doc)
     wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v1", timeout=30, message="run 1")
@@ -169,7 +171,7 @@ def test_operator_restart_during_a_run_creates_no_duplicate_job_and_the_result_l
     # What the (simulated) pod does while kwok holds it: the trainer writes version 1.
     train(doc["spec"], version=1, identity={"name": "churn", "namespace": namespace, "uid": "x", "generation": 1,
                                             "run": "churn-v1"})
-    wait_for(lambda: status(cluster, namespace).get("phase") == "Succeeded", timeout=60,
+    wait_for(lambda: status(cluster, namespace).get("phase") == "Succeeded", timeout=120,
              message="the run's result after the restart")
     st = status(cluster, namespace)
     assert [r["job"] for r in st["runs"]] == ["churn-v1"] and st["latestVersion"] == 1

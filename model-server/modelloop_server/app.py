@@ -172,7 +172,7 @@ class ModelServerApp:
     def _load_and_warm_up(self) -> tuple[ServedModel, LiveSketches]:
         model = self.load()
         model.warm_up()
-        return model, LiveSketches(model)
+        return model, LiveSketches(model, min_rows=self.config.sketch_min_rows)
 
     # -- handlers -----------------------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from typing import Sequence
 
 from modelloop.api.deployment import SERVER_PORT, SKETCH_PORT, ServerSpec
 
+from .live import DEFAULT_MIN_ROWS as DEFAULT_SKETCH_MIN_ROWS
+
 _SPEC_DEFAULTS = ServerSpec()
 
 # Longest uvicorn waits, after the drain period, for in-flight requests before cancelling them.
@@ -44,6 +46,7 @@ class ServerConfig:
     body_timeout_seconds: float = 30.0
     keep_alive_seconds: float = 5.0
     max_header_bytes: int = 65_536
+    sketch_min_rows: int = DEFAULT_SKETCH_MIN_ROWS
 
 
 # flag -> (environment variable, type, help). The environment variable is the flag's default.
@@ -88,6 +91,9 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
     "max_header_bytes": ("MODELLOOP_MAX_HEADER_BYTES", int,
                          "largest request line and headers; more get 431 and the connection closes "
                          "(default 65536)"),
+    "sketch_min_rows": ("MODELLOOP_SKETCH_MIN_ROWS", int,
+                        "fewest rows between two published sketches: /sketch serves the previous one until "
+                        f"this many more rows were counted (default {DEFAULT_SKETCH_MIN_ROWS})"),
 }
 
 
@@ -138,7 +144,8 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
         if digest is not None and not SHA256.match(digest):
             parser.error(f"{flag} {digest!r} must be 64 lowercase hexadecimal digits")
     for flag, value in (("--max-concurrency", config.max_concurrency), ("--max-queue", config.max_queue),
-                        ("--max-rows", config.max_rows), ("--max-header-bytes", config.max_header_bytes)):
+                        ("--max-rows", config.max_rows), ("--max-header-bytes", config.max_header_bytes),
+                        ("--sketch-min-rows", config.sketch_min_rows)):
         if value < 1:
             parser.error(f"{flag} {value} must be at least 1")
     for flag, seconds in (("--header-timeout-seconds", config.header_timeout_seconds),

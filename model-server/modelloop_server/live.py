@@ -7,6 +7,11 @@ life of the process), `started` and `modelVersion`, so a reader can tell a resta
 Counting a batch costs about 20 us per feature whatever its size, more than predicting a small model,
 so batches are buffered and counted together once `FLUSH_ROWS` rows are waiting, and before every
 snapshot: a snapshot always includes every row answered before it was asked for.
+
+Privacy: two snapshots differ by at least `min_rows` rows (MODELLOOP_SKETCH_MIN_ROWS, docs/security.md).
+A new snapshot is published only once that many rows were counted since the last published one;
+until then the last published one (at first, the empty sketch) is served again. So no reader, however
+often it polls, can isolate the bins of fewer than `min_rows` requests' rows.
 """
 from __future__ import annotations
 
@@ -20,10 +25,14 @@ from .model import ServedModel
 from .schema import Rows
 
 FLUSH_ROWS = 1024
+DEFAULT_MIN_ROWS = 100
 
 
 class LiveSketches:
-    def __init__(self, model: ServedModel) -> None:
+    def __init__(self, model: ServedModel, *, min_rows: int = DEFAULT_MIN_ROWS) -> None:
+        if min_rows < 1:
+            raise ValueError(f"min_rows {min_rows} must be at least 1")
+        self.min_rows = min_rows
         self.model_version = model.version
         self.target = model.target
         self.schema = model.schema
@@ -37,6 +46,7 @@ class LiveSketches:
         self._predicted: list[np.ndarray] = []
         self._buffered = 0
         self._lock = threading.Lock()
+        self._published = self._build()
 
     def observe(self, rows: Rows, predictions: np.ndarray) -> None:
         with self._lock:
@@ -47,12 +57,19 @@ class LiveSketches:
                 self._flush()
 
     def snapshot(self) -> dict[str, Any]:
-        """The feature sketch plus the prediction sketch under `predictions`, both with modelVersion."""
+        """The feature sketch plus the prediction sketch under `predictions`, both with modelVersion: the
+        current counts when at least `min_rows` rows arrived since the last published snapshot, that
+        snapshot again otherwise."""
         with self._lock:
             self._flush()
-            out = self.features.snapshot(modelVersion=self.model_version)
-            if self.predictions is not None:
-                out["predictions"] = self.predictions.snapshot(modelVersion=self.model_version)
+            if self.features.rows - self._published["rows"] >= self.min_rows:
+                self._published = self._build()
+            return self._published
+
+    def _build(self) -> dict[str, Any]:
+        out = self.features.snapshot(modelVersion=self.model_version)
+        if self.predictions is not None:
+            out["predictions"] = self.predictions.snapshot(modelVersion=self.model_version)
         return out
 
     def _flush(self) -> None:

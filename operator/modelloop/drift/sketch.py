@@ -269,6 +269,12 @@ class LiveSketch:
     def feature_names(self) -> list[str]:
         return [b.name for b in self._binners]
 
+    @property
+    def rows(self) -> int:
+        """Rows counted so far."""
+        with self._lock:
+            return self._rows
+
     def observe_columns(self, columns: Mapping[str, Any]) -> None:
         """Count a batch given as name -> values (a mapping or DataFrame); extra columns are ignored."""
         rows, counts, missing = _count_columns(self._binners, columns)

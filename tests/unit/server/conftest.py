@@ -172,7 +172,8 @@ class ServerProcess:
 def servers(artifacts: dict[str, Artifact], tmp_path_factory: pytest.TempPathFactory):
     """One long-lived server per model, started concurrently. Batching: flowers never waits (0 ms),
     churn waits up to 200 ms for company, so concurrent requests there are merged for sure. flowers is
-    pinned to its digests as the operator pins every server."""
+    pinned to its digests as the operator pins every server and keeps the default sketch window; churn and
+    prices publish a sketch after every row, so tests can count exactly."""
     from modelloop.artifacts import sha256_bytes
 
     logs = tmp_path_factory.mktemp("server-logs")
@@ -182,10 +183,12 @@ def servers(artifacts: dict[str, Artifact], tmp_path_factory: pytest.TempPathFac
     started = {
         "flowers": ServerProcess(["--model-uri", artifacts["flowers"].uri, "--max-batch-wait-ms", "0",
                                   "--max-body-bytes", "65536"], logs / "flowers.log", env=flowers_pins),
-        "churn": ServerProcess(["--max-batch-wait-ms", "200", "--max-batch-size", "64"], logs / "churn.log",
+        "churn": ServerProcess(["--max-batch-wait-ms", "200", "--max-batch-size", "64", "--sketch-min-rows", "1"],
+                               logs / "churn.log",
                                env={"MODELLOOP_MODEL_URI": artifacts["churn"].uri,
                                     "MODELLOOP_MODEL_NAME": "churn-model"}),
-        "prices": ServerProcess(["--model-uri", artifacts["prices"].uri, "--max-batch-wait-ms", "0"],
+        "prices": ServerProcess(["--model-uri", artifacts["prices"].uri, "--max-batch-wait-ms", "0",
+                                 "--sketch-min-rows", "1"],
                                 logs / "prices.log"),
     }
     try:

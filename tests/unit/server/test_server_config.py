@@ -59,6 +59,7 @@ def test_without_pins_or_limits_set_the_defaults_apply() -> None:
     (["--model-uri", "file:///m/v1"], {"MODELLOOP_MODEL_SHA256": "ABC"}, "--model-sha256 'ABC' must be 64"),
     (["--model-uri", "file:///m/v1", "--metadata-sha256", "f" * 63], {}, "--metadata-sha256"),
     (["--model-uri", "file:///m/v1", "--max-queue", "0"], {}, "--max-queue 0 must be at least 1"),
+    (["--model-uri", "file:///m/v1", "--sketch-min-rows", "0"], {}, "--sketch-min-rows 0 must be at least 1"),
     (["--model-uri", "file:///m/v1", "--max-rows", "-5"], {}, "--max-rows -5 must be at least 1"),
     (["--model-uri", "file:///m/v1", "--body-timeout-seconds", "0"], {}, "--body-timeout-seconds 0 must be more"),
     ([], {}, "--model-uri"),

@@ -276,6 +276,31 @@ def test_sketch_counts_each_value_sent_into_its_reference_bin(prices: ServerProc
     assert after["predictions"]["rows"] == before["predictions"]["rows"] + 4
 
 
+def test_a_sketch_is_published_only_after_the_minimum_window_of_rows(flowers: ServerProcess,
+                                                                    client: httpx.Client) -> None:
+    """Privacy (docs/security.md): however often the sketch is read, two published sketches differ by at
+    least MODELLOOP_SKETCH_MIN_ROWS rows (default 100), so no reader isolates a few requests' values."""
+    from modelloop_server.live import DEFAULT_MIN_ROWS
+
+    def send_one() -> None:
+        assert client.post(f"{flowers.url}/v2/models/flowers/infer", json=v2_matrix(ROWS[:1])).status_code == 200
+
+    published = _sketch(flowers, client, "/sketch")
+    for _ in range(DEFAULT_MIN_ROWS):  # rows of earlier tests may be pending: reach the next publication
+        send_one()
+        latest = _sketch(flowers, client, "/sketch")
+        if latest["rows"] != published["rows"]:
+            break
+    else:
+        raise AssertionError(f"no new sketch after {DEFAULT_MIN_ROWS} rows")
+    assert latest["rows"] - published["rows"] >= DEFAULT_MIN_ROWS
+    for _ in range(DEFAULT_MIN_ROWS - 1):  # everything counted is published: the window starts empty
+        send_one()
+        assert _sketch(flowers, client, "/sketch") == latest
+    send_one()
+    assert _sketch(flowers, client, "/sketch")["rows"] == latest["rows"] + DEFAULT_MIN_ROWS
+
+
 def test_sketch_carries_instance_start_time_and_model_version(churn: ServerProcess, client: httpx.Client) -> None:
     first = _sketch(churn, client, "/v2/models/churn-model/sketch")
     again = _sketch(churn, client, "/sketch")

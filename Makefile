@@ -61,8 +61,9 @@ demo: cluster ## the whole loop on the embedded cluster: operator, examples, wha
 	$(PY) hack/demo.py
 
 bench: $(STAMP) ## run every benchmark in bench/ (make bench BENCH=<name> runs one)
-	@set -e; for d in bench/*/; do n=$$(basename $$d); \
-	  if [ -z "$(BENCH)" ] || [ "$(BENCH)" = "$$n" ]; then echo "== bench/$$n"; $(PY) bench/$$n/run.py; fi; done
+	@set -e; ran=; for f in bench/*/run.py; do n=$$(basename $$(dirname $$f)); \
+	  if [ -z "$(BENCH)" ] || [ "$(BENCH)" = "$$n" ]; then echo "== bench/$$n"; $(PY) $$f; ran=1; fi; done; \
+	  if [ -z "$$ran" ]; then echo "no benchmark bench/$(BENCH)/run.py" >&2; exit 2; fi
 
 clean: cluster-down ## stop the cluster and remove the venv
 	rm -rf $(VENV) .pytest_cache

@@ -1,24 +1,37 @@
 """modelloop-serve against MLServer 1.7.1: same model object, same payloads, same load tool, same CPU.
 
-    .venv/bin/python bench/server/run.py [--duration 5] [--connections 1,8,32] [--rows 1,16] [--models rf,logreg]
+    .venv/bin/python bench/server/run.py                      # the full run (about 30 min on 2 cores)
+    .venv/bin/python bench/server/run.py --models logreg --connections 1 --rows 1 --repeat 1 --duration 1 \
+        --warmup 1 --output /tmp/server-smoke.json         # a smoke run: every server starts and agrees
 
 What it does:
-1. Trains each model with modelloop's trainer on one 16-feature numeric dataset and writes the version
-   (model.skops + metadata.json) to a file:// folder; loads that very model object back and saves it with
-   joblib for MLServer's scikit-learn runtime, so both servers hold the same fitted estimator.
-2. Creates MLServer's own venv at bench/.venv-mlserver when missing (mlserver 1.7.1, mlserver-sklearn 1.7.1,
-   uvloop<0.22: newer uvloop crashes its inference worker).
-3. Starts every server at once, each pinned with taskset to the same CPU (--server-cpus), and wrk on another
-   (--load-cpus):
+1. Set-up: installs wrk with apt-get when missing and running as root (exits with what to do otherwise),
+   checks taskset, and creates MLServer's own venv at bench/.venv-mlserver when missing (mlserver 1.7.1,
+   mlserver-sklearn 1.7.1, uvloop<0.22: newer uvloop crashes its inference worker, and our venv's
+   scikit-learn version, so that both servers unpickle the same estimator with the same code).
+2. Per model, in turn (only one model's servers are up at a time): trains it with modelloop's trainer on
+   one 16-feature numeric dataset and writes the version to a file:// folder (the server serves whatever
+   the trainer wrote, model.onnx included once the trainer writes one); loads that very model object back
+   and saves it with joblib for MLServer's scikit-learn runtime. Models: RandomForest (50 trees, depth 8),
+   HistGradientBoosting (scikit-learn defaults), LogisticRegression.
+3. Starts six servers, each pinned with taskset to the same CPU (--server-cpus), wrk on another (--load-cpus):
    - modelloop-serve with --max-batch-wait-ms 0 (continuous batching, no waiting),
    - modelloop-serve with the ModelDeployment default batch wait (ServerSpec.max_batch_wait_ms),
-   - MLServer with parallel_workers 0 (inference in the server process),
-   - MLServer with its default parallel_workers (1: one inference worker process).
-   MLServer runs with debug=false (no access log), as one would in production.
-4. Checks every server answers the payload with the same predictions, then for each payload (V2 infer, one
-   [n, 16] FP64 input) and connection count runs wrk once per server, interleaved so that background load
-   on the machine hits all servers alike, after a warm-up run.
-5. Prints req/s, p50, p99 and errors with the ratios modelloop/MLServer, and writes bench/results/server.json.
+   - MLServer with parallel_workers 0 (inference in the server process) and 1 (one inference worker
+     process, its default), each with adaptive batching off (its default) and on (max_batch_size 32,
+     max_batch_time 0.002 s in model-settings.json). MLServer runs with debug=false (no access log).
+   It records which runtime modelloop-serve used (the V2 model metadata's platform and runtime, and
+   whether model.onnx is in the version folder); --runtime is passed through when modelloop-serve has it.
+4. Checks every server answers the payload with the same predictions, warms each up, then repeats
+   --repeat times: for each connection count, every server in turn (the order rotates per repetition), so
+   that background load on the machine hits all servers alike.
+5. Per cell (rows x connections): the median over the repetitions of req/s, p50 and p99 of each server;
+   our configs' ratios against the best MLServer configuration of the cell (by req/s); the issue's targets.
+   Prints the table and writes --output (default bench/results/server.json) with the raw repetitions.
+
+Duration of the default run: 3 models x 2 payloads x (6 servers x 2 s warm-up + 3 repetitions x 3
+connection counts x 6 servers x 5 s) = 1692 s of wrk, plus per model about 35 s of training, server
+start-up and shut-down, and about 0.1 s per wrk start: about 31 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -41,15 +54,23 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from summary import MLSERVER, MODELLOOP, check_targets, format_table, format_targets, summarise_cells
+
 ROOT = Path(__file__).resolve().parents[2]
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
 MLSERVER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"]
+MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.002}  # MLServer's ModelSettings fields
 RESULTS = ROOT / "bench" / "results" / "server.json"
 FEATURES = 16
 MODEL_NAME = "bench"
 MODELS = {
-    "rf": {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 50, "max_depth": 8}},
-    "logreg": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}},
+    "rf": {"estimator": {"class": "sklearn.ensemble.RandomForestClassifier",
+                         "params": {"n_estimators": 50, "max_depth": 8}},
+           "target": {"rps_ratio": 10, "p99_ratio": 0.5}},
+    "hgb": {"estimator": {"class": "sklearn.ensemble.HistGradientBoostingClassifier", "params": {}},
+            "target": {"rps_ratio": 5}},
+    "logreg": {"estimator": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}},
+               "target": {"rps_ratio": 5}},
 }
 WRK_SCRIPT = r"""
 wrk.method = "POST"
@@ -73,30 +94,33 @@ end
 class Server:
     label: str
     kind: str  # modelloop | mlserver
+    config: dict[str, Any]  # what distinguishes this configuration, for the report
     port: int
     command: list[str]
     cwd: Path
     log: Path
-    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
     @property
+    def model_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v2/models/{MODEL_NAME}"
+
+    @property
     def infer_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v2/models/{MODEL_NAME}/infer"
+        return f"{self.model_url}/infer"
 
     def start(self, cpus: str) -> None:
         self.process = subprocess.Popen(["taskset", "-c", cpus, *self.command], cwd=self.cwd,
-                                        env={**os.environ, **self.env}, stdout=self.log.open("wb"),
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.label} exited ({self.process.returncode}); see {self.log}")
+                raise RuntimeError(f"{self.label} exited ({self.process.returncode}); see {self.log}:\n"
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/v2/models/{MODEL_NAME}/ready", timeout=2).status_code \
-                        == 200:
+                if httpx.get(f"{self.model_url}/ready", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -120,68 +144,147 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def ensure_mlserver_venv() -> Path:
+# -- set-up ------------------------------------------------------------------------------------------------
+
+def ensure_tools() -> None:
+    if shutil.which("taskset") is None:
+        sys.exit("taskset is required (package util-linux): the servers and wrk are pinned to separate CPUs")
+    if shutil.which("wrk") is not None:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit("wrk is required and this is not root with apt-get: install it (e.g. sudo apt-get install -y wrk)")
+    print("installing wrk (apt-get install -y wrk)", flush=True)
+    install = ["apt-get", "install", "-y", "-q", "wrk"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if subprocess.run(install, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+        subprocess.run(install, env=env, check=True)
+
+
+def ensure_mlserver_venv() -> None:
+    import sklearn
+
     python = MLSERVER_VENV / "bin" / "python"
+    sklearn_pin = f"scikit-learn=={sklearn.__version__}"
     if not (MLSERVER_VENV / "bin" / "mlserver").exists():
-        print(f"creating {MLSERVER_VENV} ({', '.join(MLSERVER_PACKAGES)})", flush=True)
+        print(f"creating {MLSERVER_VENV} ({', '.join([*MLSERVER_PACKAGES, sklearn_pin])})", flush=True)
         subprocess.run(["python3.11", "-m", "venv", str(MLSERVER_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *MLSERVER_PACKAGES], check=True)
-    return python
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *MLSERVER_PACKAGES, sklearn_pin], check=True)
+    elif mlserver_versions().get("scikit-learn") != sklearn.__version__:
+        print(f"installing {sklearn_pin} into {MLSERVER_VENV}", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", sklearn_pin], check=True)
 
 
-def dataset(path: Path) -> pd.DataFrame:
+def mlserver_versions() -> dict[str, str]:
+    code = ("import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
+            "('mlserver', 'mlserver-sklearn', 'scikit-learn', 'uvicorn', 'uvloop')}))")
+    out = subprocess.run([str(MLSERVER_VENV / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)
+
+
+def modelloop_serve_has(flag: str) -> bool:
+    """Whether this checkout's modelloop-serve accepts `flag` (from its --help)."""
+    out = subprocess.run([sys.executable, "-m", "modelloop_server.cli", "--help"], capture_output=True, text=True,
+                         cwd=ROOT).stdout
+    return f"{flag} " in out or f"{flag}\n" in out or f"{flag}=" in out
+
+
+def machine_info() -> dict[str, Any]:
+    import sklearn
+
+    cpu_model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor())
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "python": platform.python_version(),
+            "platform": platform.platform(), "load_average_at_start": list(os.getloadavg()),
+            "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "unknown",
+            "scikit_learn": sklearn.__version__, "mlserver_venv": mlserver_versions()}
+
+
+# -- models and servers ------------------------------------------------------------------------------------
+
+def dataset(path: Path) -> None:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(n_samples=5000, n_features=FEATURES, n_informative=8, random_state=0)
     frame = pd.DataFrame(x, columns=[f"f{i:02d}" for i in range(FEATURES)])
     frame["label"] = y
     frame.to_csv(path, index=False)
-    return frame
 
 
-def build_model(work: Path, key: str, data: Path) -> tuple[str, Path]:
-    """Train with modelloop's trainer; save the loaded model object with joblib for MLServer too."""
+def build_model(work: Path, key: str, data: Path) -> tuple[str, Path, Path]:
+    """Train with modelloop's trainer; save the loaded model object with joblib for MLServer too.
+    Returns the version's URI and folder, and MLServer's model folder."""
     import joblib
 
     from modelloop.artifacts import load_model
     from modelloop.training.trainer import train
 
     output = work / key / "out"
-    train({"dataset": {"uri": f"file://{data}", "target": "label"}, "estimator": MODELS[key],
+    train({"dataset": {"uri": f"file://{data}", "target": "label"}, "estimator": MODELS[key]["estimator"],
            "output": {"uri": f"file://{output}"}}, version=1, identity={"name": MODEL_NAME})
     uri = f"file://{output}/v1"
     model = load_model(uri).model
     mlserver_dir = work / key / "mlserver"
     (mlserver_dir / "model").mkdir(parents=True)
     joblib.dump(model, mlserver_dir / "model" / "model.joblib")
-    return uri, mlserver_dir
+    return uri, output / "v1", mlserver_dir
 
 
-def modelloop_server(label: str, uri: str, work: Path, extra: list[str]) -> Server:
+def modelloop_server(label: str, uri: str, work: Path, extra: list[str], config: dict[str, Any]) -> Server:
     """`work`: this model's folder (logs go there)."""
     port = free_port()
-    return Server(label, "modelloop", port,
+    return Server(label, MODELLOOP, config, port,
                   [sys.executable, "-m", "modelloop_server.cli", "--model-uri", uri, "--model-name", MODEL_NAME,
-                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra],
+                   "--host", "127.0.0.1", "--port", str(port), "--sketch-port", str(free_port()),
+                   "--log-level", "warning", *extra],
                   ROOT, work / f"{label}.log")
 
 
-def mlserver_server(label: str, mlserver_dir: Path, work: Path, parallel_workers: int | None) -> Server:
+def mlserver_server(label: str, mlserver_dir: Path, work: Path, parallel_workers: int, batching: bool) -> Server:
     """`work`: this model's folder (the server's model repository and log go there)."""
     port = free_port()
     folder = work / label
     shutil.copytree(mlserver_dir, folder)
-    settings: dict[str, Any] = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
-                                "debug": False, "host": "127.0.0.1"}
-    if parallel_workers is not None:
-        settings["parallel_workers"] = parallel_workers
+    settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "debug": False,
+                "host": "127.0.0.1", "parallel_workers": parallel_workers}
     (folder / "settings.json").write_text(json.dumps(settings))
-    (folder / "model" / "model-settings.json").write_text(json.dumps({
-        "name": MODEL_NAME, "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./model.joblib", "version": "v1"}}))
-    return Server(label, "mlserver", port, [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)],
+    model_settings: dict[str, Any] = {"name": MODEL_NAME, "implementation": "mlserver_sklearn.SKLearnModel",
+                                      "parameters": {"uri": "./model.joblib", "version": "v1"}}
+    if batching:
+        model_settings.update(MLSERVER_BATCHING)
+    (folder / "model" / "model-settings.json").write_text(json.dumps(model_settings))
+    config = {"parallel_workers": parallel_workers, "debug": False,
+              "adaptive_batching": MLSERVER_BATCHING if batching else "off"}
+    return Server(label, MLSERVER, config, port, [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)],
                   folder, work / f"{label}.log")
 
+
+def servers_for(uri: str, mlserver_dir: Path, work: Path, default_wait: float, runtime: list[str]) -> list[Server]:
+    batch_label = f"batch={MLSERVER_BATCHING['max_batch_size']}/{MLSERVER_BATCHING['max_batch_time'] * 1000:g}ms"
+    return [
+        modelloop_server("modelloop(wait=0)", uri, work, ["--max-batch-wait-ms", "0", *runtime],
+                         {"max_batch_wait_ms": 0, "extra_flags": runtime}),
+        modelloop_server(f"modelloop(wait={default_wait:g}ms)", uri, work, runtime,
+                         {"max_batch_wait_ms": default_wait, "extra_flags": runtime}),
+        mlserver_server("mlserver(pw=0)", mlserver_dir, work, 0, batching=False),
+        mlserver_server("mlserver(pw=1)", mlserver_dir, work, 1, batching=False),
+        mlserver_server(f"mlserver(pw=0,{batch_label})", mlserver_dir, work, 0, batching=True),
+        mlserver_server(f"mlserver(pw=1,{batch_label})", mlserver_dir, work, 1, batching=True),
+    ]
+
+
+def modelloop_runtime(server: Server, version_dir: Path) -> dict[str, Any]:
+    """Which runtime modelloop-serve used: what its V2 model metadata says, and whether model.onnx exists."""
+    metadata = httpx.get(server.model_url, timeout=10).json()
+    parameters = metadata.get("parameters") or {}
+    return {"metadata_platform": metadata.get("platform"), "metadata_runtime": parameters.get("runtime"),
+            "model_onnx_in_version": (version_dir / "model.onnx").exists(),
+            "version_files": sorted(p.name for p in version_dir.iterdir())}
+
+
+# -- measuring ---------------------------------------------------------------------------------------------
 
 def payload(rows: int) -> dict[str, Any]:
     x = np.random.default_rng(rows).normal(size=(rows, FEATURES)).round(6)
@@ -206,22 +309,76 @@ def run_wrk(url: str, body_file: Path, script: Path, connections: int, seconds: 
             "errors": raw["status_errors"] + raw["socket_errors"]}
 
 
+def bench_model(servers: list[Server], row_counts: list[int], connections: list[int], args: argparse.Namespace,
+                work: Path, script: Path) -> list[dict[str, Any]]:
+    """The raw runs of one model (see summary.py for their form)."""
+    runs: list[dict[str, Any]] = []
+    for rows in row_counts:
+        body = payload(rows)
+        body_file = work / f"body-{rows}.json"
+        body_file.write_text(json.dumps(body))
+        answers = {s.label: predictions(s, body) for s in servers}
+        first = next(iter(answers.values()))
+        if any(a != first for a in answers.values()):
+            raise RuntimeError(f"servers disagree on the predictions for {rows} rows: {answers}")
+        for server in servers:
+            run_wrk(server.infer_url, body_file, script, max(connections), args.warmup, args.load_cpus)
+        for repetition in range(args.repeat):
+            order = servers[repetition % len(servers):] + servers[:repetition % len(servers)]
+            for conns in connections:
+                for server in order:
+                    result = run_wrk(server.infer_url, body_file, script, conns, args.duration, args.load_cpus)
+                    runs.append({"repetition": repetition + 1, "server": server.label, "kind": server.kind,
+                                 "rows": rows, "connections": conns, **result})
+                    print(f"  {rows:>2} rows {conns:>3} conns rep {repetition + 1}  {server.label:<28} "
+                          f"{result['rps']:>8.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                          f"{'  errors ' + str(result['errors']) if result['errors'] else ''}", flush=True)
+    return runs
+
+
+def rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
+    parser.add_argument("--connections", default="1,8,64")
+    parser.add_argument("--rows", default="1,16", help="rows per request")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of every cell; the median is reported")
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (wrk takes whole seconds)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server and payload")
-    parser.add_argument("--connections", default="1,8,32")
-    parser.add_argument("--rows", default="1,16", help="rows per request")
-    parser.add_argument("--models", default="rf,logreg")
+    parser.add_argument("--runtime", choices=["auto", "onnx", "sklearn"],
+                        help="passed to modelloop-serve as --runtime when it has that option (ignored otherwise)")
     parser.add_argument("--server-cpus", default="1", help="taskset CPU list for every server")
     parser.add_argument("--load-cpus", default="0", help="taskset CPU list for wrk")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is required: apt-get install -y wrk")
+    keys = args.models.split(",")
+    unknown = [k for k in keys if k not in MODELS]
+    if unknown:
+        parser.error(f"--models {','.join(unknown)}: unknown; choose among {', '.join(MODELS)}")
+    if args.repeat < 1 or args.duration < 1 or args.warmup < 1:
+        parser.error("--repeat, --duration and --warmup must be at least 1")
     connections = [int(c) for c in args.connections.split(",")]
     row_counts = [int(r) for r in args.rows.split(",")]
+
+    ensure_tools()
     ensure_mlserver_venv()
+    runtime_flag: dict[str, Any] = {"requested": args.runtime, "passed": False}
+    if args.runtime is not None:
+        if modelloop_serve_has("--runtime"):
+            runtime_flag["passed"] = True
+        else:
+            runtime_flag["note"] = "modelloop-serve has no --runtime option; not passed"
+            print(f"note: {runtime_flag['note']}", flush=True)
+    runtime = ["--runtime", args.runtime] if runtime_flag["passed"] else []
     from modelloop.api.deployment import ServerSpec
 
     default_wait = ServerSpec().max_batch_wait_ms
@@ -233,90 +390,59 @@ def main() -> int:
     report: dict[str, Any] = {
         "benchmark": "modelloop-serve vs MLServer 1.7.1 (V2 REST infer)",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "load_average_at_start": list(os.getloadavg())},
-        "method": {"load_tool": "wrk 4.1 (1 thread, keep-alive), POST with a Lua script",
-                   "duration_s": args.duration, "warmup_s": args.warmup, "server_cpus": args.server_cpus,
-                   "load_cpus": args.load_cpus, "connections": connections, "rows_per_request": row_counts,
-                   "payload": f"V2 infer, one FP64 input of shape [rows, {FEATURES}]",
-                   "order": "per cell, each server in turn (interleaved)"},
+        "machine": machine_info(),
+        "method": {
+            "load_tool": "wrk (1 thread, keep-alive), POST with a Lua script",
+            "duration_s": args.duration, "warmup_s": args.warmup, "repetitions": args.repeat,
+            "server_cpus": args.server_cpus, "load_cpus": args.load_cpus, "connections": connections,
+            "rows_per_request": row_counts,
+            "payload": f"V2 infer, one FP64 input of shape [rows, {FEATURES}]",
+            "dataset": f"make_classification, 5000 rows, {FEATURES} numeric features, random_state 0",
+            "order": "per model: all its servers up; per payload: prediction check, warm-up of each server at the "
+                     "highest connection count; then per repetition, per connection count, each server in turn "
+                     "(the order rotates by one per repetition)",
+            "summary": "per cell and server: the median over the repetitions of req/s, of p50 and of p99 "
+                       "(each metric's own median); best config = highest median req/s",
+            "ratios": "ours / best MLServer config of the cell: req/s ratio (higher is better), p99 ratio "
+                      "(lower is better)",
+            "modelloop_default_max_batch_wait_ms": default_wait,
+            "runtime_flag": runtime_flag,
+        },
         "models": {},
     }
-    for key in args.models.split(","):
-        uri, mlserver_dir = build_model(work, key, data)
+    for key in keys:
+        print(f"\n== {key}: {MODELS[key]['estimator']['class']} {MODELS[key]['estimator']['params']} ==", flush=True)
+        uri, version_dir, mlserver_dir = build_model(work, key, data)
         model_work = work / key
-        servers = [
-            modelloop_server("modelloop(wait=0)", uri, model_work, ["--max-batch-wait-ms", "0"]),
-            modelloop_server(f"modelloop(wait={default_wait:g}ms)", uri, model_work, []),
-            mlserver_server("mlserver(pw=0)", mlserver_dir, model_work, 0),
-            mlserver_server("mlserver(pw=default)", mlserver_dir, model_work, None),
-        ]
+        servers = servers_for(uri, mlserver_dir, model_work, default_wait, runtime)
         try:
             for server in servers:
                 server.start(args.server_cpus)
             for server in servers:
                 server.wait_ready()
-            report["models"][key] = bench_model(key, servers, row_counts, connections, args, work, script)
+            runtimes = {s.label: modelloop_runtime(s, version_dir) for s in servers if s.kind == MODELLOOP}
+            runs = bench_model(servers, row_counts, connections, args, model_work, script)
         finally:
             for server in servers:
                 server.stop()
+        cells = summarise_cells(runs)
+        targets = check_targets(cells, **MODELS[key]["target"])
+        print(f"\n{key}: medians of {args.repeat} repetition(s); ratios against the best MLServer config (*)")
+        print(format_table(cells))
+        print(format_targets(targets), flush=True)
+        report["models"][key] = rounded({
+            "estimator": MODELS[key]["estimator"],
+            "modelloop_runtime": runtimes,
+            "mlserver_runtime": "mlserver_sklearn.SKLearnModel, the same estimator saved with joblib",
+            "servers": {s.label: {"kind": s.kind, **s.config} for s in servers},
+            "cells": cells, "targets": targets, "repetitions": runs,
+        })
+    report["machine"]["load_average_at_end"] = list(os.getloadavg())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def bench_model(key: str, servers: list[Server], row_counts: list[int], connections: list[int],
-                args: argparse.Namespace, work: Path, script: Path) -> dict[str, Any]:
-    print(f"\n== {key}: {MODELS[key]['class']} {MODELS[key]['params']} ==", flush=True)
-    results: list[dict[str, Any]] = []
-    for rows in row_counts:
-        body = payload(rows)
-        body_file = work / f"body-{rows}.json"
-        body_file.write_text(json.dumps(body))
-        answers = {s.label: predictions(s, body) for s in servers}
-        first = next(iter(answers.values()))
-        if any(a != first for a in answers.values()):
-            raise RuntimeError(f"servers disagree on the predictions for {rows} rows: {answers}")
-        for server in servers:
-            run_wrk(server.infer_url, body_file, script, max(connections), args.warmup, args.load_cpus)
-        for conns in connections:
-            for server in servers:
-                result = run_wrk(server.infer_url, body_file, script, conns, args.duration, args.load_cpus)
-                results.append({"server": server.label, "rows": rows, "connections": conns, **result})
-    print_table(results, servers)
-    ratios = ratio_rows(results)
-    return {"estimator": MODELS[key], "results": results, "ratios": ratios}
-
-
-def ratio_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell: best modelloop config and each modelloop config over the best MLServer config (req/s)."""
-    cells = sorted({(r["rows"], r["connections"]) for r in results})
-    out = []
-    for rows, conns in cells:
-        cell = [r for r in results if r["rows"] == rows and r["connections"] == conns]
-        best_ml = max((r for r in cell if r["server"].startswith("mlserver")), key=lambda r: r["rps"])
-        entry: dict[str, Any] = {"rows": rows, "connections": conns, "best_mlserver": best_ml["server"]}
-        for r in cell:
-            if r["server"].startswith("modelloop"):
-                entry[f"{r['server']} / best mlserver rps"] = round(r["rps"] / best_ml["rps"], 2)
-                entry[f"{r['server']} / best mlserver p99"] = round(r["p99_ms"] / best_ml["p99_ms"], 2)
-        out.append(entry)
-    return out
-
-
-def print_table(results: list[dict[str, Any]], servers: list[Server]) -> None:
-    print(f"{'rows':>4} {'conns':>5}  {'server':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-          f"  {'rps vs best MLServer':>20}")
-    cells = sorted({(r["rows"], r["connections"]) for r in results})
-    for rows, conns in cells:
-        cell = [r for r in results if r["rows"] == rows and r["connections"] == conns]
-        best_ml = max(r["rps"] for r in cell if r["server"].startswith("mlserver"))
-        for r in cell:
-            ratio = f"x{r['rps'] / best_ml:.2f}" if r["server"].startswith("modelloop") else ""
-            print(f"{rows:>4} {conns:>5}  {r['server']:<24} {r['rps']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
-                  f"{r['errors']:>6}  {ratio:>20}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""What the server benchmark reports, computed from its raw wrk runs: medians over the repetitions, the
+best configuration of each server in each cell, the ratios against the best MLServer configuration, the
+issue's targets, and the printed table. Pure functions; `run.py` does the measuring.
+
+A raw run is a dict: {"repetition", "server" (label), "kind" ("modelloop" | "mlserver"), "rows",
+"connections", "requests", "rps", "p50_ms", "p99_ms", "errors"}.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Iterable
+
+MODELLOOP = "modelloop"
+MLSERVER = "mlserver"
+P50_TARGET_MS = 1.5  # at 1 connection, every model
+TARGET_ROWS, TARGET_CONNECTIONS = 1, 64  # the targets are about 1-row requests; throughput at 64 connections
+
+
+def cell_medians(runs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per server label (in first-seen order): median req/s, p50 and p99 over its repetitions (each metric's
+    own median), the summed errors and the number of repetitions."""
+    by_server: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_server.setdefault(run["server"], []).append(run)
+    return {label: {"kind": reps[0]["kind"],
+                    "rps": statistics.median(r["rps"] for r in reps),
+                    "p50_ms": statistics.median(r["p50_ms"] for r in reps),
+                    "p99_ms": statistics.median(r["p99_ms"] for r in reps),
+                    "errors": sum(r["errors"] for r in reps),
+                    "repetitions": len(reps)}
+            for label, reps in by_server.items()}
+
+
+def best_of(medians: dict[str, dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The configuration of `kind` with the highest median req/s, as {"config", "rps", "p50_ms", "p99_ms", ...}."""
+    label = max((label for label, m in medians.items() if m["kind"] == kind), key=lambda label: medians[label]["rps"])
+    return {"config": label, **{k: v for k, v in medians[label].items() if k != "kind"}}
+
+
+def ratios(ours: dict[str, Any], best_mlserver: dict[str, Any]) -> dict[str, float]:
+    """req/s ratio (higher is better) and p99 ratio (lower is better) of one of our configs over MLServer's best."""
+    return {"rps_ratio": ours["rps"] / best_mlserver["rps"], "p99_ratio": ours["p99_ms"] / best_mlserver["p99_ms"]}
+
+
+def summarise_cells(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (rows, connections) cell: each server's medians, our configs with their ratios, our best
+    config and MLServer's best config (both chosen by median req/s)."""
+    cells = []
+    for rows, connections in sorted({(r["rows"], r["connections"]) for r in runs}):
+        medians = cell_medians(r for r in runs if r["rows"] == rows and r["connections"] == connections)
+        best_mlserver = best_of(medians, MLSERVER)
+        ours = {label: {**{k: v for k, v in m.items() if k != "kind"}, **ratios(m, best_mlserver)}
+                for label, m in medians.items() if m["kind"] == MODELLOOP}
+        our_best = best_of(medians, MODELLOOP)
+        cells.append({"rows": rows, "connections": connections,
+                      "modelloop": ours,
+                      "modelloop_best": {**our_best, **ratios(our_best, best_mlserver)},
+                      "mlserver_best": best_mlserver,
+                      "mlserver": {label: {k: v for k, v in m.items() if k != "kind"}
+                                   for label, m in medians.items() if m["kind"] == MLSERVER}})
+    return cells
+
+
+def _cell(cells: list[dict[str, Any]], rows: int, connections: int) -> dict[str, Any] | None:
+    return next((c for c in cells if c["rows"] == rows and c["connections"] == connections), None)
+
+
+def check_targets(cells: list[dict[str, Any]], rps_ratio: float, p99_ratio: float | None = None
+                  ) -> list[dict[str, Any]]:
+    """The issue's targets for one model, judged on our best config of the cell (by req/s); `met` is None
+    when the cell was not measured. Every config's own verdict is kept under "by_config"."""
+    targets = []
+    wanted = f"req/s >= {rps_ratio:g}x the best MLServer's" + (
+        f" and p99 <= {p99_ratio:g}x its p99" if p99_ratio is not None else "")
+
+    def meets_throughput(entry: dict[str, Any]) -> bool:
+        return entry["rps_ratio"] >= rps_ratio and (p99_ratio is None or entry["p99_ratio"] <= p99_ratio)
+
+    cell = _cell(cells, TARGET_ROWS, TARGET_CONNECTIONS)
+    target: dict[str, Any] = {"target": f"{TARGET_ROWS} row x {TARGET_CONNECTIONS} connections: {wanted}",
+                              "rows": TARGET_ROWS, "connections": TARGET_CONNECTIONS, "met": None}
+    if cell is not None:
+        best = cell["modelloop_best"]
+        target.update(config=best["config"], rps_ratio=best["rps_ratio"], p99_ratio=best["p99_ratio"],
+                      met=meets_throughput(best),
+                      by_config={label: meets_throughput(entry) for label, entry in cell["modelloop"].items()})
+    targets.append(target)
+
+    cell = _cell(cells, TARGET_ROWS, 1)
+    target = {"target": f"1 connection, {TARGET_ROWS} row: p50 < {P50_TARGET_MS:g} ms", "rows": TARGET_ROWS,
+              "connections": 1, "met": None}
+    if cell is not None:
+        best = cell["modelloop_best"]
+        target.update(config=best["config"], p50_ms=best["p50_ms"], met=best["p50_ms"] < P50_TARGET_MS,
+                      by_config={label: entry["p50_ms"] < P50_TARGET_MS for label, entry in cell["modelloop"].items()})
+    targets.append(target)
+    return targets
+
+
+def format_table(cells: list[dict[str, Any]]) -> str:
+    """Medians per cell and server; our configs carry their ratios to the best MLServer config (marked *)."""
+    lines = [f"{'rows':>4} {'conns':>5}  {'server':<28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+             f"  {'req/s ratio':>11} {'p99 ratio':>9}"]
+    for cell in cells:
+        for label, m in cell["modelloop"].items():
+            rps_ratio, p99_ratio = f"x{m['rps_ratio']:.2f}", f"x{m['p99_ratio']:.2f}"
+            lines.append(f"{cell['rows']:>4} {cell['connections']:>5}  {label:<28} {m['rps']:>9.0f} "
+                         f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}  {rps_ratio:>11} {p99_ratio:>9}")
+        for label, m in cell["mlserver"].items():
+            star = "*" if label == cell["mlserver_best"]["config"] else ""
+            lines.append(f"{cell['rows']:>4} {cell['connections']:>5}  {label + star:<28} {m['rps']:>9.0f} "
+                         f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}")
+    return "\n".join(lines)
+
+
+def format_targets(targets: list[dict[str, Any]]) -> str:
+    lines = []
+    for t in targets:
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        if t["met"] is None:
+            detail = ""
+        elif "rps_ratio" in t:
+            detail = f" ({t['config']}: req/s x{t['rps_ratio']:.2f}, p99 x{t['p99_ratio']:.2f})"
+        else:
+            detail = f" ({t['config']}: p50 {t['p50_ms']:.2f} ms)"
+        lines.append(f"  target {t['target']}: {verdict}{detail}")
+    return "\n".join(lines)

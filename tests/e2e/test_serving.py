@@ -81,7 +81,7 @@ def replicas(cluster, ns: str) -> int:
 def test_autoscaling_scales_up_under_load_and_back_down_with_no_failed_request(
         helm_operator, cluster, e2e_namespace, e2e_store):
     """metrics-server reads the kubelet; the HPA (CPU, 50% of a 100m request) scales 1 → more under load
-    and back to 1 after it (the embedded cluster's scale-down window is 30 s)."""
+    and back to 1 after it (the embedded cluster's scale-down window is 15 s, its HPA sync period 5 s)."""
     ns, store = e2e_namespace, e2e_store
     serve(cluster, ns, store.version_uri(1), autoscaling={
         "minReplicas": 1, "maxReplicas": 3, "targetCpuUtilizationPercentage": 50})

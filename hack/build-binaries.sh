@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build (or reuse) the binaries of the embedded control plane from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd,
-# kwok, helm, promtool, and the node's CoreDNS and metrics-server. Each binary is cached as $CACHE/bin/<name>-<version> and rebuilt only when missing
+# kwok, helm, promtool and prometheus, and the node's CoreDNS and metrics-server. Each binary is cached as $CACHE/bin/<name>-<version> and rebuilt only when missing
 # or when it does not report the expected version. Prints the bin directory on success.
 #
-# Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool coredns
-#        metrics-server; default all)
+# Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool prometheus
+#        coredns metrics-server; default all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -133,6 +133,20 @@ build_promtool() {
   link promtool "$v"
 }
 
+# The Prometheus server of the demo and the end-to-end suite (same module and version as promtool), with
+# only the Kubernetes service discovery: the other 26 discovery plugins (cloud SDKs) are most of a cold build.
+build_prometheus() {
+  local v="$PROMETHEUS_VERSION"
+  if ! have prometheus "$v"; then
+    log "prometheus $v: building (Kubernetes service discovery only)"
+    GOBIN="$WORK/prometheus-$v" go install -trimpath -tags remove_all_sd,enable_kubernetes_sd \
+      -ldflags "-s -w -X github.com/prometheus/common/version.Version=$v" \
+      "github.com/prometheus/prometheus/cmd/prometheus@$v"
+    mv "$WORK/prometheus-$v/prometheus" "$BIN/prometheus-$v"
+  fi
+  link prometheus "$v"
+}
+
 # go install <module>/<cmd>@<version> into the cache (modules without replace directives only).
 go_install() { # go_install <name> <version> <package> [ldflags]
   local name="$1" v="$2" pkg="$3" ld="${4:-}"
@@ -184,7 +198,7 @@ build_metrics-server() {
 }
 
 components=("$@")
-((${#components[@]})) || components=(etcd kwok k8s helm promtool coredns metrics-server)
+((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server)
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

@@ -198,6 +198,11 @@ def main() -> None:
     namespace(NS)
     wait("the default service account", lambda: kubectl("get", "sa", "default", "-n", NS, check=False), 60)
     install_operator(built)
+    from hack import prometheus
+
+    # The chart's alert rules; the drift alert without its 15-minute delay, so that the demo shows it firing.
+    prometheus_url = prometheus.up({"ModelDriftDetected": "0s"}, interval="5s")
+    say(f"   Prometheus {prometheus_url}: scrapes the operator and every server pod, with the chart's alert rules")
     for kind in ("driftmonitor", "modeldeployment", "modeltraining"):  # a fresh loop on every run
         kubectl("delete", kind, "--all", "-n", NS, "--wait=true", check=False)
     apply_examples(endpoint)
@@ -233,6 +238,10 @@ def main() -> None:
     if not status("dmon").get("retrains"):
         raise SystemExit("demo: no retrain was requested within 10 minutes")
     print(condition(status("dmon"), "DriftDetected").get("message", ""), flush=True)
+    wait("Prometheus to fire ModelDriftDetected", lambda: [
+        a for a in prometheus.api(prometheus_url, "alerts")["alerts"]
+        if a["labels"].get("alertname") == "ModelDriftDetected" and a["state"] == "firing"], timeout=60)
+    say("   Prometheus: alert ModelDriftDetected is firing")
 
     say("6/6 retraining on fresh data, then promotion and a rolling update under traffic")
     while status("mdep").get("modelVersion") != 2 or condition(status("mdep"), "Ready").get("status") != "True":
@@ -248,6 +257,9 @@ def main() -> None:
     traffic.run(drifted, seconds=5, rate=40)
     traffic.close()
     say(f"loop closed: v2 serves. All traffic of the demo: {traffic.stats.line()}")
+    targets = prometheus.api(prometheus_url, "targets")["activeTargets"]
+    say("   Prometheus targets: " + ", ".join(f"{t['labels']['job']}/{t['labels'].get('pod')} {t['health']}"
+                                              for t in targets))
     show("get", "modelloop")
     events = kubectl("events", "-n", NS, "--types=Normal,Warning")
     print("\n".join(l for l in events.splitlines() if any(k in l for k in ("LAST SEEN", "ModelTraining/",
@@ -263,6 +275,9 @@ What to look at next:
   kubectl get pods -n {NS} -o wide               # server pods, each in its containers on the real node
   kubectl logs -n {OPERATOR_NS} deploy/{RELEASE}    # the operator, running in a pod under the chart's RBAC
   curl http://{traffic.address}:8080/metrics      # the Service (kube-proxy picks a pod)
+  Prometheus {prometheus_url} (alerts: {prometheus_url}/alerts), for instance:
+    sum by (deployment, model_version) (rate(modelloop_server_requests_total{{namespace="{NS}"}}[1m]))
+    max by (monitor, feature, test) (modelloop_drift_score{{namespace="{NS}"}})
   helm list -n {OPERATOR_NS}
   logs of the node and control plane: {STATE_DIR / 'logs'}
   make cluster-down                              # stop everything

@@ -1,6 +1,7 @@
 """The whole loop on the real node, with the Helm-installed operator: train → serve → live traffic through
 the Service → drifted traffic → the monitor requests a retrain on fresh data → the new version is promoted
-and rolled out, with zero failed requests."""
+and rolled out, with zero failed requests; watched by a live Prometheus loaded with the chart's alert rules
+(the drift alert fires, then resolves once the new version serves)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from tests.fixtures.cluster import wait_for
 from tests.integration.test_training_controller import training
 
 
-def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster, e2e_namespace, s3):
+def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster, e2e_namespace, s3, prometheus):
     ns = e2e_namespace
+    drift_alert = f'ALERTS{{alertname="ModelDriftDetected",alertstate="firing",namespace="{ns}",monitor="churn"}}'
     s3.put("churn.csv", open(CHURN, "rb").read())
     s3.put("churn-fresh.csv", open(DRIFTED, "rb").read())
     cluster.apply(secret(ns, s3))
@@ -36,6 +38,9 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster
     assert not dmon().get("retrains")
     with BackgroundTraffic(traffic, DRIFTED):
         wait_for(lambda: dmon().get("retrains") == 1, timeout=240, message="drift to trigger a retrain")
+        # The monitor reported drift for two windows (10 s each); Prometheus scrapes and evaluates every 2 s.
+        wait_for(lambda: prometheus.value(f"max_over_time({drift_alert}[5m])") == 1, timeout=30,
+                 message="the ModelDriftDetected alert to have fired")
         runs = lambda: status(cluster, "mtrain", ns).get("runs", [])  # noqa: E731
         wait_for(lambda: runs()[0]["version"] == 2 and runs()[0]["result"] == "Succeeded", timeout=300,
                  message="the retrain to succeed")
@@ -47,6 +52,25 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster
         # The window restarts against the new reference: the drifted population is now normal.
         wait_for(lambda: dmon().get("modelVersion") == 2 and dmon().get("phase") == "Watching", timeout=150,
                  message="no drift against the new reference")
+        wait_for(lambda: not prometheus.alerts("ModelDriftDetected", namespace=ns), timeout=30,
+                 message="the drift alert to resolve")
+        # Request rate and latency series for every serving pod, labelled with its deployment and version.
+        pods = {p["metadata"]["name"] for p in cluster.get("pods", "-n", ns, "-l", "modelloop.dev/deployment=churn")[
+            "items"] if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")}
+        series = lambda q: {r["metric"]["pod"]: r["metric"] for r in prometheus.query(q)}  # noqa: E731
+        rate = f'sum by (pod, deployment, model_version) (rate(modelloop_server_requests_total{{namespace="{ns}"}}[30s]))'
+        latency = (f'histogram_quantile(0.99, sum by (pod, le) (rate(modelloop_server_request_duration_seconds_bucket'
+                   f'{{namespace="{ns}"}}[30s])))')
+        wait_for(lambda: pods <= set(series(rate)) and pods <= set(series(latency)), timeout=30,
+                 message=f"request rate and latency series of every server pod {sorted(pods)}")
+        assert {m["model_version"] for p, m in series(rate).items() if p in pods} == {"2"}
+        assert all(m["deployment"] == "churn" for m in series(rate).values())
+    operator_pods = [p["metadata"]["name"] for p in cluster.get(
+        "pods", "-n", helm_operator.namespace, "-l", "app.kubernetes.io/name=modelloop-operator")["items"]
+        if not p["metadata"].get("deletionTimestamp")]
+    job = f"{helm_operator.release}-metrics"
+    assert [prometheus.value(f'up{{job="{job}",pod="{pod}"}}') for pod in operator_pods] == [1] * len(operator_pods), \
+        f"the operator's targets: {prometheus.targets(job)}"
     print(f"whole loop through the Service: {traffic.stats.line()}")
     assert normal.failed == 0 and traffic.stats.failed == 0, traffic.stats.line()
     assert traffic.stats.by_version["1"] > 0 and traffic.stats.by_version["2"] > 0

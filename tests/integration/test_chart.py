@@ -99,7 +99,7 @@ tests:
           - exp_labels: {{severity: warning, namespace: ml, monitor: churn}}
             exp_annotations:
               summary: "Data drift on ml/churn"
-              description: "The live inputs drifted from the training reference for 15 minutes; see kubectl describe dmon churn -n ml."
+              description: "The live inputs keep drifting from the training reference; see kubectl describe dmon churn -n ml."
       - eval_time: 4m
         alertname: ModelTrainingFailed
         exp_alerts:
@@ -222,3 +222,13 @@ def test_operator_pod_gets_no_service_link_variables(cluster):
     docs = [d for d in yaml.safe_load_all(render(cluster)) if d]
     dep = next(d for d in docs if d["kind"] == "Deployment")
     assert dep["spec"]["template"]["spec"]["enableServiceLinks"] is False
+
+
+def test_alert_delays_can_be_overridden_by_alert_name(cluster):
+    docs = [d for d in yaml.safe_load_all(render(cluster, "metrics.prometheusRule.enabled=true",
+                                                 "metrics.prometheusRule.for.ModelDriftDetected=2m")) if d]
+    rules = {r["alert"]: r for d in docs if d["kind"] == "PrometheusRule" for g in d["spec"]["groups"]
+             for r in g["rules"]}
+    assert rules["ModelDriftDetected"]["for"] == "2m"
+    assert rules["DriftChecksFailing"]["for"] == "30m"  # the others keep files/alerts.yaml's
+    assert "{{ $labels.monitor }}" in rules["ModelDriftDetected"]["annotations"]["summary"]  # Prometheus', untouched

@@ -1,4 +1,5 @@
-pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.operator", "tests.fixtures.s3", "tests.fixtures.artifacts"]
+pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.operator", "tests.fixtures.s3", "tests.fixtures.artifacts",
+                  "tests.fixtures.gitops"]
 
 
 def pytest_collection_modifyitems(session, config, items):

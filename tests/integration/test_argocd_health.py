@@ -84,6 +84,7 @@ def test_deployment_is_healthy_when_serving(operator, cluster, namespace, store,
 def test_deployment_of_a_missing_training_is_degraded(operator, cluster, namespace, argocd_health):
     doc = deployment(namespace, model={"fromTraining": "no-such-training"})
     doc["metadata"]["name"] = "orphan"
+    del doc["spec"]["storage"]  # no Secret in this test: the missing training must be what is reported
     cluster.apply(doc)
     verdict = health_becomes(cluster, argocd_health, "ModelDeployment", namespace, "Degraded", name="orphan")
     assert verdict["message"] == (f"TrainingNotFound: spec.model.fromTraining: ModelTraining 'no-such-training' "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import yaml
 from modelloop.api import DriftMonitor, ModelDeployment, ModelTraining
 from modelloop.controllers.deployment import ModelUnavailable, deployment_conditions
 from modelloop.controllers.training import training_conditions
-from tests.fixtures.gitops import HEALTH_SCRIPTS, KINDS, ROOT
+from tests.fixtures.gitops import HEALTH_SCRIPTS, KINDS, ROOT, binary
 
 FIXTURES = ROOT / "tests" / "fixtures" / "argocd"
 
@@ -131,15 +132,12 @@ def test_scripts_read_only_fields_the_api_has():
 
 def test_a_script_that_uses_the_string_library_fails_as_in_argo_cd(tmp_path: Path, argocd_health):
     """Argo CD runs argocd-cm scripts without Lua's string library: the harness must too, or a script
-    that works here could fail there."""
-    from tests.fixtures.gitops import binary
-    import subprocess
-
+    that works here could fail there. An unknown status becomes Unknown, as in Argo CD."""
     script = tmp_path / "uses-string.lua"
     script.write_text('return {status = "Healthy", message = string.format("%d", 1)}')
     proc = subprocess.run([str(binary("argocd-health")), str(script)], input='{"metadata": {}}',
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "format" in proc.stderr
     script.write_text('return {status = "Fine"}')
-    assert argocd_health.__call__({"kind": "x", "metadata": {}}, script) == {
+    assert argocd_health({"kind": "x", "metadata": {}}, script) == {
         "status": "Unknown", "message": "Lua returned an invalid health status"}

@@ -8,7 +8,7 @@ BENCH ?=
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help venv binaries images cluster cluster-down cluster-status test test-unit test-integration demo bench crds crds-check lint clean
+.PHONY: help venv binaries images cluster cluster-down cluster-status test test-unit test-integration demo bench crds crds-check gitops gitops-check lint clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -43,6 +43,12 @@ crds: $(STAMP) ## regenerate crds/ and the chart's CRDs from operator/modelloop/
 
 crds-check: $(STAMP) ## fail when the committed CRDs differ from the generator's output
 	$(PY) -m modelloop.api.generate --check
+
+gitops: $(STAMP) ## regenerate deploy/install.yaml and the Argo CD health snippets in the docs (after `make crds`)
+	$(PY) hack/generate-gitops.py
+
+gitops-check: $(STAMP) ## fail when deploy/install.yaml or the docs' Argo CD snippets are stale
+	$(PY) hack/generate-gitops.py --check
 
 test: $(STAMP) ## the whole suite: unit, integration and end-to-end (starts the cluster when needed)
 	@# Build the binaries and images first, outside pytest: a cold build takes longer than a test's timeout.

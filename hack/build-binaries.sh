@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build (or reuse) the binaries of the embedded control plane from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd,
-# kwok, helm, promtool and prometheus, and the node's CoreDNS and metrics-server. Each binary is cached as $CACHE/bin/<name>-<version> and rebuilt only when missing
-# or when it does not report the expected version. Prints the bin directory on success.
+# kwok, helm, promtool and prometheus, the node's CoreDNS and metrics-server, and argocd-health (hack/argocd-health: Argo CD's
+# Lua health checks run the way Argo CD runs them). Each binary is cached as $CACHE/bin/<name>-<version> and
+# rebuilt only when missing or when it does not report the expected version. Prints the bin directory on success.
 #
 # Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool prometheus
-#        coredns metrics-server; default all)
+#        coredns metrics-server argocd-health; default all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -197,8 +198,21 @@ build_metrics-server() {
     "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION"
 }
 
+# The harness that runs the chart's Argo CD health checks (charts/modelloop/argocd/*.lua) in gopher-lua, the
+# interpreter Argo CD uses (its version is pinned in hack/argocd-health/go.mod). Our own source: its version is
+# a hash of that source, so an edit rebuilds it (a cold build takes seconds).
+build_argocd-health() {
+  local src="$here/argocd-health" v
+  v="$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go | sha256sum | cut -c1-12)"
+  if ! have argocd-health "$v"; then
+    log "argocd-health $v: building ($(grep -o 'gopher-lua v[0-9.]*' "$src/go.mod"))"
+    (cd "$src" && go build -trimpath -ldflags "-s -w -X main.version=$v" -o "$BIN/argocd-health-$v" .)
+  fi
+  link argocd-health "$v"
+}
+
 components=("$@")
-((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server)
+((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server argocd-health)
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

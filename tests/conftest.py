@@ -1,5 +1,5 @@
 pytest_plugins = ["tests.fixtures.cluster", "tests.fixtures.operator", "tests.fixtures.s3", "tests.fixtures.artifacts",
-                  "tests.fixtures.prometheus"]
+                  "tests.fixtures.prometheus", "tests.fixtures.gitops"]
 
 
 def pytest_collection_modifyitems(session, config, items):

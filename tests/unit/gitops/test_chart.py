@@ -56,6 +56,8 @@ BAD_VALUES = [
     ("resources.limits.memory=lots", "/resources/limits/memory"),
     ("replicas=2", "'replicas' not allowed"),                     # a typo of replicaCount
     ("metrics.serviceMonitor.enable=true", "'enable' not allowed"),  # a typo of enabled
+    ("metrics.prometheusRule.for.ModelDriftDetected=soon", "/metrics/prometheusRule/for/ModelDriftDetected"),
+    ("metrics.prometheusRule.for.ModelDrift=5m", "'ModelDrift' not allowed"),  # not an alert of the chart
 ]
 
 
@@ -173,3 +175,10 @@ def test_argocd_snippet_in_the_docs_is_the_scripts(doc):
     data = yaml.safe_load(block.group(1))["data"]
     assert data == {f"resource.customizations.health.modelloop.dev_{k}": (HEALTH_SCRIPTS / f"{k}.lua").read_text()
                     for k in KINDS}
+
+
+def test_the_schema_offers_a_for_override_for_exactly_the_charts_alerts():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    overridable = schema["properties"]["metrics"]["properties"]["prometheusRule"]["properties"]["for"]["properties"]
+    alerts = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    assert set(overridable) == {r["alert"] for g in alerts["groups"] for r in g["rules"]}

@@ -39,18 +39,21 @@ def health_becomes(cluster, argocd_health, kind: str, namespace: str, status: st
 def test_training_is_progressing_during_its_run_then_healthy(operator, cluster, namespace, data, argocd_health):
     from modelloop.training import train
 
-    # kwok completes the pod 40 s after it starts; meanwhile this test trains version 1 as the pod would.
-    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "40000"}}
+    # Version 1 is in the store already (trained here, which also loads the trainer's libraries), so the
+    # operator's run trains version 2. kwok holds its pod 30 s while this test trains version 2 as the pod
+    # would, then completes it.
+    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "30000"}}
     doc = training(namespace, data, podTemplate=held)
+    identity = {"name": "churn", "namespace": namespace, "uid": "x", "generation": 1}
+    train(doc["spec"], version=1, identity={**identity, "run": "manual"})
     cluster.apply(doc)
-    wait_for(lambda: (live(cluster, "ModelTraining", namespace).get("status") or {}).get("currentRun") == "churn-v1",
-             timeout=30, message="run 1")
+    wait_for(lambda: (live(cluster, "ModelTraining", namespace).get("status") or {}).get("currentRun") == "churn-v2",
+             timeout=30, message="run 2")
     verdict = argocd_health(live(cluster, "ModelTraining", namespace))
-    assert verdict == {"status": "Progressing", "message": "RunInProgress: run churn-v1 is training version 1"}
-    train(doc["spec"], version=1, identity={"name": "churn", "namespace": namespace, "uid": "x", "generation": 1,
-                                            "run": "churn-v1"})
+    assert verdict == {"status": "Progressing", "message": "RunInProgress: run churn-v2 is training version 2"}
+    train(doc["spec"], version=2, identity={**identity, "run": "churn-v2"})
     verdict = health_becomes(cluster, argocd_health, "ModelTraining", namespace, "Healthy", timeout=120)
-    assert verdict["message"] == "VersionAvailable: version 1 is the latest good version"
+    assert verdict["message"] == "VersionAvailable: version 2 is the latest good version"
 
 
 def test_training_whose_run_fails_is_degraded_with_the_trainers_reason(operator, cluster, namespace, data,

@@ -129,7 +129,8 @@ def test_operator_tells_its_network_identity_and_local_storage_is_off_by_default
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     labels = dep["spec"]["template"]["metadata"]["labels"]
     assert env["MODELLOOP_OPERATOR_POD_LABELS"]["value"] == ",".join(f"{k}={v}" for k, v in labels.items())
-    assert env["MODELLOOP_OPERATOR_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["MODELLOOP_OPERATOR_NAMESPACE"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1",
+                                                                       "fieldPath": "metadata.namespace"}}
     assert "MODELLOOP_OPERATOR_LOCAL_STORAGE" not in env
     assert not [d for d in docs if d["kind"].startswith("ValidatingAdmissionPolicy")]
     docs = [d for d in yaml.safe_load_all(render(cluster, "operator.localStorage=true")) if d]

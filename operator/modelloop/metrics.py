@@ -2,10 +2,17 @@
 chart's alert rules (charts/modelloop/templates/prometheusrule.yaml) use these names."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 TRAINING_RUNS = Counter("modelloop_training_runs_total", "Training runs that finished, by result.",
                         ["namespace", "training", "result"])
+TRAINING_RUN_DURATION = Histogram("modelloop_training_run_duration_seconds",
+                                  "Wall time of finished training runs, from the Job's start to the result, by result.",
+                                  ["namespace", "training", "result"],
+                                  buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200))
+TRAINING_VERSION_METRIC = Gauge("modelloop_training_version_metric",
+                                "Hold-out metrics of each good version, by metric name (accuracy, f1, r2, ...).",
+                                ["namespace", "training", "version", "metric"])
 TRAINING_LATEST_VERSION = Gauge("modelloop_training_latest_version", "Latest good version of a ModelTraining.",
                                 ["namespace", "training"])
 DEPLOYMENT_VERSION = Gauge("modelloop_deployment_model_version", "Model version a ModelDeployment serves.",

@@ -163,6 +163,7 @@ def _reconcile(namespace: str, name: str) -> None:
                             "startTime": job["metadata"].get("creationTimestamp")})
 
     # 2. Fold finished Jobs into their runs.
+    finished: list[dict] = []
     for run in runs:
         if run["result"] != "Running":
             continue
@@ -171,6 +172,7 @@ def _reconcile(namespace: str, name: str) -> None:
         if outcome is None:
             continue
         run["finishTime"] = kube.rfc3339()
+        finished.append(run)
         if outcome == "Succeeded" and spec is not None:
             try:
                 meta = storage.verified_metadata(namespace, spec.output.uri, run["version"], credentials)
@@ -226,9 +228,13 @@ def _reconcile(namespace: str, name: str) -> None:
     status.update(observedGeneration=generation, phase=phase_of(runs), runs=runs, conditions=conditions,
                   currentRun=next((r["job"] for r in runs if r["result"] == "Running"), None), queuedRequest=queued)
     kube.write_status(obj, status)
-    for type_, reason, _ in events:  # counted once the status that records them is written
-        if reason in ("RunSucceeded", "RunFailed"):
-            metrics.TRAINING_RUNS.labels(namespace, name, "Succeeded" if reason == "RunSucceeded" else "Failed").inc()
+    for run in finished:  # counted once the status that records them is written
+        metrics.TRAINING_RUNS.labels(namespace, name, run["result"]).inc()
+        seconds = _seconds_between(run.get("startTime"), run["finishTime"])
+        if seconds is not None:
+            metrics.TRAINING_RUN_DURATION.labels(namespace, name, run["result"]).observe(seconds)
+        for metric, value in (run.get("metrics") or {}).items() if run["result"] == "Succeeded" else ():
+            metrics.TRAINING_VERSION_METRIC.labels(namespace, name, str(run["version"]), metric).set(value)
     if status.get("latestVersion"):
         metrics.TRAINING_LATEST_VERSION.labels(namespace, name).set(status["latestVersion"])
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
@@ -239,6 +245,16 @@ def _reconcile(namespace: str, name: str) -> None:
     if status.get("handledRequest") == request and RETRAIN_DATASET_ANNOTATION in annotations:
         _clear_dataset_override(namespace, name, annotations[RETRAIN_DATASET_ANNOTATION])
     _clean_up_jobs(namespace, jobs, runs)
+
+
+def _seconds_between(start: str | None, end: str) -> float | None:
+    """Seconds from one RFC 3339 time to another (None when the start is unknown or malformed)."""
+    from datetime import datetime
+
+    try:
+        return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
 
 
 def _clear_dataset_override(namespace: str, name: str, used: str) -> None:

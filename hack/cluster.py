@@ -118,8 +118,9 @@ def kwok_stages(version: str, out: Path) -> None:
     """Write the kwok stages we use to one multi-document file.
 
     Upstream's fast pod-complete stage races the chaos failure stage for pods that should fail, so
-    pod-complete skips pods labelled for failure; it also honours a delay annotation
-    (`pod-complete.stage.kwok.x-k8s.io/delay`, milliseconds) so a test can keep a Job running.
+    pod-complete skips pods labelled for failure, and pods annotated `pod-complete.stage.kwok.x-k8s.io/hold`
+    so a test can keep a Job running until it removes the annotation (kwok's own delay is no use here: a
+    pod whose completion is delayed is not deleted before the delay ends, so its namespace stays Terminating).
     """
     src = CACHE / f"kwok-stages-{version}"
     files = ["node/fast/node-initialize.yaml", "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
@@ -132,13 +133,9 @@ def kwok_stages(version: str, out: Path) -> None:
             anchor = "    matchExpressions:\n"
             text = text.replace(anchor, anchor + (
                 "    - key: '.metadata.labels[\"pod-container-running-failed.stage.kwok.x-k8s.io\"]'\n"
+                "      operator: 'DoesNotExist'\n"
+                "    - key: '.metadata.annotations[\"pod-complete.stage.kwok.x-k8s.io/hold\"]'\n"
                 "      operator: 'DoesNotExist'\n"), 1)
-            text = text.replace("  next:\n", (
-                "  delay:\n"
-                "    durationMilliseconds: 0\n"
-                "    durationFrom:\n"
-                "      expressionFrom: '.metadata.annotations[\"pod-complete.stage.kwok.x-k8s.io/delay\"]'\n"
-                "  next:\n"), 1)
         docs.append(text.strip())
     out.write_text("\n---\n".join(docs) + "\n")
 

@@ -11,7 +11,7 @@ import json
 from tests.fixtures.cluster import wait_for
 from tests.integration.test_deployment_controller import deployment
 from tests.integration.test_drift_controller import loop  # noqa: F401 - the fixture
-from tests.integration.test_training_controller import KWOK, data, training  # noqa: F401 - `data` is a fixture
+from tests.integration.test_training_controller import HELD, KWOK, data, release, training  # noqa: F401 - `data` is a fixture
 
 GROUP = "modelloop.dev"
 
@@ -40,10 +40,9 @@ def test_training_is_progressing_during_its_run_then_healthy(operator, cluster, 
     from modelloop.training import train
 
     # Version 1 is in the store already (trained here, which also loads the trainer's libraries), so the
-    # operator's run trains version 2. kwok holds its pod 30 s while this test trains version 2 as the pod
-    # would, then completes it.
-    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "30000"}}
-    doc = training(namespace, data, podTemplate=held)
+    # operator's run trains version 2. kwok holds its pod while this test trains version 2 as the pod would,
+    # then completes it.
+    doc = training(namespace, data, podTemplate=HELD)
     identity = {"name": "churn", "namespace": namespace, "uid": "x", "generation": 1}
     train(doc["spec"], version=1, identity={**identity, "run": "manual"})
     cluster.apply(doc)
@@ -52,6 +51,7 @@ def test_training_is_progressing_during_its_run_then_healthy(operator, cluster, 
     verdict = argocd_health(live(cluster, "ModelTraining", namespace))
     assert verdict == {"status": "Progressing", "message": "RunInProgress: run churn-v2 is training version 2"}
     train(doc["spec"], version=2, identity={**identity, "run": "churn-v2"})
+    release(cluster, namespace, "churn-v2")
     verdict = health_becomes(cluster, argocd_health, "ModelTraining", namespace, "Healthy", timeout=120)
     assert verdict["message"] == "VersionAvailable: version 2 is the latest good version"
 

@@ -21,7 +21,7 @@ import pytest
 from modelloop.api.deployment import SKETCH_PORT
 from modelloop.drift import count_into, empty_like
 from tests.fixtures.cluster import ROOT, wait_for
-from tests.integration.test_training_controller import KWOK
+from tests.integration.test_training_controller import HELD, KWOK
 
 NORMAL = pd.read_csv(ROOT / "examples/data/churn.csv").drop(columns=["churned"])
 DRIFTED = pd.read_csv(ROOT / "examples/data/churn-drifted.csv").drop(columns=["churned"])
@@ -283,8 +283,7 @@ def test_32_monitors_on_stalled_pods_leave_the_other_controllers_responsive(oper
     wait_for(lambda: sum(1 for m in cluster.get("dmon", "-n", namespace)["items"]
                          if cond(m.get("status") or {}, "Ready").get("reason") == "SketchUnavailable") >= 4,
              timeout=60, message="monitors checking the stalled pods")
-    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "600000"}}
-    cluster.apply(training(namespace, s3, name="other", podTemplate=held))
+    cluster.apply(training(namespace, s3, name="other", podTemplate=HELD))
     wait_for(lambda: cluster.get("jobs", "-n", namespace, "-l", "modelloop.dev/training=other")["items"],
              timeout=10, message="the other training's Job while 32 monitors wait on stalled pods")
     msg = next(cond(m["status"], "Ready")["message"] for m in cluster.get("dmon", "-n", namespace)["items"]

@@ -12,6 +12,17 @@ from tests.fixtures.artifacts import CHURN, secret
 from tests.fixtures.cluster import wait_for
 
 KWOK = {"nodeSelector": {"type": "kwok"}, "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists"}]}
+# kwok keeps a pod with this annotation running until the annotation is removed (hack/cluster.py kwok_stages).
+HOLD = "pod-complete.stage.kwok.x-k8s.io/hold"
+HELD = {**KWOK, "annotations": {HOLD: "true"}}
+
+
+def release(cluster, namespace: str, job: str) -> None:
+    """Let kwok complete the held pod of `job`."""
+    selector = f"job-name={job}"
+    wait_for(lambda: cluster.get("pods", "-n", namespace, "-l", selector)["items"], timeout=30,
+             message=f"the pod of {job}")
+    cluster.kubectl("annotate", "pods", "-n", namespace, "-l", selector, f"{HOLD}-")
 
 
 def training(namespace: str, s3, name: str = "churn", **spec) -> dict:
@@ -47,8 +58,7 @@ def jobs(cluster, namespace, name="churn") -> list[dict]:
 
 
 def test_applying_a_training_creates_exactly_one_job_with_the_expected_spec(operator, cluster, namespace, data):
-    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "600000"}}
-    cluster.apply(training(namespace, data, podTemplate=held))
+    cluster.apply(training(namespace, data, podTemplate=HELD))
     job = wait_for(lambda: (jobs(cluster, namespace) or [None])[0], timeout=60, message="the training Job")
     wait_for(lambda: status(cluster, namespace).get("phase") == "Running", timeout=30, message="phase Running")
     assert [j["metadata"]["name"] for j in jobs(cluster, namespace)] == ["churn-v1"]
@@ -138,12 +148,12 @@ def test_invalid_estimator_params_stall_before_any_job_starts(operator, cluster,
 
 def test_retrain_annotation_starts_exactly_one_new_run_and_a_request_during_a_run_is_queued(
         operator, cluster, namespace, data):
-    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "4000"}}
-    cluster.apply(training(namespace, data, podTemplate=held))
+    cluster.apply(training(namespace, data, podTemplate=HELD))
     wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v1", timeout=30, message="run 1")
     cluster.kubectl("annotate", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-1")
     wait_for(lambda: status(cluster, namespace).get("queuedRequest") == "drift-1", timeout=30, message="queued request")
     # Run 1 ends (kwok completes it; no artifact, so it fails); the queued request then starts run 2.
+    release(cluster, namespace, "churn-v1")
     wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v2", timeout=60, message="run 2")
     st = status(cluster, namespace)
     assert st["runs"][0]["trigger"] == "RetrainRequested" and st["runs"][0]["reason"] == "drift-1"
@@ -161,16 +171,17 @@ def test_operator_restart_during_a_run_creates_no_duplicate_job_and_the_result_l
         operator, cluster, namespace, data):
     from modelloop.training import train
 
-    # kwok completes the pod 40 s after it starts: time enough for this test's own trainer to write
-    # version 1 first even on a loaded machine (with 15 s, a slow `train` lost the race and the run failed).
-    held = {**KWOK, "annotations": {"pod-complete.stage.kwok.x-k8s.io/delay": "40000"}}
-    doc = training(namespace, data, podTemplate=held)
+    # kwok holds the pod until this test's own trainer has written version 1. (The hold used to be a kwok
+    # delay of a bare number, which kwok reads as none: the test passed only while the restarted operator
+    # was slower than `train`.)
+    doc = training(namespace, data, podTemplate=HELD)
     cluster.apply(doc)
     wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v1", timeout=30, message="run 1")
     operator.restart(kill=True)
     # What the (simulated) pod does while kwok holds it: the trainer writes version 1.
     train(doc["spec"], version=1, identity={"name": "churn", "namespace": namespace, "uid": "x", "generation": 1,
                                             "run": "churn-v1"})
+    release(cluster, namespace, "churn-v1")
     wait_for(lambda: status(cluster, namespace).get("phase") == "Succeeded", timeout=120,
              message="the run's result after the restart")
     st = status(cluster, namespace)

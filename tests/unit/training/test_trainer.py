@@ -17,7 +17,7 @@ from modelloop.training.errors import (
 
 IDENTITY = {"name": "churn", "namespace": "team-a", "uid": "0b9c-11", "generation": 3, "run": "churn-v1"}
 CONTRACT_KEYS = {"format", "version", "created", "model", "training", "dataset", "estimator", "task", "libraries",
-                 "metric", "metrics", "schema", "reference", "predictionReference"}
+                 "metric", "metrics", "schema", "reference", "predictionReference", "onnx"}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -39,6 +39,12 @@ def test_classifier_and_regressor_train_into_a_complete_version(place, fmt, task
     assert metadata["model"]["sha256"] == hashlib.sha256(model_bytes).hexdigest()
     assert metadata["model"]["size"] == len(model_bytes)
     assert metadata["model"]["trustedTypes"] == ["sklearn.tree._tree.Tree"]
+    onnx_bytes = store.read_file(1, "model.onnx")
+    assert metadata["onnx"]["file"] == "model.onnx"
+    assert metadata["onnx"]["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    assert metadata["onnx"]["size"] == len(onnx_bytes)
+    assert metadata["onnx"]["parity"]["rows"] == math.ceil(len(frame) * 0.25)
+    assert metadata["onnx"]["parity"]["maxDiff"] <= metadata["onnx"]["parity"]["tolerance"] == 1e-6
     assert metadata["dataset"] == {"uri": dataset_uri, "format": fmt, "sha256": hashlib.sha256(raw).hexdigest(),
                                    "rows": len(frame)}
     assert metadata["training"] == IDENTITY

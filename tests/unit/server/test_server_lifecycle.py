@@ -58,7 +58,8 @@ def refused_at_start(server: ServerProcess) -> tuple[str, str]:
 def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(
         artifacts: dict[str, Artifact], tmp_path: Path) -> None:
     uri = _tampered_copy(artifacts["flowers"], tmp_path / "v1")
-    line, termination = refused_at_start(ServerProcess(["--model-uri", uri], tmp_path / "server.log").start())
+    server = ServerProcess(["--model-uri", uri, "--runtime", "sklearn"], tmp_path / "server.log")
+    line, termination = refused_at_start(server.start())
     assert "sha256" in line and "refusing to load" in line
     assert termination.startswith("ModelRefused: ArtifactIntegrityError")
 
@@ -112,6 +113,7 @@ def test_a_model_file_that_would_run_code_is_refused_and_its_payload_never_runs(
     metadata = json.loads((artifacts["flowers"].path / "metadata.json").read_text())
     metadata["model"].update(sha256=sha256_bytes(data), size=len(data),
                              trustedTypes=skops.io.get_untrusted_types(data=data))  # forged, as an attacker would
+    del metadata["onnx"]  # a version without model.onnx: even runtime auto loads model.skops
     uri = open_store(f"file://{tmp_path}/store").commit_version(1, {"model.skops": data}, metadata)
 
     line, termination = refused_at_start(ServerProcess(["--model-uri", uri], tmp_path / "server.log").start())

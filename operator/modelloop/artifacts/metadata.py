@@ -58,20 +58,20 @@ class OnnxInfo(_Model):
     """model.onnx, the same model as an ONNX graph (data only), or why the version has none."""
 
     file: str | None = Field(default=None, pattern=FILE_NAME_PATTERN)
-    format: Literal["onnx"] = "onnx"
+    format: Literal["onnx"] | None = None
     sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
     size: int | None = Field(default=None, ge=0)
     opsets: dict[str, int] | None = None
     predict_dtype: str | None = None  # numpy dtype of scikit-learn's predict(): the labels are cast to it
-    input_rules: list[OnnxInputRule] = Field(default_factory=list)
+    input_rules: list[OnnxInputRule] | None = None
     parity: OnnxParity | None = None
     skipped: str | None = None  # why there is no model.onnx
 
     @model_validator(mode="after")
     def _one_state(self) -> OnnxInfo:
-        present = (self.file, self.sha256, self.size, self.predict_dtype)
+        present = (self.file, self.format, self.sha256, self.size, self.predict_dtype)
         if self.skipped is None and any(v is None for v in present):
-            raise ValueError("onnx needs file, sha256, size and predictDtype, or skipped")
+            raise ValueError("onnx needs file, format, sha256, size and predictDtype, or skipped")
         if self.skipped is not None and self.file is not None:
             raise ValueError("onnx has a file and says it was skipped")
         return self

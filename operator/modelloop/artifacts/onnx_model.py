@@ -140,7 +140,7 @@ class OnnxPredictor:
         self.predict_dtype = np.dtype(info.predict_dtype)
         position = {name: j for j, name in enumerate(self.names)}
         self.rules = [(rule.values, [position[f] for f in rule.features if f in position], rule.features,
-                       rule.error) for rule in info.input_rules]
+                       rule.error) for rule in info.input_rules or ()]
 
     def predict(self, rows: np.ndarray | Mapping[str, np.ndarray], *, proba: bool
                 ) -> tuple[np.ndarray, np.ndarray | None]:

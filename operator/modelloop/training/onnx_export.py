@@ -84,10 +84,15 @@ def export_onnx(model: Any, features: Sequence[Mapping[str, Any]], task: str, ho
     try:
         data, info = _export(model, schema, task, holdout)
     except Unconvertible as exc:
-        data, info = None, {"skipped": str(exc), **({"parity": exc.parity} if exc.parity else {})}
+        data, info = None, {"skipped": _one_line(str(exc)), **({"parity": exc.parity} if exc.parity else {})}
     except Exception as exc:  # noqa: BLE001 - converters raise anything; the version stays skops-only
-        data, info = None, {"skipped": f"the conversion failed: {describe_exception(exc)}"}
+        data, info = None, {"skipped": _one_line(f"the conversion failed: {describe_exception(exc)}")}
     return OnnxExport(data, info, time.perf_counter() - started)
+
+
+def _one_line(text: str, limit: int = 512) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _export(model: Any, schema: list[FeatureSchema], task: str, holdout: Any) -> tuple[bytes, dict[str, Any]]:
@@ -101,7 +106,7 @@ def _export(model: Any, schema: list[FeatureSchema], task: str, holdout: Any) ->
     graph = model_graph(model, schema, task, with_proba=expected_proba is not None)
     data = graph.SerializeToString()
     check_onnx_file(data)  # what the server checks: a graph failing it must not be written
-    info = OnnxInfo(file=ONNX_FILE, sha256=sha256_bytes(data), size=len(data),
+    info = OnnxInfo(file=ONNX_FILE, format="onnx", sha256=sha256_bytes(data), size=len(data),
                     opsets={o.domain or "ai.onnx": o.version for o in graph.opset_import},
                     predict_dtype=np.asarray(expected).dtype.str, input_rules=rules)
     predicted, probabilities = OnnxPredictor(data, info, schema).predict(rows, proba=expected_proba is not None)
@@ -199,8 +204,8 @@ def _probe(model: Any, schema: list[FeatureSchema], task: str, columns: dict[str
             row = {**base, **{f.name: np.array([value], dtype=object) for f in text}}
             error = _refusal(model, task, row, schema)
             if error is not None:
-                raise Unconvertible(f"scikit-learn refuses {'missing' if value is None else 'unseen'} categories: "
-                                    f"{error}")
+                raise Unconvertible(f"scikit-learn refuses {'missing' if value is None else 'unseen'} categories "
+                                    f"({error.split(':')[0]}), which the ONNX graph encodes as it was trained to")
             probes.append(row)
     rows = {name: np.concatenate([columns[name], *[p[name] for p in probes]]) for name in columns}
     return rows, rules

@@ -23,7 +23,7 @@ from modelloop_server.cli import load_served_model
 from modelloop_server.config import ServerConfig
 from modelloop_server.model import ServedModel
 
-from .conftest import Artifact, ServerProcess, serve_in_thread, v2_matrix
+from .conftest import Artifact, ServerProcess, refused_at_start, serve_in_thread, v2_matrix
 
 ROW = [5.0, 3.4, 1.5, 0.2]
 
@@ -36,23 +36,6 @@ def _tampered_copy(artifact: Artifact, destination: Path) -> str:
     data[len(data) // 2] ^= 0xFF
     model_file.write_bytes(bytes(data))
     return f"file://{destination}"
-
-
-def refused_at_start(server: ServerProcess) -> tuple[str, str]:
-    """Poll readiness until the process exits; it must exit 1 without ever being ready, with one
-    model.refused line. Returns that line and the termination message."""
-    statuses = set()
-    while server.process.poll() is None:
-        try:
-            statuses.add(httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    assert server.wait_exit() == 1
-    assert 200 not in statuses
-    refused = [line for line in server.log.read_text().splitlines() if "event=model.refused" in line]
-    assert len(refused) == 1, server.log.read_text()
-    return refused[0], server.log.with_suffix(".termination").read_text()
 
 
 def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(

@@ -63,6 +63,21 @@ def test_classifier_and_regressor_train_into_a_complete_version(place, fmt, task
     assert len(predictions) == 5
 
 
+def test_a_model_without_an_onnx_converter_trains_into_a_skops_only_version_served_by_scikit_learn(
+        local, churn, to_bytes, spec_for):
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output(),
+                    estimator={"class": "sklearn.neighbors.NearestCentroid"})
+
+    metadata = train(spec, version=1, identity={})
+
+    assert metadata["onnx"] == {"skipped": "skl2onnx has no converter for NearestCentroid"}
+    store = open_store(local.output())
+    assert not (local.root / "models" / "v1" / "model.onnx").exists()
+    loaded = load_model(store.version_uri(1), runtime="auto")
+    assert loaded.runtime == "sklearn"
+    assert set(loaded.model.predict(churn.drop(columns="churned").head(5))) <= {"yes", "no"}
+
+
 def test_schema_records_types_categories_and_classes(local, churn, to_bytes, spec_for):
     spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output())
     schema = train(spec, version=1, identity={})["schema"]

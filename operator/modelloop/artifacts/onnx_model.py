@@ -31,6 +31,7 @@ PREDICT = "predict"
 PREDICT_PROBA = "predict_proba"
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 MISSING_TEXT = ""  # what a missing text value is fed as (the server turns "" into missing before)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def check_onnx_file(data: bytes) -> Any:
@@ -141,6 +142,7 @@ class OnnxPredictor:
         position = {name: j for j, name in enumerate(self.names)}
         self.rules = [(rule.values, [position[f] for f in rule.features if f in position], rule.features,
                        rule.error) for rule in info.input_rules or ()]
+        self.overflow_rule = any(values == "float32-overflow" for values, *_ in self.rules)
 
     def predict(self, rows: np.ndarray | Mapping[str, np.ndarray], *, proba: bool
                 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -172,6 +174,11 @@ class OnnxPredictor:
         return feed
 
     def _check(self, rows: np.ndarray | Mapping[str, np.ndarray]) -> None:
+        if not self.rules:
+            return
+        if isinstance(rows, np.ndarray) and np.isfinite(rows).all() and (
+                not self.overflow_rule or np.abs(rows).max(initial=0.0) <= _FLOAT32_MAX):
+            return  # the common case, in two passes over the matrix
         for values, positions, names, error in self.rules:
             if isinstance(rows, np.ndarray):
                 selected = [rows[:, positions]]

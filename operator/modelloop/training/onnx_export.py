@@ -355,7 +355,7 @@ def _estimator_graph(estimator: Any, n_inputs: int, task: str) -> Any:
         try:
             return tree_model_graph(estimator, n_inputs, OPSET)
         except UnsupportedTreeModel as exc:
-            raise Unconvertible(f"{type(estimator).__name__} with {exc} has no exact ONNX form here") from None
+            raise Unconvertible(f"{type(estimator).__name__}: {exc}") from None
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import DoubleTensorType
     from skl2onnx.common.exceptions import MissingShapeCalculator

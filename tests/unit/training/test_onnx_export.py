@@ -280,11 +280,11 @@ def test_the_graph_takes_one_input_per_feature_and_names_its_outputs_after_the_s
 def test_an_ensemble_too_large_for_a_server_is_skops_only(monkeypatch):
     from modelloop.training import onnx_trees
 
-    monkeypatch.setattr(onnx_trees, "MAX_BRANCHES", 10)
+    monkeypatch.setattr(onnx_trees, "MAX_NODES", 10)
     model, schema, task, holdout = fit("sklearn.ensemble.RandomForestClassifier", mixed_frame(), ["plan"])
 
     exported = export_onnx(model, schema, task, holdout)
 
     assert exported.data is None
-    assert exported.skipped.startswith("RandomForestClassifier: ") and "branches over 2 target(s), more than 10" in \
+    assert exported.skipped.startswith("RandomForestClassifier: ") and "tree nodes over 2 target(s), more than 10" in \
         exported.skipped

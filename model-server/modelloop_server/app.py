@@ -166,7 +166,8 @@ class ModelServerApp:
         if not self.draining:
             self.metrics.ready.set(1)
         log_event("model.ready", model=model.name, version=model.version, sha256=model.sha256,
-                  estimator=model.metadata["estimator"]["class"], matrix_input=model.matrix_input,
+                  estimator=model.metadata["estimator"]["class"], runtime=model.runtime,
+                  matrix_input=model.matrix_input,
                   seconds=round(time.perf_counter() - started, 3))
 
     def _load_and_warm_up(self) -> tuple[ServedModel, LiveSketches]:

@@ -7,7 +7,8 @@ Every flag has an environment variable (see config.py); the controller sets thos
 Lifecycle, as a kubelet sees it:
 - The port opens at once: liveness is 200, readiness 503 while the model loads in the background.
 - Readiness turns 200 once the model is loaded (the pinned digests of metadata.json and the model
-  verified first, then the exact type list) and a warm-up prediction passed.
+  verified first, then the exact type list of model.skops or the checks of model.onnx, by --runtime) and
+  a warm-up prediction passed.
 - A model that cannot be served (digest mismatch, untrusted type, unreachable store, failing warm-up)
   makes the process exit 1 with a one-line log and termination message: the pod shows CrashLoopBackOff
   with the reason, the kubelet retries with back-off (which heals a store that was briefly down), and a
@@ -73,7 +74,7 @@ class DrainingServer(uvicorn.Server):
 def build_server(config: ServerConfig) -> DrainingServer:
     app = ModelServerApp(config, load=lambda: load_served_model(
         config.model_uri, config.model_name, model_sha256=config.model_sha256,
-        metadata_sha256=config.metadata_sha256))
+        metadata_sha256=config.metadata_sha256, runtime=config.runtime))
     protocol = guarded_protocol(config.header_timeout_seconds, config.max_header_bytes,
                                 on_refused=lambda limit: app.metrics.refused.labels(limit).inc())
     uv_config = uvicorn.Config(
@@ -87,13 +88,19 @@ def build_server(config: ServerConfig) -> DrainingServer:
 
 
 def load_served_model(uri: str, name: str | None, *, model_sha256: str | None = None,
-                      metadata_sha256: str | None = None) -> ServedModel:
-    """Read and verify the artifact version (the pinned digests, then the exact type list, before
-    deserialising) and wrap its estimator."""
-    from modelloop.artifacts import load_model
+                      metadata_sha256: str | None = None, runtime: str = "auto") -> ServedModel:
+    """Read and verify the artifact version (the pinned digests, then the exact type list or the ONNX
+    checks, before deserialising) and wrap its estimator or its ONNX session."""
+    from modelloop.artifacts import OnnxUnavailableError, load_model
 
-    loaded = load_model(uri, expected_sha256=model_sha256, expected_metadata_sha256=metadata_sha256)
-    return ServedModel(loaded.model, loaded.metadata.wire(), name=name)
+    try:
+        loaded = load_model(uri, expected_sha256=model_sha256, expected_metadata_sha256=metadata_sha256,
+                            runtime=runtime)
+    except OnnxUnavailableError as exc:
+        raise OnnxUnavailableError(f"runtime onnx (spec.server.runtime of the ModelDeployment; --runtime, "
+                                   f"MODELLOOP_RUNTIME) needs model.onnx: {exc}; set it to auto or sklearn to "
+                                   f"serve this version with scikit-learn") from None
+    return ServedModel(loaded.model, loaded.metadata.wire(), name=name, onnx=loaded.onnx)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               max_batch_size=config.max_batch_size, max_batch_wait_ms=config.max_batch_wait_ms,
               max_body_bytes=config.max_body_bytes, drain_seconds=config.drain_seconds,
               model_pinned=config.model_sha256 is not None, metadata_pinned=config.metadata_sha256 is not None,
+              runtime=config.runtime,
               max_concurrency=config.max_concurrency, max_queue=config.max_queue, max_rows=config.max_rows)
     server = build_server(config)
     server.run()

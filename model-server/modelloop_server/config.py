@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from modelloop.api.deployment import SERVER_PORT, SKETCH_PORT, ServerSpec
+from modelloop.artifacts.model import RUNTIMES
 
 from .live import DEFAULT_MIN_ROWS as DEFAULT_SKETCH_MIN_ROWS
 
@@ -38,6 +39,8 @@ class ServerConfig:
     # Digests pinned by the operator (docs/security.md); unset, only metadata.json vouches for the model.
     model_sha256: str | None = None
     metadata_sha256: str | None = None
+    # What predicts: model.onnx with onnxruntime, model.skops with scikit-learn, or auto (onnx when present).
+    runtime: str = _SPEC_DEFAULTS.runtime
     # Limits against load and abuse (docs/server.md, "Limits").
     max_concurrency: int = 128
     max_queue: int = 64
@@ -75,6 +78,10 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
                      "pins it)"),
     "metadata_sha256": ("MODELLOOP_METADATA_SHA256", str,
                         "sha256 metadata.json must have, checked before it is parsed (the operator pins it)"),
+    "runtime": ("MODELLOOP_RUNTIME", str,
+                f"what predicts: auto (model.onnx with onnxruntime when the version has one, else model.skops), "
+                f"onnx (refuse a version without model.onnx) or sklearn (never load model.onnx) (default "
+                f"{_SPEC_DEFAULTS.runtime})"),
     "max_concurrency": ("MODELLOOP_MAX_CONCURRENCY", int,
                         "most inference requests in flight; more get 503 with Retry-After (default 128)"),
     "max_queue": ("MODELLOOP_MAX_QUEUE", int,
@@ -138,6 +145,8 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
         parser.error(f"--port {config.port} must be between 0 and 65535")
     if not 0 < config.sketch_port <= 65535 or config.sketch_port == config.port:
         parser.error(f"--sketch-port {config.sketch_port} must be between 1 and 65535 and differ from --port")
+    if config.runtime not in RUNTIMES:
+        parser.error(f"--runtime {config.runtime!r} must be one of {', '.join(RUNTIMES)}")
     if config.log_level.lower() not in ("debug", "info", "warning", "error"):
         parser.error(f"--log-level {config.log_level!r} must be one of debug, info, warning, error")
     for flag, digest in (("--model-sha256", config.model_sha256), ("--metadata-sha256", config.metadata_sha256)):

@@ -58,7 +58,8 @@ class ServerMetrics:
     def set_model(self, model: ServedModel, prediction_edges: Sequence[float] = ()) -> None:
         """Model metrics: version info and the prediction distribution (per class, or a histogram whose
         buckets are the reference's prediction bin edges)."""
-        self.model_info.info({"model": model.name, "version": str(model.version), "sha256": model.sha256})
+        self.model_info.info({"model": model.name, "version": str(model.version), "sha256": model.sha256,
+                              "runtime": model.runtime})
         if model.classifier:
             self.class_predictions = Counter(f"{PREFIX}_predictions", "Predicted rows by predicted class.",
                                              ["class"], registry=self.registry)

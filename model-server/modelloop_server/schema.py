@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
+from modelloop.artifacts.metadata import is_text_feature
 
 from .errors import bad_request
 
@@ -30,7 +31,7 @@ class Feature:
 
     @property
     def text(self) -> bool:
-        return self.categorical and self.dtype != "bool" and not self.dtype.startswith(("int", "uint", "float"))
+        return is_text_feature(self.dtype, self.categorical)
 
     @property
     def datatype(self) -> str:

@@ -106,7 +106,7 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
         outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(model.classes or [])]})
     parameters: dict[str, Any] = {
         "task": model.task, "target": model.target, "estimator": model.metadata["estimator"]["class"],
-        "sha256": model.sha256,
+        "sha256": model.sha256, "runtime": model.runtime,
         "input_forms": ["one input per feature, named after it, shape [-1]"],
     }
     if model.classes is not None:

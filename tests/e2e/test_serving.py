@@ -47,6 +47,7 @@ def add_unservable_version(store, version: int) -> None:
     meta = store.read_metadata(1)
     meta["version"] = version
     meta["model"].update(sha256=sha256_bytes(data), size=len(data), trustedTypes=trusted)
+    meta["onnx"] = {"skipped": "a test version: only its model.skops, which cannot predict, is served"}
     store.commit_version(version, {meta["model"]["file"]: data}, meta)
 
 

@@ -64,6 +64,7 @@ def test_children_are_created_owned_and_shaped_for_safe_rollouts(operator, clust
     assert [p["port"] for p in svc["spec"]["ports"]] == [8080]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert "envFrom" not in container and {p["containerPort"] for p in container["ports"]} == {8080, 8081}
+    assert {"name": "MODELLOOP_RUNTIME", "value": "auto"} in container["env"]
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert dep["spec"]["progressDeadlineSeconds"] == 30
     ann = dep["spec"]["template"]["metadata"]["annotations"]
@@ -140,3 +141,15 @@ def test_tampered_artifact_is_never_rolled_out(operator, cluster, namespace, sto
              message="ArtifactUnavailable")
     assert "sha256" in cond(st(cluster, namespace), "Ready")["message"]
     assert cluster.kubectl("get", "deployment", "churn", "-n", namespace, check=False).returncode != 0
+
+
+def test_the_runtime_of_the_spec_reaches_the_server_pods_and_an_unknown_one_is_refused(operator, cluster, namespace,
+                                                                                        store):
+    cluster.apply(deployment(namespace, model={"uri": store.version_uri(1)}, server={"runtime": "sklearn"}))
+    wait_for(lambda: cluster.kubectl("get", "deployment", "churn", "-n", namespace, check=False).returncode == 0,
+             timeout=60, message="the Deployment")
+    env = cluster.get("deployment", "churn", "-n", namespace)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "MODELLOOP_RUNTIME", "value": "sklearn"} in env
+    refused = cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(
+        deployment(namespace, model={"uri": store.version_uri(1)}, server={"runtime": "tensorflow"})), check=False)
+    assert refused.returncode != 0 and "spec.server.runtime" in refused.stderr and "Unsupported value" in refused.stderr

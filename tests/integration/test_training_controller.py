@@ -96,10 +96,24 @@ def test_successful_run_records_version_metrics_and_ready(operator, cluster, nam
     assert cond(st, "Succeeded")["status"] == "True" and cond(st, "Stalled")["status"] == "False"
     meta = json.loads(data.get("models/churn/v1/metadata.json"))
     assert meta["training"]["namespace"] == namespace and meta["version"] == 1
+    assert meta["onnx"]["file"] == "model.onnx" and data.get("models/churn/v1/model.onnx")  # written by the pod
+    assert "onnxSkipped" not in st["runs"][0]
     reasons = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                               "involvedObject.kind=ModelTraining", "-o", "jsonpath={.items[*].reason}").stdout.split()
     assert "RunStarted" in reasons and "RunSucceeded" in reasons
     assert "modelloop-test-secret" not in json.dumps(cluster.get("mtrain", "churn", "-n", namespace))
+
+
+@pytest.mark.node
+def test_a_run_whose_estimator_has_no_onnx_form_succeeds_and_says_why(operator, cluster, namespace, data):
+    cluster.apply(training(namespace, data, estimator={"class": "sklearn.neighbors.NearestCentroid"}))
+    cluster.kubectl("wait", "mtrain/churn", "-n", namespace, "--for=condition=Ready", "--timeout=180s")
+    run = status(cluster, namespace)["runs"][0]
+    assert run["result"] == "Succeeded" and run["onnxSkipped"] == "skl2onnx has no converter for NearestCentroid"
+    assert data.keys("models/churn/v1/") == [f"models/churn/v1/{f}" for f in ("metadata.json", "model.skops")]
+    messages = cluster.kubectl("get", "events", "-n", namespace, "--field-selector", "reason=RunSucceeded",
+                               "-o", "jsonpath={.items[*].message}").stdout
+    assert "no model.onnx: skl2onnx has no converter for NearestCentroid" in messages
 
 
 @pytest.mark.node

@@ -77,6 +77,10 @@ class ServerSpec(ApiModel):
         "Longest a request waits for others to join its batch, in milliseconds."))
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=1024 ** 3, description=(
         "Largest accepted request body; bigger requests get 413."))
+    runtime: Literal["auto", "onnx", "sklearn"] = Field(default="auto", description=(
+        "What predicts: auto serves the version's model.onnx with onnxruntime when it has one (written by the "
+        "trainer when the ONNX graph matches scikit-learn) and model.skops with scikit-learn otherwise; onnx "
+        "requires model.onnx (a version without one never becomes ready); sklearn never loads model.onnx."))
 
 
 class RolloutSpec(ApiModel):

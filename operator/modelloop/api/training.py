@@ -170,6 +170,9 @@ class TrainingRun(ApiModel):
     message: str | None = Field(default=None, description="Why the run failed (the trainer's termination message).")
     metrics: dict[str, float] | None = Field(default=None, description="Validation metrics of the run.")
     artifact: str | None = Field(default=None, description="URI of the version the run wrote.")
+    onnx_skipped: str | None = Field(default=None, description=(
+        "Why the version the run wrote has no model.onnx, so that it is served with scikit-learn only (no "
+        "converter, or the ONNX graph did not match scikit-learn); unset when it has one."))
 
 
 class ModelTrainingStatus(ApiModel):

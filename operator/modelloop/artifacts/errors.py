@@ -32,3 +32,7 @@ class ArtifactIntegrityError(ArtifactError):
 
 class UntrustedTypeError(ArtifactError):
     """The model file contains a type outside the trusted set, or the trusted set leaves the allow-list."""
+
+
+class OnnxUnavailableError(ArtifactError):
+    """The ONNX runtime was required, but the version has no model.onnx that can be served."""

@@ -8,7 +8,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from .errors import InvalidMetadataError
@@ -16,6 +16,7 @@ from .errors import InvalidMetadataError
 ARTIFACT_FORMAT = "modelloop.artifact/v1"
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.skops"
+ONNX_FILE = "model.onnx"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A file of a version: a plain name, never a path (it is joined to the version's location).
 FILE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
@@ -31,6 +32,49 @@ class ModelFile(_Model):
     sha256: str = Field(pattern=SHA256_PATTERN)
     size: int = Field(ge=0)
     trusted_types: list[str] = Field(default_factory=list)
+
+
+class OnnxParity(_Model):
+    """How closely model.onnx reproduced the scikit-learn model (docs/artifacts.md): on the hold-out rows
+    and on probe rows (missing, infinite and out-of-range values, missing and unseen categories)."""
+
+    rows: int = Field(ge=0)  # hold-out rows compared
+    probe_rows: int = Field(default=0, ge=0)
+    labels_equal: bool | None = None  # classifiers: every predicted label identical, in value and type
+    max_abs_diff: float | None = Field(default=None, ge=0)  # hold-out: largest |onnx - scikit-learn|
+    max_diff: float | None = Field(default=None, ge=0)  # every row; compared with the tolerance
+    tolerance: float = Field(gt=0)
+
+
+class OnnxInputRule(_Model):
+    """Values the scikit-learn model refuses in some features, with its error: the ONNX path refuses them too."""
+
+    values: Literal["nan", "infinite", "float32-overflow"]
+    features: list[str]
+    error: str
+
+
+class OnnxInfo(_Model):
+    """model.onnx, the same model as an ONNX graph (data only), or why the version has none."""
+
+    file: str | None = Field(default=None, pattern=FILE_NAME_PATTERN)
+    format: Literal["onnx"] | None = None
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
+    size: int | None = Field(default=None, ge=0)
+    opsets: dict[str, int] | None = None
+    predict_dtype: str | None = None  # numpy dtype of scikit-learn's predict(): the labels are cast to it
+    input_rules: list[OnnxInputRule] | None = None
+    parity: OnnxParity | None = None
+    skipped: str | None = None  # why there is no model.onnx
+
+    @model_validator(mode="after")
+    def _one_state(self) -> OnnxInfo:
+        present = (self.file, self.format, self.sha256, self.size, self.predict_dtype)
+        if self.skipped is None and any(v is None for v in present):
+            raise ValueError("onnx needs file, format, sha256, size and predictDtype, or skipped")
+        if self.skipped is not None and self.file is not None:
+            raise ValueError("onnx has a file and says it was skipped")
+        return self
 
 
 class TrainingIdentity(_Model):
@@ -58,6 +102,12 @@ class EstimatorInfo(_Model):
 class MetricValue(_Model):
     name: str
     value: float
+
+
+def is_text_feature(dtype: str, categorical: bool) -> bool:
+    """A feature whose values are text: categorical with a dtype that is not a number or a bool. Every other
+    feature is a number (int and bool categories are compared numerically by the trained encoder)."""
+    return categorical and dtype != "bool" and not dtype.startswith(("int", "uint", "float"))
 
 
 class FeatureSchema(_Model):
@@ -95,6 +145,8 @@ class ArtifactMetadata(_Model):
     schema_: Schema = Field(alias="schema")
     reference: dict[str, Any]
     prediction_reference: dict[str, Any]
+    # Absent from versions written before the ONNX export: those are skops-only.
+    onnx: OnnxInfo | None = None
 
     @field_validator("reference", "prediction_reference")
     @classmethod

@@ -1,4 +1,5 @@
-"""Model files: serialise with skops, load only after the digests and the exact type list pass.
+"""Model files: serialise with skops, load only after the digests and the exact type list pass (model.skops),
+or the digests and the ONNX checks (model.onnx, onnx_model.py).
 
 A pickle runs arbitrary code when loaded; skops instead rebuilds objects from a description (schema.json
 inside a zip) and imports, calls or instantiates only the names that description holds. Which names we
@@ -22,9 +23,10 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-from .errors import ArtifactIntegrityError, UntrustedTypeError
+from .errors import ArtifactIntegrityError, OnnxUnavailableError, UntrustedTypeError
 from .metadata import METADATA_FILE, ArtifactMetadata, parse_metadata
-from .stores import split_version_uri
+from .onnx_model import OnnxPredictor
+from .stores import ArtifactStore, split_version_uri
 from .trusted_types import BIT_GENERATORS, SKOPS_PROTOCOLS, TRUSTED_NODES
 
 FUNCTION_NODE = "FunctionNode"
@@ -158,21 +160,36 @@ def deserialize_model(data: bytes) -> Any:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    model: Any
+    model: Any  # the scikit-learn estimator; None when the version is served through model.onnx
     metadata: ArtifactMetadata
     uri: str
+    onnx: OnnxPredictor | None = None
+
+    @property
+    def runtime(self) -> str:
+        return "onnx" if self.onnx is not None else "sklearn"
+
+
+RUNTIMES = ("auto", "onnx", "sklearn")
 
 
 def load_model(version_uri: str, *, expected_sha256: str | None = None, expected_metadata_sha256: str | None = None,
-               credentials: Mapping[str, str] | None = None) -> LoadedModel:
+               credentials: Mapping[str, str] | None = None, runtime: str = "sklearn") -> LoadedModel:
     """Load the model of `<output>/v<N>`, checking before anything is parsed:
 
     1. metadata.json's sha256 against `expected_metadata_sha256` (pinned by the operator), before parsing it;
-    2. the model file's size and sha256 against metadata.json, and against `expected_sha256` (pinned);
-    3. every type the model file names against the exact lists (check_model_file), before skops reads it.
+    2. the file to load, its size and sha256 against metadata.json, and model.skops against `expected_sha256`
+       (pinned; metadata.json must record that digest too);
+    3. model.skops: every type it names against the exact lists (check_model_file), before skops reads it;
+       model.onnx: no external data, only standard operators (check_onnx_file), before onnxruntime reads it.
 
-    `credentials` (AWS_* keys) replace the environment's, as for open_store.
+    `runtime`: "sklearn" loads model.skops; "onnx" loads model.onnx, or raises OnnxUnavailableError when the
+    version has none; "auto" loads model.onnx when the version has one, model.skops otherwise. model.onnx is
+    pinned through metadata.json: with a pinned model digest but no pinned metadata digest, "auto" loads
+    model.skops and "onnx" refuses. `credentials` (AWS_* keys) replace the environment's, as for open_store.
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     store, version = split_version_uri(version_uri, credentials=credentials)
     raw_metadata = store.read_metadata_bytes(version)
     metadata_uri = f"{store.version_uri(version)}/{METADATA_FILE}"
@@ -182,16 +199,49 @@ def load_model(version_uri: str, *, expected_sha256: str | None = None, expected
     metadata = parse_metadata(raw_metadata, source=metadata_uri)
     if metadata.version != version:
         raise ArtifactIntegrityError(f"{metadata_uri} says version {metadata.version}; refusing to load")
-    data = store.read_file(version, metadata.model.file)
+    if expected_sha256 is not None and metadata.model.sha256 != expected_sha256:
+        raise ArtifactIntegrityError(f"{version_uri}/{metadata.model.file}: sha256 {metadata.model.sha256} (in "
+                                     f"metadata.json) is not the pinned {expected_sha256}; refusing to load")
+    uri = store.version_uri(version)
+    if runtime != "sklearn":
+        onnx, unavailable = metadata.onnx, _onnx_unavailable(metadata, expected_sha256, expected_metadata_sha256)
+        if unavailable is None and onnx is not None and onnx.file and onnx.sha256 and onnx.size is not None:
+            data = _read_verified(store, version, version_uri, onnx.file, onnx.sha256, onnx.size)
+            return LoadedModel(model=None, metadata=metadata, uri=uri,
+                               onnx=OnnxPredictor(data, onnx, metadata.schema_.features))
+        if runtime == "onnx":
+            raise OnnxUnavailableError(f"{version_uri} has no model.onnx to serve: {unavailable}")
+    data = _read_verified(store, version, version_uri, metadata.model.file, metadata.model.sha256,
+                          metadata.model.size, pinned=expected_sha256)
+    return LoadedModel(model=deserialize_model(data), metadata=metadata, uri=uri)
+
+
+def _onnx_unavailable(metadata: ArtifactMetadata, expected_sha256: str | None,
+                      expected_metadata_sha256: str | None) -> str | None:
+    """Why model.onnx of this version cannot be served, or None."""
+    if metadata.onnx is None:
+        return "the version was written before modelloop exported ONNX"
+    if metadata.onnx.skipped is not None:
+        return metadata.onnx.skipped
+    if expected_sha256 is not None and expected_metadata_sha256 is None:
+        return ("its digest is pinned through metadata.json, whose digest is not pinned (a deployment status "
+                "written before the operator pinned it)")
+    return None
+
+
+def _read_verified(store: ArtifactStore, version: int, version_uri: str, name: str, sha256: str, size: int, *,
+                   pinned: str | None = None) -> bytes:
+    """A file of the version, after its sha256 and size matched metadata.json (and its sha256 the pin)."""
+    data = store.read_file(version, name)
     actual = sha256_bytes(data)
-    if actual != metadata.model.sha256 or len(data) != metadata.model.size:
+    if actual != sha256 or len(data) != size:
         raise ArtifactIntegrityError(
-            f"{version_uri}/{metadata.model.file}: sha256 {actual} ({len(data)} bytes) does not match "
-            f"metadata.json ({metadata.model.sha256}, {metadata.model.size} bytes); refusing to load")
-    if expected_sha256 is not None and actual != expected_sha256:
-        raise ArtifactIntegrityError(f"{version_uri}/{metadata.model.file}: sha256 {actual} is not the pinned "
-                                     f"{expected_sha256}; refusing to load")
-    return LoadedModel(model=deserialize_model(data), metadata=metadata, uri=store.version_uri(version))
+            f"{version_uri}/{name}: sha256 {actual} ({len(data)} bytes) does not match "
+            f"metadata.json ({sha256}, {size} bytes); refusing to load")
+    if pinned is not None and actual != pinned:
+        raise ArtifactIntegrityError(f"{version_uri}/{name}: sha256 {actual} is not the pinned "
+                                     f"{pinned}; refusing to load")
+    return data
 
 
 def _bit_generator_name(node: dict[str, Any]) -> str:

@@ -84,9 +84,10 @@ class ArtifactStore:
             _checked_name(name)
         if METADATA_FILE in files:
             raise ValueError(f"{METADATA_FILE} is written by commit_version from `metadata`, not passed in files")
-        if parsed.model.file not in files:
-            raise InvalidMetadataError(f"metadata.model.file '{parsed.model.file}' is not among the files "
-                                       f"{sorted(files)}")
+        named = {"metadata.model.file": parsed.model.file, "metadata.onnx.file": parsed.onnx and parsed.onnx.file}
+        for field, name in named.items():
+            if name is not None and name not in files:
+                raise InvalidMetadataError(f"{field} '{name}' is not among the files {sorted(files)}")
         if self._backend.exists(target.child(METADATA_FILE)):
             raise VersionExistsError(f"version {version} already exists at {target}; versions are immutable")
 

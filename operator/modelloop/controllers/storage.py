@@ -74,7 +74,8 @@ _verified: BoundedCache[tuple[str, str, str], dict[str, Any]] = BoundedCache(SET
 
 def verified_metadata(namespace: str, output_uri: str, version: int, credentials: Credentials,
                       field: str = "spec.output.uri") -> dict[str, Any]:
-    """metadata.json of a version, checked (schema, version number, model size and sha256): uri,
+    """metadata.json of a version, checked (schema, version number, size and sha256 of model.skops and of
+    model.onnx when there is one): uri,
     metric(s), the model's sha256, the sha256 of metadata.json's bytes (the two digests the servers are
     pinned to) and the metadata. Versions are immutable, so a verified one is remembered, per namespace
     and credentials: a resource never sees what another's credentials could read."""
@@ -89,10 +90,13 @@ def verified_metadata(namespace: str, output_uri: str, version: int, credentials
     meta = decode_metadata(raw, source=f"{store.version_uri(version)}/{METADATA_FILE}")  # schema-validated
     if meta["version"] != version:
         raise ArtifactIntegrityError(f"{store.version_uri(version)}/metadata.json says version {meta['version']}")
-    sha256, size = store.file_sha256(version, meta["model"]["file"], max_bytes=SETTINGS.max_model_bytes)
-    if sha256 != meta["model"]["sha256"] or size != meta["model"]["size"]:
-        raise ArtifactIntegrityError(f"{store.version_uri(version)}/{meta['model']['file']}: sha256 or size does not "
-                                     f"match metadata.json; the artifact was modified after it was written")
+    files = [meta["model"], *([meta["onnx"]] if (meta.get("onnx") or {}).get("file") else [])]
+    for recorded in files:  # model.skops, and model.onnx when the version has one
+        found = store.file_sha256(version, recorded["file"], max_bytes=SETTINGS.max_model_bytes)
+        if found != (recorded["sha256"], recorded["size"]):
+            raise ArtifactIntegrityError(f"{store.version_uri(version)}/{recorded['file']}: sha256 or size does not "
+                                         f"match metadata.json; the artifact was modified after it was written")
+    sha256 = meta["model"]["sha256"]
     result = {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": meta["metric"],
               "sha256": sha256, "metadataSha256": sha256_bytes(raw), "metadata": meta}
     _verified.put(key, result)

@@ -56,6 +56,14 @@ def job_failure_message(job: dict, pods: list[dict]) -> str:
     return "the training Job failed"
 
 
+def onnx_skipped(metadata: dict) -> str | None:
+    """Why a version has no model.onnx (it is served with scikit-learn only), or None when it has one."""
+    onnx = metadata.get("onnx")
+    if onnx is None:
+        return "the version was written before modelloop exported ONNX"
+    return None if onnx.get("file") else onnx.get("skipped") or "no model.onnx"
+
+
 def wanted_trigger(generation: int, runs: list[dict], request: str | None, handled: str | None) -> str | None:
     """Why a new run is wanted, or None: a spec generation no run has trained yet, or a new retrain
     request (the annotation's value differs from the last one acted on)."""
@@ -180,6 +188,9 @@ def _reconcile(namespace: str, name: str) -> None:
                 run.update(result="Failed", message=f"artifact v{run['version']} rejected: {e}"[:1024])
             else:
                 run.update(result="Succeeded", metrics=meta["metrics"], artifact=meta["uri"])
+                skipped = onnx_skipped(meta["metadata"])
+                if skipped:
+                    run["onnxSkipped"] = skipped[:1024]
                 if run["version"] >= (status.get("latestVersion") or 0):
                     status.update(latestVersion=run["version"], latestArtifact=meta["uri"], metrics=meta["metrics"],
                                   metric=meta["metric"])
@@ -189,7 +200,9 @@ def _reconcile(namespace: str, name: str) -> None:
             run.update(result="Failed", message=msg)
         ok = run["result"] == "Succeeded"
         events.append(("Normal" if ok else "Warning", "RunSucceeded" if ok else "RunFailed",
-                       f"run {run['job']} " + (f"trained version {run['version']} ({_metric_text(status)})" if ok
+                       f"run {run['job']} " + (f"trained version {run['version']} ({_metric_text(status)})"
+                                               + (f"; no model.onnx: {run['onnxSkipped']}" if run.get("onnxSkipped")
+                                                  else "") if ok
                                                else f"failed: {run.get('message', '')}")))
 
     # 3. Start a run when one is wanted and none is running.

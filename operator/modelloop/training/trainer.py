@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from modelloop.api.training import ModelTrainingSpec
 from modelloop.artifacts import (
-    MODEL_FILE, ArtifactMetadata, ArtifactStore, InvalidUriError, StorageError, UntrustedTypeError, open_store,
-    serialize_model, sha256_bytes,
+    MODEL_FILE, ONNX_FILE, ArtifactMetadata, ArtifactStore, InvalidUriError, StorageError, UntrustedTypeError,
+    open_store, serialize_model, sha256_bytes,
 )
 from modelloop.artifacts import VersionExistsError as StoreVersionExistsError
 from modelloop.artifacts.metadata import TrainingIdentity
@@ -25,8 +25,10 @@ from modelloop.drift.sketch import build_reference
 
 from .dataset import Columns, Dataset, read_dataset, resolve_columns, schema_dtype
 from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError, describe_exception
-from .estimator import Task, build_estimator, build_model, learned_categories
+from .estimator import ESTIMATOR_STEP, Task, build_estimator, build_model, learned_categories
 from .evaluate import evaluate, primary_metric, validation_predictions
+from .onnx_export import OnnxExport, export_onnx
+from .onnx_trees import is_tree_model
 from ..runtime import log_event
 from .spec import parse_spec
 
@@ -79,11 +81,18 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
             raise FitError(f"the fitted model cannot be stored safely: {exc}") from None
         info.update(bytes=len(model_bytes))
 
-    metadata = _metadata(parsed, version, who, model, model_bytes, trusted_types, params, task, metric, dataset,
-                         columns, outcome)
+    schema = _schema(model, dataset.frame, columns, task)
+    with _step("onnx.export") as info:
+        exported = export_onnx(model, schema["features"], task, split.x_valid)
+        parity = exported.info.get("parity") or {}
+        info.update(converted=exported.data is not None, bytes=len(exported.data or b""),
+                    max_diff=parity.get("maxDiff"), skipped=exported.skipped)
+    metadata = _metadata(parsed, version, who, model_bytes, trusted_types, params, task, metric, dataset, schema,
+                         outcome, exported)
+    files = {MODEL_FILE: model_bytes, **({ONNX_FILE: exported.data} if exported.data is not None else {})}
     with _step("commit", uri=store.version_uri(version), sha256=metadata["model"]["sha256"]):
         try:
-            store.commit_version(version, {MODEL_FILE: model_bytes}, metadata)
+            store.commit_version(version, files, metadata)
         except StoreVersionExistsError as exc:
             raise VersionExistsError(str(exc)) from None
         except StorageError as exc:
@@ -135,12 +144,16 @@ def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Column
                       ) -> Outcome:
     # What does not need the fitted model runs beside the fit, which spends its time in native code
     # that releases the GIL: the reference sketch of the training features, and importing skops
-    # (its import builds a trusted-type list by importing every scikit-learn estimator, ~0.5 s).
+    # (its import builds a trusted-type list by importing every scikit-learn estimator, ~0.5 s) and
+    # the ONNX libraries (skl2onnx only for estimators it converts here: ~0.7 s).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="beside-fit") as pool:
         training_columns = {c: split.x_train[c].to_numpy() for c in columns.features}
         reference = pool.submit(_timed, "sketch.reference", build_reference, training_columns,
                                 categorical=columns.categorical)
         pool.submit(importlib.import_module, "skops.io")
+        estimator = getattr(model, "named_steps", {}).get(ESTIMATOR_STEP, model)
+        for library in ("onnx", "onnxruntime") if is_tree_model(estimator) else ("skl2onnx", "onnxruntime"):
+            pool.submit(importlib.import_module, library)
         with _step("fit", estimator=class_path, rows=len(split.x_train)):
             try:
                 model.fit(split.x_train, split.y_train)
@@ -158,9 +171,9 @@ def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Column
         return Outcome(metrics=metrics, reference=reference.result(), prediction_reference=prediction_reference)
 
 
-def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], model: Any, model_bytes: bytes,
+def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], model_bytes: bytes,
               trusted_types: list[str], params: dict[str, Any], task: Task, metric: str, dataset: Dataset,
-              columns: Columns, outcome: Outcome) -> dict[str, Any]:
+              schema: dict[str, Any], outcome: Outcome, exported: OnnxExport) -> dict[str, Any]:
     """metadata.json of the version (docs/contracts.md), validated by its model."""
     return ArtifactMetadata.model_validate({
         "version": version,
@@ -175,9 +188,10 @@ def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], m
         "libraries": _libraries(),
         "metric": {"name": metric, "value": outcome.metrics[metric]},
         "metrics": outcome.metrics,
-        "schema": _schema(model, dataset.frame, columns, task),
+        "schema": schema,
         "reference": outcome.reference,
         "predictionReference": outcome.prediction_reference,
+        "onnx": exported.info,
     }).wire()
 
 
@@ -197,12 +211,20 @@ def _schema(model: Any, frame: Any, columns: Columns, task: Task) -> dict[str, A
 
 
 def _libraries() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import sklearn
     import skops
 
-    return {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
-            "numpy": numpy.__version__, "skops": skops.__version__}
+    found = {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
+             "numpy": numpy.__version__, "skops": skops.__version__}
+    for package in ("onnx", "onnxruntime", "skl2onnx"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def _timed(event: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -5,7 +5,9 @@ import yaml
 
 from modelloop.api import ModelDeploymentSpec, ModelTrainingSpec
 from modelloop.controllers.deployment import rollout_state
-from modelloop.controllers.training import job_failure_message, job_outcome, next_version, wanted_trigger
+from modelloop.controllers.training import (
+    job_failure_message, job_outcome, next_version, onnx_skipped, wanted_trigger,
+)
 from modelloop.config import Settings
 from modelloop.render.deployment import (
     ServedModel, render_deployment, render_hpa, render_network_policy, render_pdb, render_service,
@@ -203,6 +205,16 @@ def test_server_pods_are_pinned_to_the_digests_of_the_model_and_its_metadata():
     assert dep["spec"]["template"]["metadata"]["annotations"]["modelloop.dev/metadata-sha256"] == "dc" * 32
 
 
+def test_server_pods_get_the_runtime_of_the_spec_default_auto():
+    spec = EXAMPLES["ModelDeployment"]["spec"]
+    model = ServedModel(7, "s3://b/m/v7", "cd" * 32, "dc" * 32)
+    for server, runtime in (({}, "auto"), ({"runtime": "onnx"}, "onnx"), ({"runtime": "sklearn"}, "sklearn")):
+        parsed = ModelDeploymentSpec.model_validate({**spec, "server": server})
+        dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, parsed, model)
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["MODELLOOP_RUNTIME"] == runtime
+
+
 def test_autoscaling_renders_an_hpa_and_leaves_replicas_to_it():
     raw = {**EXAMPLES["ModelDeployment"]["spec"], "autoscaling": {"minReplicas": 2, "maxReplicas": 5}}
     raw.pop("replicas")
@@ -275,3 +287,10 @@ def test_pods_without_resources_get_defaults_and_are_not_best_effort():
     job = render_job({**OWNER, "kind": "ModelTraining"}, type(training_spec()).model_validate(raw), 1, "Created")
     res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["memory"]
+
+
+def test_a_run_records_why_its_version_has_no_model_onnx():
+    assert onnx_skipped({"onnx": {"file": "model.onnx", "sha256": "a" * 64}}) is None
+    assert onnx_skipped({"onnx": {"skipped": "skl2onnx has no converter for KernelRidge"}}) == (
+        "skl2onnx has no converter for KernelRidge")
+    assert onnx_skipped({}) == "the version was written before modelloop exported ONNX"

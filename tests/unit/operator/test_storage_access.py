@@ -87,3 +87,17 @@ def test_bounded_cache_forgets_the_least_recently_used_entry():
     assert cache.get("a") == 1  # a is now the most recent
     cache.put("c", 3)
     assert (cache.get("a"), cache.get("b"), cache.get("c"), len(cache)) == (1, None, 3, 2)
+
+
+def test_verified_metadata_checks_model_onnx_against_metadata_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "SETTINGS", dataclasses.replace(SETTINGS, local_storage=True))
+    uri = f"file://{tmp_path}/models"
+    graph = b"an onnx graph, as far as digests go"
+    metadata = {**metadata_for(1, MODEL), "onnx": {"file": "model.onnx", "format": "onnx", "sha256": sha256_bytes(graph),
+                                                   "size": len(graph), "predictDtype": "<i8"}}
+    open_store(uri).commit_version(1, {"model.skops": MODEL, "model.onnx": graph}, metadata)
+    assert storage.verified_metadata("ns-onnx", uri, 1, storage.ANONYMOUS)["sha256"] == sha256_bytes(MODEL)
+
+    (tmp_path / "models" / "v1" / "model.onnx").write_bytes(graph[::-1])  # same size, other bytes
+    with pytest.raises(ArtifactIntegrityError, match="model.onnx: sha256 or size does not match metadata.json"):
+        storage.verified_metadata("ns-onnx-tampered", uri, 1, storage.ANONYMOUS)

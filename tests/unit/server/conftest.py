@@ -168,6 +168,27 @@ class ServerProcess:
         return 0.0
 
 
+def refused_at_start(server: ServerProcess) -> tuple[str, str]:
+    """Poll readiness until the process exits; it must exit 1 without ever being ready, with one
+    model.refused line. Returns that line and the termination message."""
+    statuses = set()
+    deadline = time.monotonic() + START_TIMEOUT
+    while server.process.poll() is None:
+        if time.monotonic() > deadline:
+            server.stop()
+            raise AssertionError(f"the server did not exit within {START_TIMEOUT}s:\n{server.log.read_text()}")
+        try:
+            statuses.add(httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    assert server.wait_exit() == 1
+    assert 200 not in statuses
+    refused = [line for line in server.log.read_text().splitlines() if "event=model.refused" in line]
+    assert len(refused) == 1, server.log.read_text()
+    return refused[0], server.log.with_suffix(".termination").read_text()
+
+
 @pytest.fixture(scope="session")
 def servers(artifacts: dict[str, Artifact], tmp_path_factory: pytest.TempPathFactory):
     """One long-lived server per model, started concurrently. Batching: flowers never waits (0 ms),

@@ -32,8 +32,15 @@ def test_defaults_are_those_of_the_model_deployment_api() -> None:
     assert config.sketch_port == SKETCH_PORT != SERVER_PORT
     assert config.host == "0.0.0.0"
     assert config.model_name is None
-    assert (config.max_batch_size, config.max_batch_wait_ms, config.max_body_bytes) == (
-        spec.max_batch_size, spec.max_batch_wait_ms, spec.max_body_bytes)
+    assert (config.max_batch_size, config.max_batch_wait_ms, config.max_body_bytes, config.runtime) == (
+        spec.max_batch_size, spec.max_batch_wait_ms, spec.max_body_bytes, spec.runtime) == (32, 2, 16 * 1024 ** 2,
+                                                                                             "auto")
+
+
+@pytest.mark.parametrize("runtime", ["auto", "onnx", "sklearn"])
+def test_the_runtime_comes_from_the_environment_or_the_flag(runtime: str) -> None:
+    assert parse_config([], {"MODELLOOP_MODEL_URI": "s3://m/v1", "MODELLOOP_RUNTIME": runtime}).runtime == runtime
+    assert parse_config(["--model-uri", "s3://m/v1", "--runtime", runtime], {}).runtime == runtime
 
 
 def test_the_pinned_digests_and_the_limits_come_from_the_environment() -> None:
@@ -67,6 +74,8 @@ def test_without_pins_or_limits_set_the_defaults_apply() -> None:
     (["--model-uri", "file:///m/v1", "--max-batch-size", "0"], {}, "--max-batch-size 0 must be at least 1"),
     (["--model-uri", "file:///m/v1", "--max-batch-wait-ms", "-1"], {}, "must be 0 or more"),
     (["--model-uri", "file:///m/v1", "--log-level", "loud"], {}, "--log-level 'loud'"),
+    (["--model-uri", "file:///m/v1"], {"MODELLOOP_RUNTIME": "tensorflow"},
+     "--runtime 'tensorflow' must be one of auto, onnx, sklearn"),
     (["--model-uri", "file:///m/v1", "--port", "9000"], {"MODELLOOP_SKETCH_PORT": "9000"}, "differ from --port"),
 ])
 def test_invalid_settings_stop_the_server_with_a_usage_error(argv: list[str], environ: dict[str, str],

@@ -23,7 +23,7 @@ from modelloop_server.cli import load_served_model
 from modelloop_server.config import ServerConfig
 from modelloop_server.model import ServedModel
 
-from .conftest import Artifact, ServerProcess, serve_in_thread, v2_matrix
+from .conftest import Artifact, ServerProcess, refused_at_start, serve_in_thread, v2_matrix
 
 ROW = [5.0, 3.4, 1.5, 0.2]
 
@@ -38,27 +38,11 @@ def _tampered_copy(artifact: Artifact, destination: Path) -> str:
     return f"file://{destination}"
 
 
-def refused_at_start(server: ServerProcess) -> tuple[str, str]:
-    """Poll readiness until the process exits; it must exit 1 without ever being ready, with one
-    model.refused line. Returns that line and the termination message."""
-    statuses = set()
-    while server.process.poll() is None:
-        try:
-            statuses.add(httpx.get(f"{server.url}/v2/health/ready", timeout=1).status_code)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    assert server.wait_exit() == 1
-    assert 200 not in statuses
-    refused = [line for line in server.log.read_text().splitlines() if "event=model.refused" in line]
-    assert len(refused) == 1, server.log.read_text()
-    return refused[0], server.log.with_suffix(".termination").read_text()
-
-
 def test_a_model_whose_sha256_does_not_match_is_refused_and_the_process_exits_1(
         artifacts: dict[str, Artifact], tmp_path: Path) -> None:
     uri = _tampered_copy(artifacts["flowers"], tmp_path / "v1")
-    line, termination = refused_at_start(ServerProcess(["--model-uri", uri], tmp_path / "server.log").start())
+    server = ServerProcess(["--model-uri", uri, "--runtime", "sklearn"], tmp_path / "server.log")
+    line, termination = refused_at_start(server.start())
     assert "sha256" in line and "refusing to load" in line
     assert termination.startswith("ModelRefused: ArtifactIntegrityError")
 
@@ -112,6 +96,7 @@ def test_a_model_file_that_would_run_code_is_refused_and_its_payload_never_runs(
     metadata = json.loads((artifacts["flowers"].path / "metadata.json").read_text())
     metadata["model"].update(sha256=sha256_bytes(data), size=len(data),
                              trustedTypes=skops.io.get_untrusted_types(data=data))  # forged, as an attacker would
+    del metadata["onnx"]  # a version without model.onnx: even runtime auto loads model.skops
     uri = open_store(f"file://{tmp_path}/store").commit_version(1, {"model.skops": data}, metadata)
 
     line, termination = refused_at_start(ServerProcess(["--model-uri", uri], tmp_path / "server.log").start())

@@ -17,7 +17,7 @@ from modelloop.training.errors import (
 
 IDENTITY = {"name": "churn", "namespace": "team-a", "uid": "0b9c-11", "generation": 3, "run": "churn-v1"}
 CONTRACT_KEYS = {"format", "version", "created", "model", "training", "dataset", "estimator", "task", "libraries",
-                 "metric", "metrics", "schema", "reference", "predictionReference"}
+                 "metric", "metrics", "schema", "reference", "predictionReference", "onnx"}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -39,6 +39,12 @@ def test_classifier_and_regressor_train_into_a_complete_version(place, fmt, task
     assert metadata["model"]["sha256"] == hashlib.sha256(model_bytes).hexdigest()
     assert metadata["model"]["size"] == len(model_bytes)
     assert metadata["model"]["trustedTypes"] == ["sklearn.tree._tree.Tree"]
+    onnx_bytes = store.read_file(1, "model.onnx")
+    assert metadata["onnx"]["file"] == "model.onnx"
+    assert metadata["onnx"]["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    assert metadata["onnx"]["size"] == len(onnx_bytes)
+    assert metadata["onnx"]["parity"]["rows"] == math.ceil(len(frame) * 0.25)
+    assert metadata["onnx"]["parity"]["maxDiff"] <= metadata["onnx"]["parity"]["tolerance"] == 1e-6
     assert metadata["dataset"] == {"uri": dataset_uri, "format": fmt, "sha256": hashlib.sha256(raw).hexdigest(),
                                    "rows": len(frame)}
     assert metadata["training"] == IDENTITY
@@ -55,6 +61,21 @@ def test_classifier_and_regressor_train_into_a_complete_version(place, fmt, task
     columns = [f["name"] for f in metadata["schema"]["features"]]
     predictions = loaded.model.predict(frame[columns].head(5))
     assert len(predictions) == 5
+
+
+def test_a_model_without_an_onnx_converter_trains_into_a_skops_only_version_served_by_scikit_learn(
+        local, churn, to_bytes, spec_for):
+    spec = spec_for(local.put("churn.csv", to_bytes(churn, "csv")), "churned", local.output(),
+                    estimator={"class": "sklearn.neighbors.NearestCentroid"})
+
+    metadata = train(spec, version=1, identity={})
+
+    assert metadata["onnx"] == {"skipped": "skl2onnx has no converter for NearestCentroid"}
+    store = open_store(local.output())
+    assert not (local.root / "models" / "v1" / "model.onnx").exists()
+    loaded = load_model(store.version_uri(1), runtime="auto")
+    assert loaded.runtime == "sklearn"
+    assert set(loaded.model.predict(churn.drop(columns="churned").head(5))) <= {"yes", "no"}
 
 
 def test_schema_records_types_categories_and_classes(local, churn, to_bytes, spec_for):

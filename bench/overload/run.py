@@ -7,9 +7,10 @@ admits answers the excess at once with 503 and `Retry-After`, instead of letting
 timeouts, and serves normally again as soon as the load drops.
 
 1. Trains a RandomForest (50 trees, depth 8, 16 features) with modelloop's trainer into a file:// store:
-   about 4 ms per prediction call, so one server CPU answers a few hundred requests per second and 256
-   connections overflow the queue for sure. Batching is off (--max-batch-size 1): every request is one
-   call, the slowest case for the queue.
+   served through scikit-learn (--runtime sklearn: about 4 ms per prediction call; through onnxruntime the
+   same forest takes 20 us and HTTP is the limit), so one server CPU answers a few hundred requests per
+   second and 256 connections overflow the queue for sure. Batching is off (--max-batch-size 1): every
+   request is one call, the slowest case for the queue.
 2. Starts modelloop-serve pinned to one CPU with --max-queue 64 (and the default --max-concurrency),
    runs wrk with --connections on the other CPU for --duration seconds with a Lua script that counts each
    status code and the 503s that carry Retry-After.
@@ -175,7 +176,7 @@ def main() -> None:
             {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, FEATURES], "data": x.tolist()}]}))
         port = free_port()
         server_args = ["--max-queue", str(args.max_queue), "--max-batch-size", "1", "--max-batch-wait-ms", "0",
-                       "--log-level", "warning"]
+                       "--runtime", "sklearn", "--log-level", "warning"]
         server = subprocess.Popen(
             ["taskset", "-c", args.server_cpus, sys.executable, "-m", "modelloop_server.cli", "--model-uri", uri,
              "--model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),

@@ -172,6 +172,7 @@ def test_retrain_annotation_starts_exactly_one_new_run_and_a_request_during_a_ru
     st = status(cluster, namespace)
     assert st["runs"][0]["trigger"] == "RetrainRequested" and st["runs"][0]["reason"] == "drift-1"
     assert st["handledRequest"] == "drift-1" and "queuedRequest" not in st
+    release(cluster, namespace, "churn-v2")
     wait_for(lambda: status(cluster, namespace).get("phase") != "Running", timeout=60, message="run 2 to end")
     # The same value again is not a new request; a new value is exactly one more run.
     cluster.kubectl("annotate", "--overwrite", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-1")

@@ -71,7 +71,8 @@ def registered_metrics() -> set[str]:
     families = [f for f in prometheus_client.REGISTRY.collect() if f.name.startswith("modelloop_")]
     for classifier in (True, False):  # the prediction metric differs by task
         server = ServerMetrics()
-        server.set_model(SimpleNamespace(name="m", version=1, sha256="0" * 64, classifier=classifier), [0.5])
+        server.set_model(SimpleNamespace(name="m", version=1, sha256="0" * 64, classifier=classifier,
+                                         runtime="onnx"), [0.5])
         families += [f for f in server.registry.collect() if f.name.startswith("modelloop_")]
     return {f.name + suffix for f in families for suffix in SUFFIXES[f.type]}
 

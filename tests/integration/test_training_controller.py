@@ -178,6 +178,7 @@ def test_retrain_annotation_starts_exactly_one_new_run_and_a_request_during_a_ru
     cluster.kubectl("annotate", "--overwrite", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-1")
     cluster.kubectl("annotate", "--overwrite", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=drift-2")
     wait_for(lambda: len(status(cluster, namespace).get("runs", [])) == 3, timeout=30, message="run 3")
+    release(cluster, namespace, "churn-v3")
     wait_for(lambda: status(cluster, namespace).get("phase") != "Running", timeout=60, message="run 3 to end")
     assert [r["version"] for r in status(cluster, namespace)["runs"]] == [3, 2, 1]
 

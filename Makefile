@@ -50,11 +50,11 @@ gitops: $(STAMP) ## regenerate deploy/install.yaml and the Argo CD health snippe
 gitops-check: $(STAMP) ## fail when deploy/install.yaml or the docs' Argo CD snippets are stale
 	$(PY) hack/generate-gitops.py --check
 
-test: $(STAMP) ## the whole suite: unit, integration and end-to-end (starts the cluster when needed)
+test: $(STAMP) ## the whole suite: unit tests beside integration and end-to-end (starts the cluster when needed)
 	@# Build the binaries and images first, outside pytest: a cold build takes longer than a test's timeout.
 	hack/build-binaries.sh >/dev/null
 	hack/images.sh >/dev/null
-	$(PY) -m pytest $(PYTEST_ARGS)
+	hack/run-tests.sh $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -23,7 +23,7 @@ from modelloop_server.cli import load_served_model
 from modelloop_server.config import ServerConfig
 from modelloop_server.model import ServedModel
 
-from .conftest import Artifact, ServerProcess, refused_at_start, serve_in_thread, v2_matrix
+from .conftest import Artifact, ServerProcess, refused_at_start, serve_in_thread, v2_matrix, free_port
 
 ROW = [5.0, 3.4, 1.5, 0.2]
 
@@ -107,7 +107,7 @@ def test_a_model_file_that_would_run_code_is_refused_and_its_payload_never_runs(
 
 def test_a_version_that_does_not_exist_is_refused(artifacts: dict[str, Artifact]) -> None:
     uri = artifacts["flowers"].uri.replace("/v1", "/v9")
-    app = ModelServerApp(ServerConfig(model_uri=uri), load=lambda: load_served_model(uri, None))
+    app = ModelServerApp(ServerConfig(sketch_port=free_port(), model_uri=uri), load=lambda: load_served_model(uri, None))
     refused = threading.Event()
     reasons: list[str] = []
     app.on_fatal = lambda reason: (reasons.append(reason), refused.set())
@@ -173,7 +173,7 @@ class _Unpredictable:
 
 def test_readiness_turns_true_only_after_the_model_is_loaded_and_warmed_up(artifacts: dict[str, Artifact]) -> None:
     loader = _Gated(artifacts["flowers"].uri)
-    app = ModelServerApp(ServerConfig(model_uri=loader.uri), load=loader)
+    app = ModelServerApp(ServerConfig(sketch_port=free_port(), model_uri=loader.uri), load=loader)
     with serve_in_thread(app) as url:
         assert httpx.get(f"{url}/v2/health/live").status_code == 200
         assert httpx.get(f"{url}/v2/health/ready").status_code == 503
@@ -191,7 +191,7 @@ def test_readiness_turns_true_only_after_the_model_is_loaded_and_warmed_up(artif
 def test_a_model_that_fails_its_warm_up_prediction_is_refused(artifacts: dict[str, Artifact]) -> None:
     loader = _Gated(artifacts["flowers"].uri, broken=True)
     loader.release.set()
-    app = ModelServerApp(ServerConfig(model_uri=loader.uri), load=loader)
+    app = ModelServerApp(ServerConfig(sketch_port=free_port(), model_uri=loader.uri), load=loader)
     refused = threading.Event()
     reasons: list[str] = []
     app.on_fatal = lambda reason: (reasons.append(reason), refused.set())

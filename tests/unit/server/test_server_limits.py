@@ -22,7 +22,7 @@ from modelloop_server.app import ModelServerApp
 from modelloop_server.config import ServerConfig
 from modelloop_server.model import ServedModel
 
-from .conftest import Artifact, ServerProcess, serve_in_thread, v2_matrix
+from .conftest import Artifact, ServerProcess, serve_in_thread, v2_matrix, free_port
 
 ROW = [5.0, 3.4, 1.5, 0.2]
 HANG_GUARD = 20.0  # seconds: only to fail instead of hanging; no assertion is about time
@@ -67,7 +67,7 @@ def served(artifact: Artifact, wrapper: type[HeldEstimator]) -> tuple[ServedMode
 def serving_held(artifact: Artifact, **limits: Any) -> Iterator[tuple[ModelServerApp, HeldEstimator, str]]:
     """The app over real HTTP (in a thread), one prediction per batch, with `limits` set."""
     model, held = served(artifact, HeldEstimator)
-    config = ServerConfig(model_uri=artifact.uri, max_batch_size=1, max_batch_wait_ms=0, **limits)
+    config = ServerConfig(sketch_port=free_port(), model_uri=artifact.uri, max_batch_size=1, max_batch_wait_ms=0, **limits)
     app = ModelServerApp(config, load=lambda: model)
     with serve_in_thread(app) as url:
         wait_until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200)
@@ -147,7 +147,7 @@ def test_inference_beyond_max_concurrency_gets_503_while_health_and_metrics_answ
 def test_a_server_bug_answers_500_with_a_request_id_and_logs_the_exception(
         artifacts: dict[str, Artifact], caplog: pytest.LogCaptureFixture) -> None:
     model, failing = served(artifacts["flowers"], FailingEstimator)
-    app = ModelServerApp(ServerConfig(model_uri=artifacts["flowers"].uri, max_batch_wait_ms=0), load=lambda: model)
+    app = ModelServerApp(ServerConfig(sketch_port=free_port(), model_uri=artifacts["flowers"].uri, max_batch_wait_ms=0), load=lambda: model)
     with serve_in_thread(app) as url:
         wait_until(lambda: httpx.get(f"{url}/v2/health/ready").status_code == 200)
         failing.armed = True

@@ -27,9 +27,7 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,21 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results" / "overload.json"
-FEATURES = 16
-MODEL_NAME = "overload"
-ESTIMATOR = {"class": "sklearn.ensemble.RandomForestClassifier", "params": {"n_estimators": 50, "max_depth": 8}}
-WRK_SCRIPT = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
-wrk.body = f:read("*a")
-f:close()
+sys.path.insert(0, str(ROOT / "bench" / "server"))
+import run as server_bench  # noqa: E402  (bench/server/run.py: tools, ports, dataset, request; one home)
 
+RESULTS = ROOT / "bench" / "results" / "overload.json"
+MODEL_NAME = "overload"
+ESTIMATOR = server_bench.MODELS["rf"]["estimator"]
+WRK_SCRIPT = server_bench.WRK_REQUEST + r"""
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) statuses = {}; retry_after = 0 end
@@ -80,32 +72,10 @@ end
 """
 
 
-def ensure_wrk() -> None:
-    if shutil.which("wrk"):
-        return
-    if os.geteuid() != 0:
-        sys.exit("wrk is required: apt-get install -y wrk")
-    print("installing wrk (apt-get install -y wrk)", flush=True)
-    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def train(work: Path) -> str:
-    from sklearn.datasets import make_classification
-
     from modelloop.training.trainer import train as train_version
 
-    x, y = make_classification(n_samples=5000, n_features=FEATURES, n_informative=8, random_state=0)
-    frame = pd.DataFrame(x, columns=[f"f{i:02d}" for i in range(FEATURES)])
-    frame["label"] = y
-    frame.to_csv(work / "data.csv", index=False)
+    server_bench.dataset(work / "data.csv")
     train_version({"dataset": {"uri": f"file://{work / 'data.csv'}", "target": "label"}, "estimator": ESTIMATOR,
                    "output": {"uri": f"file://{work / 'out'}"}}, version=1, identity={"name": MODEL_NAME})
     return f"file://{work / 'out'}/v1"
@@ -166,21 +136,19 @@ def main() -> None:
     parser.add_argument("--load-cpus", default="0")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
-    ensure_wrk()
+    server_bench.ensure_tools()
 
     with tempfile.TemporaryDirectory(prefix="modelloop-overload-") as tmp:
         work = Path(tmp)
         uri = train(work)
-        x = np.random.default_rng(1).normal(size=(1, FEATURES)).round(6)
-        (work / "body.json").write_text(json.dumps(
-            {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, FEATURES], "data": x.tolist()}]}))
-        port = free_port()
+        (work / "body.json").write_text(json.dumps(server_bench.payload(1)))
+        port = server_bench.free_port()
         server_args = ["--max-queue", str(args.max_queue), "--max-batch-size", "1", "--max-batch-wait-ms", "0",
                        "--runtime", "sklearn", "--log-level", "warning"]
         server = subprocess.Popen(
             ["taskset", "-c", args.server_cpus, sys.executable, "-m", "modelloop_server.cli", "--model-uri", uri,
              "--model-name", MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
-             "--sketch-port", str(free_port()), *server_args],
+             "--sketch-port", str(server_bench.free_port()), *server_args],
             cwd=ROOT, stdout=(work / "server.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:

@@ -72,13 +72,15 @@ MODELS = {
     "logreg": {"estimator": {"class": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}},
                "target": {"rps_ratio": 5}},
 }
-WRK_SCRIPT = r"""
+# POST the JSON file named by $BENCH_BODY (shared with bench/overload and bench/limits).
+WRK_REQUEST = r"""
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
-
+"""
+WRK_SCRIPT = WRK_REQUEST + r"""
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(

@@ -7,6 +7,7 @@ events and by a periodic timer; a per-object lock keeps those from overlapping.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -262,8 +263,6 @@ def _reconcile(namespace: str, name: str) -> None:
 
 def _seconds_between(start: str | None, end: str) -> float | None:
     """Seconds from one RFC 3339 time to another (None when the start is unknown or malformed)."""
-    from datetime import datetime
-
     try:
         return max(0.0, (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds())  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -189,6 +189,20 @@ def refused_at_start(server: ServerProcess) -> tuple[str, str]:
     return refused[0], server.log.with_suffix(".termination").read_text()
 
 
+@contextmanager
+def running(servers: dict[Any, ServerProcess]) -> Iterator[None]:
+    """Start `servers` all at once, wait until each is ready; stop them all on the way out."""
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready()
+        yield
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
 @pytest.fixture(scope="session")
 def servers(artifacts: dict[str, Artifact], tmp_path_factory: pytest.TempPathFactory):
     """One long-lived server per model, started concurrently. Batching: flowers never waits (0 ms),
@@ -212,15 +226,8 @@ def servers(artifacts: dict[str, Artifact], tmp_path_factory: pytest.TempPathFac
                                  "--sketch-min-rows", "1"],
                                 logs / "prices.log"),
     }
-    try:
-        for server in started.values():
-            server.start()
-        for server in started.values():
-            server.wait_ready()
+    with running(started):
         yield started
-    finally:
-        for server in started.values():
-            server.stop()
 
 
 @pytest.fixture(scope="session")

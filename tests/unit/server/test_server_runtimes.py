@@ -13,7 +13,7 @@ import pytest
 
 from modelloop_server.cli import load_served_model
 
-from .conftest import Artifact, ServerProcess, churn_frame, refused_at_start, train_version
+from .conftest import Artifact, ServerProcess, churn_frame, refused_at_start, train_version, running
 
 HGB_REGRESSOR = {"class": "sklearn.ensemble.HistGradientBoostingRegressor", "params": {"max_iter": 20}}
 
@@ -46,15 +46,8 @@ def pairs(versions: dict[str, Artifact], tmp_path_factory: pytest.TempPathFactor
                                                 "--runtime", runtime, "--max-batch-wait-ms", "0"],
                                                logs / f"{name}-{runtime}.log")
                for name in ("churn", "houses") for runtime in ("onnx", "sklearn")}
-    try:
-        for server in started.values():
-            server.start()
-        for server in started.values():
-            server.wait_ready()
+    with running(started):
         yield started
-    finally:
-        for server in started.values():
-            server.stop()
 
 
 CHURN_V2 = {"id": "r-1", "parameters": {"predict_proba": True}, "inputs": [

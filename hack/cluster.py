@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import select
 import ssl
 import subprocess
 import sys
@@ -44,6 +45,11 @@ KWOK_POD_CIDR = "10.244.0.0/16"
 KWOK_NODES = ("kwok-node-0", "kwok-node-1")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 READY_TIMEOUT_S = 120
+# The real node uses fixed host resources (/var/lib/modelloop, the mlnode0/mlcni0 bridges, iptables chains), so one
+# cluster with a real node runs on a machine at a time, whichever checkout started it: a holder process keeps an
+# exclusive lock on NODE_LOCK for the cluster's life, and a second `up` waits (at most NODE_WAIT_S) for it.
+NODE_LOCK = Path(os.environ.get("MODELLOOP_NODE_LOCK", "/run/lock/modelloop-node.lock"))
+NODE_WAIT_S = float(os.environ.get("MODELLOOP_NODE_WAIT_S", "3600"))
 
 
 def with_node() -> bool:
@@ -264,6 +270,36 @@ def locked():
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def hold_node() -> int:
+    """Take the machine's real node for this cluster: the pid of a process that holds NODE_LOCK until `down` stops
+    it (or the machine restarts). Waits while another checkout's cluster holds it; fails after NODE_WAIT_S."""
+    NODE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    owner = NODE_LOCK.with_name(NODE_LOCK.name + ".owner")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         "fh = open(sys.argv[1], 'a')\nfcntl.flock(fh, fcntl.LOCK_EX)\nprint('held', flush=True)\n"
+         "while True: time.sleep(3600)", str(NODE_LOCK)],
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    started, announced = time.monotonic(), False
+    while True:
+        ready, _, _ = select.select([holder.stdout], [], [], 2.0)
+        if ready and holder.stdout.readline().strip() == b"held":
+            break
+        if holder.poll() is not None:
+            raise StartError(f"could not lock {NODE_LOCK}")
+        other = owner.read_text().strip() if owner.exists() else "another checkout"
+        if time.monotonic() - started > NODE_WAIT_S:
+            stop_pids({"node-lock": holder.pid})
+            raise StartError(f"the real node is still held by the cluster of {other} after {NODE_WAIT_S:.0f}s; "
+                             f"`make cluster-down` there frees it")
+        if not announced:
+            log(f"waiting for the real node, held by the cluster of {other} (`make cluster-down` there frees it)")
+            announced = True
+    holder.stdout.close()
+    owner.write_text(str(STATE_DIR))
+    return holder.pid
+
+
 def down() -> None:
     state = read_state()
     if state:
@@ -271,11 +307,14 @@ def down() -> None:
         if "kubelet" in pids:  # the kubelet first, so that it restarts no pod while they are removed
             stop_pids({"kubelet": pids.pop("kubelet")})
             node.remove_pod_containers()
+        lock = pids.pop("node-lock", None)
         stop_pids(pids)
         log(f"stopped {', '.join(state['pids'])}")
         if state.get("node"):
             node.teardown_network(SERVICE_CIDR, (KWOK_POD_CIDR,))
             node.cleanup_dirs()
+        if lock:  # last: the node is free for another checkout once its state is gone
+            stop_pids({"node-lock": lock})
     # Servers other tools started for this cluster (the demo's operator and S3 server).
     extra = STATE_DIR / "extra-pids.json"
     if extra.exists():
@@ -320,29 +359,35 @@ def up() -> dict:
         down()
     build_binaries()
     real_node = with_node()
+    pids: dict[str, int] = {}
     if real_node:
         node.require_root()
         built = images()  # before anything starts: a cold build takes minutes
-        node.reset_host(SERVICE_CIDR, (KWOK_POD_CIDR,))
-    v = versions()
-    pki, data, logs = STATE_DIR / "pki", STATE_DIR / "data", STATE_DIR / "logs"
-    for d in (pki, data, logs):
-        d.mkdir(parents=True, exist_ok=True)
-    make_pki(pki)
-    host = node.NODE_IP if real_node else "127.0.0.1"
-    ports = {n: free_port() for n in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "kubelet_healthz",
-                                      "proxy_healthz", "proxy_metrics", "dns_health", "metrics_server")}
-    kubeconfig = STATE_DIR / "kubeconfig"
-    server = f"https://{host}:{ports['apiserver']}"
-    write_kubeconfig(kubeconfig, pki, server)
-    pids: dict[str, int] = {}
-    state = {"pids": pids, "ports": ports, "versions": v, "kubeconfig": str(kubeconfig), "host": host,
-             "bin": str(BIN), "started": time.time(), "node": real_node}
-
-    def save() -> None:
-        (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2))
-
+        try:
+            pids["node-lock"] = hold_node()
+        except StartError as e:
+            log(str(e))
+            raise SystemExit(1)
     try:
+        if real_node:
+            node.reset_host(SERVICE_CIDR, (KWOK_POD_CIDR,))
+        v = versions()
+        pki, data, logs = STATE_DIR / "pki", STATE_DIR / "data", STATE_DIR / "logs"
+        for d in (pki, data, logs):
+            d.mkdir(parents=True, exist_ok=True)
+        make_pki(pki)
+        host = node.NODE_IP if real_node else "127.0.0.1"
+        ports = {n: free_port() for n in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "kubelet_healthz",
+                                          "proxy_healthz", "proxy_metrics", "dns_health", "metrics_server")}
+        kubeconfig = STATE_DIR / "kubeconfig"
+        server = f"https://{host}:{ports['apiserver']}"
+        write_kubeconfig(kubeconfig, pki, server)
+        state = {"pids": pids, "ports": ports, "versions": v, "kubeconfig": str(kubeconfig), "host": host,
+                 "bin": str(BIN), "started": time.time(), "node": real_node}
+
+        def save() -> None:
+            (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2))
+
         if real_node:
             node.setup_network(SERVICE_CIDR, (KWOK_POD_CIDR,))
         etcd_url = f"http://127.0.0.1:{ports['etcd']}"

@@ -149,10 +149,19 @@ def install_operator(built: dict[str, str]) -> None:
         helm_install(RELEASE, OPERATOR_NS, values_file)
     except StartError as e:
         raise SystemExit(f"demo: {e}")
-    pod = json.loads(kubectl("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=modelloop-operator",
-                             "-o", "json"))["items"][0]
-    say(f"operator installed by helm: pod {OPERATOR_NS}/{pod['metadata']['name']} on {pod['spec']['nodeName']}, "
-        f"serviceAccount {pod['spec']['serviceAccountName']}, image {pod['status']['containerStatuses'][0]['imageID']}")
+    pods = json.loads(kubectl("get", "pods", "-n", OPERATOR_NS, "-l", "app.kubernetes.io/name=modelloop-operator",
+                              "-o", "json"))["items"]
+    leader = None
+    for _ in range(60):  # the replicas elect a leader on a Lease named after the release
+        lease = json.loads(kubectl("get", "lease", RELEASE, "-n", OPERATOR_NS, "-o", "json", check=False) or "{}")
+        leader = ((lease.get("spec") or {}).get("holderIdentity") or "").rsplit("_", 1)[0] or None
+        if leader:
+            break
+        time.sleep(1)
+    pod = pods[0]
+    say(f"operator installed by helm: {len(pods)} replicas ({', '.join(p['metadata']['name'] for p in pods)}) on "
+        f"{pod['spec']['nodeName']}, leader {leader or '(none yet)'} by Lease {OPERATOR_NS}/{RELEASE}, serviceAccount "
+        f"{pod['spec']['serviceAccountName']}, image {pod['status']['containerStatuses'][0]['imageID']}")
 
 
 def apply_examples(endpoint: str) -> None:

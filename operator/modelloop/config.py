@@ -57,6 +57,15 @@ class Settings:
         "MODELLOOP_MAX_METADATA_BYTES", str(32 * 1024 * 1024))))
     max_dataset_bytes: int = field(default_factory=lambda: int(os.environ.get(
         "MODELLOOP_MAX_DATASET_BYTES", str(512 * 1024 * 1024))))
+    # High availability: replicas elect a leader on a Lease in operator_namespace; only the leader reconciles.
+    leader_elect: bool = field(default_factory=lambda: _flag("MODELLOOP_LEADER_ELECT"))
+    leader_lease: str = field(default_factory=lambda: os.environ.get("MODELLOOP_LEADER_LEASE", "modelloop-operator"))
+    lease_duration_seconds: float = field(default_factory=lambda: float(os.environ.get(
+        "MODELLOOP_LEASE_DURATION_SECONDS", "15")))
+    lease_renew_deadline_seconds: float = field(default_factory=lambda: float(os.environ.get(
+        "MODELLOOP_LEASE_RENEW_DEADLINE_SECONDS", "10")))
+    lease_retry_seconds: float = field(default_factory=lambda: float(os.environ.get(
+        "MODELLOOP_LEASE_RETRY_SECONDS", "2")))
     # Entries of each in-memory cache (verified artifact metadata).
     cache_entries: int = field(default_factory=lambda: int(os.environ.get("MODELLOOP_CACHE_ENTRIES", "256")))
 

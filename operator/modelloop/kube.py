@@ -38,6 +38,7 @@ _PATHS = {
     ("policy/v1", "PodDisruptionBudget"): ("/apis/policy/v1", "poddisruptionbudgets"),
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
+    ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
     (f"{GROUP}/{VERSION}", "ModelTraining"): (f"/apis/{GROUP}/{VERSION}", "modeltrainings"),
     (f"{GROUP}/{VERSION}", "ModelDeployment"): (f"/apis/{GROUP}/{VERSION}", "modeldeployments"),
     (f"{GROUP}/{VERSION}", "DriftMonitor"): (f"/apis/{GROUP}/{VERSION}", "driftmonitors"),
@@ -84,10 +85,10 @@ def _call(method: str, path: str, body: Any = None, query: list | None = None,
     return json.loads(raw) if raw else None
 
 
-def get(api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+def get(api_version: str, kind: str, namespace: str, name: str, timeout: float = 60) -> dict | None:
     """The object, or None when it does not exist."""
     try:
-        return _call("GET", _path(api_version, kind, namespace, name))
+        return _call("GET", _path(api_version, kind, namespace, name), timeout=timeout)
     except ApiException as e:
         if e.status == 404:
             return None
@@ -107,10 +108,17 @@ def apply(obj: dict, force: bool = True) -> dict:
                  content_type="application/apply-patch+yaml")
 
 
-def create(obj: dict) -> dict:
+def create(obj: dict, timeout: float = 60) -> dict:
     """Create; raises Conflict when an object of that name exists."""
     md = obj["metadata"]
-    return _call("POST", _path(obj["apiVersion"], obj["kind"], md.get("namespace")), body=obj)
+    return _call("POST", _path(obj["apiVersion"], obj["kind"], md.get("namespace")), body=obj, timeout=timeout)
+
+
+def replace(obj: dict, timeout: float = 60) -> dict:
+    """Update the whole object; raises Conflict when it changed since it was read (its resourceVersion)."""
+    md = obj["metadata"]
+    return _call("PUT", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]), body=obj,
+                 timeout=timeout)
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
@@ -141,17 +149,16 @@ def patch_status(obj: dict, status: dict, resource_version: str | None = None) -
     return patch(obj["apiVersion"], obj["kind"], md["namespace"], md["name"], body, subresource="status")
 
 
-def write_status(obj: dict, status: dict) -> bool:
+def write_status(obj: dict, status: dict) -> dict:
     """Write `status` (None values remove keys) when it differs from what `obj` carries; optimistic on
-    the object's resourceVersion. Returns whether a write happened: an unchanged status is not written,
-    so a controller that reacts to its own writes settles after one round."""
+    the object's resourceVersion. Returns the object as written (`obj` itself when nothing changed: an
+    unchanged status is not written, so a controller that reacts to its own writes settles after one round)."""
     desired = {k: v for k, v in status.items() if v is not None}
     current = obj.get("status") or {}
     if desired == current:
-        return False
+        return obj
     body = {**desired, **{k: None for k in current if k not in desired}}
-    patch_status(obj, body, resource_version=obj["metadata"]["resourceVersion"])
-    return True
+    return patch_status(obj, body, resource_version=obj["metadata"]["resourceVersion"])
 
 
 def emit_events(obj: dict, events: list[tuple[str, str, str]]) -> None:

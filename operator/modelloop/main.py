@@ -8,12 +8,17 @@ import argparse
 import dataclasses
 import logging
 import os
-from typing import Any
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import kopf
 import prometheus_client
 
 from .config import SETTINGS
+from .leader import LeaderElector, Timing
 
 log = logging.getLogger("modelloop")
 
@@ -53,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="port of the Prometheus /metrics endpoint (0 disables)")
     parser.add_argument("--liveness", default=os.environ.get("MODELLOOP_LIVENESS", "http://0.0.0.0:8081/healthz"),
                         help="kopf liveness endpoint URL ('' disables)")
+    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=SETTINGS.leader_elect,
+                        help="elect one active replica on a Lease (MODELLOOP_LEADER_ELECT; the chart turns it on)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -68,9 +75,48 @@ def main(argv: list[str] | None = None) -> None:
 
     release_finalizers(kopf.get_default_registry())
 
+    elector = None
+    if args.leader_elect:
+        elector = LeaderElector(SETTINGS.operator_namespace, SETTINGS.leader_lease, timing=Timing(
+            SETTINGS.lease_duration_seconds, SETTINGS.lease_renew_deadline_seconds, SETTINGS.lease_retry_seconds))
+        with standby_health(args.liveness):  # the kubelet's probes pass while this replica waits
+            elector.acquire()
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,
-             liveness_endpoint=args.liveness or None)
+    try:
+        kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=args.namespace,
+                 liveness_endpoint=args.liveness or None)
+    finally:
+        if elector:  # a graceful stop (SIGTERM: rolling update, drain) hands over at once
+            elector.release()
+
+
+@contextmanager
+def standby_health(liveness_url: str) -> Iterator[None]:
+    """Answer the liveness URL with 200 while this replica waits to lead (kopf's own endpoint starts with kopf)."""
+    if not liveness_url:
+        yield
+        return
+    url = urlsplit(liveness_url)
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            ok = self.path == url.path
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"standby": true}' if ok else b"{}")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((url.hostname or "0.0.0.0", url.port or 80), Health)
+    thread = threading.Thread(target=server.serve_forever, name="standby-health", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+LEADER = Gauge("modelloop_operator_leader", "1 while this replica holds the leader Lease and reconciles, else 0.")
+
 TRAINING_RUNS = Counter("modelloop_training_runs_total", "Training runs that finished, by result.",
                         ["namespace", "training", "result"])
 TRAINING_RUN_DURATION = Histogram("modelloop_training_run_duration_seconds",

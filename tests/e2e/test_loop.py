@@ -1,7 +1,11 @@
 """The whole loop on the real node, with the Helm-installed operator: train → serve → live traffic through
 the Service → drifted traffic → the monitor requests a retrain on fresh data → the new version is promoted
 and rolled out, with zero failed requests; watched by a live Prometheus loaded with the chart's alert rules
-(the drift alert fires, then resolves once the new version serves)."""
+(the drift alert fires, then resolves once the new version serves).
+
+It is also the chaos test of the chart's two replicas: the leading one is killed (SIGKILL, no hand-over)
+during the first training run, during the first rollout and during a drift check. Each time the standby
+takes over within 30 s, and the loop completes with one Job per version and exactly one retrain request."""
 from __future__ import annotations
 
 import json
@@ -28,6 +32,12 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster
                    "spec": {"deploymentRef": {"name": "churn"}, "interval": "10s", "minSamples": 200, "consecutive": 2,
                             "tests": {"numerical": "psi", "categorical": "chi2"}, "thresholds": {"driftShare": 0.2},
                             "action": {"type": "retrain", "cooldown": "1h", "datasetUri": s3.uri("churn-fresh.csv")}}})
+    takeovers = []
+    wait_for(lambda: status(cluster, "mtrain", ns).get("currentRun") == "churn-v1", timeout=120, message="run 1")
+    takeovers.append(("training run", *helm_operator.kill_leader()))
+    wait_for(lambda: status(cluster, "mdep", ns).get("modelVersion") == 1
+             and status(cluster, "mdep", ns).get("phase") == "Progressing", timeout=300, message="the rollout of v1")
+    takeovers.append(("rollout", *helm_operator.kill_leader()))
     cluster.kubectl("wait", "mdep/churn", "-n", ns, "--for=condition=Ready", "--timeout=300s")
     assert status(cluster, "mdep", ns)["modelVersion"] == 1
     traffic = Traffic(ns, "churn")
@@ -37,6 +47,8 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster
     wait_for(lambda: dmon().get("phase") == "Watching", timeout=90, message="a window without drift")
     assert not dmon().get("retrains")
     with BackgroundTraffic(traffic, DRIFTED):
+        wait_for(lambda: dmon().get("consecutiveDrifted") == 1, timeout=120, message="a first drifted window")
+        takeovers.append(("drift check", *helm_operator.kill_leader()))
         wait_for(lambda: dmon().get("retrains") == 1, timeout=240, message="drift to trigger a retrain")
         # The monitor reported drift for two windows (10 s each); Prometheus scrapes and evaluates every 2 s.
         wait_for(lambda: prometheus.value(f"max_over_time({drift_alert}[5m])") == 1, timeout=30,
@@ -76,3 +88,11 @@ def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster
     assert traffic.stats.by_version["1"] > 0 and traffic.stats.by_version["2"] > 0
     assert dmon()["retrains"] == 1
     assert not helm_operator.forbidden()
+    # Chaos: one Job per version, one retrain request delivered once, and every takeover within 30 s.
+    mtrain = status(cluster, "mtrain", ns)
+    assert [(r["version"], r["trigger"]) for r in mtrain["runs"]] == [(2, "RetrainRequested"), (1, "Created")]
+    assert mtrain["nextVersion"] == 3
+    assert dmon()["retrainRequest"]["delivered"] and mtrain["handledRequest"] == dmon()["retrainRequest"]["value"]
+    for moment, pod, seconds in takeovers:
+        print(f"killed the leader {pod} during the {moment}: another replica led {seconds:.1f}s later")
+    assert all(seconds < 30 for _, _, seconds in takeovers), takeovers

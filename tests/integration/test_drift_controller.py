@@ -159,9 +159,9 @@ def reasons(cluster, namespace) -> list[str]:
                            "-o", "jsonpath={.items[*].reason}").stdout.split()
 
 
-def test_no_drift_means_no_action(cluster, namespace, loop):
+def test_no_drift_means_no_action_and_the_window_baseline_survives_a_restart(cluster, namespace, loop, operator):
     add_pods, monitor = loop
-    add_pods(2)
+    add_pods(2)  # each pod counts 400 new rows per scrape: a window of 800 rows per check
     monitor()
     wait_for(lambda: (dmon(cluster, namespace).get("samples") or 0) >= 300 and dmon(cluster, namespace).get("phase") == "Watching",
              timeout=60, message="a checked window")
@@ -170,6 +170,17 @@ def test_no_drift_means_no_action(cluster, namespace, loop):
     assert cond(st, "Ready")["status"] == "True" and st["modelVersion"] == 1
     assert {f["name"] for f in st["features"]} == set(NORMAL.columns)
     assert not st.get("retrains") and retrain_request(cluster, namespace) is None
+    kept = cluster.get("configmap", "churn-drift-baseline", "-n", namespace)
+    assert kept["metadata"]["ownerReferences"][0]["kind"] == "DriftMonitor"
+    # Killed and restarted, the operator starts from the kept baseline: its first window counts the rows since the
+    # last check (800), not each pod's whole life (400 per scrape so far, 1,600 and more).
+    wait_for(lambda: dmon(cluster, namespace)["lastCheckTime"] != st["lastCheckTime"], timeout=30,
+             message="the next check")  # the kill comes right after a check, not in the middle of one
+    checked = dmon(cluster, namespace)["lastCheckTime"]
+    operator.restart(kill=True)
+    wait_for(lambda: dmon(cluster, namespace).get("lastCheckTime") != checked, timeout=60,
+             message="a check after the restart")
+    assert dmon(cluster, namespace)["samples"] == 800
 
 
 def test_drift_for_fewer_than_consecutive_windows_takes_no_action(cluster, namespace, loop):

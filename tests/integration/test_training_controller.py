@@ -193,17 +193,25 @@ def test_operator_restart_during_a_run_creates_no_duplicate_job_and_the_result_l
     doc = training(namespace, data, podTemplate=HELD)
     cluster.apply(doc)
     wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v1", timeout=30, message="run 1")
+    operator.process.stop(kill=True)
+    # While the operator is down: its status write of the run is lost (it was killed between creating the Job
+    # and recording it), and a user edits the spec. The Job is adopted with the generation it trains, so the
+    # edit is trained next.
+    cluster.kubectl("patch", "mtrain", "churn", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", '{"status": {"runs": null, "currentRun": null}}')
+    cluster.kubectl("patch", "mtrain", "churn", "-n", namespace, "--type=merge", "-p", '{"spec": {"historyLimit": 5}}')
     operator.restart(kill=True)
     # What the (simulated) pod does while kwok holds it: the trainer writes version 1.
     train(doc["spec"], version=1, identity={"name": "churn", "namespace": namespace, "uid": "x", "generation": 1,
                                             "run": "churn-v1"})
     release(cluster, namespace, "churn-v1")
-    wait_for(lambda: status(cluster, namespace).get("phase") == "Succeeded", timeout=120,
-             message="the run's result after the restart")
+    wait_for(lambda: [(r["job"], r["result"]) for r in status(cluster, namespace).get("runs") or []] ==
+             [("churn-v2", "Running"), ("churn-v1", "Succeeded")], timeout=120,
+             message="run 1's result after the restart, then a run of the edited spec")
     st = status(cluster, namespace)
-    assert [r["job"] for r in st["runs"]] == ["churn-v1"] and st["latestVersion"] == 1
-    assert st["runs"][0]["result"] == "Succeeded"
-    assert len(cluster.get("jobs", "-n", namespace)["items"]) <= 1
+    assert [(r["generation"], r["trigger"]) for r in st["runs"]] == [(2, "SpecChanged"), (1, "Created")]
+    assert st["latestVersion"] == 1
+    assert sorted(j["metadata"]["name"] for j in cluster.get("jobs", "-n", namespace)["items"]) == ["churn-v1", "churn-v2"]
 
 
 def test_missing_storage_secret_stalls_with_a_message_naming_it(operator, cluster, namespace, data):

@@ -62,6 +62,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["list"]
+# Each DriftMonitor's window baseline (per-pod sketches), kept across operator restarts and leader changes:
+# read by name and applied.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "create", "patch"]
 # Storage credentials named by spec.storage.secretRef: get by name only (no list, no watch).
 - apiGroups: [""]
   resources: ["secrets"]

@@ -83,6 +83,17 @@ class FeatureDrift(ApiModel):
     drifted: bool = Field(description="Whether the feature drifted.")
 
 
+class RetrainRequest(ApiModel):
+    """The last retrain request: recorded here first, then delivered to the ModelTraining (its annotation)."""
+
+    training: str = Field(description="The ModelTraining asked to retrain.")
+    value: str = Field(max_length=1024, description="The request, as written to the training's "
+                       "modelloop.dev/retrain annotation (the training runs once per value).")
+    dataset_uri: str | None = Field(default=None, description="The dataset the retrain was asked to use.")
+    delivered: bool = Field(description="Whether the annotation has been written; a request recorded but not yet "
+                            "delivered (the operator stopped in between) is delivered at the next check.")
+
+
 class DriftMonitorStatus(ApiModel):
     """Observed state of a DriftMonitor."""
 
@@ -101,6 +112,7 @@ class DriftMonitorStatus(ApiModel):
                                                                         x_kubernetes_list_map_keys=["name"]))
     last_retrain_time: datetime | None = Field(default=None, description="When retraining was last requested.")
     retrains: int | None = Field(default=None, description="Retrain requests made so far.")
+    retrain_request: RetrainRequest | None = Field(default=None, description="The last retrain request.")
 
 
 class DriftMonitor(ApiModel):

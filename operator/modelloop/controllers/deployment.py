@@ -167,6 +167,7 @@ def _reconcile(namespace: str, name: str) -> None:
     generation = md.get("generation", 1)
     status: dict[str, Any] = dict(obj.get("status") or {})
     events: list[tuple[str, str, str]] = []
+    counted: list[Any] = []  # metric counters, incremented once the status that records their cause is written
     try:
         spec = ModelDeploymentSpec.model_validate(obj["spec"])
     except ValidationError as e:
@@ -202,7 +203,7 @@ def _reconcile(namespace: str, name: str) -> None:
             status["rollbackGeneration"] = generation
             events.append(("Warning", "RolledBack", f"version {serving} did not become Available within "
                            f"{spec.rollout.progress_deadline_seconds}s; rolled back to version {back}"))
-            metrics.ROLLBACKS.labels(namespace, name).inc()
+            counted.append(metrics.ROLLBACKS.labels(namespace, name))
             status.update(previousVersion=serving, modelVersion=back, modelUri=model.uri, modelSha256=model.sha256,
                           modelMetadataSha256=model.metadata_sha256, metric=metric)
             target, serving, state = model, back, "Progressing"
@@ -232,12 +233,12 @@ def _reconcile(namespace: str, name: str) -> None:
                 target, serving, state = candidate.model, candidate.model.version, "Progressing"
                 events.append(("Normal", "Promoted", f"rolling out version {serving}"
                                + (f" ({candidate.metric['name']}={candidate.metric['value']:.4g})" if candidate.metric else "")))
-                metrics.PROMOTIONS.labels(namespace, name, "promoted").inc()
+                counted.append(metrics.PROMOTIONS.labels(namespace, name, "promoted"))
             else:
                 held = decision.message
                 if status.get("promotionMessage") != held:
                     events.append(("Normal", "PromotionHeld", held))
-                    metrics.PROMOTIONS.labels(namespace, name, decision.reason).inc()
+                    counted.append(metrics.PROMOTIONS.labels(namespace, name, decision.reason))
                 status.update(candidateVersion=candidate.model.version, promotionMessage=held)
     elif candidate:
         status.update(candidateVersion=None, promotionMessage=None)
@@ -264,6 +265,8 @@ def _reconcile(namespace: str, name: str) -> None:
                   replicas=dst.get("replicas", 0), readyReplicas=dst.get("readyReplicas", 0),
                   selector=selector_string(name), failedVersions=failed or None)
     kube.write_status(obj, status)
+    for counter in counted:
+        counter.inc()
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"):
             events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",

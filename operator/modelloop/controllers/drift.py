@@ -18,6 +18,9 @@ metrics; they never crash the operator and never trigger a retrain.
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
+import hashlib
 import io
 import json
 import logging
@@ -29,13 +32,14 @@ from typing import Any
 
 import httpx
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .. import kube, metrics
 from ..api.deployment import SKETCH_PORT, ModelDeploymentSpec
 from ..api.drift import MIN_INTERVAL_SECONDS, DriftMonitorSpec
 from ..api.training import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, ModelTrainingSpec, RetrainSpec
-from ..config import SETTINGS
+from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
 from ..status import Cond, changed_conditions, merge_conditions
@@ -68,10 +72,61 @@ def check_interval(text: str | None) -> float:
 
 @dataclass
 class MonitorState:
-    """What a monitor remembers between checks (in memory; a restart starts a fresh baseline)."""
+    """What a monitor remembers between checks; the baseline is also kept in a ConfigMap (baseline_configmap),
+    so the first window after a restart or a leader change measures the window, not each pod's whole life."""
 
     baseline: dict[str, dict] = field(default_factory=dict)   # pod instance -> last cumulative snapshot
     version: int | None = None                                 # serving version the baseline belongs to
+    restored: bool = False                                     # the ConfigMap has been read
+
+
+BASELINE_KEY = "baseline.json.gz"
+MAX_BASELINE_BYTES = 900 * 1024   # a ConfigMap holds at most 1 MiB
+
+
+def baseline_name(monitor: str) -> str:
+    name = f"{monitor}-drift-baseline"
+    return name if len(name) <= 253 else f"{monitor[:200]}-{hashlib.sha256(monitor.encode()).hexdigest()[:12]}"
+
+
+def encode_baseline(version: int, baseline: dict[str, dict]) -> str | None:
+    """The baseline as the ConfigMap stores it (gzip, base64), or None when it is too large to keep."""
+    raw = gzip.compress(json.dumps({"version": version, "baseline": baseline}, separators=(",", ":")).encode(), 6)
+    return base64.b64encode(raw).decode() if len(raw) <= MAX_BASELINE_BYTES else None
+
+
+def decode_baseline(data: str) -> tuple[int, dict[str, dict]]:
+    doc = json.loads(gzip.decompress(base64.b64decode(data)))
+    baseline = {k: sketches.validate(v) for k, v in doc["baseline"].items()}
+    return int(doc["version"]), baseline
+
+
+def restore_baseline(monitor: dict, state: MonitorState) -> None:
+    """Load the baseline kept for this monitor (once per MonitorState); a missing or unreadable one starts afresh."""
+    state.restored = True
+    md_ = monitor["metadata"]
+    cm = kube.get("v1", "ConfigMap", md_["namespace"], baseline_name(md_["name"]))
+    data = ((cm or {}).get("binaryData") or {}).get(BASELINE_KEY)
+    if not data:
+        return
+    try:
+        state.version, state.baseline = decode_baseline(data)
+    except Exception as e:  # noqa: BLE001
+        log.warning("monitor=%s/%s baseline_unreadable=%s", md_["namespace"], md_["name"], e)
+
+
+def keep_baseline(monitor: dict, state: MonitorState) -> None:
+    md_ = monitor["metadata"]
+    data = encode_baseline(state.version or 0, state.baseline)
+    if data is None:
+        log.warning("monitor=%s/%s baseline_not_kept=larger than %d bytes compressed", md_["namespace"], md_["name"],
+                    MAX_BASELINE_BYTES)
+        return
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": baseline_name(md_["name"]), "namespace": md_["namespace"],
+                             "labels": {LABEL_MANAGED_BY: MANAGER, "modelloop.dev/drift-monitor": md_["name"]},
+                             "ownerReferences": [kube.owner_reference(monitor)]},
+                "binaryData": {BASELINE_KEY: data}})
 
 
 class CheckError(Exception):
@@ -243,9 +298,10 @@ def dataset_window(spec: DriftMonitorSpec, serving: Serving, credentials: storag
     return report.to_dict(), len(current)
 
 
-def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serving, state: MonitorState
-                ) -> tuple[dict | None, int]:
-    """The merged window of every ready pod's live sketch, and the drift report once it is big enough."""
+def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serving, baseline: dict[str, dict]
+                ) -> tuple[dict | None, int, dict[str, dict] | None]:
+    """The merged window of every ready pod's live sketch, the drift report once it is big enough, and the
+    baseline the next window starts from once this one is decided (None: keep the current one)."""
     addresses = ready_endpoints(namespace, spec.deployment_ref.name)
     if not addresses:
         raise CheckError("NoReadyPods", f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
@@ -259,14 +315,12 @@ def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serv
     for e in errors:
         metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
         log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
-    current = sketches.merge_all([sketches.window(s, state.baseline.get(s["instance"])) for s in snaps])
+    current = sketches.merge_all([sketches.window(s, baseline.get(s["instance"])) for s in snaps])
     samples = current.get("rows", 0)
     if samples < spec.min_samples:
-        return None, samples  # keep the baseline: rows accumulate until there are enough to decide
+        return None, samples, None  # keep the baseline: rows accumulate until there are enough to decide
     report = detect(serving.metadata["reference"], current, DriftConfig.from_spec(spec.wire())).to_dict()
-    if report["status"] == "ok":
-        state.baseline = {s["instance"]: s for s in snaps}
-    return report, samples
+    return report, samples, ({s["instance"]: s for s in snaps} if report["status"] == "ok" else None)
 
 
 # ----------------------------------------------------------------------------- one check
@@ -278,6 +332,8 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
     md_ = obj["metadata"]
     status: dict[str, Any] = dict(obj.get("status") or {})
     events: list[tuple[str, str, str]] = []
+    counted: list[Any] = []  # metric counters, incremented once the status that records their cause is written
+    next_baseline: dict[str, dict] | None = None  # set when a window was decided (or the reference changed)
     try:
         spec = DriftMonitorSpec.model_validate(obj["spec"])
     except ValidationError as e:
@@ -291,10 +347,13 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                              f"not found in namespace {namespace}")
         serving = serving_version(namespace, dep)
         version = serving.version
+        if not state.restored:
+            restore_baseline(obj, state)
+        baseline = state.baseline
         if version != state.version:  # a new version serves: the window restarts against its reference
             if state.version is not None:
                 events.append(("Normal", "ReferenceChanged", f"now watching version {version}"))
-            state.baseline, state.version = {}, version
+            baseline = next_baseline = {}
             status.update(consecutiveDrifted=0)
         if spec.dataset_uri:
             try:
@@ -303,7 +362,8 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                 raise CheckError("SecretNotFound", str(e)) from e
             report, samples = dataset_window(spec, serving, credentials)
         else:
-            report, samples = live_window(namespace, name, spec, serving, state)
+            report, samples, decided = live_window(namespace, name, spec, serving, baseline)
+            next_baseline = decided if decided is not None else next_baseline
         status.update(modelVersion=version, samples=samples, lastCheckTime=kube.rfc3339(now))
         metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
         if report is None or report["status"] != "ok":
@@ -330,14 +390,15 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                 go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now,
                                            name, md_.get("labels") or {})
                 if go:
-                    reason = f"DriftMonitor {name} at {kube.rfc3339(now)}: {summary}"[:1000]
-                    annotations = {RETRAIN_ANNOTATION: reason}
+                    # Recorded in status first, delivered after the write (deliver_retrain): a failed or
+                    # conflicting write requests nothing, and a request recorded is delivered even across a restart.
+                    request = {"training": training_name, "value": f"DriftMonitor {name} at {kube.rfc3339(now)}: "
+                               f"{summary}"[:1000], "delivered": False}
                     if spec.action.dataset_uri:
-                        annotations[RETRAIN_DATASET_ANNOTATION] = spec.action.dataset_uri
-                    kube.patch(API, "ModelTraining", namespace, training_name, {"metadata": {"annotations": annotations}})
+                        request["datasetUri"] = spec.action.dataset_uri
                     status.update(lastRetrainTime=kube.rfc3339(now), retrains=(status.get("retrains") or 0) + 1,
-                                  consecutiveDrifted=0)
-                    metrics.DRIFT_RETRAINS.labels(namespace, name).inc()
+                                  consecutiveDrifted=0, retrainRequest=request)
+                    counted.append(metrics.DRIFT_RETRAINS.labels(namespace, name))
                     events.append(("Normal", "RetrainRequested", f"requested a retrain of {training_name}: {summary}"))
                 elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
                     denied = training is not None and not retrain_allowed(training, name, md_.get("labels") or {})
@@ -353,7 +414,13 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
 
     conditions = merge_conditions(status.get("conditions"), conds, md_.get("generation"))
     status.update(observedGeneration=md_.get("generation"), conditions=conditions)
-    kube.write_status(obj, status)
+    written = kube.write_status(obj, status)
+    for counter in counted:
+        counter.inc()
+    if next_baseline is not None:  # the window is recorded: the next one starts here
+        state.baseline, state.version = next_baseline, version
+        keep_baseline(obj, state)
+    deliver_retrain(written, status)
     was, now_drift = (obj.get("status") or {}).get("datasetDrift"), status.get("datasetDrift")
     if now_drift and not was:
         events.append(("Warning", "DriftDetected", next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
@@ -363,6 +430,28 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         if c["type"] == "Ready":
             events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
     kube.emit_events(obj, events)
+
+
+def deliver_retrain(obj: dict, status: dict) -> None:
+    """Deliver the retrain request recorded in status to its ModelTraining (the annotation it acts on) and mark it
+    delivered. Idempotent: the same value is patched again after a restart between the two writes, and the
+    training acts once per value."""
+    request = status.get("retrainRequest")
+    if not request or request.get("delivered"):
+        return
+    md_ = obj["metadata"]
+    annotations = {RETRAIN_ANNOTATION: request["value"]}
+    if request.get("datasetUri"):
+        annotations[RETRAIN_DATASET_ANNOTATION] = request["datasetUri"]
+    try:
+        kube.patch(API, "ModelTraining", md_["namespace"], request["training"], {"metadata": {"annotations": annotations}})
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        log.warning("monitor=%s/%s retrain_undeliverable training=%s (gone)", md_["namespace"], md_["name"],
+                    request["training"])
+    status["retrainRequest"] = {**request, "delivered": True}
+    kube.write_status(obj, status)
 
 
 def _export(namespace: str, name: str, report: dict) -> None:

@@ -18,7 +18,9 @@ from .. import kube, metrics
 from ..api.common import check_storage_uri
 from ..api.training import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, ModelTrainingSpec
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
-from ..render.training import LABEL_TRAINING, effective_spec, job_name, render_job
+from ..render.training import (
+    ANNOTATION_GENERATION, ANNOTATION_TRIGGER, LABEL_TRAINING, effective_spec, job_name, render_job,
+)
 from ..status import Cond, changed_conditions, merge_conditions
 from ..training.errors import SpecError
 from ..training.estimator import build_estimator
@@ -113,6 +115,20 @@ def training_conditions(phase: str, runs: list[dict], latest: int | None, invali
     return conds
 
 
+def adopted_run(job: dict, generation: int) -> dict:
+    """The run of a Job the status does not record. It trained the generation written on it (an edit made while
+    the operator was down is then still trained); a Job from before that annotation counts as the current one."""
+    md = job["metadata"]
+    annotations = md.get("annotations") or {}
+    try:
+        trained = int(annotations[ANNOTATION_GENERATION])
+    except (KeyError, ValueError):
+        trained = generation
+    return {"version": int(md["labels"]["modelloop.dev/version"]), "job": md["name"],
+            "trigger": annotations.get(ANNOTATION_TRIGGER, "Unknown"), "generation": trained, "result": "Running",
+            "startTime": md.get("creationTimestamp")}
+
+
 def phase_of(runs: list[dict]) -> str:
     return runs[0]["result"] if runs else "Pending"
 
@@ -166,10 +182,7 @@ def _reconcile(namespace: str, name: str) -> None:
     known = {r["job"] for r in runs}
     for jname, job in sorted(jobs.items(), key=lambda kv: int(kv[1]["metadata"]["labels"].get("modelloop.dev/version", 0))):
         if jname not in known and not job["metadata"].get("deletionTimestamp"):
-            runs.insert(0, {"version": int(job["metadata"]["labels"]["modelloop.dev/version"]), "job": jname,
-                            "trigger": job["metadata"].get("annotations", {}).get("modelloop.dev/trigger", "Unknown"),
-                            "generation": generation, "result": "Running",
-                            "startTime": job["metadata"].get("creationTimestamp")})
+            runs.insert(0, adopted_run(job, generation))
 
     # 2. Fold finished Jobs into their runs.
     finished: list[dict] = []

@@ -13,6 +13,8 @@ from . import pods
 LABEL_TRAINING = "modelloop.dev/training"
 LABEL_VERSION = "modelloop.dev/version"
 ANNOTATION_TRIGGER = "modelloop.dev/trigger"
+# The spec generation a Job trains: a Job adopted after a restart is recorded with it, not with the current one.
+ANNOTATION_GENERATION = "modelloop.dev/generation"
 # USER_ERROR_EXIT_CODES: trainer exit codes that mean "the input is wrong" (invalid spec, invalid
 # dataset, fit failed, version exists): retrying the pod cannot help, so the Job fails at once instead
 # of spending its backoffLimit. Unreadable data and output errors may be transient and are retried.
@@ -78,7 +80,7 @@ def render_job(training: dict[str, Any], spec: ModelTrainingSpec, version: int, 
         "kind": "Job",
         "metadata": {
             "name": name, "namespace": md["namespace"], "labels": labels,
-            "annotations": {ANNOTATION_TRIGGER: trigger},
+            "annotations": {ANNOTATION_TRIGGER: trigger, ANNOTATION_GENERATION: str(md.get("generation", 1))},
             "ownerReferences": [owner_reference(training)],
         },
         "spec": {

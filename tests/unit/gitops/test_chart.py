@@ -42,7 +42,9 @@ def test_chart_lints_strict(sets):
 
 # (--set of a bad value, text the error must contain: the field's path)
 BAD_VALUES = [
-    ("replicaCount=2", "/replicaCount"),
+    ("replicaCount=2,leaderElection.enabled=false", "/leaderElection/enabled"),  # standbys need leader election
+    ("leaderElection.retryPeriodSeconds=0", "/leaderElection/retryPeriodSeconds"),
+    ("replicaCount=-1", "/replicaCount"),
     ("replicaCount=two", "/replicaCount"),
     ("logLevel=verbose", "/logLevel"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
@@ -133,7 +135,10 @@ def test_workloads_write_the_api_servers_defaults():
     dep = next(d for d in docs if d["kind"] == "Deployment")
     spec = dep["spec"]
     assert spec["revisionHistoryLimit"] == 10 and spec["progressDeadlineSeconds"] == 600
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Leader election (the default): a new replica starts as a standby before an old one stops.
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    alone = next(d for d in render("replicaCount=1", "leaderElection.enabled=false") if d["kind"] == "Deployment")
+    assert alone["spec"]["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert (pod["restartPolicy"], pod["dnsPolicy"], pod["schedulerName"], pod["terminationGracePeriodSeconds"]) == (
         "Always", "ClusterFirst", "default-scheduler", 30)

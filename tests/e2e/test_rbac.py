@@ -24,6 +24,7 @@ RARELY_USED = {
     ("policy", "poddisruptionbudgets", "get"): "a deployment of one replica: is there a PDB to delete?",
     ("policy", "poddisruptionbudgets", "delete"): "replicas lowered to one",
     ("", "pods", "list"): "a failed training run (its pods' termination messages)",
+    ("coordination.k8s.io", "leases", "create"): "the first replica of an install creates the leader Lease",
 }
 
 

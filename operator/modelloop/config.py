@@ -6,9 +6,7 @@ from dataclasses import dataclass, field
 
 from . import __version__
 
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "modelloop"
-FIELD_MANAGER = "modelloop-operator"
+from .names import FIELD_MANAGER, LABEL_MANAGED_BY, MANAGER  # noqa: F401 - re-exported for the controllers
 
 
 def _flag(name: str) -> bool:

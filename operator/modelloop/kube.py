@@ -20,8 +20,8 @@ import kopf
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from .api.common import GROUP, VERSION
-from .config import FIELD_MANAGER
+from .meta import now, owner_reference, reconcilable, rfc3339  # noqa: F401 - the controllers use them as kube.*
+from .names import API_VERSION, DEPLOYMENT, FIELD_MANAGER, MONITOR, TRAINING
 
 log = logging.getLogger("modelloop.kube")
 
@@ -39,9 +39,7 @@ _PATHS = {
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
     ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
-    (f"{GROUP}/{VERSION}", "ModelTraining"): (f"/apis/{GROUP}/{VERSION}", "modeltrainings"),
-    (f"{GROUP}/{VERSION}", "ModelDeployment"): (f"/apis/{GROUP}/{VERSION}", "modeldeployments"),
-    (f"{GROUP}/{VERSION}", "DriftMonitor"): (f"/apis/{GROUP}/{VERSION}", "driftmonitors"),
+    **{(API_VERSION, k.kind): (f"/apis/{API_VERSION}", k.plural) for k in (TRAINING, DEPLOYMENT, MONITOR)},
 }
 
 
@@ -167,31 +165,6 @@ def emit_events(obj: dict, events: list[tuple[str, str, str]]) -> None:
     for type_, reason, message in events:
         emit_event(obj, type_, reason, message)
         log.info("kind=%s object=%s/%s event=%s %s", obj["kind"], md["namespace"], md["name"], reason, message)
-
-
-RECONCILE_ANNOTATION = "modelloop.dev/reconcile"
-
-
-def reconcilable(obj: dict | None) -> bool:
-    """False for a deleted or deleting object, and for one a user paused with the annotation
-    `modelloop.dev/reconcile: disabled` (its children and status are then left as they are)."""
-    if obj is None or obj["metadata"].get("deletionTimestamp"):
-        return False
-    return (obj["metadata"].get("annotations") or {}).get(RECONCILE_ANNOTATION) != "disabled"
-
-
-def owner_reference(owner: dict) -> dict:
-    md = owner["metadata"]
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": md["name"], "uid": md["uid"],
-            "controller": True, "blockOwnerDeletion": True}
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def rfc3339(t: datetime | None = None) -> str:
-    return (t or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "Reconcile") -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .kube import rfc3339
+from .meta import rfc3339
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.alias_generators import to_camel
 
-GROUP = "modelloop.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-CATEGORY = "modelloop"
+from ..names import API_VERSION, CATEGORY, GROUP, VERSION  # noqa: F401 - the API's names, re-exported
 
 # Storage URIs: the scheme, a valid bucket or claim name, and a path without query, fragment or control
 # characters. Path segments are checked separately (STORAGE_URI_RULE) so that the message says why.

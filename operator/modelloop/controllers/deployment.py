@@ -17,21 +17,22 @@ from .. import kube, metrics
 from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
 from ..artifacts import split_version_uri
-from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
+from ..config import SETTINGS
+from ..names import (
+    ANNOTATION_MODEL_VERSION, API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER, TRAINING,
+    VERSION,
+)
 from ..promotion import should_promote
 from ..render.deployment import (
-    ANNOTATION_VERSION, LABEL_DEPLOYMENT, ServedModel, render_deployment, render_hpa, render_network_policy,
+    ServedModel, render_deployment, render_hpa, render_network_policy,
     render_pdb, render_service, selector_string, url,
 )
+from ..reasons import PROBLEMS, DeploymentEvent as Event, DeploymentReason as R
 from ..status import Cond, changed_conditions, merge_conditions
 from . import storage
 
 
-API = "modelloop.dev/v1alpha1"
-KIND = "ModelDeployment"
-# Condition reasons that need someone's attention (Warning events); the rest is normal progress.
-PROBLEMS = frozenset({"RolloutFailed", "ProgressDeadlineExceeded", "TrainingNotFound", "ArtifactUnavailable",
-                      "SecretNotFound"})
+KIND = DEPLOYMENT.kind
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,10 @@ def rollout_state(dep: dict | None, version: int | None) -> str:
         return "Missing"
     annotations = dep["spec"]["template"]["metadata"].get("annotations") or {}
     st = dep.get("status") or {}
-    if annotations.get(ANNOTATION_VERSION) != str(version) or st.get("observedGeneration", 0) < dep["metadata"]["generation"]:
+    if annotations.get(ANNOTATION_MODEL_VERSION) != str(version) or st.get("observedGeneration", 0) < dep["metadata"]["generation"]:
         return "Progressing"
     for c in st.get("conditions") or ():
-        if c["type"] == "Progressing" and c["status"] == "False" and c.get("reason") == "ProgressDeadlineExceeded":
+        if c["type"] == "Progressing" and c["status"] == "False" and c.get("reason") == R.PROGRESS_DEADLINE_EXCEEDED:
             return "Failed"
     want = dep["spec"].get("replicas", 1)
     if (st.get("updatedReplicas", 0) >= want and st.get("availableReplicas", 0) >= want
@@ -73,7 +74,7 @@ def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held
                           serving: int | None, dep: dict | None) -> list[Cond]:
     st = (dep or {}).get("status") or {}
     available = any(c["type"] == "Available" and c["status"] == "True" for c in st.get("conditions") or ())
-    conds = [Cond.of("Available", available, "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
+    conds = [Cond.of("Available", available, R.MINIMUM_REPLICAS_AVAILABLE if available else R.MINIMUM_REPLICAS_UNAVAILABLE,
                      f"{st.get('availableReplicas', 0)} of {(dep or {}).get('spec', {}).get('replicas', 0)} replicas available")]
     if unavailable and serving is None:
         conds += [Cond.of("Progressing", False, unavailable.reason, unavailable.message),
@@ -82,19 +83,19 @@ def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held
                   Cond.of("Ready", False, unavailable.reason, unavailable.message)]
         return conds
     progressing = state in ("Progressing", "Missing")
-    conds += [Cond.of("Progressing", progressing, "RollingOut" if progressing else "RolloutComplete",
+    conds += [Cond.of("Progressing", progressing, R.ROLLING_OUT if progressing else R.ROLLOUT_COMPLETE,
                       f"rolling out version {serving}" if progressing else f"version {serving} is rolled out"),
-              Cond.of("Reconciling", progressing, "RollingOut" if progressing else "Idle",
+              Cond.of("Reconciling", progressing, R.ROLLING_OUT if progressing else R.IDLE,
                       f"rolling out version {serving}" if progressing else "")]
     if state == "Failed":
         msg = f"version {serving} did not become Available within the progress deadline and there is no earlier version to roll back to"
-        conds += [Cond.of("Stalled", True, "ProgressDeadlineExceeded", msg), Cond.of("Ready", False, "RolloutFailed", msg)]
+        conds += [Cond.of("Stalled", True, R.PROGRESS_DEADLINE_EXCEEDED, msg), Cond.of("Ready", False, R.ROLLOUT_FAILED, msg)]
         return conds
-    conds.append(Cond.of("Stalled", False, "Progressing" if progressing else "Serving"))
+    conds.append(Cond.of("Stalled", False, R.PROGRESSING if progressing else R.SERVING))
     if state == "Available":
-        conds.append(Cond.of("Ready", True, "Serving", f"version {serving} is serving" + (f"; {held}" if held else "")))
+        conds.append(Cond.of("Ready", True, R.SERVING, f"version {serving} is serving" + (f"; {held}" if held else "")))
     else:
-        conds.append(Cond.of("Ready", False, "RollingOut", f"version {serving} is rolling out"))
+        conds.append(Cond.of("Ready", False, R.ROLLING_OUT, f"version {serving} is rolling out"))
     return conds
 
 
@@ -131,15 +132,15 @@ def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: st
         if m.uri:
             model, metric = _served(namespace, m.uri.rstrip("/"), credentials)
             return Candidate(model, metric, pinned=True)
-        training = kube.get(API, "ModelTraining", namespace, m.from_training)
+        training = kube.get(API, TRAINING.kind, namespace, m.from_training)
         if training is None:
-            raise ModelUnavailable("TrainingNotFound", f"spec.model.fromTraining: ModelTraining '{m.from_training}' "
+            raise ModelUnavailable(R.TRAINING_NOT_FOUND, f"spec.model.fromTraining: ModelTraining '{m.from_training}' "
                                    f"not found in namespace {namespace}", stalled=True)
         tstatus = training.get("status") or {}
         pinned = m.version not in (None, "latest")
         version = int(m.version) if pinned else tstatus.get("latestVersion")
         if not version:
-            raise ModelUnavailable("WaitingForTraining", f"ModelTraining '{m.from_training}' has no good version yet",
+            raise ModelUnavailable(R.WAITING_FOR_TRAINING, f"ModelTraining '{m.from_training}' has no good version yet",
                                    stalled=False)
         output = ModelTrainingSpec.model_validate(training["spec"]).output.uri.rstrip("/")
         model, metric = _served(namespace, f"{output}/v{version}", credentials,
@@ -148,9 +149,9 @@ def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: st
     except ModelUnavailable:
         raise
     except storage.StorageAccessError as e:
-        raise ModelUnavailable("ArtifactUnavailable", str(e)[:1024], stalled=True) from e
+        raise ModelUnavailable(R.ARTIFACT_UNAVAILABLE, str(e)[:1024], stalled=True) from e
     except Exception as e:  # noqa: BLE001 - unreadable or tampered artifacts are reported, never crash
-        raise ModelUnavailable("ArtifactUnavailable", f"model artifact cannot be used: {e}"[:1024], stalled=False) from e
+        raise ModelUnavailable(R.ARTIFACT_UNAVAILABLE, f"model artifact cannot be used: {e}"[:1024], stalled=False) from e
 
 
 # ----------------------------------------------------------------------------- reconcile
@@ -181,7 +182,7 @@ def _reconcile(namespace: str, name: str) -> None:
         credentials = storage.credentials_from_secret(namespace, spec.storage)
         candidate = resolve_candidate(namespace, spec, credentials)
     except storage.StorageAccessError as e:
-        unavailable, credentials = ModelUnavailable("SecretNotFound", str(e), stalled=True), storage.ANONYMOUS
+        unavailable, credentials = ModelUnavailable(R.SECRET_NOT_FOUND, str(e), stalled=True), storage.ANONYMOUS
     except ModelUnavailable as e:
         unavailable = e
 
@@ -197,11 +198,11 @@ def _reconcile(namespace: str, name: str) -> None:
         try:
             model, metric = _served(namespace, status["lastAvailableUri"], credentials)
         except Exception as e:  # noqa: BLE001
-            events.append(("Warning", "RollbackFailed", f"cannot roll back to version {back}: {e}"))
+            events.append(("Warning", Event.ROLLBACK_FAILED, f"cannot roll back to version {back}: {e}"))
         else:
             failed = sorted(set(failed) | {serving})[-20:]
             status["rollbackGeneration"] = generation
-            events.append(("Warning", "RolledBack", f"version {serving} did not become Available within "
+            events.append(("Warning", Event.ROLLED_BACK, f"version {serving} did not become Available within "
                            f"{spec.rollout.progress_deadline_seconds}s; rolled back to version {back}"))
             counted.append(metrics.ROLLBACKS.labels(namespace, name))
             status.update(previousVersion=serving, modelVersion=back, modelUri=model.uri, modelSha256=model.sha256,
@@ -231,13 +232,13 @@ def _reconcile(namespace: str, name: str) -> None:
                 if candidate.model.version in failed:  # a pinned retry of a version that failed before
                     failed.remove(candidate.model.version)
                 target, serving, state = candidate.model, candidate.model.version, "Progressing"
-                events.append(("Normal", "Promoted", f"rolling out version {serving}"
+                events.append(("Normal", Event.PROMOTED, f"rolling out version {serving}"
                                + (f" ({candidate.metric['name']}={candidate.metric['value']:.4g})" if candidate.metric else "")))
                 counted.append(metrics.PROMOTIONS.labels(namespace, name, "promoted"))
             else:
                 held = decision.message
                 if status.get("promotionMessage") != held:
-                    events.append(("Normal", "PromotionHeld", held))
+                    events.append(("Normal", Event.PROMOTION_HELD, held))
                     counted.append(metrics.PROMOTIONS.labels(namespace, name, decision.reason))
                 status.update(candidateVersion=candidate.model.version, promotionMessage=held)
     elif candidate:
@@ -253,7 +254,7 @@ def _reconcile(namespace: str, name: str) -> None:
         state = rollout_state(dep, serving) if state != "Failed" else state
         if state == "Available" and status.get("lastAvailableVersion") != serving:
             status.update(lastAvailableVersion=serving, lastAvailableUri=target.uri)
-            events.append(("Normal", "RolloutComplete", f"version {serving} is Available"))
+            events.append(("Normal", Event.ROLLOUT_COMPLETE, f"version {serving} is Available"))
         metrics.DEPLOYMENT_VERSION.labels(namespace, name).set(serving)
 
     dst = (dep or {}).get("status") or {}
@@ -278,7 +279,7 @@ def _training_storage(namespace: str, spec: ModelDeploymentSpec):
     """Without its own spec.storage, a deployment reads artifacts with its training's credentials."""
     if not spec.model.from_training:
         return None
-    training = kube.get(API, "ModelTraining", namespace, spec.model.from_training)
+    training = kube.get(API, TRAINING.kind, namespace, spec.model.from_training)
     return ModelTrainingSpec.model_validate(training["spec"]).storage if training else None
 
 
@@ -293,7 +294,7 @@ def _apply_optional(namespace: str, name: str, api_version: str, kind: str, obj:
 
 # ----------------------------------------------------------------------------- kopf wiring
 
-@kopf.on.event("modelloop.dev", "v1alpha1", "modeldeployments")
+@kopf.on.event(GROUP, VERSION, DEPLOYMENT.plural)
 def on_deployment_event(type: str, name: str, namespace: str, **_: Any) -> None:
     if type != "DELETED":
         reconcile(namespace, name)
@@ -304,7 +305,7 @@ def on_child_event(labels: dict, namespace: str, **_: Any) -> None:
     reconcile(namespace, labels[LABEL_DEPLOYMENT])
 
 
-@kopf.on.event("modelloop.dev", "v1alpha1", "modeltrainings")
+@kopf.on.event(GROUP, VERSION, TRAINING.plural)
 def on_training_event(name: str, namespace: str, **_: Any) -> None:
     """A new training version may be a candidate for the deployments that follow it."""
     for md in kube.list_(API, KIND, namespace):
@@ -312,6 +313,6 @@ def on_training_event(name: str, namespace: str, **_: Any) -> None:
             reconcile(namespace, md["metadata"]["name"])
 
 
-@kopf.timer("modelloop.dev", "v1alpha1", "modeldeployments", interval=SETTINGS.resync_seconds, idle=5)
+@kopf.timer(GROUP, VERSION, DEPLOYMENT.plural, interval=SETTINGS.resync_seconds, idle=5)
 def resync(name: str, namespace: str, **_: Any) -> None:
     reconcile(namespace, name)

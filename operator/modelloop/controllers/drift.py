@@ -38,8 +38,13 @@ from pydantic import ValidationError
 from .. import kube, metrics
 from ..api.deployment import SKETCH_PORT, ModelDeploymentSpec
 from ..api.drift import MIN_INTERVAL_SECONDS, DriftMonitorSpec
-from ..api.training import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, ModelTrainingSpec, RetrainSpec
-from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
+from ..api.training import ModelTrainingSpec, RetrainSpec
+from ..config import SETTINGS
+from ..names import (
+    API_VERSION as API, DEPLOYMENT, GROUP, LABEL_MANAGED_BY, LABEL_MONITOR, MANAGER, MONITOR, RETRAIN_ANNOTATION,
+    RETRAIN_DATASET_ANNOTATION, TRAINING, VERSION,
+)
+from ..reasons import DriftEvent as Event, DriftReason as R
 from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
 from ..status import Cond, changed_conditions, merge_conditions
@@ -47,8 +52,7 @@ from . import storage
 
 log = logging.getLogger("modelloop.drift")
 
-API = "modelloop.dev/v1alpha1"
-KIND = "DriftMonitor"
+KIND = MONITOR.kind
 TOP_FEATURES = 5
 
 
@@ -124,7 +128,7 @@ def keep_baseline(monitor: dict, state: MonitorState) -> None:
         return
     kube.apply({"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": baseline_name(md_["name"]), "namespace": md_["namespace"],
-                             "labels": {LABEL_MANAGED_BY: MANAGER, "modelloop.dev/drift-monitor": md_["name"]},
+                             "labels": {LABEL_MANAGED_BY: MANAGER, LABEL_MONITOR: md_["name"]},
                              "ownerReferences": [kube.owner_reference(monitor)]},
                 "binaryData": {BASELINE_KEY: data}})
 
@@ -255,19 +259,19 @@ def serving_version(namespace: str, md: dict) -> Serving:
     st = md.get("status") or {}
     version, uri = st.get("modelVersion"), st.get("modelUri")
     if not version or not uri:
-        raise Waiting("NoServingVersion", f"ModelDeployment {md['metadata']['name']} serves no version yet")
+        raise Waiting(R.NO_SERVING_VERSION, f"ModelDeployment {md['metadata']['name']} serves no version yet")
     try:
         spec = ModelDeploymentSpec.model_validate(md["spec"])
         secret = spec.storage
         if secret is None and spec.model.from_training:
-            t = kube.get(API, "ModelTraining", namespace, spec.model.from_training)
+            t = kube.get(API, TRAINING.kind, namespace, spec.model.from_training)
             secret = ModelTrainingSpec.model_validate(t["spec"]).storage if t else None
         creds = storage.credentials_from_secret(namespace, secret)
         base = uri.rstrip("/")[: -len(f"/v{version}")]
         meta = storage.verified_metadata(namespace, base, version, creds, field="status.modelUri")["metadata"]
         sketches.validate(meta["reference"])
     except Exception as e:  # noqa: BLE001
-        raise CheckError("ReferenceUnavailable", f"reference of version {version} unavailable: {e}"[:1024]) from e
+        raise CheckError(R.REFERENCE_UNAVAILABLE, f"reference of version {version} unavailable: {e}"[:1024]) from e
     return Serving(version, meta, creds)
 
 
@@ -280,10 +284,10 @@ def read_frame(uri: str, credentials: storage.Credentials, columns: list[str], f
         frame = (pd.read_parquet(io.BytesIO(raw)) if uri.endswith((".parquet", ".pq"))
                  else pd.read_csv(io.BytesIO(raw)))
     except Exception as e:  # noqa: BLE001
-        raise CheckError("DatasetUnavailable", f"{field} '{uri}' cannot be read: {e}"[:1024]) from e
+        raise CheckError(R.DATASET_UNAVAILABLE, f"{field} '{uri}' cannot be read: {e}"[:1024]) from e
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise CheckError("DatasetInvalid", f"{field} '{uri}' lacks the model's features {missing}")
+        raise CheckError(R.DATASET_INVALID, f"{field} '{uri}' lacks the model's features {missing}")
     return frame[columns]
 
 
@@ -304,13 +308,13 @@ def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serv
     baseline the next window starts from once this one is decided (None: keep the current one)."""
     addresses = ready_endpoints(namespace, spec.deployment_ref.name)
     if not addresses:
-        raise CheckError("NoReadyPods", f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
+        raise CheckError(R.NO_READY_PODS, f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
     answered, errors = asyncio.run(fetch_snapshots(addresses, spec.deployment_ref.name))
     snaps = [s for s in answered if s.get("modelVersion") in (None, serving.version)]
     if answered and not snaps:
-        raise Waiting("WaitingForRollout", f"no ready pod serves version {serving.version} yet; nothing decided")
+        raise Waiting(R.WAITING_FOR_ROLLOUT, f"no ready pod serves version {serving.version} yet; nothing decided")
     if not snaps:
-        reason = "InvalidSketch" if errors and all("malformed" in e for e in errors) else "SketchUnavailable"
+        reason = R.INVALID_SKETCH if errors and all("malformed" in e for e in errors) else R.SKETCH_UNAVAILABLE
         raise CheckError(reason, "no pod answered with a sketch: " + "; ".join(errors)[:900])
     for e in errors:
         metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
@@ -341,9 +345,9 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
     now = datetime.now(timezone.utc).replace(microsecond=0)
     conds: list[Cond]
     try:
-        dep = kube.get(API, "ModelDeployment", namespace, spec.deployment_ref.name)
+        dep = kube.get(API, DEPLOYMENT.kind, namespace, spec.deployment_ref.name)
         if dep is None:
-            raise CheckError("DeploymentNotFound", f"spec.deploymentRef: ModelDeployment '{spec.deployment_ref.name}' "
+            raise CheckError(R.DEPLOYMENT_NOT_FOUND, f"spec.deploymentRef: ModelDeployment '{spec.deployment_ref.name}' "
                              f"not found in namespace {namespace}")
         serving = serving_version(namespace, dep)
         version = serving.version
@@ -352,14 +356,14 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         baseline = state.baseline
         if version != state.version:  # a new version serves: the window restarts against its reference
             if state.version is not None:
-                events.append(("Normal", "ReferenceChanged", f"now watching version {version}"))
+                events.append(("Normal", Event.REFERENCE_CHANGED, f"now watching version {version}"))
             baseline = next_baseline = {}
             status.update(consecutiveDrifted=0)
         if spec.dataset_uri:
             try:
                 credentials = storage.credentials_from_secret(namespace, spec.storage)
             except storage.StorageAccessError as e:
-                raise CheckError("SecretNotFound", str(e)) from e
+                raise CheckError(R.SECRET_NOT_FOUND, str(e)) from e
             report, samples = dataset_window(spec, serving, credentials)
         else:
             report, samples, decided = live_window(namespace, name, spec, serving, baseline)
@@ -368,7 +372,7 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
         if report is None or report["status"] != "ok":
             msg = (report or {}).get("message") or f"{samples} new rows of {spec.min_samples} needed; nothing decided"
-            conds = [Cond.of("Ready", True, "InsufficientSamples", msg), Cond.of("DriftDetected", False, "Undecided", msg)]
+            conds = [Cond.of("Ready", True, R.INSUFFICIENT_SAMPLES, msg), Cond.of("DriftDetected", False, R.UNDECIDED, msg)]
             status.update(phase="InsufficientData")
         else:
             drifted = bool(report["dataset_drift"])
@@ -380,13 +384,13 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                                      **({"threshold": f["threshold"]} if f.get("threshold") is not None else {}),
                                      **({"pValue": f["p_value"]} if f.get("p_value") is not None else {}),
                                      "drifted": bool(f["drifted"])} for f in report["features"]])
-            conds = [Cond.of("Ready", True, "Checked", f"checked {samples} rows against version {version}"),
-                     Cond.of("DriftDetected", drifted, "DatasetDrift" if drifted else "NoDrift", summary)]
+            conds = [Cond.of("Ready", True, R.CHECKED, f"checked {samples} rows against version {version}"),
+                     Cond.of("DriftDetected", drifted, R.DATASET_DRIFT if drifted else R.NO_DRIFT, summary)]
             _export(namespace, name, report)
             if drifted:
                 training_name = (spec.action.training_ref.name if spec.action.training_ref
                                  else (dep["spec"].get("model") or {}).get("fromTraining"))
-                training = kube.get(API, "ModelTraining", namespace, training_name) if training_name else None
+                training = kube.get(API, TRAINING.kind, namespace, training_name) if training_name else None
                 go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now,
                                            name, md_.get("labels") or {})
                 if go:
@@ -399,17 +403,17 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                     status.update(lastRetrainTime=kube.rfc3339(now), retrains=(status.get("retrains") or 0) + 1,
                                   consecutiveDrifted=0, retrainRequest=request)
                     counted.append(metrics.DRIFT_RETRAINS.labels(namespace, name))
-                    events.append(("Normal", "RetrainRequested", f"requested a retrain of {training_name}: {summary}"))
+                    events.append(("Normal", Event.RETRAIN_REQUESTED, f"requested a retrain of {training_name}: {summary}"))
                 elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
                     denied = training is not None and not retrain_allowed(training, name, md_.get("labels") or {})
-                    events.append(("Warning", "RetrainDenied", why) if denied else ("Normal", "RetrainSkipped", why))
+                    events.append(("Warning", Event.RETRAIN_DENIED, why) if denied else ("Normal", Event.RETRAIN_SKIPPED, why))
     except Waiting as e:
-        conds = [Cond.of("Ready", True, e.reason, e.message), Cond.of("DriftDetected", False, "Undecided", e.message)]
+        conds = [Cond.of("Ready", True, e.reason, e.message), Cond.of("DriftDetected", False, R.UNDECIDED, e.message)]
         status.update(lastCheckTime=kube.rfc3339(now))
     except CheckError as e:
         metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, e.reason).inc()
         conds = [Cond.of("Ready", False, e.reason, e.message),
-                 Cond.of("DriftDetected", False, "Undecided", f"no decision: {e.message}")]
+                 Cond.of("DriftDetected", False, R.UNDECIDED, f"no decision: {e.message}")]
         status.update(phase="Error", lastCheckTime=kube.rfc3339(now))
 
     conditions = merge_conditions(status.get("conditions"), conds, md_.get("generation"))
@@ -423,9 +427,9 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
     deliver_retrain(written, status)
     was, now_drift = (obj.get("status") or {}).get("datasetDrift"), status.get("datasetDrift")
     if now_drift and not was:
-        events.append(("Warning", "DriftDetected", next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
+        events.append(("Warning", Event.DRIFT_DETECTED, next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
     elif was and now_drift is False:
-        events.append(("Normal", "DriftResolved", next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
+        events.append(("Normal", Event.DRIFT_RESOLVED, next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] == "Ready":
             events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
@@ -444,7 +448,7 @@ def deliver_retrain(obj: dict, status: dict) -> None:
     if request.get("datasetUri"):
         annotations[RETRAIN_DATASET_ANNOTATION] = request["datasetUri"]
     try:
-        kube.patch(API, "ModelTraining", md_["namespace"], request["training"], {"metadata": {"annotations": annotations}})
+        kube.patch(API, TRAINING.kind, md_["namespace"], request["training"], {"metadata": {"annotations": annotations}})
     except ApiException as e:
         if e.status != 404:
             raise
@@ -495,7 +499,7 @@ def run_check(namespace: str, name: str, state: MonitorState) -> float | None:
     return interval
 
 
-@kopf.daemon("modelloop.dev", "v1alpha1", "driftmonitors", cancellation_timeout=10)
+@kopf.daemon(GROUP, VERSION, MONITOR.plural, cancellation_timeout=10)
 async def monitor(name: str, namespace: str, **_: Any) -> None:
     """Async: waiting costs no thread; kopf cancels the task when the monitor is deleted or the
     operator stops (a check already running in the pool finishes on its own)."""

@@ -21,14 +21,16 @@ from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..render.training import (
     ANNOTATION_GENERATION, ANNOTATION_TRIGGER, LABEL_TRAINING, effective_spec, job_name, render_job,
 )
+from ..names import API_VERSION, TRAINING
+from ..reasons import PROBLEMS, RunTrigger as Trigger, TrainingEvent as Event, TrainingReason as R
 from ..status import Cond, changed_conditions, merge_conditions
 from ..training.errors import SpecError
 from ..training.estimator import build_estimator
 from . import storage
 
 
-API = "modelloop.dev/v1alpha1"
-KIND = "ModelTraining"
+API = API_VERSION
+KIND = TRAINING.kind
 FINISHED_JOBS_KEPT = 1
 
 
@@ -71,11 +73,11 @@ def wanted_trigger(generation: int, runs: list[dict], request: str | None, handl
     """Why a new run is wanted, or None: a spec generation no run has trained yet, or a new retrain
     request (the annotation's value differs from the last one acted on)."""
     if not runs:
-        return "Created"
+        return Trigger.CREATED
     if runs[0].get("generation") != generation:
-        return "SpecChanged"
+        return Trigger.SPEC_CHANGED
     if request and request != handled:
-        return "RetrainRequested"
+        return Trigger.RETRAIN_REQUESTED
     return None
 
 
@@ -90,28 +92,28 @@ def training_conditions(phase: str, runs: list[dict], latest: int | None, invali
                         queued: bool) -> list[Cond]:
     last = runs[0] if runs else None
     running = bool(last and last["result"] == "Running")
-    conds = [Cond.of("Reconciling", running or queued, "RunInProgress" if running else ("RunQueued" if queued else "Idle"),
+    conds = [Cond.of("Reconciling", running or queued, R.RUN_IN_PROGRESS if running else (R.RUN_QUEUED if queued else R.IDLE),
                      f"run {last['job']} is training version {last['version']}" if running else "")]
     if invalid:
-        conds += [Cond.of("Stalled", True, "InvalidSpec", invalid),
-                  Cond.of("Ready", False, "InvalidSpec", invalid)]
+        conds += [Cond.of("Stalled", True, R.INVALID_SPEC, invalid),
+                  Cond.of("Ready", False, R.INVALID_SPEC, invalid)]
         return conds
-    conds.append(Cond.of("Stalled", False, "Valid"))
+    conds.append(Cond.of("Stalled", False, R.VALID))
     if last and last["result"] != "Running":
         ok = last["result"] == "Succeeded"
-        conds.append(Cond.of("Succeeded", ok, "RunSucceeded" if ok else "RunFailed",
+        conds.append(Cond.of("Succeeded", ok, R.RUN_SUCCEEDED if ok else R.RUN_FAILED,
                              f"version {last['version']} trained" if ok else last.get("message", "")))
-        conds.append(Cond.of("Failed", not ok, "RunFailed" if not ok else "RunSucceeded",
+        conds.append(Cond.of("Failed", not ok, R.RUN_FAILED if not ok else R.RUN_SUCCEEDED,
                              last.get("message", "") if not ok else ""))
     if latest:
         msg = f"version {latest} is the latest good version"
         if last and last["result"] == "Failed":
             msg += f"; the last run failed: {last.get('message', '')}"
-        conds.append(Cond.of("Ready", True, "VersionAvailable", msg))
+        conds.append(Cond.of("Ready", True, R.VERSION_AVAILABLE, msg))
     elif running:
-        conds.append(Cond.of("Ready", False, "Training", f"first run {last['job']} in progress"))
+        conds.append(Cond.of("Ready", False, R.TRAINING, f"first run {last['job']} in progress"))
     else:
-        conds.append(Cond.of("Ready", False, "NoVersion", last.get("message", "no successful run yet") if last else "no run yet"))
+        conds.append(Cond.of("Ready", False, R.NO_VERSION, last.get("message", "no successful run yet") if last else "no run yet"))
     return conds
 
 
@@ -137,7 +139,7 @@ def dataset_override(trigger: str, annotations: dict[str, str]) -> tuple[str | N
     """(the dataset URI a retrain request brings, why it is refused): the annotation is checked like
     spec.dataset.uri, since it did not pass the API server's schema."""
     uri = annotations.get(RETRAIN_DATASET_ANNOTATION)
-    if trigger != "RetrainRequested" or not uri:
+    if trigger != Trigger.RETRAIN_REQUESTED or not uri:
         return None, None
     try:
         return check_storage_uri(uri, f"annotation {RETRAIN_DATASET_ANNOTATION}"), None
@@ -213,7 +215,7 @@ def _reconcile(namespace: str, name: str) -> None:
             msg = job_failure_message(job, pods) if job else "the training Job disappeared"
             run.update(result="Failed", message=msg)
         ok = run["result"] == "Succeeded"
-        events.append(("Normal" if ok else "Warning", "RunSucceeded" if ok else "RunFailed",
+        events.append(("Normal" if ok else "Warning", Event.RUN_SUCCEEDED if ok else Event.RUN_FAILED,
                        f"run {run['job']} " + (f"trained version {run['version']} ({_metric_text(status)})"
                                                + (f"; no model.onnx: {run['onnxSkipped']}" if run.get("onnxSkipped")
                                                   else "") if ok
@@ -224,12 +226,12 @@ def _reconcile(namespace: str, name: str) -> None:
     trigger = wanted_trigger(generation, runs, request, status.get("handledRequest"))
     queued = None
     if trigger and running:
-        queued = request if trigger == "RetrainRequested" else None
+        queued = request if trigger == Trigger.RETRAIN_REQUESTED else None
     elif trigger and spec is not None and not invalid and not spec.suspend:
         fresh, refused = dataset_override(trigger, annotations)
         if refused:  # the request is answered, without a run: training on other data than asked is no answer
             status["handledRequest"] = request
-            events.append(("Warning", "RetrainRefused", f"retrain request refused: {refused}"))
+            events.append(("Warning", Event.RETRAIN_REFUSED, f"retrain request refused: {refused}"))
         else:
             version = next_version(status, storage.stored_versions(spec.output.uri, credentials))
             job = render_job(obj, effective_spec(spec, fresh), version, trigger)
@@ -239,7 +241,7 @@ def _reconcile(namespace: str, name: str) -> None:
                 pass  # created by an earlier attempt: the run is the same
             run = {"version": version, "job": job_name(name, version), "trigger": trigger, "generation": generation,
                    "startTime": kube.rfc3339(), "result": "Running"}
-            if trigger == "RetrainRequested":
+            if trigger == Trigger.RETRAIN_REQUESTED:
                 run["reason"] = request[:1024]
             if fresh:
                 run["reason"] = f"{run.get('reason', '')} (dataset {fresh})".strip()
@@ -247,7 +249,7 @@ def _reconcile(namespace: str, name: str) -> None:
             status["nextVersion"] = version + 1
             if request:
                 status["handledRequest"] = request  # a run trains the newest spec: it answers any pending request
-            events.append(("Normal", "RunStarted", f"started run {run['job']} ({trigger}) for version {version}"))
+            events.append(("Normal", Event.RUN_STARTED, f"started run {run['job']} ({trigger}) for version {version}"))
 
     runs = runs[:spec.history_limit if spec else 10]
     conditions = merge_conditions(status.get("conditions"), training_conditions(
@@ -266,7 +268,7 @@ def _reconcile(namespace: str, name: str) -> None:
         metrics.TRAINING_LATEST_VERSION.labels(namespace, name).set(status["latestVersion"])
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] in ("Stalled", "Ready") and (c["status"] == "True" or c["type"] == "Ready"):
-            events.append(("Warning" if c["reason"] in ("InvalidSpec", "NoVersion") else "Normal", c["reason"],
+            events.append(("Warning" if c["reason"] in PROBLEMS else "Normal", c["reason"],
                            c["message"] or f"{c['type']} is {c['status']}"))
     kube.emit_events(obj, events)
     if status.get("handledRequest") == request and RETRAIN_DATASET_ANNOTATION in annotations:

@@ -7,14 +7,11 @@ from typing import Any
 
 from ..api.deployment import SERVER_PORT, SKETCH_PORT, ModelDeploymentSpec
 from ..config import SETTINGS, Settings
-from ..kube import owner_reference
+from ..meta import owner_reference
+from ..names import (
+    ANNOTATION_METADATA_SHA256, ANNOTATION_MODEL_SHA256, ANNOTATION_MODEL_URI, ANNOTATION_MODEL_VERSION, LABEL_DEPLOYMENT,
+)
 from . import pods
-
-LABEL_DEPLOYMENT = "modelloop.dev/deployment"
-ANNOTATION_VERSION = "modelloop.dev/model-version"
-ANNOTATION_SHA256 = "modelloop.dev/model-sha256"
-ANNOTATION_METADATA_SHA256 = "modelloop.dev/metadata-sha256"
-ANNOTATION_URI = "modelloop.dev/model-uri"
 
 
 @dataclass(frozen=True)
@@ -80,9 +77,9 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
     pod_meta: dict[str, Any] = {
         "labels": dict(labels),
         # The served version is part of the pod template: a new version is a rolling update.
-        "annotations": {ANNOTATION_VERSION: str(model.version), ANNOTATION_SHA256: model.sha256,
+        "annotations": {ANNOTATION_MODEL_VERSION: str(model.version), ANNOTATION_MODEL_SHA256: model.sha256,
                         **({ANNOTATION_METADATA_SHA256: model.metadata_sha256} if model.metadata_sha256 else {}),
-                        ANNOTATION_URI: model.uri, "prometheus.io/scrape": "true",
+                        ANNOTATION_MODEL_URI: model.uri, "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(SERVER_PORT), "prometheus.io/path": "/metrics"},
     }
     pod_spec: dict[str, Any] = {
@@ -107,7 +104,7 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
     if not spec.autoscaling:  # with an HPA, replicas belong to the HPA: we do not manage the field
         deployment_spec["replicas"] = desired_replicas(spec)
     meta = _meta(owner, name, labels)
-    meta["annotations"] = {ANNOTATION_VERSION: str(model.version)}
+    meta["annotations"] = {ANNOTATION_MODEL_VERSION: str(model.version)}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from ..api.training import ModelTrainingSpec
 from ..config import SETTINGS, Settings
-from ..kube import owner_reference
+from ..meta import owner_reference
 from ..training.errors import USER_ERROR_EXIT_CODES
 from . import pods
 

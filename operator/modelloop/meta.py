@@ -1,0 +1,29 @@
+"""Pure helpers about Kubernetes objects (no client, no kopf): what the renderers, the status conventions and the
+controllers share."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from .names import RECONCILE_ANNOTATION
+
+
+def reconcilable(obj: dict | None) -> bool:
+    """False for a deleted or deleting object, and for one a user paused with the annotation
+    `modelloop.dev/reconcile: disabled` (its children and status are then left as they are)."""
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return False
+    return (obj["metadata"].get("annotations") or {}).get(RECONCILE_ANNOTATION) != "disabled"
+
+
+def owner_reference(owner: dict) -> dict:
+    md = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": md["name"], "uid": md["uid"],
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def rfc3339(t: datetime | None = None) -> str:
+    return (t or now()).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -21,7 +21,6 @@ import asyncio
 import base64
 import gzip
 import hashlib
-import io
 import json
 import logging
 import re
@@ -39,6 +38,7 @@ from .. import kube, metrics
 from ..api.deployment import SKETCH_PORT, ModelDeploymentSpec
 from ..api.drift import MIN_INTERVAL_SECONDS, DriftMonitorSpec
 from ..api.training import ModelTrainingSpec, RetrainSpec
+from ..artifacts import datasets
 from ..config import SETTINGS
 from ..names import (
     API_VERSION as API, DEPLOYMENT, GROUP, LABEL_MANAGED_BY, LABEL_MONITOR, MANAGER, MONITOR, RETRAIN_ANNOTATION,
@@ -275,14 +275,11 @@ def serving_version(namespace: str, md: dict) -> Serving:
     return Serving(version, meta, creds)
 
 
-def read_frame(uri: str, credentials: storage.Credentials, columns: list[str], field: str) -> Any:
+def read_frame(uri: str, fmt: str, credentials: storage.Credentials, columns: list[str], field: str) -> Any:
     """A CSV or Parquet dataset's `columns` as a DataFrame."""
-    import pandas as pd
-
     try:
         raw = storage.read_dataset(uri, credentials, field)
-        frame = (pd.read_parquet(io.BytesIO(raw)) if uri.endswith((".parquet", ".pq"))
-                 else pd.read_csv(io.BytesIO(raw)))
+        frame = datasets.parse_frame(raw, fmt)
     except Exception as e:  # noqa: BLE001
         raise CheckError(R.DATASET_UNAVAILABLE, f"{field} '{uri}' cannot be read: {e}"[:1024]) from e
     missing = [c for c in columns if c not in frame.columns]
@@ -295,8 +292,12 @@ def dataset_window(spec: DriftMonitorSpec, serving: Serving, credentials: storag
     """Exact tests on raw values: the dataset at spec.datasetUri against the training dataset."""
     features = serving.metadata["schema"]["features"]
     names = [f["name"] for f in features]
-    reference = read_frame(serving.metadata["dataset"]["uri"], serving.credentials, names, "reference dataset")
-    current = read_frame(spec.dataset_uri, credentials, names, "spec.datasetUri")
+    recorded = serving.metadata["dataset"]  # the format the trainer read it in, recorded in metadata.json
+    fmt = recorded.get("format") or datasets.infer_format(recorded["uri"]) or "csv"
+    reference = read_frame(recorded["uri"], fmt, serving.credentials, names, "reference dataset")
+    # The compared dataset: the format its extension names, else the training data's.
+    current = read_frame(spec.dataset_uri, datasets.infer_format(spec.dataset_uri) or fmt, credentials, names,
+                         "spec.datasetUri")
     report = detect_raw(reference, current, [f["name"] for f in features if f.get("categorical")],
                         DriftConfig.from_spec(spec.wire()))
     return report.to_dict(), len(current)

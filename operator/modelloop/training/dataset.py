@@ -5,18 +5,15 @@ naming the spec field, not after a long fit.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
 from modelloop.api.training import DatasetSpec
 from modelloop.artifacts import InvalidUriError, StorageError, read_object, sha256_bytes
+from modelloop.artifacts.datasets import FORMATS_BY_EXTENSION, infer_format, parse_frame
 
 from .errors import DatasetInvalidError, DatasetUnreadableError, SpecError, describe_exception
 from .estimator import Task
-
-FORMATS_BY_EXTENSION = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -36,19 +33,14 @@ class Columns:
 
 
 def dataset_format(spec: DatasetSpec) -> str:
-    if spec.format:
-        return spec.format
-    path = spec.uri.lower()
-    for extension, fmt in FORMATS_BY_EXTENSION.items():
-        if path.endswith(extension):
-            return fmt
+    fmt = spec.format or infer_format(spec.uri)
+    if fmt:
+        return fmt
     raise SpecError(f"spec.dataset.format is not set and cannot be inferred from spec.dataset.uri '{spec.uri}' "
                     f"(known extensions: {', '.join(FORMATS_BY_EXTENSION)}); set it to csv or parquet")
 
 
 def read_dataset(spec: DatasetSpec) -> Dataset:
-    import pandas as pd
-
     fmt = dataset_format(spec)
     try:
         raw = read_object(spec.uri, field="spec.dataset.uri")
@@ -57,7 +49,7 @@ def read_dataset(spec: DatasetSpec) -> Dataset:
     except StorageError as exc:
         raise DatasetUnreadableError(f"spec.dataset.uri: {exc}") from None
     try:
-        frame = pd.read_parquet(io.BytesIO(raw)) if fmt == "parquet" else pd.read_csv(io.BytesIO(raw))
+        frame = parse_frame(raw, fmt)
     except Exception as exc:  # parsers raise many types (ParserError, ArrowInvalid, UnicodeDecodeError...)
         raise DatasetUnreadableError(f"spec.dataset.uri '{spec.uri}' cannot be parsed as {fmt}: "
                                      f"{describe_exception(exc)}") from None

@@ -86,6 +86,7 @@ MALFORMED = [
     (M, "spec.interval", "every minute", "spec.interval"),
     (M, "spec.thresholds.driftShare", 1.5, "spec.thresholds.driftShare"),
     (M, "spec.thresholds.pValue", 0, "spec.thresholds.pValue"),
+    (M, "spec.thresholds.missing", 4, "spec.thresholds.missing"),
     (M, "spec.tests.numerical", "chi2", "spec.tests.numerical"),
     (M, "spec.consecutive", 0, "spec.consecutive"),
     (M, "spec.action.type", "page-someone", "spec.action.type"),

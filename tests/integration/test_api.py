@@ -99,6 +99,8 @@ MALFORMED = [
     (M, "spec.minSamples", 10**12, "spec.minSamples"),
     (M, "spec.thresholds.features", {"plan": -1}, "spec.thresholds.features"),
     (T, "spec.dataset.features", ["tenure_months", ""], "spec.dataset.features"),
+    (T, "spec.output.keepVersions", 0, "spec.output.keepVersions"),
+    (T, "spec.output.keepVersions", 1001, "spec.output.keepVersions"),
     (T, "spec.dataset.uri", "s3://modelloop-demo/churn.csv?versionId=1", "spec.dataset.uri"),
     (T, "spec.dataset.uri", "s3://modelloop-demo/churn\t.csv", "spec.dataset.uri"),
     (T, "spec.resources.requests", {"cpus": "1"}, "spec.resources.requests"),

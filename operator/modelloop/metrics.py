@@ -15,6 +15,9 @@ TRAINING_RUN_DURATION = Histogram("modelloop_training_run_duration_seconds",
 TRAINING_VERSION_METRIC = Gauge("modelloop_training_version_metric",
                                 "Hold-out metrics of each good version, by metric name (accuracy, f1, r2, ...).",
                                 ["namespace", "training", "version", "metric"])
+TRAINING_VERSIONS_PRUNED = Counter("modelloop_training_versions_pruned_total",
+                                   "Versions deleted from the store by retention (spec.output.keepVersions).",
+                                   ["namespace", "training"])
 TRAINING_LATEST_VERSION = Gauge("modelloop_training_latest_version", "Latest good version of a ModelTraining.",
                                 ["namespace", "training"])
 DEPLOYMENT_VERSION = Gauge("modelloop_deployment_model_version", "Model version a ModelDeployment serves.",
@@ -33,3 +36,13 @@ DRIFT_RETRAINS = Counter("modelloop_drift_retrains_total", "Retrain requests mad
                          ["namespace", "monitor"])
 DRIFT_CHECK_ERRORS = Counter("modelloop_drift_check_errors_total", "Drift checks that could not complete, by reason.",
                              ["namespace", "monitor", "reason"])
+
+
+def forget_training_version(namespace: str, training: str, version: int) -> None:
+    """Drop the series of a version deleted from the store (modelloop_training_version_metric): retention
+    bounds them as it bounds the store."""
+    labels = {"namespace": namespace, "training": training, "version": str(version)}
+    for family in TRAINING_VERSION_METRIC.collect():
+        for sample in family.samples:
+            if all(sample.labels.get(k) == v for k, v in labels.items()):
+                TRAINING_VERSION_METRIC.remove(namespace, training, str(version), sample.labels["metric"])

@@ -64,6 +64,8 @@ class TrainingEvent(StrEnum):
     RUN_SUCCEEDED = "RunSucceeded"
     RUN_FAILED = "RunFailed"
     RETRAIN_REFUSED = "RetrainRefused"
+    VERSIONS_PRUNED = "VersionsPruned"
+    PRUNE_FAILED = "PruneFailed"
 
 
 class DeploymentEvent(StrEnum):

@@ -6,6 +6,8 @@ kwok drives the cases that need a pod to fail or to keep running on demand.
 from __future__ import annotations
 
 import json
+import re
+
 import pytest
 
 from tests.fixtures.artifacts import CHURN, secret
@@ -258,3 +260,50 @@ def test_retrain_with_an_invalid_dataset_uri_is_refused_and_starts_nothing(opera
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.kind=ModelTraining,reason=RetrainRefused", "-o", "json").stdout
     assert "modelloop.dev/retrain-dataset-uri" in events
+
+
+def test_retention_keeps_the_newest_versions_and_the_one_a_deployment_serves(operator, cluster, namespace, s3, store):
+    """keepVersions 3, six runs (kwok holds each pod while this test writes its version, as the trainer
+    would), and a deployment pinned to v1: v2, v3, v4 leave the store and status; v1 stays."""
+    from tests.integration.test_deployment_controller import deployment
+
+    cluster.apply(training(namespace, s3, podTemplate=HELD, output={"uri": s3.uri("models/churn"), "keepVersions": 3}))
+    cluster.apply(deployment(namespace, replicas=1, model={"fromTraining": "churn", "version": "1"}))
+    cluster.kubectl("wait", "mdep/churn", "-n", namespace, "--for=condition=Ready", "--timeout=90s")
+    for version in range(2, 8):  # v1 is the store fixture's: the first run gets v2
+        wait_for(lambda: status(cluster, namespace).get("currentRun") == f"churn-v{version}", timeout=60,
+                 message=f"run {version}")
+        store.add(version, 0.70 + version / 100)
+        release(cluster, namespace, f"churn-v{version}")
+        wait_for(lambda: status(cluster, namespace).get("latestVersion") == version
+                 and not status(cluster, namespace).get("currentRun"), timeout=60, message=f"version {version}")
+        if version < 7:
+            cluster.kubectl("annotate", "--overwrite", "mtrain", "churn", "-n", namespace,
+                            f"modelloop.dev/retrain-requested=r{version}")
+
+    # The store: the newest three and the served v1, nothing else, not even a file of a deleted version.
+    assert store.layout() == ([1, 5, 6, 7], [])
+    assert {key.split("/")[2] for key in s3.keys("models/churn/")} == {"v1", "v5", "v6", "v7"}
+    # Status: what is stored, and no run pointing to a deleted version.
+    st = status(cluster, namespace)
+    assert st["storedVersions"] == [1, 5, 6, 7] and st["latestVersion"] == 7 and st["nextVersion"] == 8
+    runs = {r["version"]: r for r in st["runs"]}
+    assert sorted(runs) == [2, 3, 4, 5, 6, 7] and all(r["result"] == "Succeeded" for r in runs.values())
+    for v in (2, 3, 4):
+        assert "artifact" not in runs[v] and runs[v]["prunedTime"]
+    for v in (5, 6, 7):
+        assert runs[v]["artifact"] == s3.uri(f"models/churn/v{v}") and "prunedTime" not in runs[v]
+    messages = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                               "involvedObject.kind=ModelTraining,reason=VersionsPruned",
+                               "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}").stdout.splitlines()
+    # One event per pass that deleted something (one could be lost to a status conflict that reran the pass).
+    deleted = {int(v) for m in messages for v in re.findall(r"v(\d+)", m.partition(" from ")[0])}
+    assert deleted and deleted <= {2, 3, 4} and all(f"from {s3.uri('models/churn')} (keepVersions 3)" in m
+                                                     for m in messages)
+    assert all("kept beyond keepVersions: v1 (ModelDeployment churn serves it)" in m for m in messages)
+    # The deployment still serves v1, and the next run still gets a new number.
+    dep = cluster.get("mdep", "churn", "-n", namespace)["status"]
+    assert dep["modelVersion"] == 1 and dep["lastAvailableVersion"] == 1
+    assert next(c for c in dep["conditions"] if c["type"] == "Ready")["status"] == "True"
+    cluster.kubectl("annotate", "--overwrite", "mtrain", "churn", "-n", namespace, "modelloop.dev/retrain-requested=r7")
+    wait_for(lambda: status(cluster, namespace).get("currentRun") == "churn-v8", timeout=60, message="run 8")

@@ -1,6 +1,7 @@
 """DriftMonitor: compares live traffic of a ModelDeployment with its training reference and acts."""
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Literal
 
@@ -35,6 +36,9 @@ class ThresholdsSpec(ApiModel):
         "Significance level of p-value tests after multiple-testing correction."))
     drift_share: float | None = Field(default=None, gt=0, le=1, description=(
         "Share of drifted features at or above which the dataset drifts."))
+    missing: float | None = Field(default=None, ge=0, le=math.pi, description=(
+        "Cohen's h of the change of a feature's share of missing values above which, with a significant "
+        "Fisher test, the feature drifts (default 0.1: 0% to 0.25%, 5% to 7.4%, 50% to 55%; see docs/drift.md)."))
     features: dict[str, float] | None = Field(default=None, max_length=10000, description=(
         "Per-feature score thresholds by name."), json_schema_extra=extra(x_kubernetes_validations=[
             cel("self.all(k, self[k] >= 0.0)", "spec.thresholds.features values must be 0 or more")]))

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from ..names import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION  # noqa: F401 - re-exported
 from .common import (
     QUALIFIED_NAME_RE, URI_DESCRIPTION, ApiModel, Condition, LabelValue, MetricValue, ObjectName, PodOverrides,
     ResourceRequirements, StorageSpec, StorageUri, cel, conditions_field, extra, key_rules,
@@ -18,10 +19,10 @@ REGRESSION_METRICS = ("r2", "rmse", "mae")
 Metric = Literal["accuracy", "f1", "roc_auc", "precision", "recall", "log_loss", "r2", "rmse", "mae"]
 # Metrics where a lower value is better; promotion and regression checks flip for these.
 LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
-RETRAIN_ANNOTATION = "modelloop.dev/retrain-requested"
-# Fresh data for the run a retrain request starts; validated like spec.dataset.uri, removed once used.
-RETRAIN_DATASET_ANNOTATION = "modelloop.dev/retrain-dataset-uri"
 ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
+# Versions kept in the store by default (spec.output.keepVersions), and the most that can be asked for.
+DEFAULT_KEEP_VERSIONS = 10
+MAX_KEEP_VERSIONS = 1000
 
 
 class DatasetSpec(ApiModel):
@@ -80,6 +81,10 @@ class OutputSpec(ApiModel):
     """Where model versions are written."""
 
     uri: StorageUri = Field(description=f"Base location of the versions, each in <uri>/v<N>/: {URI_DESCRIPTION}")
+    keep_versions: int = Field(default=DEFAULT_KEEP_VERSIONS, ge=1, le=MAX_KEEP_VERSIONS, description=(
+        f"Newest versions kept in the store (default {DEFAULT_KEEP_VERSIONS}); older ones are deleted after each "
+        "run, except a version a ModelDeployment of the namespace serves, rolls back to or pins, the latest good "
+        "version and a running run's version. The storage credentials must allow deleting."))
 
 
 class LabelSelectorRequirement(ApiModel):
@@ -173,6 +178,9 @@ class TrainingRun(ApiModel):
     onnx_skipped: str | None = Field(default=None, description=(
         "Why the version the run wrote has no model.onnx, so that it is served with scikit-learn only (no "
         "converter, or the ONNX graph did not match scikit-learn); unset when it has one."))
+    pruned_time: datetime | None = Field(default=None, description=(
+        "When the run's version was found gone from the store, deleted by retention (spec.output.keepVersions); "
+        "artifact is unset from then on."))
 
 
 class ModelTrainingStatus(ApiModel):
@@ -192,6 +200,8 @@ class ModelTrainingStatus(ApiModel):
         "A retrain request that arrived during a run; it starts when the run ends."))
     handled_request: str | None = Field(default=None, description="Value of the last retrain request acted on.")
     runs: list[TrainingRun] | None = Field(default=None, description="Recent runs, newest first.")
+    stored_versions: list[int] | None = Field(default=None, description=(
+        "Versions in the store after the last retention pass (after each run), ascending."))
 
 
 class ModelTraining(ApiModel):

@@ -14,7 +14,7 @@ from .model import (
     sha256_bytes,
 )
 from .onnx_model import OnnxPredictor, check_onnx_file
-from .stores import ArtifactStore, open_store, split_version_uri
+from .stores import ArtifactStore, open_store, split_version_uri, version_under
 from .uri import StorageUri, parse_uri
 
 __all__ = [
@@ -24,5 +24,5 @@ __all__ = [
     "StorageUri", "UntrustedTypeError", "VersionExistsError", "check_model_file", "check_onnx_file",
     "decode_metadata", "deserialize_model", "load_model", "open_store",
     "parse_metadata", "parse_uri", "read_object", "serialize_model", "sha256_bytes", "split_version_uri",
-    "validate_metadata",
+    "validate_metadata", "version_under",
 ]

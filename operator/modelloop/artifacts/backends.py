@@ -33,6 +33,8 @@ class Backend(Protocol):
     def move(self, src: StorageUri, dst: StorageUri) -> None: ...
     def list_keys(self, prefix: StorageUri) -> Iterator[str]:
         """Paths of the objects below `prefix`, relative to it, skipping hidden (staging) folders."""
+    def delete(self, uri: StorageUri) -> None:
+        """Delete one object, durably; nothing there is no error. StorageError when it cannot be deleted."""
     def delete_tree(self, prefix: StorageUri) -> None: ...
 
 
@@ -94,6 +96,14 @@ class FileBackend:
             rel = os.path.relpath(folder, root)
             for name in files:
                 yield name if rel == "." else f"{rel}/{name}"
+
+    def delete(self, uri: StorageUri) -> None:
+        path = uri.local_path()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot delete {path}: {exc.strerror or exc}") from None
+        _fsync_dir(path.parent)
 
     def delete_tree(self, prefix: StorageUri) -> None:
         shutil.rmtree(prefix.local_path(), ignore_errors=True)
@@ -183,10 +193,13 @@ class S3Backend:
                     if not any(part.startswith(".") for part in rel.split("/")[:-1]):
                         yield rel
 
+    def delete(self, uri: StorageUri) -> None:
+        with _s3_errors(uri, "delete"):  # S3 answers 204 for a key that is not there
+            _s3_client(self._credentials).delete_object(Bucket=uri.location, Key=uri.path)
+
     def delete_tree(self, prefix: StorageUri) -> None:
         for rel in list(self.list_keys(prefix)):
-            with _s3_errors(prefix, "delete"):
-                _s3_client(self._credentials).delete_object(Bucket=prefix.location, Key=prefix.child(rel).path)
+            self.delete(prefix.child(rel))
 
 
 @contextmanager

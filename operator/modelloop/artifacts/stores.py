@@ -3,6 +3,8 @@
 A version exists once its metadata.json exists. commit_version stages the files under a hidden
 `<output>/.staging/` prefix, moves them to `v<N>/`, then creates metadata.json only if it is absent
 (an exclusive create), so a reader never sees a half-written version and a committed one never changes.
+delete_version goes the other way: metadata.json first, then the files, so a reader never takes what
+is left of a half-deleted version for a version.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .metadata import FILE_NAME_PATTERN, METADATA_FILE, decode_metadata, validat
 from .uri import StorageUri, parse_uri
 
 _VERSION_KEY = re.compile(r"^v([1-9][0-9]*)/" + re.escape(METADATA_FILE) + "$")
+_VERSION_DIR_KEY = re.compile(r"^v([1-9][0-9]*)/")
 _VERSION_URI = re.compile(r"^(?P<base>.*)/v(?P<version>[1-9][0-9]*)/?$")
 _FILE_NAME = re.compile(FILE_NAME_PATTERN)
 
@@ -39,6 +42,29 @@ class ArtifactStore:
         """Committed versions (those with a metadata.json), ascending."""
         found = (_VERSION_KEY.match(key) for key in self._backend.list_keys(self.base))
         return sorted(int(m[1]) for m in found if m)
+
+    def layout(self) -> tuple[list[int], list[int]]:
+        """(committed versions, incomplete ones), ascending, from one listing. An incomplete version is a
+        `v<N>/` holding files but no metadata.json: a commit in progress or killed, or a deletion interrupted."""
+        committed, present = set(), set()
+        for key in self._backend.list_keys(self.base):
+            if m := _VERSION_KEY.match(key):
+                committed.add(int(m[1]))
+            elif m := _VERSION_DIR_KEY.match(key):
+                present.add(int(m[1]))
+        return sorted(committed), sorted(present - committed)
+
+    def delete_version(self, version: int) -> None:
+        """Delete a version: metadata.json first, so that from that moment it is not a version (versions()
+        skips it, read_metadata says it does not exist, a server cannot load it), then its files. Also
+        finishes an interrupted deletion or removes a killed commit's files. StorageError when anything is
+        left (the version is gone as a version even then; a later call removes the rest)."""
+        target = self._version_dir(version)
+        self._backend.delete(target.child(METADATA_FILE))
+        self._backend.delete_tree(target)
+        left = sorted(self._backend.list_keys(target))
+        if left:
+            raise StorageError(f"{target}: {len(left)} file(s) could not be deleted ({', '.join(left[:3])})")
 
     def read_metadata(self, version: int, max_bytes: int | None = None) -> dict[str, Any]:
         """The validated metadata.json of a committed version; ObjectNotFoundError if it is not committed.
@@ -130,6 +156,20 @@ def open_store(uri: str, *, field: str = "uri", credentials: Mapping[str, str] |
     (AWS_* keys) replace the environment's, for callers serving many resources (the operator)."""
     base = parse_uri(uri, field=field)
     return ArtifactStore(base, backend_for(base, credentials))
+
+
+def version_under(output_uri: str, uri: str | None) -> int | None:
+    """N when `uri` is `<output_uri>/v<N>` (both normalised: scheme case, slashes, file paths), else None."""
+    if not uri:
+        return None
+    match = _VERSION_URI.match(uri.strip())
+    if not match:
+        return None
+    try:
+        same = parse_uri(match["base"]) == parse_uri(output_uri)
+    except InvalidUriError:
+        return None
+    return int(match["version"]) if same else None
 
 
 def split_version_uri(version_uri: str, *, credentials: Mapping[str, str] | None = None

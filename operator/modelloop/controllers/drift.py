@@ -182,7 +182,9 @@ def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str
 
 def summarize(report: dict) -> str:
     drifted = sorted((f for f in report["features"] if f["drifted"]), key=lambda f: -(f["score"] or 0.0))
-    top = ", ".join(f"{f['name']} {f['test']}={f['score'] or 0:.3g}" for f in drifted[:TOP_FEATURES])
+    top = ", ".join(f"{f['name']} {f['test']}={f['score'] or 0:.3g}" + (
+        f" missing {f['missing_reference']:.1%}->{f['missing_current']:.1%}" if f.get("missing_drifted") else "")
+        for f in drifted[:TOP_FEATURES])
     return (f"{len(drifted)} of {len(report['features'])} features drifted "
             f"(share {report['drift_share']:.2f}) in {report['samples']} rows" + (f": {top}" if top else ""))
 

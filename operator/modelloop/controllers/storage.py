@@ -9,7 +9,8 @@ Everything the operator reads for a resource goes through here, under three rule
 - Reads are capped (model, metadata.json, datasets) and model files are hashed as they stream.
 
 Credentials are handed to the store objects only; they are never logged, put in events or in status.
-Verified metadata is cached per namespace, URI and credentials, in a bounded cache.
+Verified metadata is cached per namespace, URI and credentials, in a bounded cache; a version deleted by
+retention is forgotten there, for every namespace and credentials.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Mapping
 from .. import kube
 from ..api.common import CREDENTIAL_KEYS, REQUIRED_CREDENTIAL_KEYS, StorageSpec
 from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, decode_metadata, open_store, parse_uri, read_object,
-                         sha256_bytes)
+                         sha256_bytes, version_under)
 from ..cache import BoundedCache
 from ..config import SETTINGS, Settings
 
@@ -63,6 +64,30 @@ def check_allowed(uri: str, field: str, settings: Settings | None = None) -> Non
 def stored_versions(output_uri: str, credentials: Credentials, field: str = "spec.output.uri") -> list[int]:
     check_allowed(output_uri, field)
     return open_store(output_uri, field=field, credentials=credentials).versions()
+
+
+def store_layout(output_uri: str, credentials: Credentials, field: str = "spec.output.uri") -> tuple[list[int], list[int]]:
+    """(committed versions, incomplete ones) of an output store, from one listing."""
+    check_allowed(output_uri, field)
+    return open_store(output_uri, field=field, credentials=credentials).layout()
+
+
+def delete_version(output_uri: str, version: int, credentials: Credentials, field: str = "spec.output.uri") -> None:
+    """Delete a version from its store (metadata.json first: see ArtifactStore.delete_version) and forget it
+    in the verified-metadata cache, before (a reader finds nothing cached) and after (nothing verified
+    meanwhile survives)."""
+    check_allowed(output_uri, field)
+    store = open_store(output_uri, field=field, credentials=credentials)
+    forget(output_uri, version)
+    try:
+        store.delete_version(version)
+    finally:
+        forget(output_uri, version)
+
+
+def forget(output_uri: str, version: int) -> int:
+    """Drop a version from the verified-metadata cache, whatever namespace or credentials verified it."""
+    return _verified.discard(lambda key: version_under(output_uri, key[1]) == version)
 
 
 def _fingerprint(credentials: Credentials) -> str:

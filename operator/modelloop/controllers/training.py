@@ -1,8 +1,9 @@
 """ModelTraining controller: runs one training Job at a time and records its outcome.
 
 Level-based: every reconcile reads the resource and its Jobs, folds finished Jobs into status.runs,
-starts a run when one is wanted (a new spec generation, or a new value of the retrain annotation)
-and none is running, then writes status. Triggered by the resource's own events, by its Jobs'
+applies retention to the store when a run ended (spec.output.keepVersions), starts a run when one is
+wanted (a new spec generation, or a new value of the retrain annotation) and none is running, then
+writes status. Triggered by the resource's own events, by its Jobs'
 events and by a periodic timer; a per-object lock keeps those from overlapping.
 """
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pydantic import ValidationError
 
 from .. import kube, metrics
 from ..api.common import check_storage_uri
-from ..api.training import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, ModelTrainingSpec
+from ..api.training import ModelTrainingSpec
+from ..artifacts import version_under
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..render.training import (
     ANNOTATION_GENERATION, ANNOTATION_TRIGGER, LABEL_TRAINING, effective_spec, job_name, render_job,
 )
-from ..names import API_VERSION, TRAINING
+from ..names import API_VERSION, LABEL_VERSION, RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, TRAINING
 from ..reasons import PROBLEMS, RunTrigger as Trigger, TrainingEvent as Event, TrainingReason as R
 from ..status import Cond, changed_conditions, merge_conditions
 from ..training.errors import SpecError
@@ -88,6 +90,58 @@ def next_version(status: dict, stored_versions: list[int]) -> int:
     return max(seen) + 1
 
 
+def protected_versions(name: str, output_uri: str, status: dict, runs: list[dict],
+                       deployments: list[dict]) -> dict[int, str]:
+    """The versions retention must keep, each with the first reason found: the training's latest good
+    version; a running run's version; and every version a ModelDeployment of the namespace serves, rolls
+    back to (lastAvailableVersion), served before (previousVersion), holds as candidate or pins, when it
+    follows this training (spec.model.fromTraining), or whose URI (status.modelUri,
+    status.lastAvailableUri, spec.model.uri) lies under this training's output."""
+    why: dict[int, str] = {}
+
+    def add(version: Any, reason: str) -> None:
+        if isinstance(version, str) and version.isdigit():
+            version = int(version)
+        if isinstance(version, int) and not isinstance(version, bool) and version >= 1:
+            why.setdefault(version, reason)
+
+    add(status.get("latestVersion"), "the latest good version")
+    for run in runs:
+        if run.get("result") == "Running":
+            add(run.get("version"), f"run {run.get('job')} is writing it")
+    for dep in deployments:
+        model, dst = (dep.get("spec") or {}).get("model") or {}, dep.get("status") or {}
+        who = f"ModelDeployment {dep['metadata']['name']}"
+        if model.get("fromTraining") == name:
+            add(dst.get("modelVersion"), f"{who} serves it")
+            add(dst.get("lastAvailableVersion"), f"{who} rolls back to it")
+            add(model.get("version"), f"{who} pins it")
+            add(dst.get("previousVersion"), f"{who} served it before")
+            add(dst.get("candidateVersion"), f"{who} holds it as candidate")
+        add(version_under(output_uri, dst.get("modelUri")), f"{who} serves it")
+        add(version_under(output_uri, dst.get("lastAvailableUri")), f"{who} rolls back to it")
+        add(version_under(output_uri, model.get("uri")), f"{who} names it in spec.model.uri")
+    return why
+
+
+def versions_to_prune(stored: list[int], keep: int, protected: Any) -> list[int]:
+    """The stored versions retention deletes, ascending: all but the newest `keep`, never a protected one
+    (protected versions are kept besides the newest `keep`, not counted in them). The newest stored version
+    always stays, so version numbers keep growing from the store alone."""
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    return sorted(v for v in sorted(set(stored), reverse=True)[keep:] if v not in protected)
+
+
+def leftovers_to_remove(incomplete: list[int], committed: list[int], protected: Any) -> list[int]:
+    """Version folders without metadata.json that nobody will complete, ascending: below the newest
+    committed version (a run's version is always above every stored one when it starts) and not
+    protected (a running run, retried by its Job, replaces its own leftovers). What an interrupted
+    deletion or a killed commit left behind."""
+    newest = max(committed, default=0)
+    return sorted(v for v in incomplete if v < newest and v not in protected)
+
+
 def training_conditions(phase: str, runs: list[dict], latest: int | None, invalid: str | None,
                         queued: bool) -> list[Cond]:
     last = runs[0] if runs else None
@@ -126,7 +180,7 @@ def adopted_run(job: dict, generation: int) -> dict:
         trained = int(annotations[ANNOTATION_GENERATION])
     except (KeyError, ValueError):
         trained = generation
-    return {"version": int(md["labels"]["modelloop.dev/version"]), "job": md["name"],
+    return {"version": int(md["labels"][LABEL_VERSION]), "job": md["name"],
             "trigger": annotations.get(ANNOTATION_TRIGGER, "Unknown"), "generation": trained, "result": "Running",
             "startTime": md.get("creationTimestamp")}
 
@@ -173,16 +227,17 @@ def _reconcile(namespace: str, name: str) -> None:
         invalid = _validate_estimator(spec)
 
     jobs = {j["metadata"]["name"]: j for j in kube.list_("batch/v1", "Job", namespace, f"{LABEL_TRAINING}={name}")}
+    store_ok = spec is not None
     try:
         credentials = storage.credentials_from_secret(namespace, spec.storage if spec else None)
         if spec is not None:
             storage.check_allowed(spec.output.uri, "spec.output.uri")
     except storage.StorageAccessError as e:  # a Job could not read its data either: stall until it exists
-        credentials, invalid = storage.ANONYMOUS, invalid or str(e)
+        credentials, invalid, store_ok = storage.ANONYMOUS, invalid or str(e), False
 
     # 1. Adopt a Job the status does not know (the operator stopped between creating it and writing status).
     known = {r["job"] for r in runs}
-    for jname, job in sorted(jobs.items(), key=lambda kv: int(kv[1]["metadata"]["labels"].get("modelloop.dev/version", 0))):
+    for jname, job in sorted(jobs.items(), key=lambda kv: int(kv[1]["metadata"]["labels"].get(LABEL_VERSION, 0))):
         if jname not in known and not job["metadata"].get("deletionTimestamp"):
             runs.insert(0, adopted_run(job, generation))
 
@@ -221,7 +276,11 @@ def _reconcile(namespace: str, name: str) -> None:
                                                   else "") if ok
                                                else f"failed: {run.get('message', '')}")))
 
-    # 3. Start a run when one is wanted and none is running.
+    # 3. Retention: once a run has ended, versions beyond spec.output.keepVersions leave the store.
+    if finished and store_ok:
+        _apply_retention(obj, spec, status, runs, credentials, events)
+
+    # 4. Start a run when one is wanted and none is running.
     running = any(r["result"] == "Running" for r in runs)
     trigger = wanted_trigger(generation, runs, request, status.get("handledRequest"))
     queued = None
@@ -274,6 +333,63 @@ def _reconcile(namespace: str, name: str) -> None:
     if status.get("handledRequest") == request and RETRAIN_DATASET_ANNOTATION in annotations:
         _clear_dataset_override(namespace, name, annotations[RETRAIN_DATASET_ANNOTATION])
     _clean_up_jobs(namespace, jobs, runs)
+
+
+def _apply_retention(obj: dict, spec: ModelTrainingSpec, status: dict, runs: list[dict],
+                     credentials: storage.Credentials, events: list[tuple[str, str, str]]) -> None:
+    """Delete the versions versions_to_prune chooses (and leftovers_to_remove's folders), then make status
+    agree with the store: status.storedVersions, and runs whose version is gone lose their artifact and get
+    prunedTime. A failure is a Warning event (PruneFailed); retention runs again after the next run."""
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    output, keep = spec.output.uri, spec.output.keep_versions
+    try:
+        committed, incomplete = storage.store_layout(output, credentials)
+        protected = protected_versions(name, output, status, runs, kube.list_(API, "ModelDeployment", namespace))
+        # A deployment that follows `latest` may be promoting the version that was latest until this run
+        # without having written it to its status yet: it stays for this pass.
+        before = (obj.get("status") or {}).get("latestVersion")
+        if isinstance(before, int) and before >= 1:
+            protected.setdefault(before, "the latest good version until this run")
+    except Exception as e:  # noqa: BLE001 - retention never fails the reconcile
+        events.append(("Warning", Event.PRUNE_FAILED, f"retention skipped: {e}"[:1024]))
+        return
+    doomed = versions_to_prune(committed, keep, protected)
+    error = None
+    for version in doomed + leftovers_to_remove(incomplete, committed, protected):
+        try:
+            storage.delete_version(output, version, credentials)
+        except Exception as e:  # noqa: BLE001 - e.g. credentials that may read and write but not delete
+            error = f"cannot delete version {version} from {output}: {e}"
+            break
+    if error:
+        events.append(("Warning", Event.PRUNE_FAILED, f"{error}; retention runs again after the next run"[:1024]))
+        try:  # what is left is what the store says (a version whose metadata.json went is gone)
+            committed, _ = storage.store_layout(output, credentials)
+        except Exception:  # noqa: BLE001
+            return  # status keeps its last view; the next pass corrects it
+    kept = sorted(set(committed) - set(doomed)) if not error else committed
+    pruned = sorted(set(doomed) - set(kept))
+    status["storedVersions"] = kept
+    now = kube.rfc3339()
+    for run in runs:  # runs of an earlier spec.output.uri point elsewhere: not this store's to judge
+        if (run.get("result") == "Succeeded" and run.get("version") not in kept and not run.get("prunedTime")
+                and version_under(output, run.get("artifact")) == run.get("version")):
+            run["prunedTime"] = now
+            run.pop("artifact", None)
+    for version in pruned:
+        metrics.forget_training_version(namespace, name, version)
+    if pruned:
+        metrics.TRAINING_VERSIONS_PRUNED.labels(namespace, name).inc(len(pruned))
+        newest = set(kept[-keep:])
+        beyond = [f"v{v} ({protected[v]})" for v in kept if v in protected and v not in newest]
+        events.append(("Normal", Event.VERSIONS_PRUNED, (
+            f"deleted {_versions_text(pruned)} from {output} (keepVersions {keep}); kept {_versions_text(kept)}"
+            + (f"; kept beyond keepVersions: {', '.join(beyond)}" if beyond else ""))[:1024]))
+
+
+def _versions_text(versions: list[int]) -> str:
+    shown = ", ".join(f"v{v}" for v in versions[:20])
+    return shown + (f" and {len(versions) - 20} more" if len(versions) > 20 else "")
 
 
 def _seconds_between(start: str | None, end: str) -> float | None:

@@ -4,7 +4,7 @@
 tests; both return a `DriftReport`. A feature drifts when its change is both significant (p-value of
 KS for numeric, chi-squared for categorical features, adjusted across all features) and material
 (the score of the configured test above its threshold), or when its share of missing values moved
-the same way. The defaults, and why, are in docs/drift.md; they live here only.
+the same way (Fisher's exact test, and Cohen's h of the two shares above its threshold). The defaults, and why, are in docs/drift.md; they live here only.
 """
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ DEFAULT_CATEGORICAL_TEST = "jensenshannon"
 DEFAULT_P_VALUE = 0.05
 DEFAULT_CORRECTION = "fdr_bh"
 DEFAULT_MIN_SAMPLES = 500  # = DriftMonitor spec.minSamples default
-DEFAULT_MISSING_THRESHOLD = 0.05  # absolute change of the share of missing values
+# Cohen's h of the change of the share of missing values, relative to the reference's share: 0% -> 0.25%,
+# 5% -> 7.4% or 50% -> 55% (never less sensitive than the former absolute 0.05).
+DEFAULT_MISSING_THRESHOLD = 0.1
 
 UNCAPPED = 2**31 - 1  # max_categories of the exact categorical tests
 
@@ -58,6 +60,7 @@ class DriftConfig:
     # Share of drifted features at or above which the dataset drifts; None: any drifted feature.
     drift_share: float | None = None
     min_samples: int = DEFAULT_MIN_SAMPLES
+    # Cohen's h of the missing share's change above which (with a significant Fisher test) a feature drifts.
     missing_threshold: float = DEFAULT_MISSING_THRESHOLD
 
     def __post_init__(self) -> None:
@@ -74,6 +77,8 @@ class DriftConfig:
             raise ValueError(f"drift_share must be in (0, 1] or None (any drifted feature), got {self.drift_share}")
         if self.min_samples < 1:
             raise ValueError(f"min_samples must be >= 1, got {self.min_samples}")
+        if not 0 <= self.missing_threshold <= math.pi:
+            raise ValueError(f"missing_threshold (Cohen's h) must be in [0, pi], got {self.missing_threshold}")
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any] | None) -> "DriftConfig":
@@ -84,7 +89,7 @@ class DriftConfig:
             "numerical_test": tests.get("numerical"), "categorical_test": tests.get("categorical"),
             "score_threshold": thresholds.get("score"), "feature_thresholds": thresholds.get("features"),
             "p_value": thresholds.get("pValue"), "drift_share": thresholds.get("driftShare"),
-            "min_samples": spec.get("minSamples"),
+            "missing_threshold": thresholds.get("missing"), "min_samples": spec.get("minSamples"),
         }
         return cls(**{k: v for k, v in given.items() if v is not None})
 
@@ -113,7 +118,8 @@ class FeatureDrift:
     samples_current: int
     missing_reference: float  # share of missing values
     missing_current: float
-    missing_p_value: float | None = None
+    missing_p_value: float | None = None  # Fisher's exact test, adjusted; None when neither side has any
+    missing_effect: float | None = None  # Cohen's h, positive when more values are missing now
     missing_drifted: bool = False
 
 
@@ -214,13 +220,15 @@ def _decide(measured: list[_Measured], rows_ref: int, rows_cur: int, config: Dri
         drifted = p_value is not None and p_value < config.p_value and m.score > threshold
         share_ref, share_cur = m.missing_ref / rows_ref if rows_ref else 0.0, m.missing_cur / rows_cur
         missing_p = missing_p_of.get(id(m))
+        missing_effect = stats.cohens_h(share_ref, share_cur) if missing_p is not None else None
         missing_drifted = (missing_p is not None and missing_p < config.p_value
-                           and abs(share_cur - share_ref) > config.missing_threshold)
+                           and abs(missing_effect) > config.missing_threshold)
         features.append(FeatureDrift(
             name=m.name, kind=m.kind, test=m.test, score=m.score, threshold=threshold, p_value=p_value,
             drifted=drifted or missing_drifted, statistic="ks" if m.kind == NUMERIC else "chi2",
             samples_reference=m.n_ref, samples_current=m.n_cur, missing_reference=share_ref,
-            missing_current=share_cur, missing_p_value=missing_p, missing_drifted=missing_drifted))
+            missing_current=share_cur, missing_p_value=missing_p, missing_effect=missing_effect,
+            missing_drifted=missing_drifted))
     drifted = sum(f.drifted for f in features)
     share = drifted / len(features) if features else 0.0
     if config.drift_share is None:

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 from scipy import special
-from scipy.stats import distributions
+from scipy.stats import distributions, fisher_exact
 
 from .grid import CELLS, MIN_VALUES, bin_counts, cells_of, quantiles
 
@@ -67,8 +67,20 @@ def chi2_test(ref: np.ndarray, cur: np.ndarray) -> tuple[float, float, float]:
 
 
 def missing_rate_test(missing_ref: int, rows_ref: int, missing_cur: int, rows_cur: int) -> float:
-    """p-value of the chi-squared test that the share of missing values is the same in both."""
-    return chi2_test(np.array([rows_ref - missing_ref, missing_ref]), np.array([rows_cur - missing_cur, missing_cur]))[1]
+    """Two-sided p-value of Fisher's exact test that the share of missing values is the same in both.
+
+    Exact at any size (the chi-squared approximation is not with a handful of missing values on one
+    side, the usual case when the reference has none), and well under a millisecond at 10^7 rows."""
+    table = [[rows_ref - missing_ref, missing_ref], [rows_cur - missing_cur, missing_cur]]
+    return float(fisher_exact(table).pvalue)
+
+
+def cohens_h(share_ref: float, share_cur: float) -> float:
+    """Cohen's h of two proportions: 2 asin(sqrt(cur)) - 2 asin(sqrt(ref)), -pi..pi.
+
+    The arcsine stabilises the variance of a proportion, so an h of one size is equally detectable at
+    any reference share: near 0% (or 100%) a small absolute change counts as much as a large one at 50%."""
+    return 2.0 * (math.asin(math.sqrt(share_cur)) - math.asin(math.sqrt(share_ref)))
 
 
 def group_bins(ref: np.ndarray, groups: int = NUMERIC_GROUPS) -> np.ndarray:

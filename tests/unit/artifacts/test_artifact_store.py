@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from modelloop.artifacts import (
-    ArtifactStore, InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageUri, VersionExistsError,
-    open_store, parse_uri, read_object, validate_metadata,
+    ArtifactStore, InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageError, StorageUri,
+    VersionExistsError, open_store, parse_uri, read_object, validate_metadata, version_under,
 )
 from modelloop.artifacts.backends import backend_for
 
@@ -167,3 +167,93 @@ def test_explicit_credentials_replace_the_environment(s3, make_metadata, monkeyp
     store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
     assert store.versions() == [1]
     assert s3.get("models/v1/model.skops") == MODEL
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deleting a version (retention, spec.output.keepVersions).
+
+def test_a_deleted_version_is_gone_with_its_files_and_the_others_are_untouched(output_uri: str, make_metadata) -> None:
+    store = open_store(output_uri)
+    for version in (1, 2, 10):
+        store.commit_version(version, {"model.skops": MODEL, "model.onnx": b"graph"}, make_metadata(version, MODEL))
+    before = {v: store.read_file(v, "metadata.json") for v in (2, 10)}
+
+    store.delete_version(1)
+    assert store.versions() == [2, 10] and store.layout() == ([2, 10], [])
+    assert sorted(backend_for(store.base).list_keys(store.base)) == [
+        f"v{v}/{f}" for v in (10, 2) for f in ("metadata.json", "model.onnx", "model.skops")]
+    assert {v: store.read_file(v, "metadata.json") for v in (2, 10)} == before  # v1 is not a prefix of v10
+    with pytest.raises(ObjectNotFoundError, match="version 1 does not exist"):
+        store.read_metadata(1)
+    store.delete_version(1)  # again: nothing there, no error
+
+
+def test_deletion_removes_metadata_json_first_so_a_half_deleted_version_is_no_version(output_uri: str,
+                                                                                      make_metadata) -> None:
+    base = parse_uri(output_uri)
+    store = ArtifactStore(base, backend_for(base))
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+    store.commit_version(2, {"model.skops": MODEL}, make_metadata(2, MODEL))
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    class Recording:
+        """Notes the deletes, and dies at the first one that is not metadata.json (a crash mid-deletion)."""
+
+        def __getattr__(self, name):
+            method = getattr(backend_for(base), name)
+            if name not in ("delete", "delete_tree"):
+                return method
+
+            def recorded(uri):
+                calls.append(f"{name} {uri}")
+                if not str(uri).endswith("/metadata.json"):
+                    raise Interrupted
+                return method(uri)
+            return recorded
+
+    with pytest.raises(Interrupted):
+        ArtifactStore(base, Recording()).delete_version(1)
+    assert calls == [f"delete {output_uri}/v1/metadata.json", f"delete_tree {output_uri}/v1"]
+    # What is left is files without metadata.json: not a version, for every reader, and incomplete in the layout.
+    assert store.versions() == [2] and store.layout() == ([2], [1])
+    with pytest.raises(ObjectNotFoundError):
+        store.read_metadata(1)
+    assert store.read_file(1, "model.skops") == MODEL  # still there...
+    store.delete_version(1)  # ...until a later call finishes the job
+    assert store.layout() == ([2], [])
+
+
+def test_a_deletion_that_leaves_files_behind_says_so(tmp_path: Path, make_metadata) -> None:
+    base = parse_uri(f"file://{tmp_path}/models")
+    store = ArtifactStore(base, backend_for(base))
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+
+    class KeepsFiles:
+        def __getattr__(self, name):
+            return (lambda uri: None) if name == "delete_tree" else getattr(backend_for(base), name)
+
+    with pytest.raises(StorageError, match=r"v1: 1 file\(s\) could not be deleted \(model.skops\)"):
+        ArtifactStore(base, KeepsFiles()).delete_version(1)
+    assert store.versions() == []  # gone as a version all the same
+
+
+@pytest.mark.parametrize("output, uri, version", [
+    ("s3://bucket/models/churn", "s3://bucket/models/churn/v3", 3),
+    ("s3://bucket/models/churn/", "s3://bucket//models/churn/v12/", 12),
+    ("S3://bucket/models/churn", "s3://bucket/models/churn/v3", 3),
+    ("file:///data/models", "file:///data/./models/v1", 1),
+    ("pvc://claim/models", "pvc://claim/models/v7", 7),
+    ("s3://bucket/models/churn", "s3://bucket/models/churn-2/v3", None),
+    ("s3://bucket/models/churn", "s3://bucket/models/churn/sub/v3", None),
+    ("s3://bucket/models/churn", "s3://other/models/churn/v3", None),
+    ("s3://bucket/models/churn", "s3://bucket/models/churn", None),
+    ("s3://bucket/models/churn", "s3://bucket/models/churn/v0", None),
+    ("s3://bucket/models/churn", "ftp://bucket/models/churn/v3", None),
+    ("s3://bucket/models/churn", None, None),
+])
+def test_version_under_recognises_a_version_of_an_output_whatever_its_spelling(output, uri, version) -> None:
+    assert version_under(output, uri) == version

@@ -112,6 +112,55 @@ def test_a_jump_in_missing_values_is_drift_even_when_the_values_are_alike():
     assert not fk.drifted and fk.missing_p_value is None
 
 
+def _with_missing(rng: np.random.Generator, rows: int, missing: int) -> np.ndarray:
+    x = rng.standard_normal(rows)
+    x[rng.choice(rows, missing, replace=False)] = np.nan
+    return x
+
+
+# (missing in the reference, its rows, missing in the window, its rows, drift?): docs/drift.md, "Missing values".
+MISSING_CASES = [
+    pytest.param(0, 100_000, 4_900, 100_000, True, id="0%->4.9%-at-100k"),  # the absolute 0.05 missed this
+    pytest.param(5_000, 100_000, 0, 100_000, True, id="5%->0%-at-100k"),
+    pytest.param(5_000, 100_000, 5_100, 100_000, False, id="5.0%->5.1%-at-100k"),
+    pytest.param(50_000, 1_000_000, 51_000, 1_000_000, False, id="5.0%->5.1%-at-1M"),  # significant, immaterial
+    pytest.param(50_000, 100_000, 54_000, 100_000, False, id="50%->54%-at-100k"),
+    pytest.param(50_000, 100_000, 56_000, 100_000, True, id="50%->56%-at-100k"),
+    pytest.param(0, 500, 4, 500, False, id="0->4-of-500"),  # material, but too few to tell
+    pytest.param(0, 500, 9, 500, True, id="0->9-of-500"),
+    pytest.param(0, 20, 3, 20, False, id="0->3-of-20"),
+]
+
+
+@pytest.mark.parametrize("missing_ref, rows_ref, missing_cur, rows_cur, drift", MISSING_CASES)
+def test_a_change_of_the_missing_share_counts_relative_to_the_references(missing_ref, rows_ref, missing_cur,
+                                                                         rows_cur, drift):
+    rng = np.random.default_rng(rows_ref + missing_cur)
+    ref = build_reference({"x": _with_missing(rng, rows_ref, missing_ref)})
+    cur = count_into(empty_like(ref), {"x": _with_missing(rng, rows_cur, missing_cur)})
+    (f,) = detect(ref, cur, DriftConfig(min_samples=1)).features
+    assert f.missing_drifted is drift and f.drifted is drift
+    share_ref, share_cur = missing_ref / rows_ref, missing_cur / rows_cur
+    h = 2 * (np.arcsin(np.sqrt(share_cur)) - np.arcsin(np.sqrt(share_ref)))
+    assert f.missing_effect == pytest.approx(h) and (f.missing_reference, f.missing_current) == (share_ref, share_cur)
+
+
+def test_raw_values_judge_the_missing_share_alike():
+    rng = np.random.default_rng(26)
+    ref, cur = {"x": _with_missing(rng, 100_000, 0)}, {"x": _with_missing(rng, 100_000, 4_900)}
+    (f,) = detect_raw(ref, cur).features
+    assert f.missing_drifted and f.missing_p_value < 1e-100 and f.missing_effect == pytest.approx(0.4464, abs=1e-4)
+
+
+def test_the_missing_threshold_is_cohens_h_and_can_be_set_in_the_spec():
+    rng = np.random.default_rng(27)
+    ref = build_reference({"x": _with_missing(rng, 100_000, 0)})
+    cur = count_into(empty_like(ref), {"x": _with_missing(rng, 100_000, 4_900)})  # h = 0.446
+    assert detect(ref, cur, DriftConfig.from_spec({"thresholds": {"missing": 0.4}})).drifted == ["x"]
+    assert detect(ref, cur, DriftConfig.from_spec({"thresholds": {"missing": 0.5}})).drifted == []
+    assert detect(ref, cur, DriftConfig(missing_threshold=np.pi)).drifted == []  # pi: the check is off
+
+
 def test_a_feature_missing_entirely_in_the_window_has_no_score_but_drifts():
     ref = build_reference({"x": np.arange(1000.0), "y": np.arange(1000.0)})
     report = detect(ref, count_into(empty_like(ref), {"x": [np.nan] * 600, "y": np.arange(600.0)}))
@@ -144,16 +193,17 @@ def test_bonferroni_is_available_and_stricter_than_benjamini_hochberg(six_of_25)
 def test_config_from_a_drift_monitor_spec():
     config = DriftConfig.from_spec({"minSamples": 100, "tests": {"numerical": "ks"},
                                     "thresholds": {"score": 0.2, "pValue": 0.01, "driftShare": 0.3,
-                                                   "features": {"age": 0.05}}})
+                                                   "missing": 0.3, "features": {"age": 0.05}}})
     assert (config.numerical_test, config.categorical_test, config.min_samples) == ("ks", "jensenshannon", 100)
     assert config.threshold_for("age", "ks") == 0.05 and config.threshold_for("other", "chi2") == 0.2
-    assert (config.p_value, config.drift_share) == (0.01, 0.3)
+    assert (config.p_value, config.drift_share, config.missing_threshold) == (0.01, 0.3, 0.3)
     assert DriftConfig.from_spec(None) == DriftConfig()
 
 
 @pytest.mark.parametrize("change, message", [
     ({"numerical_test": "chi2"}, "numerical test 'chi2'"), ({"categorical_test": "ks"}, "categorical test 'ks'"),
     ({"correction": "holm"}, "correction 'holm'"), ({"p_value": 1.5}, "p_value"), ({"drift_share": 0}, "drift_share"),
+    ({"missing_threshold": -0.1}, "missing_threshold"), ({"missing_threshold": 4.0}, "missing_threshold"),
 ])
 def test_invalid_config_is_rejected_with_the_field(change, message):
     with pytest.raises(ValueError, match=message):
@@ -164,7 +214,8 @@ def test_report_is_json_serialisable(six_of_25):
     report = detect(*sketches(*six_of_25)).to_dict()
     text = json.dumps(report, allow_nan=False)
     feature = json.loads(text)["features"][0]
-    assert {"name", "kind", "test", "score", "threshold", "p_value", "drifted"} <= set(feature)
+    assert {"name", "kind", "test", "score", "threshold", "p_value", "drifted", "missing_p_value", "missing_effect",
+            "missing_drifted"} <= set(feature)
     assert json.loads(text)["dataset_drift"] is True
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon as scipy_jensenshannon
-from scipy.stats import chi2_contingency, ks_2samp, wasserstein_distance
+from scipy.stats import chi2_contingency, fisher_exact, ks_2samp, wasserstein_distance
 
 from modelloop.drift import stats
 from modelloop.drift.sketch import build_reference, count_into, empty_like
@@ -91,6 +91,21 @@ def test_chi2_matches_chi2_contingency_exactly():
 def test_chi2_of_one_category_or_an_empty_side_is_no_evidence():
     assert stats.chi2_test(np.array([5, 0]), np.array([7, 0]))[1] == 1.0
     assert stats.chi2_test(np.array([5, 3]), np.array([0, 0]))[1] == 1.0
+
+
+@pytest.mark.parametrize("table", [[[100_000, 0], [95_100, 4_900]], [[480, 20], [470, 30]], [[20, 0], [17, 3]],
+                                   [[0, 10], [5, 5]]])
+def test_missing_rate_test_is_fishers_exact_test(table):
+    (values_ref, missing_ref), (values_cur, missing_cur) = table
+    p_value = stats.missing_rate_test(missing_ref, values_ref + missing_ref, missing_cur, values_cur + missing_cur)
+    assert p_value == pytest.approx(fisher_exact(table).pvalue, rel=1e-12)
+
+
+def test_cohens_h_weighs_a_change_by_the_references_share():
+    assert stats.cohens_h(0.0, 1.0) == pytest.approx(np.pi) and stats.cohens_h(0.3, 0.3) == 0.0
+    assert stats.cohens_h(0.05, 0.0) == pytest.approx(-stats.cohens_h(0.0, 0.05))
+    # The same 5 points: large from 0%, smallest at 50%, where h = 0.1 is exactly 5 points.
+    assert stats.cohens_h(0.0, 0.05) > stats.cohens_h(0.2, 0.25) > stats.cohens_h(0.5, 0.55) == pytest.approx(0.1, abs=1e-3)
 
 
 def test_jensenshannon_matches_scipy_in_base_2():

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from botocore import UNSIGNED
 
-from modelloop.artifacts import ArtifactIntegrityError, StorageError, open_store, sha256_bytes
+from modelloop.artifacts import ArtifactIntegrityError, ObjectNotFoundError, StorageError, open_store, sha256_bytes
 from modelloop.artifacts.backends import _s3_client
 from modelloop.cache import BoundedCache
 from modelloop.config import SETTINGS, Settings
@@ -101,3 +101,17 @@ def test_verified_metadata_checks_model_onnx_against_metadata_too(tmp_path, monk
     (tmp_path / "models" / "v1" / "model.onnx").write_bytes(graph[::-1])  # same size, other bytes
     with pytest.raises(ArtifactIntegrityError, match="model.onnx: sha256 or size does not match metadata.json"):
         storage.verified_metadata("ns-onnx-tampered", uri, 1, storage.ANONYMOUS)
+
+
+def test_a_deleted_version_is_forgotten_for_every_namespace_and_credentials(local_store):
+    uri, _ = local_store
+    open_store(uri).commit_version(2, {"model.skops": MODEL}, metadata_for(2, MODEL))
+    keys = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    for namespace, credentials in (("team-a", storage.ANONYMOUS), ("team-b", keys)):
+        for version in (1, 2):
+            storage.verified_metadata(namespace, uri, version, credentials)
+    storage.delete_version(f"{uri}/", 1, storage.ANONYMOUS)  # spelled differently from the cached URIs
+    for namespace, credentials in (("team-a", storage.ANONYMOUS), ("team-b", keys)):
+        with pytest.raises(ObjectNotFoundError):
+            storage.verified_metadata(namespace, uri, 1, credentials)
+        assert storage.verified_metadata(namespace, uri, 2, credentials)["uri"].endswith("/v2")  # untouched

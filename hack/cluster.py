@@ -270,16 +270,19 @@ def locked():
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def hold_node() -> int:
-    """Take the machine's real node for this cluster: the pid of a process that holds NODE_LOCK until `down` stops
-    it (or the machine restarts). Waits while another checkout's cluster holds it; fails after NODE_WAIT_S."""
+def hold_node() -> subprocess.Popen:
+    """Take the machine's real node for this cluster: a process that holds NODE_LOCK until `down` stops it (or the
+    machine restarts). Waits while another checkout's cluster holds it; fails after NODE_WAIT_S. The holder keeps the
+    lock only once told `keep` (after the state naming it is saved): should `up` die before that, the holder's pipes
+    close and it lets go, instead of holding the node for a cluster nobody can stop."""
     NODE_LOCK.parent.mkdir(parents=True, exist_ok=True)
     owner = NODE_LOCK.with_name(NODE_LOCK.name + ".owner")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys, time\n"
          "fh = open(sys.argv[1], 'a')\nfcntl.flock(fh, fcntl.LOCK_EX)\nprint('held', flush=True)\n"
+         "if sys.stdin.readline().strip() != 'keep': sys.exit(0)\n"
          "while True: time.sleep(3600)", str(NODE_LOCK)],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+        stdout=subprocess.PIPE, stdin=subprocess.PIPE, start_new_session=True)
     started, announced = time.monotonic(), False
     while True:
         ready, _, _ = select.select([holder.stdout], [], [], 2.0)
@@ -297,7 +300,14 @@ def hold_node() -> int:
             announced = True
     holder.stdout.close()
     owner.write_text(str(STATE_DIR))
-    return holder.pid
+    return holder
+
+
+def keep_node(holder: subprocess.Popen | None) -> None:
+    """Tell the node's lock holder to keep the lock: the state that names it is saved."""
+    if holder is not None and holder.stdin and not holder.stdin.closed:
+        holder.stdin.write(b"keep\n")
+        holder.stdin.close()
 
 
 def down() -> None:
@@ -360,11 +370,13 @@ def up() -> dict:
     build_binaries()
     real_node = with_node()
     pids: dict[str, int] = {}
+    holder = None
     if real_node:
         node.require_root()
         built = images()  # before anything starts: a cold build takes minutes
         try:
-            pids["node-lock"] = hold_node()
+            holder = hold_node()
+            pids["node-lock"] = holder.pid
         except StartError as e:
             log(str(e))
             raise SystemExit(1)
@@ -387,6 +399,7 @@ def up() -> dict:
 
         def save() -> None:
             (STATE_DIR / "state.json").write_text(json.dumps(state, indent=2))
+            keep_node(holder)
 
         if real_node:
             node.setup_network(SERVICE_CIDR, (KWOK_POD_CIDR,))

@@ -7,7 +7,6 @@ the children (Deployment, Service, NetworkPolicy, HPA, PDB) with server-side app
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -18,85 +17,20 @@ from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
 from ..artifacts import split_version_uri
 from ..config import SETTINGS
-from ..names import (
-    ANNOTATION_MODEL_VERSION, API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER, TRAINING,
-    VERSION,
-)
-from ..promotion import should_promote
+from ..names import API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER, TRAINING, VERSION
+from ..reasons import PROBLEMS, DeploymentReason as R
 from ..render.deployment import (
-    ServedModel, render_deployment, render_hpa, render_network_policy,
-    render_pdb, render_service, selector_string, url,
+    ServedModel, render_deployment, render_hpa, render_network_policy, render_pdb, render_service, selector_string, url,
 )
-from ..reasons import PROBLEMS, DeploymentEvent as Event, DeploymentReason as R
-from ..status import Cond, changed_conditions, merge_conditions
+from ..rollout import (
+    ROLLBACK, Candidate, ModelUnavailable, Rollout, deployment_conditions, observe, phase_of, promote, roll_back,
+    rollback_version, rollout_state,
+)
+from ..status import changed_conditions, merge_conditions
 from . import storage
 
 
 KIND = DEPLOYMENT.kind
-
-
-@dataclass(frozen=True)
-class Candidate:
-    model: ServedModel
-    metric: dict | None
-    pinned: bool        # chosen explicitly (a fixed URI or a version number): no metric gate
-
-
-class ModelUnavailable(Exception):
-    """No version can be resolved; `stalled` when a user must act (not merely wait for a training)."""
-
-    def __init__(self, reason: str, message: str, stalled: bool):
-        super().__init__(message)
-        self.reason, self.message, self.stalled = reason, message, stalled
-
-
-# ----------------------------------------------------------------------------- pure decisions
-
-def rollout_state(dep: dict | None, version: int | None) -> str:
-    """Missing, Progressing, Available or Failed (past its progress deadline), for the rollout of `version`."""
-    if dep is None:
-        return "Missing"
-    annotations = dep["spec"]["template"]["metadata"].get("annotations") or {}
-    st = dep.get("status") or {}
-    if annotations.get(ANNOTATION_MODEL_VERSION) != str(version) or st.get("observedGeneration", 0) < dep["metadata"]["generation"]:
-        return "Progressing"
-    for c in st.get("conditions") or ():
-        if c["type"] == "Progressing" and c["status"] == "False" and c.get("reason") == R.PROGRESS_DEADLINE_EXCEEDED:
-            return "Failed"
-    want = dep["spec"].get("replicas", 1)
-    if (st.get("updatedReplicas", 0) >= want and st.get("availableReplicas", 0) >= want
-            and st.get("replicas", 0) == st.get("updatedReplicas", 0)):
-        return "Available"
-    return "Progressing"
-
-
-def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held: str | None,
-                          serving: int | None, dep: dict | None) -> list[Cond]:
-    st = (dep or {}).get("status") or {}
-    available = any(c["type"] == "Available" and c["status"] == "True" for c in st.get("conditions") or ())
-    conds = [Cond.of("Available", available, R.MINIMUM_REPLICAS_AVAILABLE if available else R.MINIMUM_REPLICAS_UNAVAILABLE,
-                     f"{st.get('availableReplicas', 0)} of {(dep or {}).get('spec', {}).get('replicas', 0)} replicas available")]
-    if unavailable and serving is None:
-        conds += [Cond.of("Progressing", False, unavailable.reason, unavailable.message),
-                  Cond.of("Reconciling", not unavailable.stalled, unavailable.reason, unavailable.message),
-                  Cond.of("Stalled", unavailable.stalled, unavailable.reason, unavailable.message),
-                  Cond.of("Ready", False, unavailable.reason, unavailable.message)]
-        return conds
-    progressing = state in ("Progressing", "Missing")
-    conds += [Cond.of("Progressing", progressing, R.ROLLING_OUT if progressing else R.ROLLOUT_COMPLETE,
-                      f"rolling out version {serving}" if progressing else f"version {serving} is rolled out"),
-              Cond.of("Reconciling", progressing, R.ROLLING_OUT if progressing else R.IDLE,
-                      f"rolling out version {serving}" if progressing else "")]
-    if state == "Failed":
-        msg = f"version {serving} did not become Available within the progress deadline and there is no earlier version to roll back to"
-        conds += [Cond.of("Stalled", True, R.PROGRESS_DEADLINE_EXCEEDED, msg), Cond.of("Ready", False, R.ROLLOUT_FAILED, msg)]
-        return conds
-    conds.append(Cond.of("Stalled", False, R.PROGRESSING if progressing else R.SERVING))
-    if state == "Available":
-        conds.append(Cond.of("Ready", True, R.SERVING, f"version {serving} is serving" + (f"; {held}" if held else "")))
-    else:
-        conds.append(Cond.of("Ready", False, R.ROLLING_OUT, f"version {serving} is rolling out"))
-    return conds
 
 
 # ----------------------------------------------------------------------------- model resolution
@@ -167,8 +101,6 @@ def _reconcile(namespace: str, name: str) -> None:
     md = obj["metadata"]
     generation = md.get("generation", 1)
     status: dict[str, Any] = dict(obj.get("status") or {})
-    events: list[tuple[str, str, str]] = []
-    counted: list[Any] = []  # metric counters, incremented once the status that records their cause is written
     try:
         spec = ModelDeploymentSpec.model_validate(obj["spec"])
     except ValidationError as e:
@@ -187,87 +119,46 @@ def _reconcile(namespace: str, name: str) -> None:
         unavailable = e
 
     dep = kube.get("apps/v1", "Deployment", namespace, name)
-    serving = status.get("modelVersion")
     target = _status_target(namespace, status, credentials)
-    state = rollout_state(dep, serving) if target else "Missing"
-    failed = list(status.get("failedVersions") or [])
+
+    r = Rollout(status, serving=status.get("modelVersion"), target=target, failed=list(status.get("failedVersions") or []),
+                state=rollout_state(dep, status.get("modelVersion")) if target else "Missing")
 
     # Roll back a rollout that missed its deadline to the last version that was Available.
-    if state == "Failed" and status.get("lastAvailableVersion") and status["lastAvailableVersion"] != serving:
-        back = status["lastAvailableVersion"]
+    back = rollback_version(r)
+    if back is not None:
         try:
             model, metric = _served(namespace, status["lastAvailableUri"], credentials)
         except Exception as e:  # noqa: BLE001
-            events.append(("Warning", Event.ROLLBACK_FAILED, f"cannot roll back to version {back}: {e}"))
+            roll_back(r, back, None, None, f"{e}", generation, spec.rollout.progress_deadline_seconds)
         else:
-            failed = sorted(set(failed) | {serving})[-20:]
-            status["rollbackGeneration"] = generation
-            events.append(("Warning", Event.ROLLED_BACK, f"version {serving} did not become Available within "
-                           f"{spec.rollout.progress_deadline_seconds}s; rolled back to version {back}"))
-            counted.append(metrics.ROLLBACKS.labels(namespace, name))
-            status.update(previousVersion=serving, modelVersion=back, modelUri=model.uri, modelSha256=model.sha256,
-                          modelMetadataSha256=model.metadata_sha256, metric=metric)
-            target, serving, state = model, back, "Progressing"
+            roll_back(r, back, model, metric, None, generation, spec.rollout.progress_deadline_seconds)
 
     # Promotion of the candidate.
-    held = None
-    if candidate and candidate.model.version != serving:
-        # A version that failed its rollout is not tried again by itself; a pinned one is retried
-        # once the user edits the spec after the rollback (their new intent).
-        retry = candidate.pinned and generation > (status.get("rollbackGeneration") or 0)
-        if candidate.model.version in failed and not retry:
-            held = (f"version {candidate.model.version} failed its rollout and is not retried"
-                    + ("; edit spec.model to retry it" if candidate.pinned else ""))
-            status.update(candidateVersion=candidate.model.version, promotionMessage=held)
-        else:
-            decision = None if candidate.pinned else should_promote(
-                spec.promotion, candidate.model.version, candidate.metric, serving, status.get("metric"))
-            if decision is None or decision.promote:
-                if serving is not None:
-                    status["previousVersion"] = serving
-                status.update(modelVersion=candidate.model.version, modelUri=candidate.model.uri,
-                              modelSha256=candidate.model.sha256,
-                              modelMetadataSha256=candidate.model.metadata_sha256, metric=candidate.metric,
-                              candidateVersion=None, promotionMessage=None)
-                if candidate.model.version in failed:  # a pinned retry of a version that failed before
-                    failed.remove(candidate.model.version)
-                target, serving, state = candidate.model, candidate.model.version, "Progressing"
-                events.append(("Normal", Event.PROMOTED, f"rolling out version {serving}"
-                               + (f" ({candidate.metric['name']}={candidate.metric['value']:.4g})" if candidate.metric else "")))
-                counted.append(metrics.PROMOTIONS.labels(namespace, name, "promoted"))
-            else:
-                held = decision.message
-                if status.get("promotionMessage") != held:
-                    events.append(("Normal", Event.PROMOTION_HELD, held))
-                    counted.append(metrics.PROMOTIONS.labels(namespace, name, decision.reason))
-                status.update(candidateVersion=candidate.model.version, promotionMessage=held)
-    elif candidate:
-        status.update(candidateVersion=None, promotionMessage=None)
+    if candidate:
+        promote(r, candidate, generation, spec.promotion)
 
     # Children.
-    if target:
-        dep = kube.apply(render_deployment(obj, spec, target))
+    if r.target:
+        dep = kube.apply(render_deployment(obj, spec, r.target))
         kube.apply(render_service(obj))
         kube.apply(render_network_policy(obj))
         _apply_optional(namespace, name, "autoscaling/v2", "HorizontalPodAutoscaler", render_hpa(obj, spec))
         _apply_optional(namespace, name, "policy/v1", "PodDisruptionBudget", render_pdb(obj, spec))
-        state = rollout_state(dep, serving) if state != "Failed" else state
-        if state == "Available" and status.get("lastAvailableVersion") != serving:
-            status.update(lastAvailableVersion=serving, lastAvailableUri=target.uri)
-            events.append(("Normal", Event.ROLLOUT_COMPLETE, f"version {serving} is Available"))
-        metrics.DEPLOYMENT_VERSION.labels(namespace, name).set(serving)
+        observe(r, rollout_state(dep, r.serving))
+        metrics.DEPLOYMENT_VERSION.labels(namespace, name).set(r.serving)
 
     dst = (dep or {}).get("status") or {}
     conditions = merge_conditions(status.get("conditions"),
-                                  deployment_conditions(state, unavailable, held, serving, dep), generation)
-    phase = ("Failed" if state == "Failed" else "Available" if state == "Available" else
-             "Pending" if target is None else "Progressing")
-    status.update(observedGeneration=generation, conditions=conditions, phase=phase, url=url(name, namespace),
+                                  deployment_conditions(r.state, unavailable, r.held, r.serving, dep), generation)
+    status.update(observedGeneration=generation, conditions=conditions, phase=phase_of(r), url=url(name, namespace),
                   replicas=dst.get("replicas", 0), readyReplicas=dst.get("readyReplicas", 0),
-                  selector=selector_string(name), failedVersions=failed or None)
+                  selector=selector_string(name), failedVersions=r.failed or None)
     kube.write_status(obj, status)
-    for counter in counted:
-        counter.inc()
+    for outcome in r.counts:  # once the status that records them is written
+        (metrics.ROLLBACKS.labels(namespace, name) if outcome == ROLLBACK
+         else metrics.PROMOTIONS.labels(namespace, name, outcome)).inc()
+    events = r.events
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"):
             events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",

@@ -14,8 +14,8 @@ import yaml
 
 from modelloop import reasons
 from modelloop.api import DriftMonitor, ModelDeployment, ModelTraining
-from modelloop.controllers.deployment import ModelUnavailable, deployment_conditions
-from modelloop.controllers.training import training_conditions
+from modelloop.rollout import ModelUnavailable, deployment_conditions
+from modelloop.runs import training_conditions
 from tests.fixtures.gitops import HEALTH_SCRIPTS, KINDS, ROOT, binary
 
 FIXTURES = ROOT / "tests" / "fixtures" / "argocd"

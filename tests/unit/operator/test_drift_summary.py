@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from modelloop.controllers.drift import summarize
+from modelloop.retrain import summarize
 from modelloop.drift import build_reference, count_into, detect, empty_like
 
 

@@ -4,8 +4,8 @@ import json
 import yaml
 
 from modelloop.api import ModelDeploymentSpec, ModelTrainingSpec
-from modelloop.controllers.deployment import rollout_state
-from modelloop.controllers.training import (
+from modelloop.rollout import rollout_state
+from modelloop.runs import (
     job_failure_message, job_outcome, next_version, onnx_skipped, wanted_trigger,
 )
 from modelloop.config import Settings

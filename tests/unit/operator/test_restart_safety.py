@@ -7,7 +7,7 @@ import pytest
 
 from modelloop import kube
 from modelloop.controllers import drift
-from modelloop.controllers.training import adopted_run
+from modelloop.runs import adopted_run
 from modelloop.drift import sketch as sketches
 
 

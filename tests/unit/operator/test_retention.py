@@ -14,7 +14,7 @@ from modelloop.api.training import DEFAULT_KEEP_VERSIONS
 from modelloop.artifacts import ObjectNotFoundError, open_store
 from modelloop.config import SETTINGS
 from modelloop.controllers import storage, training
-from modelloop.controllers.training import leftovers_to_remove, next_version, protected_versions, versions_to_prune
+from modelloop.runs import leftovers_to_remove, next_version, protected_versions, versions_to_prune
 from tests.unit.artifacts.conftest import metadata_for
 
 OUT = "s3://bucket/models/churn"

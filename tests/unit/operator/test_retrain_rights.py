@@ -6,8 +6,8 @@ import pytest
 
 from modelloop.api import DriftMonitorSpec
 from modelloop.api.training import RETRAIN_DATASET_ANNOTATION, LabelSelector, RetrainSpec
-from modelloop.controllers.drift import retrain_allowed, retrain_decision
-from modelloop.controllers.training import dataset_override
+from modelloop.retrain import retrain_allowed, retrain_decision
+from modelloop.runs import dataset_override
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 SPEC = DriftMonitorSpec.model_validate({"deploymentRef": {"name": "churn"}, "consecutive": 2,

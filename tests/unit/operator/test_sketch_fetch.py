@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from modelloop.controllers.drift import check_interval, fetch_snapshots, sketch_url
+from modelloop.controllers.drift import fetch_snapshots, sketch_url
+from modelloop.retrain import check_interval
 
 SKETCH = {"format": "modelloop.sketch/v1", "rows": 0, "features": []}
 

@@ -1,0 +1,73 @@
+"""A DriftMonitor's decisions, pure: its pace, whether a training lets it retrain, whether to request a retrain
+now, and the one-line summary of a window. The controller (controllers/drift.py) measures and acts."""
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from .api.drift import MIN_INTERVAL_SECONDS, DriftMonitorSpec
+from .api.training import RetrainSpec
+
+TOP_FEATURES = 5
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a Go-style duration ("90s", "5m", "1h30m", "250ms")."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"'{text}' is not a duration like 30s, 5m or 1h")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def check_interval(text: str | None) -> float:
+    """Seconds between checks: spec.interval, never below the schema's minimum (objects stored before
+    the schema had one keep a sane pace too)."""
+    try:
+        return max(float(MIN_INTERVAL_SECONDS), parse_duration(text or "60s"))
+    except ValueError:
+        return 60.0
+
+
+def retrain_allowed(training: dict, monitor: str, labels: dict[str, str]) -> bool:
+    """Whether the ModelTraining's spec.retrain lets this DriftMonitor request a retrain (default: no)."""
+    try:
+        rights = RetrainSpec.model_validate((training.get("spec") or {}).get("retrain") or {})
+    except ValidationError:
+        return False
+    return rights.allows(monitor, labels)
+
+
+def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str | None, training: dict | None,
+                     now: datetime, monitor: str = "", labels: dict[str, str] | None = None) -> tuple[bool, str]:
+    """Whether to request a retrain now, and why (not)."""
+    if spec.action.type != "retrain":
+        return False, "action is none: reporting only"
+    if consecutive < spec.consecutive:
+        return False, f"{consecutive} of {spec.consecutive} drifted windows in a row"
+    if training is None:
+        return False, "the ModelTraining to retrain was not found"
+    if not retrain_allowed(training, monitor, labels or {}):
+        return False, (f"ModelTraining {training['metadata']['name']} does not allow DriftMonitor {monitor} to "
+                       f"request retrains; list it in the training's spec.retrain.allowedMonitors or match "
+                       f"spec.retrain.monitorSelector")
+    tstatus = training.get("status") or {}
+    if tstatus.get("currentRun"):
+        return False, f"run {tstatus['currentRun']} is in progress"
+    if last_retrain:
+        since = (now - datetime.fromisoformat(last_retrain.replace("Z", "+00:00"))).total_seconds()
+        cooldown = parse_duration(spec.action.cooldown)
+        if since < cooldown:
+            return False, f"cooldown: last request {since:.0f}s ago, cooldown {cooldown:.0f}s"
+    return True, "drift persisted"
+
+
+def summarize(report: dict) -> str:
+    drifted = sorted((f for f in report["features"] if f["drifted"]), key=lambda f: -(f["score"] or 0.0))
+    top = ", ".join(f"{f['name']} {f['test']}={f['score'] or 0:.3g}" + (
+        f" missing {f['missing_reference']:.1%}->{f['missing_current']:.1%}" if f.get("missing_drifted") else "")
+        for f in drifted[:TOP_FEATURES])
+    return (f"{len(drifted)} of {len(report['features'])} features drifted "
+            f"(share {report['drift_share']:.2f}) in {report['samples']} rows" + (f": {top}" if top else ""))

@@ -109,7 +109,7 @@ def _reconcile(namespace: str, name: str) -> None:
     unavailable: ModelUnavailable | None = None
     candidate: Candidate | None = None
     if spec.storage is None:  # the servers read the artifacts with the training's credentials
-        spec = spec.model_copy(update={"storage": _training_storage(namespace, spec)})
+        spec = spec.model_copy(update={"storage": storage.deployment_storage(namespace, spec)})
     try:
         credentials = storage.credentials_from_secret(namespace, spec.storage)
         candidate = resolve_candidate(namespace, spec, credentials)
@@ -164,14 +164,6 @@ def _reconcile(namespace: str, name: str) -> None:
             events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",
                            c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
     kube.emit_events(obj, events)
-
-
-def _training_storage(namespace: str, spec: ModelDeploymentSpec):
-    """Without its own spec.storage, a deployment reads artifacts with its training's credentials."""
-    if not spec.model.from_training:
-        return None
-    training = kube.get(API, TRAINING.kind, namespace, spec.model.from_training)
-    return ModelTrainingSpec.model_validate(training["spec"]).storage if training else None
 
 
 def _apply_optional(namespace: str, name: str, api_version: str, kind: str, obj: dict | None) -> None:

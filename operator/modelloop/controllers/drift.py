@@ -36,7 +36,6 @@ from pydantic import ValidationError
 from .. import kube, metrics
 from ..api.deployment import SKETCH_PORT, ModelDeploymentSpec
 from ..api.drift import DriftMonitorSpec
-from ..api.training import ModelTrainingSpec
 from ..artifacts import datasets
 from ..config import SETTINGS
 from ..names import (
@@ -201,11 +200,7 @@ def serving_version(namespace: str, md: dict) -> Serving:
         raise Waiting(R.NO_SERVING_VERSION, f"ModelDeployment {md['metadata']['name']} serves no version yet")
     try:
         spec = ModelDeploymentSpec.model_validate(md["spec"])
-        secret = spec.storage
-        if secret is None and spec.model.from_training:
-            t = kube.get(API, TRAINING.kind, namespace, spec.model.from_training)
-            secret = ModelTrainingSpec.model_validate(t["spec"]).storage if t else None
-        creds = storage.credentials_from_secret(namespace, secret)
+        creds = storage.credentials_from_secret(namespace, storage.deployment_storage(namespace, spec))
         base = uri.rstrip("/")[: -len(f"/v{version}")]
         meta = storage.verified_metadata(namespace, base, version, creds, field="status.modelUri")["metadata"]
         sketches.validate(meta["reference"])

@@ -8,7 +8,8 @@ Everything the operator reads for a resource goes through here, under three rule
   runs with local storage enabled (MODELLOOP_OPERATOR_LOCAL_STORAGE, development only).
 - Reads are capped (model, metadata.json, datasets) and model files are hashed as they stream.
 
-Credentials are handed to the store objects only; they are never logged, put in events or in status.
+A ModelDeployment without its own spec.storage reads with its training's (deployment_storage), for its servers
+and for the DriftMonitors that watch it alike. Credentials are handed to the store objects only; they are never logged, put in events or in status.
 Verified metadata is cached per namespace, URI and credentials, in a bounded cache; a version deleted by
 retention is forgotten there, for every namespace and credentials.
 """
@@ -22,10 +23,13 @@ from typing import Any, Mapping
 
 from .. import kube
 from ..api.common import CREDENTIAL_KEYS, REQUIRED_CREDENTIAL_KEYS, StorageSpec
+from ..api.deployment import ModelDeploymentSpec
+from ..api.training import ModelTrainingSpec
 from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, decode_metadata, open_store, parse_uri, read_object,
                          sha256_bytes, version_under)
 from ..cache import BoundedCache
 from ..config import SETTINGS, Settings
+from ..names import API_VERSION, TRAINING
 
 Credentials = Mapping[str, str]
 ANONYMOUS: Credentials = MappingProxyType({})
@@ -49,6 +53,15 @@ def credentials_from_secret(namespace: str, storage: StorageSpec | None) -> Cred
     if missing:
         raise StorageAccessError(f"spec.storage.secretRef: Secret '{name}' lacks the key(s) {', '.join(missing)}")
     return MappingProxyType({k: base64.b64decode(v).decode() for k, v in data.items() if k in CREDENTIAL_KEYS})
+
+
+def deployment_storage(namespace: str, spec: ModelDeploymentSpec) -> StorageSpec | None:
+    """The storage a ModelDeployment reads its artifacts with: its own spec.storage, or else that of the
+    ModelTraining it follows (the servers read the store the training wrote)."""
+    if spec.storage is not None or not spec.model.from_training:
+        return spec.storage
+    training = kube.get(API_VERSION, TRAINING.kind, namespace, spec.model.from_training)
+    return ModelTrainingSpec.model_validate(training["spec"]).storage if training else None
 
 
 def check_allowed(uri: str, field: str, settings: Settings | None = None) -> None:

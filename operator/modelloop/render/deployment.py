@@ -67,8 +67,11 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
                   {"name": "sketch", "containerPort": SKETCH_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
                            "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 2},
+        # Loading and warming the model may be slow on a busy node: liveness counts only once the server answered.
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                         "periodSeconds": 2, "failureThreshold": 150, "timeoutSeconds": 2},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
-                          "initialDelaySeconds": 10, "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 3},
+                          "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 3},
         "resources": pods.resources(spec.resources, pods.DEFAULT_SERVER_RESOURCES),
         "securityContext": pods.container_security_context(),
         "volumeMounts": mounts,

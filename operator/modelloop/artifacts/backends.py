@@ -31,6 +31,8 @@ class Backend(Protocol):
     def write_new(self, uri: StorageUri, data: bytes) -> None:
         """Write only if nothing is there yet (atomically); VersionExistsError otherwise."""
     def move(self, src: StorageUri, dst: StorageUri) -> None: ...
+    def delete(self, uri: StorageUri) -> None:
+        """Remove one object; nothing there is no error."""
     def list_keys(self, prefix: StorageUri) -> Iterator[str]:
         """Paths of the objects below `prefix`, relative to it, skipping hidden (staging) folders."""
     def delete_tree(self, prefix: StorageUri) -> None: ...
@@ -86,6 +88,13 @@ class FileBackend:
         except OSError as exc:
             raise StorageError(f"{dst}: cannot move {source} to {target}: {exc.strerror or exc}") from None
         _fsync_dir(target.parent)
+
+    def delete(self, uri: StorageUri) -> None:
+        path = uri.local_path()
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{uri}: cannot delete {path}: {exc.strerror or exc}") from None
 
     def list_keys(self, prefix: StorageUri) -> Iterator[str]:
         root = prefix.local_path()
@@ -169,8 +178,11 @@ class S3Backend:
         with _s3_errors(dst, "write"):
             _s3_client(self._credentials).copy_object(Bucket=dst.location, Key=dst.path,
                                      CopySource={"Bucket": src.location, "Key": src.path})
-        with _s3_errors(src, "delete"):
-            _s3_client(self._credentials).delete_object(Bucket=src.location, Key=src.path)
+        self.delete(src)
+
+    def delete(self, uri: StorageUri) -> None:
+        with _s3_errors(uri, "delete"):
+            _s3_client(self._credentials).delete_object(Bucket=uri.location, Key=uri.path)
 
     def list_keys(self, prefix: StorageUri) -> Iterator[str]:
         base = f"{prefix.path}/" if prefix.path else ""

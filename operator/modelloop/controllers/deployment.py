@@ -31,7 +31,7 @@ API = "modelloop.dev/v1alpha1"
 KIND = "ModelDeployment"
 # Condition reasons that need someone's attention (Warning events); the rest is normal progress.
 PROBLEMS = frozenset({"RolloutFailed", "ProgressDeadlineExceeded", "TrainingNotFound", "ArtifactUnavailable",
-                      "SecretNotFound"})
+                      "SecretNotFound", "StorageUnavailable"})
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,22 @@ def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held
                   Cond.of("Ready", False, unavailable.reason, unavailable.message)]
         return conds
     progressing = state in ("Progressing", "Missing")
-    conds += [Cond.of("Progressing", progressing, "RollingOut" if progressing else "RolloutComplete",
-                      f"rolling out version {serving}" if progressing else f"version {serving} is rolled out"),
-              Cond.of("Reconciling", progressing, "RollingOut" if progressing else "Idle",
-                      f"rolling out version {serving}" if progressing else "")]
+    conds.append(Cond.of("Progressing", progressing, "RollingOut" if progressing else "RolloutComplete",
+                         f"rolling out version {serving}" if progressing else f"version {serving} is rolled out"))
+    if unavailable and unavailable.reason == "StorageUnavailable" and not progressing:
+        # Serving what it served, but a newer candidate cannot be looked at until the store answers.
+        conds.append(Cond.of("Reconciling", True, unavailable.reason, unavailable.message))
+    else:
+        conds.append(Cond.of("Reconciling", progressing, "RollingOut" if progressing else "Idle",
+                             f"rolling out version {serving}" if progressing else ""))
     if state == "Failed":
         msg = f"version {serving} did not become Available within the progress deadline and there is no earlier version to roll back to"
         conds += [Cond.of("Stalled", True, "ProgressDeadlineExceeded", msg), Cond.of("Ready", False, "RolloutFailed", msg)]
         return conds
     conds.append(Cond.of("Stalled", False, "Progressing" if progressing else "Serving"))
     if state == "Available":
-        conds.append(Cond.of("Ready", True, "Serving", f"version {serving} is serving" + (f"; {held}" if held else "")))
+        notes = [note for note in (held, unavailable and f"{unavailable.reason}: {unavailable.message}") if note]
+        conds.append(Cond.of("Ready", True, "Serving", "; ".join([f"version {serving} is serving", *notes])))
     else:
         conds.append(Cond.of("Ready", False, "RollingOut", f"version {serving} is rolling out"))
     return conds
@@ -150,6 +155,9 @@ def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: st
     except storage.StorageAccessError as e:
         raise ModelUnavailable("ArtifactUnavailable", str(e)[:1024], stalled=True) from e
     except Exception as e:  # noqa: BLE001 - unreadable or tampered artifacts are reported, never crash
+        if storage.store_unavailable(e):  # nothing wrong with the artifact as far as we know: wait for the store
+            raise ModelUnavailable("StorageUnavailable", f"the model store cannot be read: {e}"[:1024],
+                                   stalled=False) from e
         raise ModelUnavailable("ArtifactUnavailable", f"model artifact cannot be used: {e}"[:1024], stalled=False) from e
 
 
@@ -264,8 +272,13 @@ def _reconcile(namespace: str, name: str) -> None:
                   replicas=dst.get("replicas", 0), readyReplicas=dst.get("readyReplicas", 0),
                   selector=selector_string(name), failedVersions=failed or None)
     kube.write_status(obj, status)
+    reported: set[tuple[str, str]] = set()
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
-        if c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"):
+        # Ready and Stalled transitions; and a store that stopped answering while a version is served
+        wanted = ((c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"))
+                  or (c["type"] == "Reconciling" and c["reason"] == "StorageUnavailable"))
+        if wanted and (c["reason"], c["message"]) not in reported:
+            reported.add((c["reason"], c["message"]))
             events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",
                            c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
     kube.emit_events(obj, events)

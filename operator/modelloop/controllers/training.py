@@ -85,11 +85,17 @@ def next_version(status: dict, stored_versions: list[int]) -> int:
 
 
 def training_conditions(phase: str, runs: list[dict], latest: int | None, invalid: str | None,
-                        queued: bool) -> list[Cond]:
+                        queued: bool, store_problem: str | None = None) -> list[Cond]:
+    """`store_problem`: why the store could not be read this time (a run cannot start, or a finished run's
+    version cannot be checked yet); the controller tries again on its next reconcile."""
     last = runs[0] if runs else None
     running = bool(last and last["result"] == "Running")
-    conds = [Cond.of("Reconciling", running or queued, "RunInProgress" if running else ("RunQueued" if queued else "Idle"),
-                     f"run {last['job']} is training version {last['version']}" if running else "")]
+    if store_problem and not invalid:
+        conds = [Cond.of("Reconciling", True, "StorageUnavailable", store_problem)]
+    else:
+        conds = [Cond.of("Reconciling", running or queued,
+                         "RunInProgress" if running else ("RunQueued" if queued else "Idle"),
+                         f"run {last['job']} is training version {last['version']}" if running else "")]
     if invalid:
         conds += [Cond.of("Stalled", True, "InvalidSpec", invalid),
                   Cond.of("Ready", False, "InvalidSpec", invalid)]
@@ -173,6 +179,7 @@ def _reconcile(namespace: str, name: str) -> None:
 
     # 2. Fold finished Jobs into their runs.
     finished: list[dict] = []
+    store_problem = None
     for run in runs:
         if run["result"] != "Running":
             continue
@@ -180,13 +187,21 @@ def _reconcile(namespace: str, name: str) -> None:
         outcome = job_outcome(job) if job else "Failed"
         if outcome is None:
             continue
-        run["finishTime"] = kube.rfc3339()
-        finished.append(run)
+        meta, rejected = None, None
         if outcome == "Succeeded" and spec is not None:
             try:
                 meta = storage.verified_metadata(namespace, spec.output.uri, run["version"], credentials)
             except Exception as e:  # noqa: BLE001 - a bad artifact fails the run, never the operator
-                run.update(result="Failed", message=f"artifact v{run['version']} rejected: {e}"[:1024])
+                if storage.store_unavailable(e):  # the version may well be there: the run is not over yet
+                    store_problem = (f"run {run['job']} succeeded; its version {run['version']} cannot be checked "
+                                     f"until the store answers: {e}")[:1024]
+                    continue
+                rejected = e
+        run["finishTime"] = kube.rfc3339()
+        finished.append(run)
+        if outcome == "Succeeded" and spec is not None:
+            if rejected is not None:
+                run.update(result="Failed", message=f"artifact v{run['version']} rejected: {rejected}"[:1024])
             else:
                 run.update(result="Succeeded", metrics=meta["metrics"], artifact=meta["uri"])
                 skipped = onnx_skipped(meta["metadata"])
@@ -218,27 +233,36 @@ def _reconcile(namespace: str, name: str) -> None:
             status["handledRequest"] = request
             events.append(("Warning", "RetrainRefused", f"retrain request refused: {refused}"))
         else:
-            version = next_version(status, storage.stored_versions(spec.output.uri, credentials))
-            job = render_job(obj, effective_spec(spec, fresh), version, trigger)
             try:
-                kube.create(job)
-            except kube.Conflict:
-                pass  # created by an earlier attempt: the run is the same
-            run = {"version": version, "job": job_name(name, version), "trigger": trigger, "generation": generation,
-                   "startTime": kube.rfc3339(), "result": "Running"}
-            if trigger == "RetrainRequested":
-                run["reason"] = request[:1024]
-            if fresh:
-                run["reason"] = f"{run.get('reason', '')} (dataset {fresh})".strip()
-            runs.insert(0, run)
-            status["nextVersion"] = version + 1
-            if request:
-                status["handledRequest"] = request  # a run trains the newest spec: it answers any pending request
-            events.append(("Normal", "RunStarted", f"started run {run['job']} ({trigger}) for version {version}"))
+                stored = storage.stored_versions(spec.output.uri, credentials)
+            except Exception as e:  # noqa: BLE001 - reported in status; the next reconcile tries again
+                if not storage.store_unavailable(e):
+                    raise
+                stored = None
+                store_problem = f"no run can start until the store answers: {e}"[:1024]
+            if stored is not None:
+                version = next_version(status, stored)
+                job = render_job(obj, effective_spec(spec, fresh), version, trigger)
+                try:
+                    kube.create(job)
+                except kube.Conflict:
+                    pass  # created by an earlier attempt: the run is the same
+                run = {"version": version, "job": job_name(name, version), "trigger": trigger,
+                       "generation": generation, "startTime": kube.rfc3339(), "result": "Running"}
+                if trigger == "RetrainRequested":
+                    run["reason"] = request[:1024]
+                if fresh:
+                    run["reason"] = f"{run.get('reason', '')} (dataset {fresh})".strip()
+                runs.insert(0, run)
+                status["nextVersion"] = version + 1
+                if request:
+                    status["handledRequest"] = request  # a run trains the newest spec: it answers any pending one
+                events.append(("Normal", "RunStarted",
+                               f"started run {run['job']} ({trigger}) for version {version}"))
 
     runs = runs[:spec.history_limit if spec else 10]
     conditions = merge_conditions(status.get("conditions"), training_conditions(
-        phase_of(runs), runs, status.get("latestVersion"), invalid, bool(queued)), generation)
+        phase_of(runs), runs, status.get("latestVersion"), invalid, bool(queued), store_problem), generation)
     status.update(observedGeneration=generation, phase=phase_of(runs), runs=runs, conditions=conditions,
                   currentRun=next((r["job"] for r in runs if r["result"] == "Running"), None), queuedRequest=queued)
     kube.write_status(obj, status)
@@ -255,6 +279,8 @@ def _reconcile(namespace: str, name: str) -> None:
         if c["type"] in ("Stalled", "Ready") and (c["status"] == "True" or c["type"] == "Ready"):
             events.append(("Warning" if c["reason"] in ("InvalidSpec", "NoVersion") else "Normal", c["reason"],
                            c["message"] or f"{c['type']} is {c['status']}"))
+        elif c["type"] == "Reconciling" and c["reason"] == "StorageUnavailable":
+            events.append(("Warning", c["reason"], c["message"]))
     kube.emit_events(obj, events)
     if status.get("handledRequest") == request and RETRAIN_DATASET_ANNOTATION in annotations:
         _clear_dataset_override(namespace, name, annotations[RETRAIN_DATASET_ANNOTATION])

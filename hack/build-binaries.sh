@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build (or reuse) the binaries of the embedded control plane from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd,
-# kwok, helm, promtool and prometheus, the node's CoreDNS and metrics-server, and argocd-health (hack/argocd-health: Argo CD's
-# Lua health checks run the way Argo CD runs them). Each binary is cached as $CACHE/bin/<name>-<version> and
+# kwok, helm, promtool and prometheus, the node's CoreDNS and metrics-server, versitygw (the S3-compatible server of the
+# tests and the demo), and argocd-health (hack/argocd-health: Argo CD's Lua health checks run the way Argo CD runs them). Each binary is cached as $CACHE/bin/<name>-<version> and
 # rebuilt only when missing or when it does not report the expected version. Prints the bin directory on success.
 #
 # Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool prometheus
-#        coredns metrics-server argocd-health; default all)
+#        coredns metrics-server versitygw argocd-health; default all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -198,6 +198,12 @@ build_metrics-server() {
     "-X k8s.io/client-go/pkg/version.gitVersion=$METRICS_SERVER_VERSION"
 }
 
+# The S3-compatible server of the tests and the demo (tests/fixtures/s3.py, hack/demo.py), run with its posix
+# backend on a directory. Apache-2.0 (MinIO is AGPL).
+build_versitygw() {
+  go_install versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw "-X main.Version=$VERSITYGW_VERSION"
+}
+
 # The harness that runs the chart's Argo CD health checks (charts/modelloop/argocd/*.lua) in gopher-lua, the
 # interpreter Argo CD uses (its version is pinned in hack/argocd-health/go.mod). Our own source: its version is
 # a hash of that source, so an edit rebuilds it (a cold build takes seconds).
@@ -212,7 +218,7 @@ build_argocd-health() {
 }
 
 components=("$@")
-((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server argocd-health)
+((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server versitygw argocd-health)
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

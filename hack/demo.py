@@ -8,8 +8,8 @@ detects drift → retrain on fresh data (the example training allows the example
 spec.retrain) → the new version passes its gates and is rolled out with zero failed
 requests.
 
-Starts what it needs besides the cluster (started by make): a local S3-compatible server (moto) on the node
-address with the example data. Everything it starts is stopped by `make cluster-down`.
+Starts what it needs besides the cluster (started by make): a local S3-compatible server (versitygw, its posix
+backend on .cluster/demo/s3) on the node address with the example data. Everything it starts is stopped by `make cluster-down`.
 """
 from __future__ import annotations
 
@@ -107,8 +107,16 @@ def condition(st: dict, type_: str) -> dict:
 
 
 def start_s3() -> str:
+    """versitygw (hack/build-binaries.sh versitygw) serving .cluster/demo/s3, with the examples' demo
+    credentials (examples/training.yaml) as its root account."""
     host = node_address()
-    port = background("s3", [str(VENV_BIN / "moto_server"), "-H", host, "-p", "{port}"])
+    data = STATE_DIR / "demo" / "s3"
+    data.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([str(ROOT / "hack" / "build-binaries.sh"), "versitygw"], check=True, text=True,
+                         stdout=subprocess.PIPE).stdout
+    versitygw = Path(out.strip().splitlines()[-1]) / "versitygw"
+    port = background("s3", [str(versitygw), "--port", f"{host}:{{port}}", "--quiet", "posix", str(data)],
+                      env={"ROOT_ACCESS_KEY_ID": "demo", "ROOT_SECRET_ACCESS_KEY": "demo-secret"})
     endpoint = f"http://{host}:{port}"
 
     def up() -> bool:

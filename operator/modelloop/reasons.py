@@ -23,6 +23,7 @@ class TrainingReason(StrEnum):
     IDLE = "Idle"
     RUN_SUCCEEDED = "RunSucceeded"
     RUN_FAILED = "RunFailed"
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
 
 
 class DeploymentReason(StrEnum):
@@ -37,6 +38,7 @@ class DeploymentReason(StrEnum):
     TRAINING_NOT_FOUND = "TrainingNotFound"
     ARTIFACT_UNAVAILABLE = "ArtifactUnavailable"
     SECRET_NOT_FOUND = "SecretNotFound"
+    STORAGE_UNAVAILABLE = "StorageUnavailable"
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
     MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"
 
@@ -110,8 +112,11 @@ ROWS: dict[str, list[Row]] = {
             "a good version exists (`status.latestVersion`); the message says when the last run failed"),
         Row("Ready", "False", (T.TRAINING, T.NO_VERSION, T.INVALID_SPEC),
             "the first run is in progress; no run succeeded yet; the spec cannot be trained"),
-        Row("Reconciling", "True/False", (T.RUN_IN_PROGRESS, T.RUN_QUEUED, T.IDLE),
-            "a run is training; a retrain request waits for it; nothing to do"),
+        Row("Reconciling", "True/False", (T.RUN_IN_PROGRESS, T.RUN_QUEUED, T.STORAGE_UNAVAILABLE, T.IDLE),
+            "a run is training; a retrain request waits for it; the store of `spec.output.uri` did not answer "
+            "(unreachable, timed out, access refused): a wanted run cannot start, or a finished run's version cannot "
+            "be checked yet (the run stays `Running`), and the next reconcile tries again (a Warning Event); "
+            "nothing to do"),
         Row("Stalled", "True/False", (T.INVALID_SPEC, T.VALID),
             "the estimator class or its params are rejected (checked by constructing the estimator before any "
             "Job starts), or a Secret or store named by the spec cannot be used"),
@@ -122,18 +127,23 @@ ROWS: dict[str, list[Row]] = {
         Row("Ready", "True", (D.SERVING,),
             "the desired version is rolled out and Available (the message mentions a held-back candidate)"),
         Row("Ready", "False", (D.ROLLING_OUT, D.ROLLOUT_FAILED, D.WAITING_FOR_TRAINING, D.TRAINING_NOT_FOUND,
-                               D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND),
-            "a version is rolling out; it failed with nothing to roll back to; no version can be served yet"),
+                               D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND, D.STORAGE_UNAVAILABLE),
+            "a version is rolling out; it failed with nothing to roll back to; no version can be served yet "
+            "(`ArtifactUnavailable`: the version is missing or fails its checks; `StorageUnavailable`: the store did "
+            "not answer, retried by itself)"),
         Row("Available", "True/False", (D.MINIMUM_REPLICAS_AVAILABLE, D.MINIMUM_REPLICAS_UNAVAILABLE),
             "mirrors the child Deployment"),
         Row("Progressing", "True/False", (D.ROLLING_OUT, D.ROLLOUT_COMPLETE, D.WAITING_FOR_TRAINING,
-                                          D.TRAINING_NOT_FOUND, D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND),
+                                          D.TRAINING_NOT_FOUND, D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND,
+                                          D.STORAGE_UNAVAILABLE),
             "a version is being rolled out; or why none can be"),
         Row("Reconciling", "True/False", (D.ROLLING_OUT, D.IDLE, D.WAITING_FOR_TRAINING, D.TRAINING_NOT_FOUND,
-                                          D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND),
-            "True while work is in progress (a rollout, a first version awaited)"),
+                                          D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND, D.STORAGE_UNAVAILABLE),
+            "True while work is in progress (a rollout, a first version awaited); `StorageUnavailable` while "
+            "serving: the served version stays, a newer candidate waits until the store answers (a Warning Event)"),
         Row("Stalled", "True/False", (D.PROGRESS_DEADLINE_EXCEEDED, D.TRAINING_NOT_FOUND, D.SECRET_NOT_FOUND,
-                                      D.ARTIFACT_UNAVAILABLE, D.WAITING_FOR_TRAINING, D.PROGRESSING, D.SERVING),
+                                      D.ARTIFACT_UNAVAILABLE, D.WAITING_FOR_TRAINING, D.STORAGE_UNAVAILABLE,
+                                      D.PROGRESSING, D.SERVING),
             "True when a user must act: a rollout failed with nothing to roll back to, or a reference is wrong"),
     ],
     "DriftMonitor": [
@@ -151,7 +161,7 @@ EVENTS: dict[str, type[StrEnum]] = {"ModelTraining": TrainingEvent, "ModelDeploy
                                     "DriftMonitor": DriftEvent}
 # Condition reasons that need someone's attention: their transitions are Warning events.
 PROBLEMS = frozenset({D.ROLLOUT_FAILED, D.PROGRESS_DEADLINE_EXCEEDED, D.TRAINING_NOT_FOUND, D.ARTIFACT_UNAVAILABLE,
-                      D.SECRET_NOT_FOUND, T.INVALID_SPEC, T.NO_VERSION})
+                      D.SECRET_NOT_FOUND, D.STORAGE_UNAVAILABLE, T.INVALID_SPEC, T.NO_VERSION})
 
 
 def table(kind: str) -> str:

@@ -156,17 +156,22 @@ def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held
                   Cond.of("Ready", False, unavailable.reason, unavailable.message)]
         return conds
     progressing = state in ("Progressing", "Missing")
-    conds += [Cond.of("Progressing", progressing, R.ROLLING_OUT if progressing else R.ROLLOUT_COMPLETE,
-                      f"rolling out version {serving}" if progressing else f"version {serving} is rolled out"),
-              Cond.of("Reconciling", progressing, R.ROLLING_OUT if progressing else R.IDLE,
-                      f"rolling out version {serving}" if progressing else "")]
+    conds.append(Cond.of("Progressing", progressing, R.ROLLING_OUT if progressing else R.ROLLOUT_COMPLETE,
+                         f"rolling out version {serving}" if progressing else f"version {serving} is rolled out"))
+    if unavailable and unavailable.reason == R.STORAGE_UNAVAILABLE and not progressing:
+        # Serving what it served, but a newer candidate cannot be looked at until the store answers.
+        conds.append(Cond.of("Reconciling", True, unavailable.reason, unavailable.message))
+    else:
+        conds.append(Cond.of("Reconciling", progressing, R.ROLLING_OUT if progressing else R.IDLE,
+                             f"rolling out version {serving}" if progressing else ""))
     if state == "Failed":
         msg = f"version {serving} did not become Available within the progress deadline and there is no earlier version to roll back to"
         conds += [Cond.of("Stalled", True, R.PROGRESS_DEADLINE_EXCEEDED, msg), Cond.of("Ready", False, R.ROLLOUT_FAILED, msg)]
         return conds
     conds.append(Cond.of("Stalled", False, R.PROGRESSING if progressing else R.SERVING))
     if state == "Available":
-        conds.append(Cond.of("Ready", True, R.SERVING, f"version {serving} is serving" + (f"; {held}" if held else "")))
+        notes = [note for note in (held, unavailable and f"{unavailable.reason}: {unavailable.message}") if note]
+        conds.append(Cond.of("Ready", True, R.SERVING, "; ".join([f"version {serving} is serving", *notes])))
     else:
         conds.append(Cond.of("Ready", False, R.ROLLING_OUT, f"version {serving} is rolling out"))
     return conds

@@ -118,11 +118,17 @@ def leftovers_to_remove(incomplete: list[int], committed: list[int], protected: 
 
 
 def training_conditions(phase: str, runs: list[dict], latest: int | None, invalid: str | None,
-                        queued: bool) -> list[Cond]:
+                        queued: bool, store_problem: str | None = None) -> list[Cond]:
+    """`store_problem`: why the store could not be read this time (a run cannot start, or a finished run's
+    version cannot be checked yet); the controller tries again on its next reconcile."""
     last = runs[0] if runs else None
     running = bool(last and last["result"] == "Running")
-    conds = [Cond.of("Reconciling", running or queued, R.RUN_IN_PROGRESS if running else (R.RUN_QUEUED if queued else R.IDLE),
-                     f"run {last['job']} is training version {last['version']}" if running else "")]
+    if store_problem and not invalid:
+        conds = [Cond.of("Reconciling", True, R.STORAGE_UNAVAILABLE, store_problem)]
+    else:
+        conds = [Cond.of("Reconciling", running or queued,
+                         R.RUN_IN_PROGRESS if running else (R.RUN_QUEUED if queued else R.IDLE),
+                         f"run {last['job']} is training version {last['version']}" if running else "")]
     if invalid:
         conds += [Cond.of("Stalled", True, R.INVALID_SPEC, invalid),
                   Cond.of("Ready", False, R.INVALID_SPEC, invalid)]

@@ -179,8 +179,7 @@ class S3Backend:
         with _s3_errors(dst, "write"):
             _s3_client(self._credentials).copy_object(Bucket=dst.location, Key=dst.path,
                                      CopySource={"Bucket": src.location, "Key": src.path})
-        with _s3_errors(src, "delete"):
-            _s3_client(self._credentials).delete_object(Bucket=src.location, Key=src.path)
+        self.delete(src)
 
     def list_keys(self, prefix: StorageUri) -> Iterator[str]:
         base = f"{prefix.path}/" if prefix.path else ""

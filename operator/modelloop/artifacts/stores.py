@@ -1,8 +1,10 @@
 """The versioned artifact store: `<output>/v<N>/` holding model files and metadata.json.
 
 A version exists once its metadata.json exists. commit_version stages the files under a hidden
-`<output>/.staging/` prefix, moves them to `v<N>/`, then creates metadata.json only if it is absent
-(an exclusive create), so a reader never sees a half-written version and a committed one never changes.
+`<output>/.staging/` prefix, claims the version (an exclusive create of `.staging/v<N>.claim`), moves
+them to `v<N>/`, then creates metadata.json only if it is absent (an exclusive create), so a reader never
+sees a half-written version, a committed one never changes, and of two writers racing for one version
+only the one holding the claim ever writes into `v<N>/`.
 delete_version goes the other way: metadata.json first, then the files, so a reader never takes what
 is left of a half-deleted version for a version.
 """
@@ -118,9 +120,15 @@ class ArtifactStore:
             raise VersionExistsError(f"version {version} already exists at {target}; versions are immutable")
 
         staging = self.base.child(".staging", f"v{version}-{uuid.uuid4().hex[:12]}")
+        claim = self.base.child(".staging", f"v{version}.claim")
+        claimed = False
         try:
             for name, data in files.items():
                 self._backend.write(staging.child(name), data)
+            owner = parsed.training.model_dump(include={"namespace", "name", "uid", "run"})
+            claimed = self._claim(version, claim, owner)
+            if self._backend.exists(target.child(METADATA_FILE)):  # committed before our claim: by its holder
+                raise VersionExistsError(f"version {version} already exists at {target}; versions are immutable")
             for name in files:
                 self._backend.move(staging.child(name), target.child(name))
             body = json.dumps(metadata, indent=2, sort_keys=False, allow_nan=False).encode() + b"\n"
@@ -134,7 +142,44 @@ class ArtifactStore:
                 self._backend.delete_tree(staging)
             except StorageError:
                 pass  # a hidden leftover; readers never look under .staging
+            if claimed:  # this writer writes nothing more: another may claim the version (and find it committed)
+                try:
+                    self._backend.delete(claim)
+                except StorageError:
+                    pass  # left behind: only a retry of the same run takes it over
         return str(target)
+
+    def _claim(self, version: int, claim: StorageUri, owner: dict[str, Any]) -> bool:
+        """Become the one writer of `v<version>/` (True), or raise VersionExistsError naming the writer that is.
+
+        Moving files into `v<N>/` and creating metadata.json are two steps on S3; without the claim, a writer
+        that loses the metadata.json race could still have replaced the winner's model file. The claim is an
+        exclusive create, deleted when its holder is done. One left by a killed attempt is taken over only by
+        a retry of the same run (same training uid and run: a Job runs its pods one at a time); any other
+        writer is refused while it is there (what a killed writer without a run leaves stays until deleted).
+        """
+        body = json.dumps(owner, sort_keys=True).encode()
+        for _ in range(3):
+            try:
+                self._backend.write_new(claim, body)
+                return True
+            except VersionExistsError:
+                pass
+            try:
+                holder = json.loads(self._backend.read(claim))
+            except ObjectNotFoundError:
+                continue  # released meanwhile: claim again
+            except ValueError:
+                holder = {}
+            if holder == owner and owner.get("uid") and owner.get("run"):
+                return True  # left by an earlier attempt of this run, which is over
+            who = (f"run {holder.get('run')} of ModelTraining {holder.get('namespace')}/{holder.get('name')}"
+                   if holder.get("run") else "a writer without a training run")
+            raise VersionExistsError(f"version {version} is being committed by another writer ({who}) at "
+                                     f"{self._version_dir(version)}; versions are immutable (if that writer is "
+                                     f"gone, delete {claim} to release the version)")
+        raise VersionExistsError(f"version {version} is being claimed by other writers at "
+                                 f"{self._version_dir(version)}; versions are immutable")
 
     def _metadata_source(self, version: int) -> str:
         return str(self._version_dir(version).child(METADATA_FILE))

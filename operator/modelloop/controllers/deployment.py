@@ -85,6 +85,9 @@ def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: st
     except storage.StorageAccessError as e:
         raise ModelUnavailable(R.ARTIFACT_UNAVAILABLE, str(e)[:1024], stalled=True) from e
     except Exception as e:  # noqa: BLE001 - unreadable or tampered artifacts are reported, never crash
+        if storage.store_unavailable(e):  # nothing wrong with the artifact as far as we know: wait for the store
+            raise ModelUnavailable(R.STORAGE_UNAVAILABLE, f"the model store cannot be read: {e}"[:1024],
+                                   stalled=False) from e
         raise ModelUnavailable(R.ARTIFACT_UNAVAILABLE, f"model artifact cannot be used: {e}"[:1024], stalled=False) from e
 
 
@@ -159,8 +162,13 @@ def _reconcile(namespace: str, name: str) -> None:
         (metrics.ROLLBACKS.labels(namespace, name) if outcome == ROLLBACK
          else metrics.PROMOTIONS.labels(namespace, name, outcome)).inc()
     events = r.events
+    reported: set[tuple[str, str]] = set()
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
-        if c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"):
+        # Ready and Stalled transitions; and a store that stopped answering while a version is served
+        wanted = ((c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"))
+                  or (c["type"] == "Reconciling" and c["reason"] == R.STORAGE_UNAVAILABLE))
+        if wanted and (c["reason"], c["message"]) not in reported:
+            reported.add((c["reason"], c["message"]))
             events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",
                            c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
     kube.emit_events(obj, events)

@@ -25,8 +25,8 @@ from .. import kube
 from ..api.common import CREDENTIAL_KEYS, REQUIRED_CREDENTIAL_KEYS, StorageSpec
 from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
-from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, decode_metadata, open_store, parse_uri, read_object,
-                         sha256_bytes, version_under)
+from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, ObjectNotFoundError, StorageError, decode_metadata,
+                         open_store, parse_uri, read_object, sha256_bytes, version_under)
 from ..cache import BoundedCache
 from ..config import SETTINGS, Settings
 from ..names import API_VERSION, TRAINING
@@ -38,6 +38,12 @@ LOCAL_SCHEMES = ("file", "pvc")
 
 class StorageAccessError(RuntimeError):
     """The store cannot be used for this resource (a missing Secret or key, a refused scheme)."""
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """The store did not serve the request (unreachable, timed out, refused access, an S3 error): the same
+    read can succeed later, unlike an object that is missing or does not match its metadata."""
+    return isinstance(error, StorageError) and not isinstance(error, ObjectNotFoundError)
 
 
 def credentials_from_secret(namespace: str, storage: StorageSpec | None) -> Credentials:

@@ -21,7 +21,7 @@ from ..api.training import ModelTrainingSpec
 from ..artifacts import version_under
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..names import API_VERSION, LABEL_TRAINING, LABEL_VERSION, RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, TRAINING
-from ..reasons import PROBLEMS, RunTrigger as Trigger, TrainingEvent as Event
+from ..reasons import PROBLEMS, RunTrigger as Trigger, TrainingEvent as Event, TrainingReason as R
 from ..render.training import effective_spec, job_name, render_job
 from ..runs import (
     adopted_run, dataset_override, fold_failed, fold_succeeded, job_failure_message, job_outcome, leftovers_to_remove,
@@ -80,6 +80,7 @@ def _reconcile(namespace: str, name: str) -> None:
 
     # 2. Fold finished Jobs into their runs.
     finished: list[dict] = []
+    store_problem = None
     for run in runs:
         if run["result"] != "Running":
             continue
@@ -87,17 +88,22 @@ def _reconcile(namespace: str, name: str) -> None:
         outcome = job_outcome(job) if job else "Failed"
         if outcome is None:
             continue
-        finished.append(run)
         if outcome == "Succeeded" and spec is not None:
             try:
                 meta = storage.verified_metadata(namespace, spec.output.uri, run["version"], credentials)
             except Exception as e:  # noqa: BLE001 - a bad artifact fails the run, never the operator
+                if storage.store_unavailable(e):  # the version may well be there: the run is not over yet
+                    store_problem = (f"run {run['job']} succeeded; its version {run['version']} cannot be checked "
+                                     f"until the store answers: {e}")[:1024]
+                    continue
                 fold_failed(run, f"artifact v{run['version']} rejected: {e}", kube.rfc3339())
             else:
                 fold_succeeded(run, status, meta, kube.rfc3339())
+            finished.append(run)
         else:
             pods = kube.list_("v1", "Pod", namespace, f"job-name={run['job']}") if job else []
             fold_failed(run, job_failure_message(job, pods) if job else "the training Job disappeared", kube.rfc3339())
+            finished.append(run)
         events.append(run_event(run, status))
 
     # 3. Retention: once a run has ended, versions beyond spec.output.keepVersions leave the store.
@@ -116,27 +122,36 @@ def _reconcile(namespace: str, name: str) -> None:
             status["handledRequest"] = request
             events.append(("Warning", Event.RETRAIN_REFUSED, f"retrain request refused: {refused}"))
         else:
-            version = next_version(status, storage.stored_versions(spec.output.uri, credentials))
-            job = render_job(obj, effective_spec(spec, fresh), version, trigger)
             try:
-                kube.create(job)
-            except kube.Conflict:
-                pass  # created by an earlier attempt: the run is the same
-            run = {"version": version, "job": job_name(name, version), "trigger": trigger, "generation": generation,
-                   "startTime": kube.rfc3339(), "result": "Running"}
-            if trigger == Trigger.RETRAIN_REQUESTED:
-                run["reason"] = request[:1024]
-            if fresh:
-                run["reason"] = f"{run.get('reason', '')} (dataset {fresh})".strip()
-            runs.insert(0, run)
-            status["nextVersion"] = version + 1
-            if request:
-                status["handledRequest"] = request  # a run trains the newest spec: it answers any pending request
-            events.append(("Normal", Event.RUN_STARTED, f"started run {run['job']} ({trigger}) for version {version}"))
+                stored = storage.stored_versions(spec.output.uri, credentials)
+            except Exception as e:  # noqa: BLE001 - reported in status; the next reconcile tries again
+                if not storage.store_unavailable(e):
+                    raise
+                stored = None
+                store_problem = f"no run can start until the store answers: {e}"[:1024]
+            if stored is not None:
+                version = next_version(status, stored)
+                job = render_job(obj, effective_spec(spec, fresh), version, trigger)
+                try:
+                    kube.create(job)
+                except kube.Conflict:
+                    pass  # created by an earlier attempt: the run is the same
+                run = {"version": version, "job": job_name(name, version), "trigger": trigger,
+                       "generation": generation, "startTime": kube.rfc3339(), "result": "Running"}
+                if trigger == Trigger.RETRAIN_REQUESTED:
+                    run["reason"] = request[:1024]
+                if fresh:
+                    run["reason"] = f"{run.get('reason', '')} (dataset {fresh})".strip()
+                runs.insert(0, run)
+                status["nextVersion"] = version + 1
+                if request:
+                    status["handledRequest"] = request  # a run trains the newest spec: it answers any pending one
+                events.append(("Normal", Event.RUN_STARTED,
+                               f"started run {run['job']} ({trigger}) for version {version}"))
 
     runs = runs[:spec.history_limit if spec else 10]
     conditions = merge_conditions(status.get("conditions"), training_conditions(
-        phase_of(runs), runs, status.get("latestVersion"), invalid, bool(queued)), generation)
+        phase_of(runs), runs, status.get("latestVersion"), invalid, bool(queued), store_problem), generation)
     status.update(observedGeneration=generation, phase=phase_of(runs), runs=runs, conditions=conditions,
                   currentRun=next((r["job"] for r in runs if r["result"] == "Running"), None), queuedRequest=queued)
     kube.write_status(obj, status)
@@ -153,6 +168,8 @@ def _reconcile(namespace: str, name: str) -> None:
         if c["type"] in ("Stalled", "Ready") and (c["status"] == "True" or c["type"] == "Ready"):
             events.append(("Warning" if c["reason"] in PROBLEMS else "Normal", c["reason"],
                            c["message"] or f"{c['type']} is {c['status']}"))
+        elif c["type"] == "Reconciling" and c["reason"] == R.STORAGE_UNAVAILABLE:
+            events.append(("Warning", c["reason"], c["message"]))
     kube.emit_events(obj, events)
     if status.get("handledRequest") == request and RETRAIN_DATASET_ANNOTATION in annotations:
         _clear_dataset_override(namespace, name, annotations[RETRAIN_DATASET_ANNOTATION])

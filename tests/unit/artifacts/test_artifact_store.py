@@ -95,7 +95,7 @@ class RecordingBackend:
 
     def __getattr__(self, name: str):
         method = getattr(self.inner, name)
-        if name not in ("write", "move", "write_new"):
+        if name not in ("write", "move", "write_new", "delete"):
             return method
 
         def recorded(*args):
@@ -104,17 +104,74 @@ class RecordingBackend:
         return recorded
 
 
-def test_commit_stages_files_then_moves_them_then_creates_metadata_last(output_uri: str, make_metadata) -> None:
+def test_commit_stages_files_claims_the_version_moves_them_then_creates_metadata_last(output_uri: str,
+                                                                                       make_metadata) -> None:
     base = parse_uri(output_uri)
     backend = RecordingBackend(backend_for(base))
     ArtifactStore(base, backend).commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
 
     staged = f"{output_uri}/.staging/"
-    assert [c.split(" ")[0] for c in backend.calls] == ["write", "move", "write_new"]
+    assert [c.split(" ")[0] for c in backend.calls] == ["write", "write_new", "move", "write_new", "delete"]
     assert backend.calls[0].startswith(f"write {staged}") and backend.calls[0].endswith("/model.skops")
-    assert backend.calls[1].endswith(f" {output_uri}/v1/model.skops")
-    assert backend.calls[2] == f"write_new {output_uri}/v1/metadata.json"
+    assert backend.calls[1] == f"write_new {staged}v1.claim"
+    assert backend.calls[2].endswith(f" {output_uri}/v1/model.skops")
+    assert backend.calls[3] == f"write_new {output_uri}/v1/metadata.json"
+    assert backend.calls[4] == f"delete {staged}v1.claim"
     assert sorted(backend.list_keys(base)) == ["v1/metadata.json", "v1/model.skops"]  # staging cleaned up
+    assert not backend.exists(base.child(".staging", "v1.claim"))
+
+
+def _claim(store: ArtifactStore, version: int, training: dict) -> None:
+    """What a writer killed while holding the claim of `version` leaves behind."""
+    owner = {key: training.get(key) for key in ("namespace", "name", "uid", "run")}
+    backend_for(store.base).write(store.base.child(".staging", f"v{version}.claim"),
+                                  json.dumps(owner, sort_keys=True).encode())
+
+
+def test_a_version_claimed_by_another_run_is_refused_and_its_folder_left_alone(output_uri: str,
+                                                                                make_metadata) -> None:
+    store = open_store(output_uri)
+    other = {**make_metadata(1, b"other")["training"], "name": "other", "uid": "u-2", "run": "other-v1"}
+    _claim(store, 1, other)
+    backend_for(store.base).write(store.base.child("v1", "model.skops"), b"the other run's file")
+
+    with pytest.raises(VersionExistsError, match=r"version 1 is being committed by another writer \(run other-v1 of "
+                                                 r"ModelTraining default/other\).*delete .*/\.staging/v1\.claim"):
+        store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+    assert store.read_file(1, "model.skops") == b"the other run's file" and store.versions() == []
+
+
+def test_a_claim_left_by_a_killed_attempt_of_the_same_run_is_taken_over(output_uri: str, make_metadata) -> None:
+    store = open_store(output_uri)
+    _claim(store, 1, make_metadata(1, MODEL)["training"])  # the pod before this retry died holding it
+    backend_for(store.base).write(store.base.child("v1", "model.skops"), b"half of a dead run")
+
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+    assert store.versions() == [1] and store.read_file(1, "model.skops") == MODEL
+    assert not backend_for(store.base).exists(store.base.child(".staging", "v1.claim"))
+
+
+def test_a_writer_that_claims_a_version_committed_meanwhile_writes_nothing(output_uri: str, make_metadata) -> None:
+    """The other writer committed and released its claim between this writer's first check and its claim."""
+    base = parse_uri(output_uri)
+    store = open_store(output_uri)
+    store.commit_version(1, {"model.skops": MODEL}, make_metadata(1, MODEL))
+
+    class LateBackend(RecordingBackend):
+        first_check = True
+
+        def exists(self, uri: StorageUri) -> bool:
+            if uri.path.endswith("v1/metadata.json") and self.first_check:
+                self.first_check = False
+                return False  # this check ran before the other writer committed
+            return self.inner.exists(uri)
+
+    backend = LateBackend(backend_for(base))
+    with pytest.raises(VersionExistsError, match="version 1 already exists"):
+        ArtifactStore(base, backend).commit_version(1, {"model.skops": b"late"}, make_metadata(1, b"late"))
+    assert not any(c.startswith("move") or c.endswith("v1/metadata.json") for c in backend.calls)
+    assert store.read_file(1, "model.skops") == MODEL
+    assert not backend.exists(base.child(".staging", "v1.claim"))
 
 
 def test_commit_refuses_metadata_that_does_not_describe_the_version(output_uri: str, make_metadata) -> None:

@@ -32,6 +32,7 @@ CASES = [
     ("ModelTraining", "no-status", "Progressing", "waiting for the operator"),
     ("ModelTraining", "paused", "Suspended", "modelloop.dev/reconcile: disabled"),
     ("ModelTraining", "suspended", "Suspended", "spec.suspend"),
+    ("ModelTraining", "storage-unavailable", "Progressing", "StorageUnavailable: no run can start until the store"),
     ("ModelDeployment", "ready", "Healthy", "Serving: version 1 is serving"),
     ("ModelDeployment", "rolling-out", "Progressing", "RollingOut: rolling out version 1"),
     ("ModelDeployment", "waiting-for-training", "Progressing", "WaitingForTraining"),
@@ -42,6 +43,7 @@ CASES = [
     ("ModelDeployment", "stale-generation", "Progressing", "observe generation 3 (observed 2)"),
     ("ModelDeployment", "no-status", "Progressing", "waiting for the operator"),
     ("ModelDeployment", "paused", "Suspended", "modelloop.dev/reconcile: disabled"),
+    ("ModelDeployment", "storage-unavailable", "Progressing", "StorageUnavailable: the model store cannot be read"),
     ("DriftMonitor", "ready", "Healthy", "Checked: checked 1200 rows against version 1"),
     ("DriftMonitor", "drift-detected", "Healthy", "DatasetDrift: 2 of 3 features drifted"),
     ("DriftMonitor", "insufficient-samples", "Healthy", "InsufficientSamples"),
@@ -90,14 +92,15 @@ def _training_triples() -> set[tuple[str, str, str]]:
     runs = [[], [{"result": "Running", "job": "j", "version": 1}], [{"result": "Succeeded", "version": 1}],
             [{"result": "Failed", "version": 1, "message": "m"}]]
     out = set()
-    for r, latest, invalid, queued in itertools.product(runs, (None, 1), (None, "bad"), (False, True)):
-        out |= _triples(training_conditions("", r, latest, invalid, queued))
+    for r, latest, invalid, queued, store in itertools.product(runs, (None, 1), (None, "bad"), (False, True),
+                                                               (None, "store down")):
+        out |= _triples(training_conditions("", r, latest, invalid, queued, store))
     return out
 
 
 def _deployment_triples() -> set[tuple[str, str, str]]:
     out = set()
-    reasons = ("WaitingForTraining", "TrainingNotFound", "ArtifactUnavailable", "SecretNotFound")
+    reasons = ("WaitingForTraining", "TrainingNotFound", "ArtifactUnavailable", "SecretNotFound", "StorageUnavailable")
     unavailable = [None] + [ModelUnavailable(r, "m", s) for r in reasons for s in (False, True)]
     deps = [None, {"spec": {"replicas": 1}, "status": {"conditions": [{"type": "Available", "status": "True"}]}}]
     for state, u, serving, dep in itertools.product(("Missing", "Progressing", "Available", "Failed"), unavailable,

@@ -548,8 +548,9 @@ def wait_api_service(name: str, pid: int, logs: Path, timeout: float = 90) -> No
     raise StartError(f"APIService {name} not Available after {timeout:.0f}s:\n{tail(logs / 'metrics-server.log')}")
 
 
-def create_kwok_nodes() -> None:
-    for name in KWOK_NODES:
+def create_kwok_nodes(names: tuple[str, ...] = KWOK_NODES) -> None:
+    """Simulated nodes (kwok) of 110 pods each; a benchmark adds more for more pods."""
+    for name in names:
         node = {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
@@ -564,10 +565,10 @@ def create_kwok_nodes() -> None:
         kubectl("apply", "-f", "-", input=json.dumps(node))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        out = kubectl("get", "nodes", "-l", "type=kwok", "-o",
+        out = kubectl("get", "nodes", *names, "-o",
                       "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
                       check=False).stdout.split()
-        if len(out) == len(KWOK_NODES) and all(s == "True" for s in out):
+        if len(out) == len(names) and all(s == "True" for s in out):
             return
         time.sleep(0.3)
     raise StartError("kwok nodes did not become Ready within 60s; see .cluster/logs/kwok.log:\n"

@@ -348,6 +348,7 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
     from tests.fixtures.operator import OperatorProcess, install_chart, service_account_kubeconfig
     from tests.fixtures.s3 import S3Bucket, _serve
     from hack import cluster as hack_cluster
+    from modelloop.config import SETTINGS
 
     state = json.loads((state_dir / "state.json").read_text())
     cluster = Cluster(kubeconfig=state_dir / "kubeconfig", bin=Path(state["bin"]), state=state)
@@ -490,8 +491,7 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
         deployments=args.deployments, autoscaled=args.autoscaled, trainings=args.trainings,
         namespaces=args.namespaces, children=len(expected), monitors=args.monitors,
         drift_interval_s=DRIFT_INTERVAL_S,
-        operator_settings={"resync_seconds": 30, "workers": os.environ.get("MODELLOOP_WORKERS", "16"),
-                           "drift_workers": os.environ.get("MODELLOOP_DRIFT_WORKERS", "4")},
+        operator_settings={"resync_seconds": 30, "workers": SETTINGS.workers, "drift_workers": SETTINGS.drift_workers},
         versions={**versions, "python": platform.python_version(), "kopf": _version("kopf"),
                   "kubernetes_client": _version("kubernetes")},
         machine={"cpus": os.cpu_count(), "machine": platform.machine(),

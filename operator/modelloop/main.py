@@ -26,7 +26,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    settings.execution.max_workers = int(os.environ.get("MODELLOOP_WORKERS", "16"))
+    settings.execution.max_workers = SETTINGS.workers
     settings.batching.worker_limit = 64
 
 

@@ -41,6 +41,9 @@ STATE_DIR = Path(os.environ.get("MODELLOOP_CLUSTER_DIR", ROOT / ".cluster")).res
 CACHE = Path(os.environ.get("MODELLOOP_CACHE", Path.home() / ".cache" / "modelloop"))
 BIN = CACHE / "bin"
 SERVICE_CIDR = "10.0.0.0/24"
+# Without the real node nothing routes Service addresses: the range can hold more than 254 Services
+# (bench/operator creates 500). It contains SERVICE_CIDR, so 10.0.0.1 stays the `kubernetes` Service.
+WIDE_SERVICE_CIDR = "10.0.0.0/16"
 KWOK_POD_CIDR = "10.244.0.0/16"
 KWOK_NODES = ("kwok-node-0", "kwok-node-1")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -415,7 +418,8 @@ def up() -> dict:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR if real_node else WIDE_SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
             "--allow-privileged=true", "--profiling=false", "--v=1",
             f"--audit-policy-file={STATE_DIR / 'audit-policy.json'}", f"--audit-log-path={logs / 'audit.log'}",
             "--audit-log-format=json", "--audit-log-maxsize=200",

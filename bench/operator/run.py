@@ -324,6 +324,9 @@ def main() -> None:
         parser.error("--monitors needs as many deployments without autoscaling")
     kubectl_jobs = [int(j) for j in args.kubectl_jobs.split(",")]
 
+    # Stopped from outside (SIGTERM, or SIGINT in a background job, where it is ignored), the cluster still goes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     state_dir = Path(tempfile.mkdtemp(prefix="modelloop-bench-operator-"))
     os.environ.update(MODELLOOP_NODE="0", MODELLOOP_CLUSTER_DIR=str(state_dir))
     sys.path.insert(0, str(ROOT))
@@ -336,6 +339,7 @@ def main() -> None:
     finally:
         subprocess.run([sys.executable, str(ROOT / "hack" / "cluster.py"), "down"], capture_output=True)
         shutil.rmtree(state_dir, ignore_errors=True)
+        state_dir.with_name(state_dir.name + ".lock").unlink(missing_ok=True)  # hack/cluster.py's lock
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")

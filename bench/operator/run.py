@@ -65,6 +65,8 @@ API = "modelloop.dev/v1alpha1"
 MANAGED = "app.kubernetes.io/managed-by=modelloop"
 RELEASE = "modelloop-bench"
 DRIFT_INTERVAL_S = 10
+STOPPING = threading.Event()  # set before the cluster goes: the watches then end quietly
+PROBE_TIMEOUT_S = 300  # how long an unrelated training's Job is waited for before it counts as that late
 PODS_PER_KWOK_NODE = 100  # of the 110 a kwok node takes, leaving room
 
 
@@ -89,7 +91,7 @@ class Api:
         ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
         self.server, self.ctx = server, ctx
         self.http = httpx.Client(base_url=server, verify=ctx, timeout=60)
-        self.stopping = threading.Event()
+        self.stopping = STOPPING
 
     def get(self, path: str, **params: Any) -> dict:
         r = self.http.get(path, params=params)
@@ -316,6 +318,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=30, help="unrelated ModelTrainings created during the drift phase")
     parser.add_argument("--kubectl-jobs", default="1,4", help="kubectl processes in parallel, comma-separated")
     parser.add_argument("--timeout", type=float, default=900, help="seconds the operator gets to converge")
+    parser.add_argument("--resync", type=float, default=30, help="the operator's resync interval (the chart's default)")
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--py-spy", metavar="FILE", help="profile the operator while it converges (py-spy on PATH; "
                         "collapsed stacks to FILE)")
@@ -337,6 +340,7 @@ def main() -> None:
         subprocess.run([str(ROOT / "hack" / "build-binaries.sh"), "helm"], check=True, stdout=subprocess.DEVNULL)
         result = run(args, kubectl_jobs, state_dir)
     finally:
+        STOPPING.set()
         subprocess.run([sys.executable, str(ROOT / "hack" / "cluster.py"), "down"], capture_output=True)
         shutil.rmtree(state_dir, ignore_errors=True)
         state_dir.with_name(state_dir.name + ".lock").unlink(missing_ok=True)  # hack/cluster.py's lock
@@ -404,7 +408,7 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
     api.watch(f"/apis/{API}/driftmonitors", recorder.drift_check)
 
     log_path = state_dir / "logs" / "operator-bench.log"
-    operator = OperatorProcess(cluster, log_path, operator_kubeconfig, env={}, resync=30, namespace="bench-*")
+    operator = OperatorProcess(cluster, log_path, operator_kubeconfig, env={}, resync=args.resync, namespace="bench-*")
     pid = operator.proc.pid
     time.sleep(3)  # kopf's watch streams are open a moment after the liveness endpoint answers
     result: dict[str, Any] = {}
@@ -424,10 +428,15 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
             with recorder.lock:
                 return len(expected - recorder.children.keys()), len(wanted - recorder.done.keys())
 
-        wait_until(lambda: missing() == (0, 0), args.timeout, "the operator to converge",
-                   lambda: "missing children %d, statuses %d" % missing())
-        with recorder.lock:
-            finished = max(max(recorder.children[k] for k in expected), max(recorder.done[k] for k in wanted))
+        try:
+            wait_until(lambda: missing() == (0, 0), args.timeout, "the operator to converge",
+                       lambda: "missing children %d, statuses %d" % missing())
+            with recorder.lock:
+                finished = max(max(recorder.children[k] for k in expected), max(recorder.done[k] for k in wanted))
+        except SystemExit as e:  # measured as at least the timeout; the rest of the run still tells something
+            log(str(e))
+            finished = time.monotonic()
+        result["operator_missing_at_end"] = dict(zip(("children", "statuses"), missing()))
         operator_s = finished - started
         if profiler:
             profiler.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
@@ -486,7 +495,6 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
             f"beside statuses {t_status:.1f} s)")
     best = min(runs, key=lambda j: runs[j]["total_s"])
     kubectl_s = runs[best]["total_s"]
-    api.stopping.set()
     moto.close()
 
     result.update(
@@ -495,7 +503,7 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
         deployments=args.deployments, autoscaled=args.autoscaled, trainings=args.trainings,
         namespaces=args.namespaces, children=len(expected), monitors=args.monitors,
         drift_interval_s=DRIFT_INTERVAL_S,
-        operator_settings={"resync_seconds": 30, "workers": SETTINGS.workers, "drift_workers": SETTINGS.drift_workers},
+        operator_settings={"resync_seconds": args.resync, "workers": SETTINGS.workers, "drift_workers": SETTINGS.drift_workers},
         versions={**versions, "python": platform.python_version(), "kopf": _version("kopf"),
                   "kubernetes_client": _version("kubernetes")},
         machine={"cpus": os.cpu_count(), "machine": platform.machine(),
@@ -522,6 +530,7 @@ def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, s
 
     probe_ns = namespaces[0]
     probes: dict[str, float] = {}
+    unfinished: dict[str, int] = {}
 
     def probe_round(count: int, prefix: str, spacing: float) -> list[float]:
         names = []
@@ -532,18 +541,21 @@ def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, s
             names.append(name)
             time.sleep(spacing)
 
-        def latencies() -> list[float] | None:
+        def latencies() -> list[float | None]:
             with recorder.lock:
-                out = []
+                out: list[float | None] = []
                 for n in names:
                     job, st = recorder.children.get(("Job", probe_ns, f"{n}-v1")), recorder.done.get(
                         ("ModelTraining", probe_ns, n))
-                    if job is None or st is None:
-                        return None
-                    out.append(max(job, st) - probes[n])
+                    out.append(None if job is None or st is None else max(job, st) - probes[n])
                 return out
-        wait_until(lambda: latencies() is not None, 120, f"the {prefix} trainings' Jobs and statuses")
-        return latencies()
+        deadline = time.monotonic() + PROBE_TIMEOUT_S
+        while None in latencies() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # A training still without its Job at the deadline counts with the time it has waited (at least).
+        unfinished[prefix] = latencies().count(None)
+        now = time.monotonic()
+        return [now - probes[n] if x is None else x for n, x in zip(names, latencies())]
 
     log("drift: an unrelated ModelTraining at a time, before any DriftMonitor exists")
     quiet = probe_round(max(5, args.probes // 3), "quiet", 1.0)
@@ -587,7 +599,8 @@ def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, s
             "drift_checks": len(cycles) + len(first), "drift_monitors_checked": len(checks),
             "drift_first_check_p99_s": _round(p99(first)), "drift_scrapes": pods_scraped,
             "training_reconcile_p99_s": _round(p99(busy)), "training_reconcile_median_s": _round(sorted(busy)[len(busy) // 2]),
-            "training_reconcile_quiet_p99_s": _round(p99(quiet)), "training_probes": len(busy)}
+            "training_reconcile_quiet_p99_s": _round(p99(quiet)), "training_probes": len(busy),
+            "training_probes_unfinished": unfinished}
 
 
 def _round(x: float | None) -> float | None:

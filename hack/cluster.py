@@ -41,6 +41,9 @@ STATE_DIR = Path(os.environ.get("MODELLOOP_CLUSTER_DIR", ROOT / ".cluster")).res
 CACHE = Path(os.environ.get("MODELLOOP_CACHE", Path.home() / ".cache" / "modelloop"))
 BIN = CACHE / "bin"
 SERVICE_CIDR = "10.0.0.0/24"
+# Without the real node nothing routes Service addresses: the range can hold more than 254 Services
+# (bench/operator creates 500). It contains SERVICE_CIDR, so 10.0.0.1 stays the `kubernetes` Service.
+WIDE_SERVICE_CIDR = "10.0.0.0/16"
 KWOK_POD_CIDR = "10.244.0.0/16"
 KWOK_NODES = ("kwok-node-0", "kwok-node-1")
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -428,7 +431,8 @@ def up() -> dict:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR if real_node else WIDE_SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
             "--allow-privileged=true", "--profiling=false", "--v=1",
             f"--audit-policy-file={STATE_DIR / 'audit-policy.json'}", f"--audit-log-path={logs / 'audit.log'}",
             "--audit-log-format=json", "--audit-log-maxsize=200",
@@ -561,8 +565,9 @@ def wait_api_service(name: str, pid: int, logs: Path, timeout: float = 90) -> No
     raise StartError(f"APIService {name} not Available after {timeout:.0f}s:\n{tail(logs / 'metrics-server.log')}")
 
 
-def create_kwok_nodes() -> None:
-    for name in KWOK_NODES:
+def create_kwok_nodes(names: tuple[str, ...] = KWOK_NODES) -> None:
+    """Simulated nodes (kwok) of 110 pods each; a benchmark adds more for more pods."""
+    for name in names:
         node = {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
@@ -577,10 +582,10 @@ def create_kwok_nodes() -> None:
         kubectl("apply", "-f", "-", input=json.dumps(node))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        out = kubectl("get", "nodes", "-l", "type=kwok", "-o",
+        out = kubectl("get", "nodes", *names, "-o",
                       "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}{'\\n'}{end}",
                       check=False).stdout.split()
-        if len(out) == len(KWOK_NODES) and all(s == "True" for s in out):
+        if len(out) == len(names) and all(s == "True" for s in out):
             return
         time.sleep(0.3)
     raise StartError("kwok nodes did not become Ready within 60s; see .cluster/logs/kwok.log:\n"

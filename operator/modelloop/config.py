@@ -41,6 +41,8 @@ class Settings:
     # refused on behalf of resources unless enabled (development on one machine, the tests).
     local_storage: bool = field(default_factory=lambda: _flag("MODELLOOP_OPERATOR_LOCAL_STORAGE"))
 
+    # Threads of kopf's pool, which runs every reconcile.
+    workers: int = field(default_factory=lambda: int(os.environ.get("MODELLOOP_WORKERS", "16")))
     # Drift checks run in their own bounded pool, never in kopf's (which the reconciles share).
     drift_workers: int = field(default_factory=lambda: int(os.environ.get("MODELLOOP_DRIFT_WORKERS", "4")))
     # One check fetches every pod's sketch concurrently, within this deadline in total.

@@ -20,6 +20,7 @@ import kopf
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from .config import SETTINGS
 from .meta import now, owner_reference, reconcilable, rfc3339  # noqa: F401 - the controllers use them as kube.*
 from .names import API_VERSION, DEPLOYMENT, FIELD_MANAGER, MONITOR, TRAINING
 
@@ -54,7 +55,12 @@ def client() -> kubernetes.client.ApiClient:
     except kubernetes.config.ConfigException:
         # The client reads $KUBECONFIG when it is imported; read it now, when it is used.
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return kubernetes.client.ApiClient()
+    config = kubernetes.client.Configuration.get_default_copy()
+    # A connection for every thread that calls the API (the client's default is 5 per CPU): with fewer,
+    # urllib3 discards a connection after each request beyond the pool, and the next one pays a new TLS
+    # handshake, on both sides, under load (bench/operator).
+    config.connection_pool_maxsize = SETTINGS.workers + SETTINGS.drift_workers
+    return kubernetes.client.ApiClient(config)
 
 
 def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:

@@ -31,8 +31,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    settings.execution.max_workers = int(os.environ.get("MODELLOOP_WORKERS", "16"))
-    settings.batching.worker_limit = 64
+    settings.execution.max_workers = SETTINGS.workers
+    # No cap on kopf's per-object workers (asyncio tasks; the threads above bound the work): with a cap of 64
+    # per watch stream, the 36 ModelTrainings beyond the 64th of each namespace in bench/operator never got a
+    # worker, so never a first reconcile, in 8 minutes.
+    settings.queueing.worker_limit = None
 
 
 def release_finalizers(registry: kopf.OperatorRegistry) -> None:

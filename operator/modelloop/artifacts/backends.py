@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from contextlib import contextmanager
 from functools import lru_cache
@@ -227,6 +228,9 @@ def _s3_errors(uri: StorageUri, action: str, exists_message: str | None = None) 
         raise StorageError(f"{uri}: S3 {action} failed: {exc}") from None
 
 
+_client_lock = threading.Lock()
+
+
 @lru_cache(maxsize=16)
 def _client_for(endpoint: str | None, region: str, access_key: str | None, secret_key: str | None = None,
                 session_token: str | None = None, anonymous: bool = False) -> Any:
@@ -250,10 +254,13 @@ def _s3_client(credentials: Mapping[str, str] | None = None) -> Any:
     # Explicit credentials without keys are anonymous: never boto3's default chain (the operator's own
     # environment, instance profile or service-account role) on behalf of someone else's resource.
     anonymous = credentials is not None and not settings.get("AWS_SECRET_ACCESS_KEY")
-    return _client_for(settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL"),
-                       settings.get("AWS_REGION") or settings.get("AWS_DEFAULT_REGION") or "us-east-1",
-                       settings.get("AWS_ACCESS_KEY_ID"), settings.get("AWS_SECRET_ACCESS_KEY"),
-                       settings.get("AWS_SESSION_TOKEN"), anonymous)
+    # One client per settings, built once: without the lock, threads that need the same new client at the
+    # same moment (the operator's workers at start-up) each built one, seconds of CPU apiece (bench/operator).
+    with _client_lock:
+        return _client_for(settings.get("AWS_ENDPOINT_URL_S3") or settings.get("AWS_ENDPOINT_URL"),
+                           settings.get("AWS_REGION") or settings.get("AWS_DEFAULT_REGION") or "us-east-1",
+                           settings.get("AWS_ACCESS_KEY_ID"), settings.get("AWS_SECRET_ACCESS_KEY"),
+                           settings.get("AWS_SESSION_TOKEN"), anonymous)
 
 
 _FILE, _S3 = FileBackend(), S3Backend()

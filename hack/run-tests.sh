@@ -34,7 +34,7 @@ export MODELLOOP_TESTS_SINCE
 # No cache plugin beside the first session: they would write .pytest_cache at once.
 "$py" -m pytest tests/unit -p no:cacheprovider >"$logs/unit" 2>&1 &
 unit=$!
-"$py" -m pytest tests/e2e --ignore=tests/e2e/test_rbac.py -p no:cacheprovider --durations=10 >"$logs/e2e" 2>&1 &
+"$py" -m pytest tests/e2e --ignore=tests/e2e/test_rbac.py -p no:cacheprovider --durations=10 -rP >"$logs/e2e" 2>&1 &
 e2e=$!
 "$py" -m pytest tests/integration --durations=10
 integration_status=$?

@@ -16,8 +16,9 @@ connections do at that concurrency.
 Runs are repeated --repeat times per server, alternating; the counts vary by about 1.5% between runs (the
 batches a round forms depend a little on timing under valgrind); medians reported. Prints today over the
 reference per model and writes bench/results/limits-instructions.json. Target (issue 11): today at most 5%
-above the reference. Needs valgrind (installed with apt-get when missing and running as root). About 1.5
-minutes per server run (valgrind's start-up dominates).
+above the reference. Needs valgrind (installed with apt-get when missing and running as root). Each server run takes
+1.5 to 7 minutes (valgrind's start-up dominates; the machine's load sets it): 37 minutes for the default
+run on 2026-12-02 with the machine shared.
 """
 from __future__ import annotations
 

@@ -230,3 +230,92 @@ def test_a_kept_alive_connection_serves_request_after_request(guarded: ServerPro
         for _ in range(3):
             assert client.post(f"{guarded.url}/v2/models/flowers/infer", json=v2_matrix([ROW])).status_code == 200
             time.sleep(0.4)  # longer than the header timeout, shorter than keep-alive (5 s)
+
+
+# -- the same limits on a kept-alive connection's later requests (one deadline timer per connection) ---------
+
+INFER = (b"POST /v2/models/flowers/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+         b"content-length: %d\r\n\r\n")
+BODY = b'{"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 4], "data": [[5.0, 3.4, 1.5, 0.2]]}]}'
+
+
+def read_response(conn: socket.socket, pending: bytearray) -> bytes:
+    """One response (headers and a content-length body) from `conn`; bytes past it stay in `pending`."""
+    while b"\r\n\r\n" not in pending:
+        chunk = conn.recv(65536)
+        assert chunk, f"closed before a whole response: {bytes(pending)!r}"
+        pending += chunk
+    head, _, _ = bytes(pending).partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    end = len(head) + 4 + length
+    while len(pending) < end:
+        chunk = conn.recv(65536)
+        assert chunk, "closed within a response body"
+        pending += chunk
+    response = bytes(pending[:end])
+    del pending[:end]
+    return response
+
+
+def read_to_close(conn: socket.socket, pending: bytearray) -> bytes:
+    while chunk := conn.recv(65536):
+        pending += chunk
+    return bytes(pending)
+
+
+@pytest.mark.parametrize("pause", [0.0, 0.4], ids=["at-once", "after-idling-past-the-timeout"])
+def test_a_later_request_that_never_finishes_its_headers_gets_408(guarded: ServerProcess, pause: float) -> None:
+    # at once: the deadline timer of the first request is still pending and must move to the second's;
+    # after idling: it lapsed, and the second request's first byte must arm it again.
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=HANG_GUARD) as conn:
+        pending = bytearray()
+        conn.sendall(INFER % len(BODY) + BODY)
+        assert read_response(conn, pending).startswith(b"HTTP/1.1 200 ")
+        time.sleep(pause)
+        conn.sendall(b"POST /v2/models/flowers/infer HTTP/1.1\r\nhost: x\r\ncontent-ty")
+        answer = read_to_close(conn, pending)
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and b"did not arrive within 0.3 s" in answer
+
+
+def test_later_and_pipelined_requests_are_held_to_max_header_bytes(guarded: ServerProcess) -> None:
+    padding = b"x-padding: " + b"a" * 8192 + b"\r\n"
+    # a kept-alive connection's second request, complete or still sending its headers
+    for second in (b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n" + padding + b"\r\n",
+                   b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n" + padding):
+        with socket.create_connection(("127.0.0.1", guarded.port), timeout=HANG_GUARD) as conn:
+            pending = bytearray()
+            conn.sendall(INFER % len(BODY) + BODY)
+            assert read_response(conn, pending).startswith(b"HTTP/1.1 200 ")
+            conn.sendall(second)
+            assert read_to_close(conn, pending).startswith(b"HTTP/1.1 431 ")
+    # pipelined, both requests in one write: the second is never served and the connection closes (with the
+    # first's response still being written, the refusal is not interleaved with it: the connection just ends)
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=HANG_GUARD) as conn:
+        conn.sendall(INFER % len(BODY) + BODY + b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n" + padding + b"\r\n")
+        answer = read_to_close(conn, bytearray())
+    assert answer.count(b"HTTP/1.1 ") <= 1  # the first request's answer at most
+    # and pipelined requests within the cap are all answered
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=HANG_GUARD) as conn:
+        pending = bytearray()
+        conn.sendall((INFER % len(BODY) + BODY) * 3)
+        assert all(read_response(conn, pending).startswith(b"HTTP/1.1 200 ") for _ in range(3))
+
+
+def test_a_body_that_arrives_in_parts_within_the_timeout_is_answered(guarded: ServerProcess) -> None:
+    # the body is not all there when the app reads it: its read is timed, and it arrives in time
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=HANG_GUARD) as conn:
+        pending = bytearray()
+        conn.sendall(INFER % len(BODY) + BODY[:10])
+        time.sleep(0.05)
+        conn.sendall(BODY[10:])
+        assert read_response(conn, pending).startswith(b"HTTP/1.1 200 ")
+
+
+def test_body_received_is_false_for_a_receive_it_cannot_look_into() -> None:
+    from modelloop_server.connections import body_received
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    assert body_received(receive) is False  # the app then times the read, as for a late body

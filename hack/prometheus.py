@@ -37,6 +37,8 @@ from typing import Any
 
 import yaml
 
+from modelloop.names import ANNOTATION_MODEL_VERSION
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import node  # noqa: E402  (hack/node.py)
 from cluster import BIN, ROOT, STATE_DIR, alive, free_port, log, register_extra, stop_pids  # noqa: E402
@@ -47,7 +49,6 @@ NAME = "prometheus"
 OPERATOR_SERVICE_LABEL = ("app.kubernetes.io/name", "modelloop-operator")  # the chart's modelloop.labels
 SERVER_LABEL = ("app.kubernetes.io/name", "modelloop-server")  # modelloop.render.deployment.selector
 DEPLOYMENT_LABEL = "modelloop.dev/deployment"  # modelloop.render.deployment.LABEL_DEPLOYMENT
-VERSION_ANNOTATION = "modelloop.dev/model-version"  # modelloop.render.deployment.ANNOTATION_VERSION
 
 
 def meta(kind: str, key: str) -> str:
@@ -95,7 +96,7 @@ def config(kubeconfig: Path, rule_file: Path, interval: str) -> dict[str, Any]:
             job("modelloop-operator", OPERATOR_SERVICE_LABEL, "metrics", [], honor_labels=True),
             job("modelloop-servers", SERVER_LABEL, "http", [
                 {"source_labels": [meta("pod_label", DEPLOYMENT_LABEL)], "target_label": "deployment"},
-                {"source_labels": [meta("pod_annotation", VERSION_ANNOTATION)], "target_label": "model_version"}]),
+                {"source_labels": [meta("pod_annotation", ANNOTATION_MODEL_VERSION)], "target_label": "model_version"}]),
         ],
     }
 

@@ -130,12 +130,12 @@ def _reconcile(namespace: str, name: str) -> None:
     # Roll back a rollout that missed its deadline to the last version that was Available.
     back = rollback_version(r)
     if back is not None:
+        model, metric, error = None, None, None
         try:
             model, metric = _served(namespace, status["lastAvailableUri"], credentials)
-        except Exception as e:  # noqa: BLE001
-            roll_back(r, back, None, None, f"{e}", generation, spec.rollout.progress_deadline_seconds)
-        else:
-            roll_back(r, back, model, metric, None, generation, spec.rollout.progress_deadline_seconds)
+        except Exception as e:  # noqa: BLE001 - reported as RollbackFailed
+            error = str(e)
+        roll_back(r, back, model, metric, error, generation, spec.rollout.progress_deadline_seconds)
 
     # Promotion of the candidate.
     if candidate:

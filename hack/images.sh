@@ -63,23 +63,57 @@ sources_hash() {
 src_hash="$(sources_hash | hash_of)"
 extra_ca="$(cat /usr/local/share/ca-certificates/*.crt 2>/dev/null || true)"
 build_app() { # build_app <target>: a target of the Dockerfile
-  local name="$1" tag ref
-  tag="$( { echo "$src_hash $name"; cat "$root/Dockerfile"; image_id "$BASE_IMAGE"; } | hash_of)"
-  ref="$REPO/$name:$tag"
+  local name="$1" ref
+  ref="$(app_ref "$name")"
   if ! exists "$ref"; then
+    require_space "$docker_root" 2048 "building $ref"
     log "$name: docker build --target $name (the dependency layer is cached until the dependencies change)"
     # --network=host: pip reaches PyPI the way the host does.
     docker build -q --network=host --build-arg "BASE=$BASE_IMAGE" --build-arg "EXTRA_CA_CERTS=$extra_ca" \
       --target "$name" -t "$ref" "$root" >/dev/null
   fi
-  echo "$ref"
 }
-OPERATOR_IMAGE="$(build_app operator)"
-RUNTIME_IMAGE="$(build_app runtime)"
+app_ref() { echo "$REPO/$1:$( { echo "$src_hash $1"; cat "$root/Dockerfile"; image_id "$BASE_IMAGE"; } | hash_of)"; }
+OPERATOR_IMAGE="$(app_ref operator)"
+RUNTIME_IMAGE="$(app_ref runtime)"
+
+# --- keep the disk bounded. Every source change makes new tags (about 1 GiB of layers per build, twice
+# that again once imported into the node), so older tags of our repositories go before anything is built:
+# Docker keeps the current tag and the MODELLOOP_IMAGE_KEEP (2) most recent others (another checkout may
+# be using them); the node's containerd keeps only what this run imports (below).
+keep="${MODELLOOP_IMAGE_KEEP:-2}"
+for ref in "$BASE_IMAGE" "$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$RUNTIME_IMAGE"; do
+  docker images --format '{{.Repository}}:{{.Tag}}' "${ref%:*}" | grep -vxF "$ref" | tail -n +"$((keep + 1))" \
+    | xargs -r docker rmi >/dev/null 2>&1 || true
+done
+# Builds also leave their first stage behind untagged (the dependency layer is the next build's cache):
+# the chains no newer build uses go after a day.
+docker image prune -f --filter until=24h >/dev/null 2>&1 || true
+# What is left must fit; checked only where there is work to do, so a warm run never fails on it.
+require_space() { # require_space <dir> <MiB> <what>
+  local probe="$1" free_mib
+  while [[ ! -e "$probe" ]]; do probe="$(dirname "$probe")"; done
+  free_mib="$(df --output=avail -BM "$probe" | tail -n1 | tr -dc 0-9)"
+  if (( free_mib < $2 )); then
+    log "only ${free_mib} MiB free under $1; $3 needs about $2 MiB"
+    log "(\`docker system df\` shows what Docker holds; \`make cluster-down && docker system prune\` frees what modelloop left)"
+    exit 1
+  fi
+}
+docker_root="$(docker info --format '{{.DockerRootDir}}' 2>/dev/null || echo /var/lib/docker)"
+build_app operator
+build_app runtime
 
 if [[ -n "${MODELLOOP_CONTAINERD_SOCKET:-}" ]]; then
+  # An import names each image twice (its tag and sha256:<image id>); what names none of today's goes first.
+  current=()
+  for ref in "$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$RUNTIME_IMAGE"; do current+=(-e "$ref" -e "$(image_id "$ref")"); done
+  ctr --address "$MODELLOOP_CONTAINERD_SOCKET" -n k8s.io images ls -q 2>/dev/null | grep -E "^($REPO/|sha256:)" \
+    | grep -vxF "${current[@]}" \
+    | xargs -r ctr --address "$MODELLOOP_CONTAINERD_SOCKET" -n k8s.io images rm --sync >/dev/null 2>&1 || true
   for ref in "$PAUSE_IMAGE" "$OPERATOR_IMAGE" "$RUNTIME_IMAGE"; do
     if ! ctr --address "$MODELLOOP_CONTAINERD_SOCKET" -n k8s.io images ls -q "name==$ref" 2>/dev/null | grep -q .; then
+      require_space "${MODELLOOP_CONTAINERD_ROOT:-/var/lib/modelloop/containerd}" 2048 "importing $ref into the node"
       log "importing $ref into the node's containerd"
       docker save "$ref" | ctr --address "$MODELLOOP_CONTAINERD_SOCKET" -n k8s.io images import - >/dev/null
     fi

@@ -231,7 +231,9 @@ def write_kubelet_config(path: Path, pki: Path, healthz_port: int, logs_dir: Pat
         "clusterDNS": [DNS_IP], "clusterDomain": CLUSTER_DOMAIN, "resolvConf": "",
         # Images are imported by hand (no registry): never garbage-collect them.
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "2%", "imagefs.available": "2%"},
+        # Absolute floors: shared machines have big disks that are nearly full, where 2% (5 GiB of 250) would
+        # put the node under DiskPressure and evict the suite's pods.
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "512Mi", "imagefs.available": "512Mi"},
         "podLogsDir": str(logs_dir), "serializeImagePulls": False, "maxPods": 110,
         "nodeStatusReportFrequency": "10s", "nodeStatusUpdateFrequency": "5s",
         "syncFrequency": "10s", "fileCheckFrequency": "10s",

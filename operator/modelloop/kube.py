@@ -20,6 +20,7 @@ import kopf
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from .cache import BoundedCache
 from .config import SETTINGS
 from .meta import now, owner_reference, reconcilable, rfc3339  # noqa: F401 - the controllers use them as kube.*
 from .names import API_VERSION, DEPLOYMENT, FIELD_MANAGER, MONITOR, TRAINING
@@ -107,22 +108,22 @@ def list_(api_version: str, kind: str, namespace: str, label_selector: str | Non
 def apply(obj: dict, force: bool = True) -> dict:
     """Server-side apply of a rendered child (create or converge), as field manager modelloop-operator."""
     md = obj["metadata"]
-    return _call("PATCH", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]),
-                 body=obj, query=[("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")],
-                 content_type="application/apply-patch+yaml")
+    return _remember(_call("PATCH", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]),
+                           body=obj, query=[("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")],
+                           content_type="application/apply-patch+yaml"))
 
 
 def create(obj: dict, timeout: float = 60) -> dict:
     """Create; raises Conflict when an object of that name exists."""
     md = obj["metadata"]
-    return _call("POST", _path(obj["apiVersion"], obj["kind"], md.get("namespace")), body=obj, timeout=timeout)
+    return _remember(_call("POST", _path(obj["apiVersion"], obj["kind"], md.get("namespace")), body=obj, timeout=timeout))
 
 
 def replace(obj: dict, timeout: float = 60) -> dict:
     """Update the whole object; raises Conflict when it changed since it was read (its resourceVersion)."""
     md = obj["metadata"]
-    return _call("PUT", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]), body=obj,
-                 timeout=timeout)
+    return _remember(_call("PUT", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]), body=obj,
+                           timeout=timeout))
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
@@ -140,7 +141,7 @@ def patch(api_version: str, kind: str, namespace: str, name: str, body: dict | l
           merge: bool = True) -> dict:
     """A JSON merge patch (a dict), or with `merge=False` a JSON patch (a list of operations)."""
     ct = "application/merge-patch+json" if merge else "application/json-patch+json"
-    return _call("PATCH", _path(api_version, kind, namespace, name, subresource), body=body, content_type=ct)
+    return _remember(_call("PATCH", _path(api_version, kind, namespace, name, subresource), body=body, content_type=ct))
 
 
 def patch_status(obj: dict, status: dict, resource_version: str | None = None) -> dict:
@@ -192,10 +193,62 @@ def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "
         log.warning("event=failed reason=%s error=%s", reason, e)
 
 
+# ----------------------------------------------------------------------------- the operator's own writes
+
+# (kind, namespace, name) -> the resourceVersion this operator's last write of the object returned. Bounded:
+# an entry that falls out only costs one reconcile that changes nothing.
+_written: BoundedCache[tuple[str, str, str], str] = BoundedCache(16 * SETTINGS.cache_entries)
+
+
+def _remember(obj: Any) -> Any:
+    md = obj.get("metadata") or {} if isinstance(obj, dict) else {}
+    if md.get("resourceVersion") and md.get("name") and obj.get("kind"):
+        _written.put((obj["kind"], md.get("namespace", ""), md["name"]), md["resourceVersion"])
+    return obj
+
+
+def own_write(body: Any) -> bool:
+    """True when a watch event carries the object exactly as this operator's last write of it left it (its
+    resourceVersion is the one that write returned): the reconcile that wrote it saw that state, so reacting
+    to the event would change nothing. Any later change by anyone else has another resourceVersion."""
+    md = body.get("metadata") or {}
+    rv = md.get("resourceVersion")
+    return bool(rv) and _written.get((body.get("kind", ""), md.get("namespace", ""), md.get("name", ""))) == rv
+
+
+# ----------------------------------------------------------------------------- one reconcile at a time
+
+class _Gate:
+    __slots__ = ("lock", "queued")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queued = False   # a reconcile is waiting for the lock and has not read the object yet
+
+
+_gates: dict[tuple[str, str, str], _Gate] = {}
+_gates_guard = threading.Lock()
+
+
+def _gate(kind: str, namespace: str, name: str) -> _Gate:
+    with _gates_guard:
+        return _gates.setdefault((kind, namespace, name), _Gate())
+
+
 def converge(kind: str, namespace: str, name: str, reconcile: Callable[[str, str], None], attempts: int = 5) -> None:
-    """Run a controller's `reconcile(namespace, name)` under the object's lock; a Conflict (the
-    object changed since it was read) re-reads and runs it again."""
-    with object_lock(kind, namespace, name):
+    """Run a controller's `reconcile(namespace, name)` under the object's lock; a Conflict (the object
+    changed since it was read) re-reads and runs it again. Triggers coalesce: when a reconcile of the object
+    is already waiting for the lock, it will read the object after whatever caused this trigger, so this
+    one returns at once (a burst of events from an object and its children costs one more reconcile, not
+    one per event)."""
+    gate = _gate(kind, namespace, name)
+    with _gates_guard:
+        if gate.queued:
+            return
+        gate.queued = True
+    with gate.lock:
+        with _gates_guard:
+            gate.queued = False
         for _ in range(attempts):
             try:
                 return reconcile(namespace, name)
@@ -204,12 +257,7 @@ def converge(kind: str, namespace: str, name: str, reconcile: Callable[[str, str
     raise kopf.TemporaryError(f"{kind} {namespace}/{name}: status kept conflicting", delay=2)
 
 
-_locks: dict[tuple[str, str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
 def object_lock(kind: str, namespace: str, name: str) -> threading.Lock:
-    """One lock per object: reconciles of one resource, triggered from its own events and from its
-    children's, never run at the same time."""
-    with _locks_guard:
-        return _locks.setdefault((kind, namespace, name), threading.Lock())
+    """The lock converge() holds while it reconciles the object: whatever else writes the object's status
+    (a DriftMonitor's check) takes it too."""
+    return _gate(kind, namespace, name).lock

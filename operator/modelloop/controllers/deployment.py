@@ -7,12 +7,17 @@ the children (Deployment, Service, NetworkPolicy, HPA, PDB) with server-side app
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
+import time
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
 from .. import kube, metrics
+from ..cache import BoundedCache
 from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
 from ..artifacts import split_version_uri
@@ -60,13 +65,14 @@ def _status_target(namespace: str, status: dict, credentials: storage.Credential
     return ServedModel(status["modelVersion"], status["modelUri"], status["modelSha256"], metadata_sha256)
 
 
-def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: storage.Credentials) -> Candidate:
+def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: storage.Credentials,
+                      training: dict | None) -> Candidate:
+    """The version to serve: spec.model.uri's, or the followed ModelTraining's (`training`, read by the caller)."""
     m = spec.model
     try:
         if m.uri:
             model, metric = _served(namespace, m.uri.rstrip("/"), credentials)
             return Candidate(model, metric, pinned=True)
-        training = kube.get(API, TRAINING.kind, namespace, m.from_training)
         if training is None:
             raise ModelUnavailable(R.TRAINING_NOT_FOUND, f"spec.model.fromTraining: ModelTraining '{m.from_training}' "
                                    f"not found in namespace {namespace}", stalled=True)
@@ -111,18 +117,21 @@ def _reconcile(namespace: str, name: str) -> None:
 
     unavailable: ModelUnavailable | None = None
     candidate: Candidate | None = None
+    _follow(namespace, name, spec.model.from_training)  # before the read: a later change of it reconciles again
+    training = kube.get(API, TRAINING.kind, namespace, spec.model.from_training) if spec.model.from_training else None
     if spec.storage is None:  # the servers read the artifacts with the training's credentials
-        spec = spec.model_copy(update={"storage": storage.deployment_storage(namespace, spec)})
+        spec = spec.model_copy(update={"storage": storage.deployment_storage(namespace, spec, training)})
     try:
         credentials = storage.credentials_from_secret(namespace, spec.storage)
-        candidate = resolve_candidate(namespace, spec, credentials)
+        candidate = resolve_candidate(namespace, spec, credentials, training)
     except storage.StorageAccessError as e:
         unavailable, credentials = ModelUnavailable(R.SECRET_NOT_FOUND, str(e), stalled=True), storage.ANONYMOUS
     except ModelUnavailable as e:
         unavailable = e
 
-    dep = kube.get("apps/v1", "Deployment", namespace, name)
     target = _status_target(namespace, status, credentials)
+    # Without a version in status nothing has been rolled out: the rollout state is Missing either way.
+    dep = kube.get("apps/v1", "Deployment", namespace, name) if target else None
 
     r = Rollout(status, serving=status.get("modelVersion"), target=target, failed=list(status.get("failedVersions") or []),
                 state=rollout_state(dep, status.get("modelVersion")) if target else "Missing")
@@ -143,9 +152,9 @@ def _reconcile(namespace: str, name: str) -> None:
 
     # Children.
     if r.target:
-        dep = kube.apply(render_deployment(obj, spec, r.target))
-        kube.apply(render_service(obj))
-        kube.apply(render_network_policy(obj))
+        dep = _apply(render_deployment(obj, spec, r.target), dep)
+        _apply(render_service(obj))
+        _apply(render_network_policy(obj))
         _apply_optional(namespace, name, "autoscaling/v2", "HorizontalPodAutoscaler", render_hpa(obj, spec))
         _apply_optional(namespace, name, "policy/v1", "PodDisruptionBudget", render_pdb(obj, spec))
         observe(r, rollout_state(dep, r.serving))
@@ -174,36 +183,111 @@ def _reconcile(namespace: str, name: str) -> None:
     kube.emit_events(obj, events)
 
 
+# (kind, namespace, name) -> (digest of the manifest last applied, monotonic time, the object's generation after it).
+# An apply that would send the same manifest again within SETTINGS.resync_seconds is skipped: a reconcile
+# triggered by a child's status changes nothing there. One older than that is sent, so the periodic resync
+# repairs whatever someone else changed or deleted; a Deployment found missing or edited (its generation
+# moved) is applied at once.
+_applied: BoundedCache[tuple[str, str, str], tuple[str, float, int | None]] = BoundedCache(16 * SETTINGS.cache_entries)
+
+
+def _apply(obj: dict, current: dict | None = None) -> dict | None:
+    """Server-side apply of a rendered child unless it was just applied unchanged. `current`: the child as
+    read in this reconcile, when it was read (its generation proves nobody changed its spec since)."""
+    md = obj["metadata"]
+    key = (obj["kind"], md["namespace"], md["name"])
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    last = _applied.get(key)
+    fresh = last is not None and last[0] == digest and time.monotonic() - last[1] < SETTINGS.resync_seconds
+    if obj["kind"] == "Deployment":  # watched: found missing or edited, it is applied now
+        fresh = fresh and current is not None and current["metadata"].get("generation") == last[2]
+    if fresh:
+        return current
+    result = kube.apply(obj)
+    _applied.put(key, (digest, time.monotonic(), (result.get("metadata") or {}).get("generation")))
+    return result
+
+
+# Optional children (HPA, PDB) known not to exist: after one GET finds nothing to delete, later reconciles that
+# do not render them skip the GET. Applying one forgets the entry; a restart starts with nothing known.
+_absent: set[tuple[str, str, str]] = set()
+
+
 def _apply_optional(namespace: str, name: str, api_version: str, kind: str, obj: dict | None) -> None:
-    if obj is None:
+    key = (kind, namespace, name)
+    if obj is not None:
+        _absent.discard(key)
+        _apply(obj)
+    elif key not in _absent:
         existing = kube.get(api_version, kind, namespace, name)
         if existing and any(o.get("kind") == KIND for o in existing["metadata"].get("ownerReferences") or ()):
             kube.delete(api_version, kind, namespace, name)
-    else:
-        kube.apply(obj)
+        _absent.add(key)
+
+
+# ----------------------------------------------------------------------------- which deployments follow a training
+
+# (namespace, training) -> the ModelDeployments that follow it, from their reconciles; and what each training's
+# followers last saw of it. A ModelTraining event reaches only its followers, and only when something they
+# read changed (a new latest version, its output or storage, its deletion): its Jobs and runs do not concern them.
+_followers: dict[tuple[str, str], set[str]] = {}
+_following: dict[tuple[str, str], str] = {}
+_seen: dict[tuple[str, str], str] = {}
+_index_guard = threading.Lock()
+
+
+def _follow(namespace: str, deployment: str, training: str | None) -> None:
+    with _index_guard:
+        before = _following.pop((namespace, deployment), None)
+        if before is not None:
+            _followers.get((namespace, before), set()).discard(deployment)
+        if training:
+            _following[(namespace, deployment)] = training
+            _followers.setdefault((namespace, training), set()).add(deployment)
+
+
+def _followed_state(type_: str, body: Any) -> str:
+    """What a following deployment reads of a ModelTraining."""
+    spec = body.get("spec") or {}
+    return json.dumps([type_ == "DELETED", (body.get("status") or {}).get("latestVersion"),
+                       spec.get("output"), spec.get("storage")], sort_keys=True, default=str)
 
 
 # ----------------------------------------------------------------------------- kopf wiring
 
 @kopf.on.event(GROUP, VERSION, DEPLOYMENT.plural)
-def on_deployment_event(type: str, name: str, namespace: str, **_: Any) -> None:
-    if type != "DELETED":
+def on_deployment_event(type: str, body: Any, name: str, namespace: str, **_: Any) -> None:
+    if type == "DELETED":
+        _follow(namespace, name, None)
+        for key in (("HorizontalPodAutoscaler", namespace, name), ("PodDisruptionBudget", namespace, name)):
+            _absent.discard(key)
+    elif not kube.own_write(body):  # its own status write: the reconcile that wrote it saw everything
+        _follow(namespace, name, (body.get("spec", {}).get("model") or {}).get("fromTraining"))
         reconcile(namespace, name)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGER, LABEL_DEPLOYMENT: kopf.PRESENT})
-def on_child_event(labels: dict, namespace: str, **_: Any) -> None:
-    reconcile(namespace, labels[LABEL_DEPLOYMENT])
+def on_child_event(type: str, body: Any, labels: dict, namespace: str, **_: Any) -> None:
+    if not kube.own_write(body):  # the apply's own echo: the reconcile that applied it observed the result
+        reconcile(namespace, labels[LABEL_DEPLOYMENT])
 
 
 @kopf.on.event(GROUP, VERSION, TRAINING.plural)
-def on_training_event(name: str, namespace: str, **_: Any) -> None:
+def on_training_event(type: str, body: Any, name: str, namespace: str, **_: Any) -> None:
     """A new training version may be a candidate for the deployments that follow it."""
-    for md in kube.list_(API, KIND, namespace):
-        if (md["spec"].get("model") or {}).get("fromTraining") == name:
-            reconcile(namespace, md["metadata"]["name"])
+    state = _followed_state(type, body)
+    with _index_guard:
+        if _seen.get((namespace, name)) == state:
+            return
+        if type == "DELETED":
+            _seen.pop((namespace, name), None)
+        else:
+            _seen[(namespace, name)] = state
+        followers = sorted(_followers.get((namespace, name), ()))
+    for deployment in followers:
+        reconcile(namespace, deployment)
 
 
-@kopf.timer(GROUP, VERSION, DEPLOYMENT.plural, interval=SETTINGS.resync_seconds, idle=5)
+@kopf.timer(GROUP, VERSION, DEPLOYMENT.plural, interval=SETTINGS.resync_seconds, idle=SETTINGS.resync_seconds)
 def resync(name: str, namespace: str, **_: Any) -> None:
     reconcile(namespace, name)

@@ -276,17 +276,19 @@ def _clean_up_jobs(namespace: str, jobs: dict[str, dict], runs: list[dict]) -> N
 # ----------------------------------------------------------------------------- kopf wiring
 
 @kopf.on.event(API.split("/")[0], API.split("/")[1], "modeltrainings")
-def on_training_event(type: str, name: str, namespace: str, **_: Any) -> None:
-    if type != "DELETED":
+def on_training_event(type: str, body: Any, name: str, namespace: str, **_: Any) -> None:
+    if type != "DELETED" and not kube.own_write(body):  # its own status write: that reconcile saw everything
         reconcile(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGER, LABEL_TRAINING: kopf.PRESENT})
-def on_job_event(labels: dict, namespace: str, **_: Any) -> None:
-    reconcile(namespace, labels[LABEL_TRAINING])
+def on_job_event(body: Any, labels: dict, namespace: str, **_: Any) -> None:
+    if not kube.own_write(body):  # the echo of the create: the reconcile that created it recorded the run
+        reconcile(namespace, labels[LABEL_TRAINING])
 
 
-@kopf.timer(API.split("/")[0], API.split("/")[1], "modeltrainings", interval=SETTINGS.resync_seconds, idle=5)
+@kopf.timer(API.split("/")[0], API.split("/")[1], "modeltrainings", interval=SETTINGS.resync_seconds,
+            idle=SETTINGS.resync_seconds)
 def resync(name: str, namespace: str, **_: Any) -> None:
     reconcile(namespace, name)
 

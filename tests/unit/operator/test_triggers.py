@@ -1,0 +1,91 @@
+"""What makes the controllers reconcile: their own writes do not, bursts coalesce, and a ModelTraining's
+events reach only the deployments that follow it, only when what they read of it changed."""
+from __future__ import annotations
+
+import threading
+import time
+
+from modelloop import kube
+from modelloop.controllers import deployment
+
+
+def _obj(rv: str, name: str = "a", kind: str = "ModelDeployment") -> dict:
+    return {"kind": kind, "metadata": {"name": name, "namespace": "n", "resourceVersion": rv}}
+
+
+def test_own_write_is_the_exact_resource_version_the_write_returned():
+    kube._remember(_obj("5"))
+    assert kube.own_write(_obj("5"))
+    assert not kube.own_write(_obj("6"))                        # anyone's later change
+    assert not kube.own_write(_obj("5", name="b"))              # another object
+    assert not kube.own_write(_obj("5", kind="Deployment"))     # another kind of the same name
+    assert not kube.own_write({"kind": "ModelDeployment", "metadata": {"name": "a", "namespace": "n"}})
+
+
+def test_triggers_coalesce_behind_a_queued_reconcile():
+    started, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    def reconcile(namespace: str, name: str) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            started.set()
+            assert release.wait(10)
+
+    first = threading.Thread(target=kube.converge, args=("K", "n", "burst", reconcile))
+    first.start()
+    assert started.wait(10)
+    queued = threading.Thread(target=kube.converge, args=("K", "n", "burst", reconcile))
+    queued.start()
+    deadline = time.monotonic() + 10
+    while not kube._gate("K", "n", "burst").queued:   # the second trigger waits for the lock
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    for _ in range(5):   # every further trigger meanwhile is answered by the queued reconcile
+        kube.converge("K", "n", "burst", reconcile)
+    release.set()
+    first.join(10)
+    queued.join(10)
+    assert len(calls) == 2
+    kube.converge("K", "n", "burst", reconcile)   # nothing queued any more: a trigger runs again
+    assert len(calls) == 3
+
+
+def test_a_conflict_rereads_and_runs_again():
+    calls: list[int] = []
+
+    def reconcile(namespace: str, name: str) -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise kube.Conflict("changed")
+
+    kube.converge("K", "n", "conflict", reconcile)
+    assert len(calls) == 3
+
+
+def _training(latest: int | None, uri: str = "s3://b/m") -> dict:
+    return {"spec": {"output": {"uri": uri}}, "status": {"latestVersion": latest, "runs": [{"result": "Running"}]}}
+
+
+def test_training_events_reach_followers_only_when_what_they_read_changed(monkeypatch):
+    reconciled: list[str] = []
+    monkeypatch.setattr(deployment, "reconcile", lambda namespace, name: reconciled.append(name))
+    deployment._follow("ns1", "follows", "iris")
+    deployment._follow("ns1", "other", "wine")
+    deployment._follow("ns2", "elsewhere", "iris")
+
+    deployment.on_training_event(type="ADDED", body=_training(None), name="iris", namespace="ns1")
+    assert reconciled == ["follows"]
+    body = _training(None)
+    body["status"]["runs"] = [{"result": "Succeeded"}]            # a run's progress: not the followers' concern
+    deployment.on_training_event(type="MODIFIED", body=body, name="iris", namespace="ns1")
+    assert reconciled == ["follows"]
+    deployment.on_training_event(type="MODIFIED", body=_training(1), name="iris", namespace="ns1")
+    assert reconciled == ["follows", "follows"]                   # a new latest version
+    deployment.on_training_event(type="MODIFIED", body=_training(1, "s3://b/other"), name="iris", namespace="ns1")
+    assert reconciled == ["follows"] * 3                          # its output moved
+    deployment._follow("ns1", "follows", "wine")                  # the deployment now follows another training
+    deployment.on_training_event(type="DELETED", body=_training(1, "s3://b/other"), name="iris", namespace="ns1")
+    assert reconciled == ["follows"] * 3
+    deployment.on_training_event(type="MODIFIED", body=_training(2), name="wine", namespace="ns1")
+    assert reconciled == ["follows"] * 3 + ["follows", "other"]

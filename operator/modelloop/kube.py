@@ -122,8 +122,8 @@ def create(obj: dict, timeout: float = 60) -> dict:
 def replace(obj: dict, timeout: float = 60) -> dict:
     """Update the whole object; raises Conflict when it changed since it was read (its resourceVersion)."""
     md = obj["metadata"]
-    return _remember(_call("PUT", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]), body=obj,
-                           timeout=timeout))
+    return _call("PUT", _path(obj["apiVersion"], obj["kind"], md.get("namespace"), md["name"]), body=obj,
+                 timeout=timeout)
 
 
 def delete(api_version: str, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
@@ -141,7 +141,7 @@ def patch(api_version: str, kind: str, namespace: str, name: str, body: dict | l
           merge: bool = True) -> dict:
     """A JSON merge patch (a dict), or with `merge=False` a JSON patch (a list of operations)."""
     ct = "application/merge-patch+json" if merge else "application/json-patch+json"
-    return _remember(_call("PATCH", _path(api_version, kind, namespace, name, subresource), body=body, content_type=ct))
+    return _call("PATCH", _path(api_version, kind, namespace, name, subresource), body=body, content_type=ct)
 
 
 def patch_status(obj: dict, status: dict, resource_version: str | None = None) -> dict:
@@ -151,7 +151,7 @@ def patch_status(obj: dict, status: dict, resource_version: str | None = None) -
     if resource_version:
         body["metadata"] = {"resourceVersion": resource_version}
     md = obj["metadata"]
-    return patch(obj["apiVersion"], obj["kind"], md["namespace"], md["name"], body, subresource="status")
+    return _remember(patch(obj["apiVersion"], obj["kind"], md["namespace"], md["name"], body, subresource="status"))
 
 
 def write_status(obj: dict, status: dict) -> dict:
@@ -195,8 +195,10 @@ def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "
 
 # ----------------------------------------------------------------------------- the operator's own writes
 
-# (kind, namespace, name) -> the resourceVersion this operator's last write of the object returned. Bounded:
-# an entry that falls out only costs one reconcile that changes nothing.
+# (kind, namespace, name) -> the resourceVersion that the operator's last status write, server-side apply or
+# create of the object returned: the writes by which a controller records what it has just reconciled. Plain
+# patches are not remembered: one controller's patch can be news to another (a DriftMonitor's retrain
+# annotation on a ModelTraining). Bounded: an entry that falls out only costs one reconcile that changes nothing.
 _written: BoundedCache[tuple[str, str, str], str] = BoundedCache(16 * SETTINGS.cache_entries)
 
 

@@ -83,6 +83,13 @@ def test_autoscaling_renders_an_hpa_instead_of_fixed_replicas(operator, cluster,
     assert hpa["spec"]["maxReplicas"] == 4 and hpa["spec"]["scaleTargetRef"]["name"] == "churn"
     assert cluster.get("pdb", "churn", "-n", namespace)["spec"]["maxUnavailable"] == 1
 
+    # Autoscaling off, one replica: neither the HPA nor the PDB is wanted any more, and both go.
+    cluster.kubectl("patch", "mdep/churn", "-n", namespace, "--type=json", "-p", json.dumps(
+        [{"op": "remove", "path": "/spec/autoscaling"}, {"op": "add", "path": "/spec/replicas", "value": 1}]))
+    wait_for(lambda: not cluster.get("hpa,pdb", "-n", namespace)["items"], timeout=60,
+             message="the HPA and the PDB deleted")
+    assert cluster.get("deployment", "churn", "-n", namespace)["spec"]["replicas"] == 1
+
 
 def test_new_training_version_is_promoted_and_a_worse_one_is_held_back_with_the_reason(
         operator, cluster, namespace, store):

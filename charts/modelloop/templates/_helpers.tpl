@@ -47,13 +47,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["create", "patch"]
-# HPA and PDB: applied, and deleted when the spec no longer calls for them (autoscaling off, one replica).
+# HPA and PDB: applied, and deleted when the spec no longer calls for them (autoscaling off, one replica);
+# listed once per namespace (the operator's own, by label) to know which exist.
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["list", "create", "patch", "delete"]
 # Failure reasons of a failed training's pods.
 - apiGroups: [""]
   resources: ["pods"]

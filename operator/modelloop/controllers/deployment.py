@@ -171,15 +171,18 @@ def _reconcile(namespace: str, name: str) -> None:
         (metrics.ROLLBACKS.labels(namespace, name) if outcome == ROLLBACK
          else metrics.PROMOTIONS.labels(namespace, name, outcome)).inc()
     events = r.events
+    decided = bool(events)
     reported: set[tuple[str, str]] = set()
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
-        # Ready and Stalled transitions; and a store that stopped answering while a version is served
+        # Ready and Stalled transitions; and a store that stopped answering while a version is served. A
+        # Normal one is left out when this reconcile's decisions already said it (Promoted says a version
+        # is rolling out, RolloutComplete that it serves): one event per thing that happened.
         wanted = ((c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"))
                   or (c["type"] == "Reconciling" and c["reason"] == R.STORAGE_UNAVAILABLE))
-        if wanted and (c["reason"], c["message"]) not in reported:
+        type_ = "Warning" if c["reason"] in PROBLEMS else "Normal"
+        if wanted and (type_ == "Warning" or not decided) and (c["reason"], c["message"]) not in reported:
             reported.add((c["reason"], c["message"]))
-            events.append(("Warning" if c["reason"] in PROBLEMS else "Normal",
-                           c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
+            events.append((type_, c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
     kube.emit_events(obj, events)
 
 
@@ -208,21 +211,33 @@ def _apply(obj: dict, current: dict | None = None) -> dict | None:
     return result
 
 
-# Optional children (HPA, PDB) known not to exist: after one GET finds nothing to delete, later reconciles that
-# do not render them skip the GET. Applying one forgets the entry; a restart starts with nothing known.
-_absent: set[tuple[str, str, str]] = set()
+# (kind, namespace) -> names of the HPAs (or PDBs) there that a ModelDeployment owns: one LIST the first time a
+# namespace needs it (a deployment that renders none must delete a leftover), then kept by this process's own
+# applies and deletes. Before, every reconcile of such a deployment made one GET for each kind.
+_optional: dict[tuple[str, str], set[str]] = {}
+_optional_guard = threading.Lock()
+
+
+def _owned_optional(api_version: str, kind: str, namespace: str) -> set[str]:
+    with _optional_guard:
+        names = _optional.get((kind, namespace))
+        if names is None:
+            names = {o["metadata"]["name"] for o in kube.list_(api_version, kind, namespace, f"{LABEL_MANAGED_BY}={MANAGER}")
+                     if any(r.get("kind") == KIND for r in o["metadata"].get("ownerReferences") or ())}
+            _optional[(kind, namespace)] = names
+        return names
 
 
 def _apply_optional(namespace: str, name: str, api_version: str, kind: str, obj: dict | None) -> None:
-    key = (kind, namespace, name)
+    names = _owned_optional(api_version, kind, namespace)
     if obj is not None:
-        _absent.discard(key)
         _apply(obj)
-    elif key not in _absent:
-        existing = kube.get(api_version, kind, namespace, name)
-        if existing and any(o.get("kind") == KIND for o in existing["metadata"].get("ownerReferences") or ()):
-            kube.delete(api_version, kind, namespace, name)
-        _absent.add(key)
+        with _optional_guard:
+            names.add(name)
+    elif name in names:
+        kube.delete(api_version, kind, namespace, name)
+        with _optional_guard:
+            names.discard(name)
 
 
 # ----------------------------------------------------------------------------- which deployments follow a training
@@ -259,8 +274,9 @@ def _followed_state(type_: str, body: Any) -> str:
 def on_deployment_event(type: str, body: Any, name: str, namespace: str, **_: Any) -> None:
     if type == "DELETED":
         _follow(namespace, name, None)
-        for key in (("HorizontalPodAutoscaler", namespace, name), ("PodDisruptionBudget", namespace, name)):
-            _absent.discard(key)
+        with _optional_guard:  # the garbage collector removes its children
+            for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
+                _optional.get((kind, namespace), set()).discard(name)
     elif not kube.own_write(body):  # its own status write: the reconcile that wrote it saw everything
         _follow(namespace, name, (body.get("spec", {}).get("model") or {}).get("fromTraining"))
         reconcile(namespace, name)

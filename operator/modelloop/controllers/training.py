@@ -164,10 +164,12 @@ def _reconcile(namespace: str, name: str) -> None:
             metrics.TRAINING_VERSION_METRIC.labels(namespace, name, str(run["version"]), metric).set(value)
     if status.get("latestVersion"):
         metrics.TRAINING_LATEST_VERSION.labels(namespace, name).set(status["latestVersion"])
+    decided = bool(events)  # a Normal transition is left out when a run's event already said it
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] in ("Stalled", "Ready") and (c["status"] == "True" or c["type"] == "Ready"):
-            events.append(("Warning" if c["reason"] in PROBLEMS else "Normal", c["reason"],
-                           c["message"] or f"{c['type']} is {c['status']}"))
+            type_ = "Warning" if c["reason"] in PROBLEMS else "Normal"
+            if type_ == "Warning" or not decided:
+                events.append((type_, c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
         elif c["type"] == "Reconciling" and c["reason"] == R.STORAGE_UNAVAILABLE:
             events.append(("Warning", c["reason"], c["message"]))
     kube.emit_events(obj, events)

@@ -89,3 +89,21 @@ def test_training_events_reach_followers_only_when_what_they_read_changed(monkey
     assert reconciled == ["follows"] * 3
     deployment.on_training_event(type="MODIFIED", body=_training(2), name="wine", namespace="ns1")
     assert reconciled == ["follows"] * 3 + ["follows", "other"]
+
+
+def test_only_a_controllers_own_records_count_as_its_writes(monkeypatch):
+    """A plain patch can be news to another controller (a DriftMonitor's retrain annotation on a ModelTraining):
+    its echo must still reconcile. Status writes, applies and creates are what a reconcile records itself."""
+    returned = _obj("9", name="iris", kind="ModelTraining")
+    monkeypatch.setattr(kube, "_call", lambda *a, **k: returned)
+    obj = {"apiVersion": "modelloop.dev/v1alpha1", **returned}
+    kube.patch("modelloop.dev/v1alpha1", "ModelTraining", "n", "iris", {"metadata": {"annotations": {"a": "b"}}})
+    assert not kube.own_write(returned)
+    kube.patch_status(obj, {"phase": "Running"})
+    assert kube.own_write(returned)
+    returned["metadata"]["resourceVersion"] = "10"
+    kube.apply(obj)
+    assert kube.own_write(returned)
+    returned["metadata"]["resourceVersion"] = "11"
+    kube.create(obj)
+    assert kube.own_write(returned)

@@ -7,6 +7,7 @@ control plane.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -221,11 +222,12 @@ def own_write(body: Any) -> bool:
 # ----------------------------------------------------------------------------- one reconcile at a time
 
 class _Gate:
-    __slots__ = ("lock", "queued")
+    __slots__ = ("lock", "queued", "body")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.queued = False   # a reconcile is waiting for the lock and has not read the object yet
+        self.body: Any = None  # the newest copy of the object a trigger brought (its own watch event)
 
 
 _gates: dict[tuple[str, str, str], _Gate] = {}
@@ -237,23 +239,32 @@ def _gate(kind: str, namespace: str, name: str) -> _Gate:
         return _gates.setdefault((kind, namespace, name), _Gate())
 
 
-def converge(kind: str, namespace: str, name: str, reconcile: Callable[[str, str], None], attempts: int = 5) -> None:
-    """Run a controller's `reconcile(namespace, name)` under the object's lock; a Conflict (the object
-    changed since it was read) re-reads and runs it again. Triggers coalesce: when a reconcile of the object
-    is already waiting for the lock, it will read the object after whatever caused this trigger, so this
-    one returns at once (a burst of events from an object and its children costs one more reconcile, not
-    one per event)."""
+def converge(kind: str, namespace: str, name: str, reconcile: Callable[[dict | None], None], body: Any = None,
+             attempts: int = 5) -> None:
+    """Run a controller's `reconcile(obj)` (one of modelloop's kinds; None when it does not exist) under the
+    object's lock; a Conflict (the object changed since it was read) re-reads and runs it again.
+
+    Triggers coalesce: when a reconcile of the object is already waiting for the lock, it will read the
+    object after whatever caused this trigger, so this one returns at once (a burst of events from an object
+    and its children costs one more reconcile, not one per event). A trigger from the object's own watch
+    event brings the object (`body`): the reconcile starts from the newest such copy instead of a GET. A
+    change after it is another event, and a status written from a stale copy is a Conflict, re-read."""
     gate = _gate(kind, namespace, name)
     with _gates_guard:
+        if body is not None:
+            gate.body = body
         if gate.queued:
             return
         gate.queued = True
     with gate.lock:
         with _gates_guard:
             gate.queued = False
+            seen, gate.body = gate.body, None
         for _ in range(attempts):
+            obj = copy.deepcopy(dict(seen)) if seen is not None else get(API_VERSION, kind, namespace, name)
+            seen = None
             try:
-                return reconcile(namespace, name)
+                return reconcile(obj)
             except Conflict:
                 continue
     raise kopf.TemporaryError(f"{kind} {namespace}/{name}: status kept conflicting", delay=2)

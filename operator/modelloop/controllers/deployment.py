@@ -99,15 +99,15 @@ def resolve_candidate(namespace: str, spec: ModelDeploymentSpec, credentials: st
 
 # ----------------------------------------------------------------------------- reconcile
 
-def reconcile(namespace: str, name: str) -> None:
-    kube.converge(KIND, namespace, name, _reconcile)
+def reconcile(namespace: str, name: str, body: Any = None) -> None:
+    kube.converge(KIND, namespace, name, _reconcile, body)
 
 
-def _reconcile(namespace: str, name: str) -> None:
-    obj = kube.get(API, KIND, namespace, name)
+def _reconcile(obj: dict | None) -> None:
     if not kube.reconcilable(obj):
         return
     md = obj["metadata"]
+    namespace, name = md["namespace"], md["name"]
     generation = md.get("generation", 1)
     status: dict[str, Any] = dict(obj.get("status") or {})
     try:
@@ -279,7 +279,7 @@ def on_deployment_event(type: str, body: Any, name: str, namespace: str, **_: An
                 _optional.get((kind, namespace), set()).discard(name)
     elif not kube.own_write(body):  # its own status write: the reconcile that wrote it saw everything
         _follow(namespace, name, (body.get("spec", {}).get("model") or {}).get("fromTraining"))
-        reconcile(namespace, name)
+        reconcile(namespace, name, body)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGER, LABEL_DEPLOYMENT: kopf.PRESENT})

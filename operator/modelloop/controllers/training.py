@@ -40,15 +40,15 @@ FINISHED_JOBS_KEPT = 1
 
 # ----------------------------------------------------------------------------- reconcile
 
-def reconcile(namespace: str, name: str) -> None:
-    kube.converge(KIND, namespace, name, _reconcile)
+def reconcile(namespace: str, name: str, body: Any = None) -> None:
+    kube.converge(KIND, namespace, name, _reconcile, body)
 
 
-def _reconcile(namespace: str, name: str) -> None:
-    obj = kube.get(API, KIND, namespace, name)
+def _reconcile(obj: dict | None) -> None:
     if not kube.reconcilable(obj):
         return
     md = obj["metadata"]
+    namespace, name = md["namespace"], md["name"]
     generation = md.get("generation", 1)
     status: dict[str, Any] = dict(obj.get("status") or {})
     runs: list[dict] = [dict(r) for r in status.get("runs") or ()]
@@ -280,7 +280,7 @@ def _clean_up_jobs(namespace: str, jobs: dict[str, dict], runs: list[dict]) -> N
 @kopf.on.event(API.split("/")[0], API.split("/")[1], "modeltrainings")
 def on_training_event(type: str, body: Any, name: str, namespace: str, **_: Any) -> None:
     if type != "DELETED" and not kube.own_write(body):  # its own status write: that reconcile saw everything
-        reconcile(namespace, name)
+        reconcile(namespace, name, body)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGER, LABEL_TRAINING: kopf.PRESENT})

@@ -22,11 +22,12 @@ def test_own_write_is_the_exact_resource_version_the_write_returned():
     assert not kube.own_write({"kind": "ModelDeployment", "metadata": {"name": "a", "namespace": "n"}})
 
 
-def test_triggers_coalesce_behind_a_queued_reconcile():
+def test_triggers_coalesce_behind_a_queued_reconcile(monkeypatch):
+    monkeypatch.setattr(kube, "get", lambda *a, **k: _obj("1", name="burst"))
     started, release = threading.Event(), threading.Event()
     calls: list[int] = []
 
-    def reconcile(namespace: str, name: str) -> None:
+    def reconcile(obj: dict | None) -> None:
         calls.append(1)
         if len(calls) == 1:
             started.set()
@@ -51,16 +52,24 @@ def test_triggers_coalesce_behind_a_queued_reconcile():
     assert len(calls) == 3
 
 
-def test_a_conflict_rereads_and_runs_again():
-    calls: list[int] = []
+def test_a_reconcile_starts_from_the_newest_body_a_trigger_brought_and_a_conflict_reads_again(monkeypatch):
+    reads: list[str] = []
+    monkeypatch.setattr(kube, "get", lambda *a, **k: reads.append("GET") or _obj("7", name="c"))
+    seen: list[str] = []
 
-    def reconcile(namespace: str, name: str) -> None:
-        calls.append(1)
-        if len(calls) < 3:
+    def reconcile(obj: dict | None) -> None:
+        seen.append(obj["metadata"]["resourceVersion"])
+        obj["metadata"]["resourceVersion"] = "mutated"   # the reconcile's copy, never the event's
+        if len(seen) < 3:
             raise kube.Conflict("changed")
 
-    kube.converge("K", "n", "conflict", reconcile)
-    assert len(calls) == 3
+    body = _obj("5", name="c")
+    kube.converge("K", "n", "c", reconcile, body)
+    assert seen == ["5", "7", "7"] and reads == ["GET", "GET"]
+    assert body["metadata"]["resourceVersion"] == "5"
+    seen.clear()
+    kube.converge("K", "n", "c", lambda obj: seen.append(obj["metadata"]["resourceVersion"]))
+    assert seen == ["7"]   # a trigger without a body (a child's event, the timer) reads the object
 
 
 def _training(latest: int | None, uri: str = "s3://b/m") -> dict:

@@ -201,7 +201,9 @@ def machine_info() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "python": platform.python_version(),
             "platform": platform.platform(), "load_average_at_start": list(os.getloadavg()),
             "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "unknown",
-            "scikit_learn": sklearn.__version__, "mlserver_venv": mlserver_versions()}
+            "scikit_learn": sklearn.__version__,
+            # the benchmarks that measure only modelloop (bench/limits) never create MLServer's venv
+            **({"mlserver_venv": mlserver_versions()} if (MLSERVER_VENV / "bin" / "python").exists() else {})}
 
 
 # -- models and servers ------------------------------------------------------------------------------------

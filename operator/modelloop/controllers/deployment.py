@@ -283,7 +283,7 @@ def on_deployment_event(type: str, body: Any, name: str, namespace: str, **_: An
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGER, LABEL_DEPLOYMENT: kopf.PRESENT})
-def on_child_event(type: str, body: Any, labels: dict, namespace: str, **_: Any) -> None:
+def on_child_event(body: Any, labels: dict, namespace: str, **_: Any) -> None:
     if not kube.own_write(body):  # the apply's own echo: the reconcile that applied it observed the result
         reconcile(namespace, labels[LABEL_DEPLOYMENT])
 

@@ -204,7 +204,7 @@ _written: BoundedCache[tuple[str, str, str], str] = BoundedCache(16 * SETTINGS.c
 
 
 def _remember(obj: Any) -> Any:
-    md = obj.get("metadata") or {} if isinstance(obj, dict) else {}
+    md = obj.get("metadata") or {}
     if md.get("resourceVersion") and md.get("name") and obj.get("kind"):
         _written.put((obj["kind"], md.get("namespace", ""), md["name"]), md["resourceVersion"])
     return obj

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .meta import rfc3339
+from .reasons import PROBLEMS, DeploymentReason
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,20 @@ def changed_conditions(old: list[dict] | None, new: list[dict]) -> list[dict]:
     """Conditions whose status or reason differ between `old` and `new`: the transitions worth an Event."""
     before = {c["type"]: (c.get("status"), c.get("reason")) for c in old or ()}
     return [c for c in new if before.get(c["type"]) != (c["status"], c["reason"])]
+
+
+def transition_events(old: list[dict] | None, new: list[dict], decided: bool) -> list[tuple[str, str, str]]:
+    """The (type, reason, message) Events for the transitions of a ModelTraining's or ModelDeployment's
+    conditions: Ready either way, Stalled turning True, and Reconciling for a store that stopped answering.
+    Warnings when the reason is in PROBLEMS. A Normal one is left out when the reconcile's own decision
+    events already said it (`decided`: RunStarted, Promoted, ...), and a reason with its message is posted once
+    (Stalled and Ready often carry the same)."""
+    events: list[tuple[str, str, str]] = []
+    for c in changed_conditions(old, new):
+        wanted = ((c["type"] == "Ready" or (c["type"] == "Stalled" and c["status"] == "True"))
+                  or (c["type"] == "Reconciling" and c["reason"] == DeploymentReason.STORAGE_UNAVAILABLE))
+        type_ = "Warning" if c["reason"] in PROBLEMS else "Normal"
+        event = (type_, c["reason"], c["message"] or f"{c['type']} is {c['status']}")
+        if wanted and (type_ == "Warning" or not decided) and event not in events:
+            events.append(event)
+    return events

@@ -23,7 +23,7 @@ from ..api.training import ModelTrainingSpec
 from ..artifacts import split_version_uri
 from ..config import SETTINGS
 from ..names import API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER, TRAINING, VERSION
-from ..reasons import PROBLEMS, DeploymentReason as R
+from ..reasons import DeploymentReason as R
 from ..render.deployment import (
     ServedModel, render_deployment, render_hpa, render_network_policy, render_pdb, render_service, selector_string, url,
 )
@@ -31,7 +31,7 @@ from ..rollout import (
     ROLLBACK, Candidate, ModelUnavailable, Rollout, deployment_conditions, observe, phase_of, promote, roll_back,
     rollback_version, rollout_state,
 )
-from ..status import changed_conditions, merge_conditions
+from ..status import merge_conditions, transition_events
 from . import storage
 
 
@@ -170,19 +170,8 @@ def _reconcile(obj: dict | None) -> None:
     for outcome in r.counts:  # once the status that records them is written
         (metrics.ROLLBACKS.labels(namespace, name) if outcome == ROLLBACK
          else metrics.PROMOTIONS.labels(namespace, name, outcome)).inc()
-    events = r.events
-    decided = bool(events)
-    reported: set[tuple[str, str]] = set()
-    for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
-        # Ready and Stalled transitions; and a store that stopped answering while a version is served. A
-        # Normal one is left out when this reconcile's decisions already said it (Promoted says a version
-        # is rolling out, RolloutComplete that it serves): one event per thing that happened.
-        wanted = ((c["type"] in ("Ready", "Stalled") and not (c["type"] == "Stalled" and c["status"] == "False"))
-                  or (c["type"] == "Reconciling" and c["reason"] == R.STORAGE_UNAVAILABLE))
-        type_ = "Warning" if c["reason"] in PROBLEMS else "Normal"
-        if wanted and (type_ == "Warning" or not decided) and (c["reason"], c["message"]) not in reported:
-            reported.add((c["reason"], c["message"]))
-            events.append((type_, c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
+    # Promoted already says a version is rolling out, RolloutComplete that it serves: one event per thing.
+    events = r.events + transition_events(obj.get("status", {}).get("conditions"), conditions, decided=bool(r.events))
     kube.emit_events(obj, events)
 
 
@@ -278,7 +267,6 @@ def on_deployment_event(type: str, body: Any, name: str, namespace: str, **_: An
             for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
                 _optional.get((kind, namespace), set()).discard(name)
     elif not kube.own_write(body):  # its own status write: the reconcile that wrote it saw everything
-        _follow(namespace, name, (body.get("spec", {}).get("model") or {}).get("fromTraining"))
         reconcile(namespace, name, body)
 
 

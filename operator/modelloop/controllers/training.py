@@ -21,13 +21,13 @@ from ..api.training import ModelTrainingSpec
 from ..artifacts import version_under
 from ..config import LABEL_MANAGED_BY, MANAGER, SETTINGS
 from ..names import API_VERSION, LABEL_TRAINING, LABEL_VERSION, RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION, TRAINING
-from ..reasons import PROBLEMS, RunTrigger as Trigger, TrainingEvent as Event, TrainingReason as R
+from ..reasons import RunTrigger as Trigger, TrainingEvent as Event
 from ..render.training import effective_spec, job_name, render_job
 from ..runs import (
     adopted_run, dataset_override, fold_failed, fold_succeeded, job_failure_message, job_outcome, leftovers_to_remove,
     next_version, phase_of, protected_versions, run_event, training_conditions, versions_to_prune, wanted_trigger,
 )
-from ..status import changed_conditions, merge_conditions
+from ..status import merge_conditions, transition_events
 from ..training.errors import SpecError
 from ..training.estimator import build_estimator
 from . import storage
@@ -164,14 +164,8 @@ def _reconcile(obj: dict | None) -> None:
             metrics.TRAINING_VERSION_METRIC.labels(namespace, name, str(run["version"]), metric).set(value)
     if status.get("latestVersion"):
         metrics.TRAINING_LATEST_VERSION.labels(namespace, name).set(status["latestVersion"])
-    decided = bool(events)  # a Normal transition is left out when a run's event already said it
-    for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
-        if c["type"] in ("Stalled", "Ready") and (c["status"] == "True" or c["type"] == "Ready"):
-            type_ = "Warning" if c["reason"] in PROBLEMS else "Normal"
-            if type_ == "Warning" or not decided:
-                events.append((type_, c["reason"], c["message"] or f"{c['type']} is {c['status']}"))
-        elif c["type"] == "Reconciling" and c["reason"] == R.STORAGE_UNAVAILABLE:
-            events.append(("Warning", c["reason"], c["message"]))
+    # RunStarted already says a run is training, RunSucceeded that a version is ready: one event per thing.
+    events += transition_events(obj.get("status", {}).get("conditions"), conditions, decided=bool(events))
     kube.emit_events(obj, events)
     if status.get("handledRequest") == request and RETRAIN_DATASET_ANNOTATION in annotations:
         _clear_dataset_override(namespace, name, annotations[RETRAIN_DATASET_ANNOTATION])

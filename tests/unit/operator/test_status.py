@@ -1,5 +1,5 @@
 """Condition bookkeeping follows the API conventions."""
-from modelloop.status import Cond, changed_conditions, merge_conditions
+from modelloop.status import Cond, changed_conditions, merge_conditions, transition_events
 
 
 def test_last_transition_time_changes_only_when_status_changes():
@@ -25,3 +25,20 @@ def test_changed_conditions_reports_status_or_reason_changes_only():
     c = merge_conditions(b, [Cond.of("Ready", True, "VersionAvailable")], 1, now="t")
     assert changed_conditions(a, b) == []
     assert [x["reason"] for x in changed_conditions(b, c)] == ["VersionAvailable"]
+
+
+
+def _c(type_: str, status: str, reason: str, message: str = "") -> dict:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+def test_transition_events_one_per_thing_that_happened():
+    before = [_c("Ready", "True", "Serving", "v1"), _c("Stalled", "False", "Serving")]
+    rolling = [_c("Ready", "False", "RollingOut", "v2 is rolling out"), _c("Stalled", "False", "Progressing"),
+               _c("Reconciling", "True", "RollingOut", "v2")]
+    assert transition_events(before, rolling, decided=False) == [("Normal", "RollingOut", "v2 is rolling out")]
+    assert transition_events(before, rolling, decided=True) == []        # Promoted said it already
+    stalled = [_c("Ready", "False", "InvalidSpec", "bad n_trees"), _c("Stalled", "True", "InvalidSpec", "bad n_trees"),
+               _c("Reconciling", "True", "StorageUnavailable", "the store did not answer")]
+    assert transition_events(before, stalled, decided=True) == [        # Warnings always, each once
+        ("Warning", "InvalidSpec", "bad n_trees"), ("Warning", "StorageUnavailable", "the store did not answer")]

@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install modelloop with its test dependencies
 
-binaries: ## build (or reuse) the Kubernetes binaries, etcd, kwok, helm, promtool, CoreDNS, metrics-server, versitygw
+binaries: ## build (or reuse) the Kubernetes binaries, etcd, kwok, helm, promtool, CoreDNS, metrics-server, kube-router, versitygw
 	hack/build-binaries.sh
 
 images: ## build (or reuse) the operator, runtime, base and pause images with Docker (cached by content)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Build (or reuse) the binaries of the embedded control plane from the Go module proxy:
 # kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes), etcd,
-# kwok, helm, promtool and prometheus, the node's CoreDNS and metrics-server, versitygw (the S3-compatible server of the
+# kwok, helm, promtool and prometheus, the node's CoreDNS, metrics-server and kube-router (NetworkPolicy), versitygw (the S3-compatible server of the
 # tests and the demo), and argocd-health (hack/argocd-health: Argo CD's Lua health checks run the way Argo CD runs them). Each binary is cached as $CACHE/bin/<name>-<version> and
 # rebuilt only when missing or when it does not report the expected version. Prints the bin directory on success.
 #
 # Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool prometheus
-#        coredns metrics-server versitygw argocd-health; default all)
+#        coredns metrics-server kube-router versitygw argocd-health; default all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,6 +29,7 @@ have() { # have <name> <version>: cached binary exists and reports its version
     kubectl) out="$("$f" version --client 2>/dev/null)" ;;
     helm) out="$("$f" version --short 2>/dev/null)" ;;
     coredns) out="$("$f" -version 2>/dev/null)" ;;
+    kube-router) out="$("$f" --version 2>&1)" ;;  # it prints its version on stderr
     *) out="$("$f" --version 2>/dev/null)" ;;
   esac || return 1
   [[ "$out" == *"${2#v}"* ]]
@@ -204,6 +205,14 @@ build_versitygw() {
   go_install versitygw "$VERSITYGW_VERSION" github.com/versity/versitygw/cmd/versitygw "-X main.Version=$VERSITYGW_VERSION"
 }
 
+# NetworkPolicy enforcement on the real node (firewall mode only: hack/node.py runs it on the host beside
+# kube-proxy, with routing, service proxy and CNI off). v2.1.0 is the only version the module proxy serves here;
+# it is test infrastructure, never shipped (docs/security.md). Static: the node needs no cgo.
+build_kube-router() {
+  CGO_ENABLED=0 go_install kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router \
+    "-X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION"
+}
+
 # The harness that runs the chart's Argo CD health checks (charts/modelloop/argocd/*.lua) in gopher-lua, the
 # interpreter Argo CD uses (its version is pinned in hack/argocd-health/go.mod). Our own source: its version is
 # a hash of that source, so an edit rebuilds it (a cold build takes seconds).
@@ -218,7 +227,7 @@ build_argocd-health() {
 }
 
 components=("$@")
-((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server versitygw argocd-health)
+((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server kube-router versitygw argocd-health)
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

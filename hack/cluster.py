@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The embedded Kubernetes cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (two
 simulated nodes, tainted, for fast controller tests) and one real node (hack/node.py: kubelet, kube-proxy,
-containerd, CNI bridge, CoreDNS, metrics-server), all real binaries built from their Go modules by
+containerd, CNI bridge, kube-router's NetworkPolicy firewall, CoreDNS, metrics-server), all real binaries built from their Go modules by
 hack/build-binaries.sh, run as host processes. Pods on the real node run in containers from the images
 hack/images.sh builds. MODELLOOP_NODE=0 starts the control plane and kwok only (no root needed), on 127.0.0.1.
 
@@ -347,7 +347,7 @@ def register_extra(name: str, pid: int) -> None:
 
 
 def build_binaries() -> None:
-    components = ["etcd", "kwok", "k8s"] + (["coredns", "metrics-server"] if with_node() else [])
+    components = ["etcd", "kwok", "k8s"] + (["coredns", "metrics-server", "kube-router"] if with_node() else [])
     subprocess.run([str(HACK / "build-binaries.sh"), *components], check=True, stdout=subprocess.DEVNULL)
 
 
@@ -393,7 +393,8 @@ def up() -> dict:
         make_pki(pki)
         host = node.NODE_IP if real_node else "127.0.0.1"
         ports = {n: free_port() for n in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok", "kubelet_healthz",
-                                          "proxy_healthz", "proxy_metrics", "dns_health", "metrics_server")}
+                                          "proxy_healthz", "proxy_metrics", "router_health", "dns_health",
+                                          "metrics_server")}
         kubeconfig = STATE_DIR / "kubeconfig"
         server = f"https://{host}:{ports['apiserver']}"
         write_kubeconfig(kubeconfig, pki, server)
@@ -490,7 +491,8 @@ def up() -> dict:
 
 def start_node(built: dict[str, str], pki: Path, server: str, ports: dict[str, int], pids: dict[str, int],
                logs: Path, save) -> dict[str, str]:
-    """containerd (with the images imported), kubelet, kube-proxy, CoreDNS and metrics-server."""
+    """containerd (with the images imported), kubelet, kube-proxy, kube-router (NetworkPolicies), CoreDNS and
+    metrics-server."""
     nd = STATE_DIR / "node"
     nd.mkdir(parents=True, exist_ok=True)
     node.write_cni_config(nd / "cni", nd / "ipam", SERVICE_CIDR)
@@ -526,6 +528,13 @@ def start_node(built: dict[str, str], pki: Path, server: str, ports: dict[str, i
 
     # Infrastructure processes on the host use the admin credentials, like kube-controller-manager here.
     kubeconfig = STATE_DIR / "kubeconfig"
+    # NetworkPolicies are enforced (the sketch port of every server is the operator's only): kube-router reads
+    # its Node, which exists once the kubelet is Ready.
+    pids["kube-router"] = start("kube-router", node.kube_router_argv(BIN / "kube-router", kubeconfig, SERVICE_CIDR,
+                                                                     ports["router_health"]), logs)
+    save()
+    wait_http("kube-router", f"http://127.0.0.1:{ports['router_health']}/healthz", pids["kube-router"], logs,
+              expect=None)
     node.write_corefile(nd / "Corefile", kubeconfig, ports["dns_health"])
     pids["coredns"] = start("coredns", [str(BIN / "coredns"), "-conf", str(nd / "Corefile")], logs)
     save()
@@ -642,8 +651,8 @@ def describe(state: dict) -> str:
     lines = [f"cluster ready: Kubernetes {v['K8S_VERSION']}, etcd {v['ETCD_VERSION']}, kwok {v['KWOK_VERSION']} "
              f"on https://{state.get('host', '127.0.0.1')}:{state['ports']['apiserver']}"]
     if state.get("node"):
-        lines.append(f"  real node {node.NODE_NAME} ({node.NODE_IP}): kubelet, kube-proxy, containerd, CoreDNS "
-                     f"(kube-dns {node.DNS_IP}), metrics-server; images: "
+        lines.append(f"  real node {node.NODE_NAME} ({node.NODE_IP}): kubelet, kube-proxy, containerd, kube-router "
+                     f"(NetworkPolicies), CoreDNS (kube-dns {node.DNS_IP}), metrics-server; images: "
                      + ", ".join(state.get("images", {}).get(k, "?") for k in ("OPERATOR_IMAGE", "RUNTIME_IMAGE")))
     lines += [f"  binaries (kubectl, helm of matching versions): {state['bin']}",
               f"  logs: {STATE_DIR / 'logs'}",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Host packages the embedded node needs, from Debian (the only place this machine gets system software):
 # Docker (builds the images), containerd + runc (the node's container runtime, run as its own instance),
-# the CNI plugins, iptables/conntrack (kube-proxy), mmdebstrap (the base image's root filesystem).
+# the CNI plugins, iptables/conntrack (kube-proxy), ipset (kube-router's NetworkPolicy sets), mmdebstrap (the base image's root filesystem).
 # Idempotent: installs only what is missing; starts dockerd when it is not answering.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ command -v runc >/dev/null || need+=(runc)
 [[ -x /usr/lib/cni/bridge ]] || need+=(containernetworking-plugins)
 command -v iptables >/dev/null || need+=(iptables)
 command -v conntrack >/dev/null || need+=(conntrack)
+command -v ipset >/dev/null || need+=(ipset)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)

@@ -1,6 +1,7 @@
 """The embedded cluster's real node: a kubelet and kube-proxy built from k8s.io/kubernetes, a containerd of
-its own (Debian's containerd and runc), the CNI bridge plugin, CoreDNS for the kube-dns Service and
-metrics-server for HPAs, all joined to hack/cluster.py's control plane as host processes.
+its own (Debian's containerd and runc), the CNI bridge plugin, kube-router's firewall for NetworkPolicies,
+CoreDNS for the kube-dns Service and metrics-server for HPAs, all joined to hack/cluster.py's control plane
+as host processes.
 
 Pods run in containers from images that `hack/images.sh` builds and imports into this containerd (no
 registry is reachable here). Addresses, all on this machine and routed nowhere else:
@@ -162,6 +163,12 @@ def teardown_network(service_cidr: str, blackholes: tuple[str, ...]) -> None:
                     if not ((line.startswith(":KUBE-") or line.startswith(":CNI-")) or
                             (line.startswith("-A") and ("KUBE-" in line or "CNI-" in line)))]
             sh(f"{tool}-restore", "-T", table, input="\n".join(kept) + "\n", check=False)
+    # kube-router's ipsets (KUBE-SRC-*, KUBE-DST-*, kube-router-*), free now that no rule refers to them. Its
+    # own `--cleanup-config` panics in v2.1.0, so the node cleans up after it.
+    if shutil.which("ipset"):
+        for name in sh("ipset", "list", "-n", check=False).stdout.split():
+            if name.upper().startswith("KUBE-"):
+                sh("ipset", "destroy", name, check=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +260,17 @@ def write_kube_proxy_config(path: Path, kubeconfig: Path, healthz_port: int, met
         "iptables": {"localhostNodePorts": False, "syncPeriod": "10s", "minSyncPeriod": "0s"},
         "nodePortAddresses": [f"{NODE_IP}/32"],
     }, indent=2))
+
+
+def kube_router_argv(binary: Path, kubeconfig: Path, service_cidr: str, health_port: int) -> list[str]:
+    """kube-router as a NetworkPolicy firewall only: it turns the policies of the pods on this node into
+    iptables chains and ipsets. Routing (BGP), its service proxy and its CNI stay off: the bridge plugin
+    and kube-proxy do those. Traffic from the node itself (kubelet probes, host processes) stays allowed,
+    as with every NetworkPolicy implementation."""
+    return [str(binary), f"--kubeconfig={kubeconfig}", f"--hostname-override={NODE_NAME}",
+            "--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-cni=false",
+            "--enable-ipv4=true", "--enable-ipv6=false", f"--service-cluster-ip-range={service_cidr}",
+            f"--health-port={health_port}", "--metrics-port=0", "--v=1"]
 
 
 def write_corefile(path: Path, kubeconfig: Path, health_port: int) -> None:

@@ -78,6 +78,18 @@ def replicas(cluster, ns: str) -> int:
     return cluster.get("deployment", "churn", "-n", ns)["status"].get("readyReplicas") or 0
 
 
+def autoscaling_report(cluster, ns: str, traffic: Traffic) -> str:
+    """What a failed scale-up leaves to read: the HPA's status, the pods and their conditions, the
+    namespace's recent events and the traffic that was sent."""
+    hpa = cluster.get("hpa", "churn", "-n", ns).get("status") or {}
+    pods = cluster.kubectl("get", "pods", "-n", ns, "-o", "wide", check=False).stdout
+    events = cluster.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout
+    node = cluster.kubectl("describe", "node", check=False).stdout
+    allocated = node[node.find("Allocated resources"):][:600]
+    return (f"HPA status: {hpa}\npods:\n{pods}\nevents (last 30):\n" + "\n".join(events.splitlines()[-30:]) +
+            f"\nnode {allocated}\ntraffic: {traffic.stats.line()}")
+
+
 @pytest.mark.timeout(900)
 def test_autoscaling_scales_up_under_load_and_back_down_with_no_failed_request(
         helm_operator, cluster, e2e_namespace, e2e_store):
@@ -91,8 +103,11 @@ def test_autoscaling_scales_up_under_load_and_back_down_with_no_failed_request(
              timeout=120, interval=2, message="the HPA to read CPU metrics from metrics-server")
     traffic = Traffic(ns, "churn")
     traffic.wait_ready()
-    with BackgroundTraffic(traffic, CHURN, rate=400, concurrency=8):
-        wait_for(lambda: replicas(cluster, ns) >= 2, timeout=240, interval=2, message="a scale-up under load")
+    with BackgroundTraffic(traffic, CHURN, rate=200, concurrency=8):
+        try:
+            wait_for(lambda: replicas(cluster, ns) >= 2, timeout=240, interval=2, message="a scale-up under load")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{autoscaling_report(cluster, ns, traffic)}") from None
         peak = replicas(cluster, ns)
     wait_for(lambda: cluster.get("hpa", "churn", "-n", ns)["status"].get("desiredReplicas") == 1 and
              replicas(cluster, ns) == 1, timeout=300, interval=3, message="the scale-down after the load")

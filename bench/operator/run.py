@@ -28,6 +28,7 @@ of this checkout under the chart's RBAC (a `helm install` with no replica), with
    time between writes, is also recorded). Meanwhile an unrelated ModelTraining is created every 3 s:
    `training_reconcile_p99_s` is the p99, over --probes of them, of the time from its create request until
    its Job exists and its status records the run (`..._quiet_...`: the same before the monitors exist).
+   `drift_window_cpu_ms_per_check`: the operator's CPU time over that window (checks and probes) per check.
 3. kubectl: the operator stopped, the namespaces deleted and re-created, then for each --kubectl-jobs N:
    `kubectl apply --server-side` of the same custom resources, then of the children rendered from them with
    the operator's own render functions (render_deployment, ..., render_job) and of the statuses the operator
@@ -272,6 +273,12 @@ class Kubectl:
 # ---------------------------------------------------------------------------------------------------
 # The run
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -450,11 +457,10 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
         log(f"operator: {total} API requests until then: " + ", ".join(f"{k} {v}" for k, v in list(by_kind.items())[:12]))
 
         # 2. DriftMonitors on fake pods, and unrelated trainings while they check.
-        result.update(drift_phase(args, api, cluster, kubectl, recorder, store, bucket, namespaces, crs))
+        result.update(drift_phase(args, api, cluster, kubectl, recorder, store, bucket, namespaces, crs, pid))
         result["operator_peak_mib"] = round(status_kib(pid, "VmHWM") / 1024, 1)
         result["operator_peak_mib_after_create"] = round(peak_after_create, 1)
-        result["operator_cpu_s"] = round(sum(int(x) for x in Path(f"/proc/{pid}/stat").read_text()
-                                             .rsplit(")", 1)[1].split()[11:13]) / os.sysconf("SC_CLK_TCK"), 1)
+        result["operator_cpu_s"] = round(cpu_seconds(pid), 1)
         written = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o
                    for ns in namespaces for plural in ("modeldeployments", "modeltrainings")
                    for o in api.get(f"/apis/{API}/namespaces/{ns}/{plural}")["items"]}
@@ -525,7 +531,7 @@ def reset(cluster, namespaces: list[str], bucket, secret) -> None:
 
 
 def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, store, bucket,
-                namespaces: list[str], crs: list[dict]) -> dict:
+                namespaces: list[str], crs: list[dict], pid: int) -> dict:
     from tests.integration.test_drift_controller import FAKE_POD_CIDR, FakePod, make_local
 
     probe_ns = namespaces[0]
@@ -582,9 +588,10 @@ def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, s
         log(f"drift: {len(monitors)} DriftMonitors every {DRIFT_INTERVAL_S} s for {args.drift_seconds:.0f} s, "
             f"{args.probes} unrelated ModelTrainings meanwhile")
         kubectl.apply(monitors, 1, "monitors")
-        window_start = time.monotonic()
+        window_start, cpu_start = time.monotonic(), cpu_seconds(pid)
         busy = probe_round(args.probes, "busy", max(0.5, args.drift_seconds / max(1, args.probes)))
         time.sleep(max(0.0, window_start + args.drift_seconds - time.monotonic()))
+        window_cpu = cpu_seconds(pid) - cpu_start
         with recorder.lock:
             checks = {k: [t for t, _ in v] for k, v in recorder.checks.items()}
         pods_scraped = sum(p.offset for p in pods) // 400
@@ -598,6 +605,9 @@ def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, s
             "drift_cycle_p99_s": _round(p99(cycles)), "drift_cycle_median_s": _round(sorted(cycles)[len(cycles) // 2] if cycles else None),
             "drift_checks": len(cycles) + len(first), "drift_monitors_checked": len(checks),
             "drift_first_check_p99_s": _round(p99(first)), "drift_scrapes": pods_scraped,
+            # The operator's CPU over the window (the checks and the probes' reconciles) per check.
+            "drift_window_cpu_s": _round(window_cpu),
+            "drift_window_cpu_ms_per_check": _round(1000 * window_cpu / max(1, len(cycles) + len(first))),
             "training_reconcile_p99_s": _round(p99(busy)), "training_reconcile_median_s": _round(sorted(busy)[len(busy) // 2]),
             "training_reconcile_quiet_p99_s": _round(p99(quiet)), "training_probes": len(busy),
             "training_probes_unfinished": unfinished}
@@ -622,7 +632,8 @@ def print_summary(r: dict) -> None:
     ok = "met" if r["ratio"] <= r["target_ratio"] else "NOT met"
     print(f"ratio operator / best kubectl  {r['ratio']:8.2f}     (target <= {r['target_ratio']}: {ok})")
     print(f"{r['monitors']} DriftMonitors every {r['drift_interval_s']} s: check p99 {r['drift_check_p99_s']} s "
-          f"(cycle p99 {r['drift_cycle_p99_s']} s, {r['drift_checks']} checks)")
+          f"(cycle p99 {r['drift_cycle_p99_s']} s, {r['drift_checks']} checks, operator CPU "
+          f"{r.get('drift_window_cpu_ms_per_check')} ms per check)")
     print(f"unrelated ModelTraining reconcile p99 {r['training_reconcile_p99_s']} s while they check, "
           f"{r['training_reconcile_quiet_p99_s']} s before\n")
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import gzip
 import hashlib
 import json
 import logging
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -146,6 +148,14 @@ class SketchTooLarge(Exception):
     pass
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """Built once for every check's client. Sketch URLs are plain http, but httpx builds a verifying SSL
+    context (certifi's CA bundle) for each client unless it is given one: 30 ms of CPU per check, a third
+    of a core for 100 monitors every 10 s (bench/operator)."""
+    return httpx.create_ssl_context()
+
+
 async def fetch_snapshots(addresses: list[str], model: str, deadline: float = SETTINGS.sketch_deadline_seconds,
                           max_bytes: int = SETTINGS.max_sketch_bytes) -> tuple[list[dict], list[str]]:
     """Live sketches of each pod (validated), and the errors of the pods that could not answer. All
@@ -163,7 +173,8 @@ async def fetch_snapshots(addresses: list[str], model: str, deadline: float = SE
         return sketches.validate(json.loads(body))
 
     snaps, errors = [], []
-    async with httpx.AsyncClient(timeout=deadline, follow_redirects=False, trust_env=False) as client:
+    async with httpx.AsyncClient(timeout=deadline, follow_redirects=False, trust_env=False,
+                                 verify=_ssl_context()) as client:
         tasks = {address: asyncio.ensure_future(fetch(client, address)) for address in addresses}
         if tasks:
             await asyncio.wait(tasks.values(), timeout=deadline)

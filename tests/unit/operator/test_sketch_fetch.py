@@ -84,6 +84,23 @@ def test_pods_are_asked_concurrently_not_one_after_the_other(pods, monkeypatch):
     assert errors == [] and len(snaps) == 10
 
 
+def test_checks_share_one_ssl_context_instead_of_loading_the_ca_bundle_each_time(pods, monkeypatch):
+    """Each check's client used to load certifi's CA bundle (30 ms of CPU) for plain-http sketch URLs."""
+    import ssl
+
+    start, port = pods
+    monkeypatch.setattr("modelloop.controllers.drift.SKETCH_PORT", port)
+    loads = []
+    original = ssl.SSLContext.load_verify_locations
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations",
+                        lambda self, *a, **kw: (loads.append(a or kw), original(self, *a, **kw))[1])
+    address = start("127.0.0.2", "sketch")
+    for _ in range(3):
+        snaps, errors = asyncio.run(fetch_snapshots([address], "churn", deadline=5.0))
+        assert snaps == [SKETCH] and errors == []
+    assert len(loads) <= 1, loads
+
+
 def test_sketch_urls_use_the_sketch_port_and_bracket_ipv6():
     assert sketch_url("10.0.0.7", "churn") == "http://10.0.0.7:8081/v2/models/churn/sketch"
     assert sketch_url("fd00::7", "churn") == "http://[fd00::7]:8081/v2/models/churn/sketch"

@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "server"))
 import run as server_bench  # noqa: E402  (bench/server/run.py: Server, wrk, payload, dataset; one home)
+sys.path.insert(0, str(ROOT))
+from hack.cluster import cpu_seconds  # noqa: E402
 
 REFERENCE = "ef0c679"
 RESULTS = ROOT / "bench" / "results" / "limits.json"
@@ -64,12 +66,6 @@ def train(key: str, data: Path, output: Path, pythonpath: str | None) -> str:
     env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env, check=True, capture_output=True)
     return f"file://{output}/v1"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(server: server_bench.Server, body: Path, script: Path, conns: int, args: argparse.Namespace

@@ -273,12 +273,6 @@ class Kubectl:
 # ---------------------------------------------------------------------------------------------------
 # The run
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def status_kib(pid: int, key: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -460,7 +454,7 @@ def run(args: argparse.Namespace, kubectl_jobs: list[int], state_dir: Path) -> d
         result.update(drift_phase(args, api, cluster, kubectl, recorder, store, bucket, namespaces, crs, pid))
         result["operator_peak_mib"] = round(status_kib(pid, "VmHWM") / 1024, 1)
         result["operator_peak_mib_after_create"] = round(peak_after_create, 1)
-        result["operator_cpu_s"] = round(cpu_seconds(pid), 1)
+        result["operator_cpu_s"] = round(hack_cluster.cpu_seconds(pid), 1)
         written = {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o
                    for ns in namespaces for plural in ("modeldeployments", "modeltrainings")
                    for o in api.get(f"/apis/{API}/namespaces/{ns}/{plural}")["items"]}
@@ -533,6 +527,7 @@ def reset(cluster, namespaces: list[str], bucket, secret) -> None:
 def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, store, bucket,
                 namespaces: list[str], crs: list[dict], pid: int) -> dict:
     from tests.integration.test_drift_controller import FAKE_POD_CIDR, FakePod, make_local
+    from hack.cluster import cpu_seconds
 
     probe_ns = namespaces[0]
     probes: dict[str, float] = {}
@@ -601,13 +596,14 @@ def drift_phase(args, api: Api, cluster, kubectl: Kubectl, recorder: Recorder, s
     # The first check of a monitor follows its creation, not an interval: cycles start at the second.
     cycles = [b - a for ts in checks.values() for a, b in zip(ts, ts[1:])]
     first = [ts[0] - window_start for ts in checks.values() if ts]
+    done = len(cycles) + len(first)
     return {"drift_check_p99_s": _round(p99([c - DRIFT_INTERVAL_S for c in cycles])),
             "drift_cycle_p99_s": _round(p99(cycles)), "drift_cycle_median_s": _round(sorted(cycles)[len(cycles) // 2] if cycles else None),
-            "drift_checks": len(cycles) + len(first), "drift_monitors_checked": len(checks),
+            "drift_checks": done, "drift_monitors_checked": len(checks),
             "drift_first_check_p99_s": _round(p99(first)), "drift_scrapes": pods_scraped,
             # The operator's CPU over the window (the checks and the probes' reconciles) per check.
             "drift_window_cpu_s": _round(window_cpu),
-            "drift_window_cpu_ms_per_check": _round(1000 * window_cpu / max(1, len(cycles) + len(first))),
+            "drift_window_cpu_ms_per_check": _round(1000 * window_cpu / max(1, done)),
             "training_reconcile_p99_s": _round(p99(busy)), "training_reconcile_median_s": _round(sorted(busy)[len(busy) // 2]),
             "training_reconcile_quiet_p99_s": _round(p99(quiet)), "training_probes": len(busy),
             "training_probes_unfinished": unfinished}

@@ -52,7 +52,7 @@ gitops-check: $(STAMP) ## fail when deploy/install.yaml or the docs' Argo CD sni
 
 test: $(STAMP) ## the whole suite: unit tests beside integration and end-to-end (starts the cluster when needed)
 	@# Build the binaries and images first, outside pytest: a cold build takes longer than a test's timeout.
-	hack/build-binaries.sh >/dev/null
+	hack/build-binaries.sh test >/dev/null
 	hack/images.sh >/dev/null
 	hack/run-tests.sh $(PYTEST_ARGS)
 
@@ -60,11 +60,14 @@ test-unit: $(STAMP) ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(STAMP) ## integration and end-to-end tests
-	hack/build-binaries.sh >/dev/null
+	hack/build-binaries.sh test >/dev/null
 	hack/images.sh >/dev/null
 	$(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
-demo: cluster ## the whole loop on the embedded cluster: operator, examples, what to look at next
+demo: $(STAMP) ## the whole loop on the embedded cluster: operator, examples, what to look at next
+	@# Everything the demo runs (hack/build-binaries.sh's demo set), before the cluster starts.
+	hack/build-binaries.sh demo >/dev/null
+	$(PY) hack/cluster.py up
 	$(PY) hack/demo.py
 
 bench: $(STAMP) ## run every benchmark in bench/ (make bench BENCH=<name> runs one)

@@ -5,8 +5,8 @@
 # tests and the demo), and argocd-health (hack/argocd-health: Argo CD's Lua health checks run the way Argo CD runs them). Each binary is cached as $CACHE/bin/<name>-<version> and
 # rebuilt only when missing or when it does not report the expected version. Prints the bin directory on success.
 #
-# Usage: hack/build-binaries.sh [component...]   (components: k8s etcd kwok helm promtool prometheus
-#        coredns metrics-server kube-router versitygw argocd-health; default all)
+# Usage: hack/build-binaries.sh [component or set...]   (components: k8s etcd kwok helm promtool prometheus
+#        coredns metrics-server kube-router versitygw argocd-health; sets below; default: test, everything)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -226,8 +226,28 @@ build_argocd-health() {
   link argocd-health "$v"
 }
 
-components=("$@")
-((${#components[@]})) || components=(etcd kwok k8s helm promtool prometheus coredns metrics-server kube-router versitygw argocd-health)
+# The one list of what each entry point runs; a set name expands to its components. The order is the build
+# order: what starts the cluster first, so a cold `make demo` spends its first minutes on what it needs first.
+# tests/unit/test_build_sets.py fails when code runs a binary (BIN / "name") that its entry point's set lacks.
+#   control-plane  hack/cluster.py with MODELLOOP_NODE=0 (etcd, the Kubernetes binaries, kwok)
+#   node           what hack/node.py runs on the host beside the kubelet
+#   demo           make demo: the cluster, helm (operator install), versitygw (store), promtool + prometheus
+#   test           make test: the demo's set and argocd-health (the Argo CD health-check harness)
+declare -A SETS=([control-plane]="etcd kwok k8s" [node]="coredns metrics-server kube-router")
+SETS[demo]="${SETS[control-plane]} ${SETS[node]} helm versitygw promtool prometheus"
+SETS[test]="${SETS[demo]} argocd-health"
+components=()
+for arg in "${@:-test}"; do
+  if [[ -n "${SETS[$arg]:-}" ]]; then
+    read -r -a expanded <<<"${SETS[$arg]}"
+    components+=("${expanded[@]}")
+  elif declare -F "build_$arg" >/dev/null; then
+    components+=("$arg")
+  else
+    echo "hack/build-binaries.sh: unknown component or set '$arg' (sets: ${!SETS[*]})" >&2
+    exit 2
+  fi
+done
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

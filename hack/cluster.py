@@ -353,8 +353,8 @@ def register_extra(name: str, pid: int) -> None:
 
 
 def build_binaries() -> None:
-    components = ["etcd", "kwok", "k8s"] + (["coredns", "metrics-server", "kube-router"] if with_node() else [])
-    subprocess.run([str(HACK / "build-binaries.sh"), *components], check=True, stdout=subprocess.DEVNULL)
+    sets = ["control-plane", "node"] if with_node() else ["control-plane"]  # hack/build-binaries.sh names them
+    subprocess.run([str(HACK / "build-binaries.sh"), *sets], check=True, stdout=subprocess.DEVNULL)
 
 
 def images(containerd_socket: Path | None = None) -> dict[str, str]:

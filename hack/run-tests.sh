@@ -11,10 +11,38 @@
 # is shown as it runs, the others' when all have finished; the exit status is non-zero when any session fails
 # (pytest's 5, "no tests collected", included).
 #
+# In the sessions against the cluster (integration, e2e, rbac) a skip is a failure: a missing audit log, a
+# cluster without its node or a fixture that gave up all look like a skip, and a skipped test proves nothing.
+# They run with MODELLOOP_SKIPS_FAIL=1, which makes tests/conftest.py report the skip of any test not marked
+# `@pytest.mark.optional(reason="when the skip is legitimate")` as a failure ("skipped, and skips fail in this
+# session: <reason>"), and a module skipped at import as a collection error. The unit session keeps ordinary skips.
+#
 # With arguments (make test PYTEST_ARGS="..."), one ordinary pytest session with those arguments.
+# `--session NAME ARGS...` runs pytest as session NAME (unit, integration, e2e or rbac) does, with the same
+# environment and options, on ARGS instead of its tests (tests/unit/test_run_tests_script.py uses it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
+
+# No cache plugin beside the first session (integration): they would write .pytest_cache at once.
+session() {
+  local name=$1
+  shift
+  case "$name" in
+    unit) "$py" -m pytest -p no:cacheprovider "$@" ;;
+    integration) MODELLOOP_SKIPS_FAIL=1 "$py" -m pytest --durations=10 "$@" ;;
+    e2e) MODELLOOP_SKIPS_FAIL=1 "$py" -m pytest -p no:cacheprovider --durations=10 -rP "$@" ;;
+    rbac) MODELLOOP_SKIPS_FAIL=1 "$py" -m pytest -p no:cacheprovider "$@" ;;
+    *) echo "run-tests.sh: unknown session '$name' (unit, integration, e2e or rbac)" >&2; return 2 ;;
+  esac
+}
+
+if [[ "${1:-}" == --session ]]; then
+  (($# >= 2)) || { echo "usage: hack/run-tests.sh --session unit|integration|e2e|rbac [pytest args]" >&2; exit 2; }
+  shift
+  session "$@"
+  exit
+fi
 if (($#)); then
   exec "$py" -m pytest "$@"
 fi
@@ -31,16 +59,15 @@ trap cleanup EXIT
 MODELLOOP_TESTS_SINCE="$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)"
 export MODELLOOP_TESTS_SINCE
 
-# No cache plugin beside the first session: they would write .pytest_cache at once.
-"$py" -m pytest tests/unit -p no:cacheprovider >"$logs/unit" 2>&1 &
+session unit tests/unit >"$logs/unit" 2>&1 &
 unit=$!
-"$py" -m pytest tests/e2e --ignore=tests/e2e/test_rbac.py -p no:cacheprovider --durations=10 -rP >"$logs/e2e" 2>&1 &
+session e2e tests/e2e --ignore=tests/e2e/test_rbac.py >"$logs/e2e" 2>&1 &
 e2e=$!
-"$py" -m pytest tests/integration --durations=10
+session integration tests/integration
 integration_status=$?
 wait "$e2e"; e2e_status=$?
 wait "$unit"; unit_status=$?
-"$py" -m pytest tests/e2e/test_rbac.py -p no:cacheprovider >"$logs/rbac" 2>&1
+session rbac tests/e2e/test_rbac.py >"$logs/rbac" 2>&1
 rbac_status=$?
 for session in e2e unit rbac; do
   echo "================ $session tests (ran beside the integration tests) ================"

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hack.traffic import Traffic, batches_from_csv
 from tests.e2e.helpers import API, CHURN, DRIFTED, BackgroundTraffic, status
 from tests.fixtures.artifacts import secret
 from tests.fixtures.cluster import wait_for
+from tests.fixtures.prometheus import NO_NODE
 from tests.integration.test_training_controller import training
 
 
+@pytest.mark.optional(reason=NO_NODE)
 def test_the_whole_loop_train_serve_drift_retrain_promote(helm_operator, cluster, e2e_namespace, s3, prometheus):
     ns = e2e_namespace
     drift_alert = f'ALERTS{{alertname="ModelDriftDetected",alertstate="firing",namespace="{ns}",monitor="churn"}}'

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.fixtures.cluster import RESTRICTED_CONTAINER, RESTRICTED_POD, ROOT, wait_for
@@ -103,8 +102,7 @@ def test_hpa_and_crd_can_be_created_and_garbage_collector_follows_owner_referenc
     })
     try:
         cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd_name}", "--timeout=30s")
-        owner = cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner", "namespace": namespace}})
-        assert owner.returncode == 0
+        cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "owner", "namespace": namespace}})
         uid = cluster.get("configmap", "owner", "-n", namespace)["metadata"]["uid"]
         cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
             "name": "child", "namespace": namespace,
@@ -145,4 +143,3 @@ def test_make_cluster_twice_leaves_one_set_of_processes_and_cluster_down_leaves_
         subprocess.run([*make, "cluster-down"], env=env, check=True, capture_output=True, timeout=120)
     assert _processes_under(tmp_path / "c") == []
     assert not (tmp_path / "c").exists()
-    assert sys.executable  # the test ran in the project venv

@@ -27,6 +27,11 @@ def st(cluster, namespace) -> dict:
     return mdep(cluster, namespace).get("status") or {}
 
 
+def absent(cluster, kind: str, namespace: str) -> bool:
+    """`kind/churn` is NotFound (not merely a failed kubectl: a misspelt kind or a refused call is no absence)."""
+    return "NotFound" in cluster.kubectl("get", kind, "churn", "-n", namespace, check=False).stderr
+
+
 def cond(status: dict, type_: str) -> dict:
     return next((c for c in status.get("conditions") or () if c["type"] == type_), {})
 
@@ -71,7 +76,7 @@ def test_children_are_created_owned_and_shaped_for_safe_rollouts(operator, clust
     meta = store.read_metadata(1)
     assert ann["modelloop.dev/model-sha256"] == meta["model"]["sha256"] and ann["modelloop.dev/model-version"] == "1"
     assert svc["spec"]["ports"][0]["port"] == 8080
-    assert cluster.kubectl("get", "hpa", "churn", "-n", namespace, check=False).returncode != 0
+    assert absent(cluster, "hpa", namespace)
     assert cond(status, "Available")["status"] == "True" and cond(status, "Stalled")["status"] == "False"
 
 
@@ -81,7 +86,9 @@ def test_autoscaling_renders_an_hpa_instead_of_fixed_replicas(operator, cluster,
     cluster.apply(spec)
     hpa = wait_for(lambda: cluster.get("hpa", "churn", "-n", namespace), timeout=60, message="the HPA")
     assert hpa["spec"]["maxReplicas"] == 4 and hpa["spec"]["scaleTargetRef"]["name"] == "churn"
-    assert cluster.get("pdb", "churn", "-n", namespace)["spec"]["maxUnavailable"] == 1
+    # The PDB is applied after the HPA: wait for it too before it may be asserted gone.
+    pdb = wait_for(lambda: cluster.get("pdb", "churn", "-n", namespace), timeout=30, message="the PDB")
+    assert pdb["spec"]["maxUnavailable"] == 1
 
     # Autoscaling off, one replica: neither the HPA nor the PDB is wanted any more, and both go.
     cluster.kubectl("patch", "mdep/churn", "-n", namespace, "--type=json", "-p", json.dumps(
@@ -132,12 +139,12 @@ def test_scale_subresource_scales_the_server(operator, cluster, namespace, store
 
 def test_deleting_the_resource_deletes_its_children(operator, cluster, namespace, store):
     cluster.apply(deployment(namespace, model={"uri": store.version_uri(1)}))
-    wait_for(lambda: cluster.kubectl("get", "deployment", "churn", "-n", namespace, check=False).returncode == 0,
-             timeout=60, message="the Deployment")
+    children = ("deployment", "service", "pdb", "networkpolicy")
+    for kind in children:  # each seen first, so that its absence afterwards means it was deleted
+        wait_for(lambda: cluster.get(kind, "churn", "-n", namespace), timeout=60, message=f"the {kind}")
     cluster.kubectl("delete", "mdep", "churn", "-n", namespace)
-    for kind in ("deployment", "service", "pdb", "networkpolicy"):
-        wait_for(lambda: cluster.kubectl("get", kind, "churn", "-n", namespace, check=False).returncode != 0,
-                 timeout=60, message=f"the {kind} to be garbage-collected")
+    for kind in children:
+        wait_for(lambda: absent(cluster, kind, namespace), timeout=60, message=f"the {kind} to be garbage-collected")
 
 
 def test_tampered_artifact_is_never_rolled_out(operator, cluster, namespace, store, s3):
@@ -147,7 +154,7 @@ def test_tampered_artifact_is_never_rolled_out(operator, cluster, namespace, sto
     wait_for(lambda: cond(st(cluster, namespace), "Ready").get("reason") == "ArtifactUnavailable", timeout=60,
              message="ArtifactUnavailable")
     assert "sha256" in cond(st(cluster, namespace), "Ready")["message"]
-    assert cluster.kubectl("get", "deployment", "churn", "-n", namespace, check=False).returncode != 0
+    assert absent(cluster, "deployment", namespace)
 
 
 def test_the_runtime_of_the_spec_reaches_the_server_pods_and_an_unknown_one_is_refused(operator, cluster, namespace,

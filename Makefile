@@ -7,6 +7,11 @@ STAMP := $(VENV)/.installed
 BENCH ?=
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
+# The binaries of a set (hack/build-binaries.sh) and, beside them, the images: those are mostly downloads (Debian
+# packages, wheels) and the Go builds are CPU, so together they take about the longer of the two, not the sum.
+BUILD = build() { log=$$(mktemp); hack/images.sh >/dev/null 2>$$log & images=$$!; \
+	  hack/build-binaries.sh "$$1" >/dev/null || { kill $$images; wait; exit 1; }; \
+	  wait $$images || { cat $$log; echo "hack/images.sh failed" >&2; exit 1; }; rm -f $$log; }; build
 
 .PHONY: help venv binaries images cluster cluster-down cluster-status test test-unit test-integration demo bench crds crds-check gitops gitops-check lint clean
 
@@ -52,21 +57,19 @@ gitops-check: $(STAMP) ## fail when deploy/install.yaml or the docs' Argo CD sni
 
 test: $(STAMP) ## the whole suite: unit tests beside integration and end-to-end (starts the cluster when needed)
 	@# Build the binaries and images first, outside pytest: a cold build takes longer than a test's timeout.
-	hack/build-binaries.sh test >/dev/null
-	hack/images.sh >/dev/null
+	@$(BUILD) test
 	hack/run-tests.sh $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## unit tests only (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: $(STAMP) ## integration and end-to-end tests
-	hack/build-binaries.sh test >/dev/null
-	hack/images.sh >/dev/null
+	@$(BUILD) test
 	$(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 demo: $(STAMP) ## the whole loop on the embedded cluster: operator, examples, what to look at next
-	@# Everything the demo runs (hack/build-binaries.sh's demo set), before the cluster starts.
-	hack/build-binaries.sh demo >/dev/null
+	@# Everything the demo runs (hack/build-binaries.sh's demo set) and the images, before the cluster starts.
+	@$(BUILD) demo
 	$(PY) hack/cluster.py up
 	$(PY) hack/demo.py
 

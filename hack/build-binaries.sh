@@ -5,7 +5,7 @@
 # tests and the demo), and argocd-health (hack/argocd-health: Argo CD's Lua health checks run the way Argo CD runs them). Each binary is cached as $CACHE/bin/<name>-<version> and
 # rebuilt only when missing or when it does not report the expected version. Prints the bin directory on success.
 #
-# Usage: hack/build-binaries.sh [component or set...]   (components: k8s etcd kwok helm promtool prometheus
+# Usage: hack/build-binaries.sh [--list] [component or set...]   (components: k8s etcd kwok helm promtool prometheus
 #        coredns metrics-server kube-router versitygw argocd-health; sets below; default: test, everything)
 set -euo pipefail
 
@@ -231,11 +231,16 @@ build_argocd-health() {
 # tests/unit/test_build_sets.py fails when code runs a binary (BIN / "name") that its entry point's set lacks.
 #   control-plane  hack/cluster.py with MODELLOOP_NODE=0 (etcd, the Kubernetes binaries, kwok)
 #   node           what hack/node.py runs on the host beside the kubelet
-#   demo           make demo: the cluster, helm (operator install), versitygw (store), promtool + prometheus
-#   test           make test: the demo's set and argocd-health (the Argo CD health-check harness)
+#   demo           make demo: the cluster, helm (operator install), versitygw (store), prometheus
+#   test           make test: the demo's set, promtool (the alert rules' unit tests) and argocd-health (the
+#                  Argo CD health-check harness)
 declare -A SETS=([control-plane]="etcd kwok k8s" [node]="coredns metrics-server kube-router")
-SETS[demo]="${SETS[control-plane]} ${SETS[node]} helm versitygw promtool prometheus"
-SETS[test]="${SETS[demo]} argocd-health"
+SETS[demo]="${SETS[control-plane]} ${SETS[node]} helm versitygw prometheus"
+SETS[test]="${SETS[demo]} promtool argocd-health"
+# The binaries a component puts in $BIN (k8s builds several; every other component builds one of its name).
+products() { if [[ "$1" == k8s ]]; then echo kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; else echo "$1"; fi; }
+list=0
+if [[ "${1:-}" == --list ]]; then list=1; shift; fi  # --list: print the binaries of the components, build nothing
 components=()
 for arg in "${@:-test}"; do
   if [[ -n "${SETS[$arg]:-}" ]]; then
@@ -248,6 +253,10 @@ for arg in "${@:-test}"; do
     exit 2
   fi
 done
+if ((list)); then
+  for c in "${components[@]}"; do products "$c"; done | tr ' ' '\n'
+  exit 0
+fi
 for c in "${components[@]}"; do
   start=$SECONDS
   "build_$c"

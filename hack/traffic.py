@@ -4,7 +4,10 @@
 (CoreDNS behind the kube-dns Service) and sends every request to that address: kube-proxy picks the pod.
 Each request opens its own connection, so kube-proxy balances every request, and it never retries: a failed
 request is counted as failed, which is what a rollout must avoid. Responses are counted by the model version
-that answered. Used by `make demo` and the end-to-end tests.
+that answered. Batches that carry the truth (`batches_from_csv(..., with_truth=True)`) keep each answered row's
+prediction id with its true label; `feed_back(delay)` sends the labels of predictions older than `delay` seconds
+to the feedback endpoint, as a system whose outcomes arrive later does. Used by `make demo` and the end-to-end
+tests.
 """
 from __future__ import annotations
 
@@ -70,6 +73,8 @@ class Traffic:
         self.address = resolve(service, namespace)
         self.url = f"http://{self.address}:{PORT}/v2/models/{self.model}"
         self.stats = Stats()
+        self.pending: list[tuple[float, str, list[Any]]] = []  # (answered at, request id, true labels of its rows)
+        self.labels_sent = 0
 
     def wait_ready(self, timeout: float = 120) -> str:
         """Until the Service answers a readiness probe (some pod behind it is ready)."""
@@ -104,15 +109,18 @@ class Traffic:
             next_at = time.monotonic()
             while time.monotonic() < deadline:
                 with lock:
-                    rows = next(source, None)
-                if rows is None:
+                    item = next(source, None)
+                if item is None:
                     return
-                error, version = self._send(client, rows)
+                rows, truths = item if isinstance(item, tuple) else (item, None)
+                error, version, request_id = self._send(client, rows)
                 with lock:
                     run.sent += 1
                     if error is None:
                         run.ok += 1
                         run.by_version[version] += 1
+                        if truths is not None:
+                            self.pending.append((time.monotonic(), request_id, truths))
                     else:
                         run.failed += 1
                         run.errors[error] += 1
@@ -137,27 +145,47 @@ class Traffic:
         per request, so kube-proxy balances each one; httpx never retries."""
         return httpx.Client(timeout=10, headers={"connection": "close"})
 
-    def _send(self, client: httpx.Client, rows: list[dict[str, Any]]) -> tuple[str | None, str | None]:
+    def _send(self, client: httpx.Client, rows: list[dict[str, Any]]) -> tuple[str | None, str | None, str | None]:
         try:
             r = client.post(f"{self.url}/infer", json=v2_request(rows))
         except httpx.HTTPError as e:
-            return type(e).__name__, None
+            return type(e).__name__, None, None
         if r.status_code != 200:
-            return f"HTTP {r.status_code}", None
-        return None, str(r.json().get("model_version"))
+            return f"HTTP {r.status_code}", None, None
+        body = r.json()
+        return None, str(body.get("model_version")), body.get("id")
+
+    def feed_back(self, delay: float = 0.0, chunk: int = 5000) -> int:
+        """Send the true labels of the predictions answered more than `delay` seconds ago (ids
+        `<request id>:<row>`), in calls of at most `chunk` labels; the labels sent. A refused call raises."""
+        cutoff = time.monotonic() - delay
+        due = [p for p in self.pending if p[0] <= cutoff]
+        self.pending = [p for p in self.pending if p[0] > cutoff]
+        ids = [f"{rid}:{i}" for _, rid, truths in due for i in range(len(truths))]
+        targets = [t for _, _, truths in due for t in truths]
+        with httpx.Client(timeout=30) as client:
+            for i in range(0, len(ids), chunk):
+                r = client.post(f"{self.url}/feedback", json={"ids": ids[i:i + chunk], "targets": targets[i:i + chunk]})
+                if r.status_code != 200:
+                    raise RuntimeError(f"feedback refused: HTTP {r.status_code} {r.text[:300]}")
+        self.labels_sent += len(ids)
+        return len(ids)
 
     def close(self) -> None:
         """Nothing to release (kept for callers that close a traffic source)."""
 
 
-def batches_from_csv(path: str, target: str, batch: int = 8, repeat: bool = True) -> Iterator[list[dict[str, Any]]]:
-    """Rows of a CSV (without the target column) in batches, cycling when `repeat`."""
+def batches_from_csv(path: str, target: str, batch: int = 8, repeat: bool = True, with_truth: bool = False
+                     ) -> Iterator[Any]:
+    """Rows of a CSV (without the target column) in batches, cycling when `repeat`; with `with_truth`, each
+    batch is (rows, their true labels)."""
     import pandas as pd
 
-    frame = pd.read_csv(path).drop(columns=[target])
+    frame = pd.read_csv(path)
+    truth = frame.pop(target).tolist()
     records = frame.to_dict(orient="records")
     while True:
         for i in range(0, len(records) - batch + 1, batch):
-            yield records[i:i + batch]
+            yield (records[i:i + batch], truth[i:i + batch]) if with_truth else records[i:i + batch]
         if not repeat:
             return

@@ -11,24 +11,35 @@ the batcher, and every response is one JSON body with an explicit length.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
 import time
 import uuid
 from typing import Any, Awaitable, Callable
 
 import orjson
 
+from modelloop.artifacts.errors import StorageError
+from modelloop.outcomes.join import hash_ids
+from modelloop.outcomes.records import REQUEST_ID
+
 from . import v1, v2
 from .batching import Batcher, QueueFull
 from .config import ServerConfig
 from .connections import body_received
 from .errors import RETRY_AFTER, ClientError, unavailable
+from .feedback import decode_feedback
 from .inference import Prediction, Predictor
 from .live import LiveSketches
 from .logs import log_event
 from .metrics import ServerMetrics
 from .model import ServedModel
+from .recording import Outcomes, open_outcomes
 
+# Feedback calls held at once (reading, or waiting for the feedback thread); more get 503 with Retry-After, so
+# a flood costs at most this many bodies of --max-body-bytes.
+MAX_FEEDBACK_CALLS = 4
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -47,13 +58,16 @@ class ModelServerApp:
         self.load = load
         self.model: ServedModel | None = None
         self.sketches: LiveSketches | None = None
+        self.outcomes: Outcomes | None = None  # prediction records and feedback (config.feedback_uri)
         self.metrics = ServerMetrics()
         self.batcher = Batcher(max_batch_size=config.max_batch_size, max_wait=config.max_batch_wait_ms / 1000,
                                max_queue=config.max_queue)
         self.inferring = 0  # inference requests in flight (counted against --max-concurrency)
+        self.feedback_calls = 0  # feedback calls read or waiting for the feedback thread (at most MAX_FEEDBACK_CALLS)
         self.loaded = False
         self.draining = False
         self._loading: asyncio.Task | None = None
+        self._expiring: asyncio.Task | None = None
         self._sketch_server: Any = None  # the listener of the sketch port (a uvicorn.Server)
         # Called with a one-line reason when the model cannot be served; the CLI makes the process exit.
         self.on_fatal: Callable[[str], None] = lambda reason: None
@@ -83,9 +97,9 @@ class ModelServerApp:
         limited = False
         try:
             route, handler, params = match_route(scope["method"], scope["path"])
-            # Sketches are served on their own port only, and that port serves nothing else.
+            # Sketches and live performance are served on their own port only, and that port serves nothing else.
             on_sketch_port = (scope.get("server") or (None, None))[1] == self.config.sketch_port
-            if (handler is ModelServerApp.sketch) != on_sketch_port:
+            if (handler in _SKETCH_PORT_ONLY) != on_sketch_port:
                 raise ClientError(404, f"no such endpoint on this port: {scope['method']} {scope['path']}")
             if handler in _INFERENCE:
                 if self.inferring >= self.config.max_concurrency:
@@ -133,6 +147,8 @@ class ModelServerApp:
                 if self._sketch_server is not None:
                     await self._sketch_server.shutdown()
                 await self.batcher.close()
+                if self.outcomes is not None:  # the last second of records reaches the store
+                    await asyncio.get_running_loop().run_in_executor(None, self.outcomes.close)
                 log_event("server.stopped")
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -156,15 +172,17 @@ class ModelServerApp:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            model, sketches = await loop.run_in_executor(self.batcher.executor, self._load_and_warm_up)
+            model, sketches, outcomes = await loop.run_in_executor(self.batcher.executor, self._load_and_warm_up)
         except Exception as exc:  # noqa: BLE001 - reported and fatal
             reason = f"{type(exc).__name__}: {exc}"
             log_event("model.refused", level=logging.ERROR, uri=self.config.model_uri, error=reason)
             self.on_fatal(reason)
             return
-        self.model, self.sketches = model, sketches
+        self.model, self.sketches, self.outcomes = model, sketches, outcomes
+        if outcomes is not None:
+            self._expiring = loop.create_task(self._expire_records(), name="expire-records")
         self.metrics.set_model(model, _prediction_edges(model))
-        self.batcher.run = Predictor(model, self.metrics, sketches).run
+        self.batcher.run = Predictor(model, self.metrics, sketches, outcomes.recorder if outcomes else None).run
         self.loaded = True
         if not self.draining:
             self.metrics.ready.set(1)
@@ -173,10 +191,11 @@ class ModelServerApp:
                   matrix_input=model.matrix_input,
                   seconds=round(time.perf_counter() - started, 3))
 
-    def _load_and_warm_up(self) -> tuple[ServedModel, LiveSketches]:
+    def _load_and_warm_up(self) -> tuple[ServedModel, LiveSketches, Outcomes | None]:
         model = self.load()
         model.warm_up()
-        return model, LiveSketches(model, min_rows=self.config.sketch_min_rows)
+        outcomes = open_outcomes(self.config, model, self.metrics) if self.config.feedback_uri else None
+        return model, LiveSketches(model, min_rows=self.config.sketch_min_rows), outcomes
 
     # -- handlers -----------------------------------------------------------------------------------
 
@@ -205,11 +224,15 @@ class ModelServerApp:
         body = await self._read_body(headers, receive, binary=json_length is not None)
         request = v2.decode_infer(body, model, json_length=json_length)
         self._check_rows(request.count)
-        result: Prediction = await self.batcher.submit(request.rows, request.count, proba=request.proba)
+        request.id = request_id = _request_id(request.id, headers)
+        result: Prediction = await self.batcher.submit(request.rows, request.count, proba=request.proba,
+                                                       request_id=request_id)
         out, header_length = v2.encode_infer(model, request, result.predictions, result.probabilities)
+        id_header = (b"x-request-id", request_id.encode())
         if header_length is None:
-            return 200, out, JSON_HEADERS
-        return 200, out, [(b"content-type", OCTET_STREAM), (v2.BINARY_HEADER.encode(), str(header_length).encode())]
+            return 200, out, [*JSON_HEADERS, id_header]
+        return 200, out, [(b"content-type", OCTET_STREAM), (v2.BINARY_HEADER.encode(), str(header_length).encode()),
+                          id_header]
 
     async def v1_status(self, scope: Scope, receive: Receive, name: str) -> Response:
         model = self._model(name, None, must_be_loaded=False)
@@ -218,11 +241,53 @@ class ModelServerApp:
 
     async def v1_predict(self, scope: Scope, receive: Receive, name: str) -> Response:
         model = self._model(name, None)
-        body = await self._read_body(_headers(scope), receive, binary=False)
+        headers = _headers(scope)
+        body = await self._read_body(headers, receive, binary=False)
         rows, count = v1.decode_predict(body, model)
         self._check_rows(count)
-        result: Prediction = await self.batcher.submit(rows, count)
-        return 200, v1.encode_predict(result.predictions), JSON_HEADERS
+        request_id = _request_id(None, headers)
+        result: Prediction = await self.batcher.submit(rows, count, request_id=request_id)
+        return 200, v1.encode_predict(result.predictions, request_id), [*JSON_HEADERS,
+                                                                        (b"x-request-id", request_id.encode())]
+
+    async def feedback(self, scope: Scope, receive: Receive, name: str, version: str | None = None) -> Response:
+        """Ground truth by prediction id (feedback.py): checked whole, then stored as one label segment."""
+        model = self._model(name, version)
+        outcomes = self.outcomes
+        if outcomes is None:
+            raise ClientError(404, f"feedback is off for model {name!r}: the ModelDeployment sets no "
+                                   "spec.feedback.uri, so no prediction was recorded to attach a label to")
+        # A flood of calls waits for the one feedback thread with its bodies in memory: a few at a time.
+        if self.feedback_calls >= MAX_FEEDBACK_CALLS:
+            self.metrics.refused.labels("feedback").inc()
+            raise unavailable(f"{MAX_FEEDBACK_CALLS} feedback calls are already being stored; retry shortly")
+        self.feedback_calls += 1
+        try:
+            body = await self._read_body(_headers(scope), receive, binary=False)
+            loop = asyncio.get_running_loop()
+            # Decoding 10,000 labels and the store calls take milliseconds to seconds: off the event loop.
+            accepted = await loop.run_in_executor(outcomes.executor, self._store_feedback, body, model, outcomes)
+        except ClientError:
+            self.metrics.feedback.labels("refused").inc()
+            raise
+        except StorageError as exc:
+            log_event("feedback.store-failed", level=logging.WARNING, error=str(exc))
+            raise unavailable("the feedback store did not answer; nothing of this call was stored; retry") from None
+        finally:
+            self.feedback_calls -= 1
+        self.metrics.feedback.labels("stored").inc(accepted)
+        return 200, orjson.dumps({"accepted": accepted}), JSON_HEADERS
+
+    def _store_feedback(self, body: bytes, model: ServedModel, outcomes: Outcomes) -> int:
+        feedback = decode_feedback(body, model, max_ids=self.config.max_feedback_ids)
+        unknown = outcomes.index.missing(hash_ids(feedback.ids), outcomes.recorder.unflushed_hashes())
+        if unknown.any() and outcomes.index.complete:
+            first = feedback.ids[int(unknown.argmax())]
+            raise ClientError(422, f"{int(unknown.sum())} of {len(feedback.ids)} ids were not predicted by this "
+                                   f"deployment within its maxDelay, e.g. {first!r}; nothing of this call was stored "
+                                   "(a prediction is known to every replica about 2 s after it is served)")
+        outcomes.labels.write(feedback.ids, feedback.labels, feedback.values)
+        return len(feedback.ids)
 
     async def sketch(self, scope: Scope, receive: Receive, name: str | None = None, version: str | None = None
                      ) -> Response:
@@ -231,6 +296,41 @@ class ModelServerApp:
         if self.sketches is None:
             raise ClientError(503, "the model is not loaded yet; no sketch", headers=(RETRY_AFTER,))
         return 200, orjson.dumps(self.sketches.snapshot(), option=orjson.OPT_SERIALIZE_NUMPY), JSON_HEADERS
+
+    async def performance(self, scope: Scope, receive: Receive, name: str, version: str | None = None) -> Response:
+        """Live performance per version of the predictions made since `?since=<epoch ms>`, joined with their
+        labels from the store (every replica's records): `{"since": ms, "versions": {"<v>": {"labelled": n,
+        "metrics": {name: {value, low, high}}}}}`. For the operator's DriftMonitor, on the sketch port."""
+        model = self._model(name, version)
+        outcomes = self.outcomes
+        if outcomes is None:
+            raise ClientError(404, f"feedback is off for model {name!r} (spec.feedback.uri): no live performance")
+        query = dict(part.split("=", 1) for part in scope.get("query_string", b"").decode("latin-1").split("&")
+                     if "=" in part)
+        since = query.get("since", "")
+        if not since.isdigit():
+            raise ClientError(400, "?since=<epoch milliseconds> is required")
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(outcomes.executor, outcomes.performance, model, int(since))
+        except StorageError as exc:
+            raise unavailable(f"the feedback store did not answer: {exc}") from None
+        body = {"since": int(since), "versions": {str(v): p for v, p in result.items()}}
+        return 200, orjson.dumps(body), JSON_HEADERS
+
+    async def _expire_records(self, every_seconds: float = 3600.0) -> None:
+        """Retention: once an hour, the days of records older than spec.feedback.retention are deleted."""
+        loop = asyncio.get_running_loop()
+        while self.outcomes is not None:
+            try:
+                deleted = await loop.run_in_executor(self.outcomes.executor, self.outcomes.expire, every_seconds)
+                if deleted:
+                    log_event("records.expired", days=",".join(deleted))
+            except StorageError as exc:
+                log_event("records.expire-failed", level=logging.WARNING, error=str(exc))
+            except RuntimeError:  # the executor shut down: the server is stopping
+                return
+            await asyncio.sleep(every_seconds)
 
     async def prometheus(self, scope: Scope, receive: Receive) -> Response:
         return 200, self.metrics.exposition(), [(b"content-type", self.metrics.content_type.encode())]
@@ -314,7 +414,9 @@ _V2_MODEL_ROUTES: dict[str, tuple[str, str, Handler]] = {
     "": ("GET", "", ModelServerApp.model_metadata),
     "ready": ("GET", "/ready", ModelServerApp.model_ready),
     "infer": ("POST", "/infer", ModelServerApp.infer),
+    "feedback": ("POST", "/feedback", ModelServerApp.feedback),
     "sketch": ("GET", "/sketch", ModelServerApp.sketch),
+    "performance": ("GET", "/performance", ModelServerApp.performance),
 }
 _FIXED_ROUTES: dict[str, tuple[str, Handler]] = {
     "/v2/health/live": ("GET", ModelServerApp.live),
@@ -326,6 +428,8 @@ _FIXED_ROUTES: dict[str, tuple[str, Handler]] = {
 }
 
 
+# Routes of the sketch port (open to the operator only), which serves nothing else.
+_SKETCH_PORT_ONLY = frozenset({ModelServerApp.sketch, ModelServerApp.performance})
 # Routes that predict: counted against --max-concurrency (health, metadata and metrics never are).
 _INFERENCE = frozenset({ModelServerApp.infer, ModelServerApp.v1_predict})
 
@@ -367,6 +471,26 @@ def _allow(method: str, allowed: str, route: str, handler: Handler, params: dict
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
     return dict(scope["headers"])
+
+
+# Generated request ids: 80 random bits per process and a counter (32 hex digits), unique across replicas and
+# restarts, and a fifth of uuid4's cost on the hot path.
+_ID_PREFIX = secrets.token_hex(10)
+_ID_COUNTER = itertools.count()
+
+
+def _request_id(given: str | None, headers: dict[bytes, bytes]) -> str:
+    """The request's id: the V2 body's `id`, else the X-Request-Id header, else a new one. Its rows are the
+    predictions `<id>:<row>` (docs/outcomes.md)."""
+    if given is None:
+        header = headers.get(b"x-request-id")
+        if header is None:
+            return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+        given = header.decode("latin-1")
+    if not REQUEST_ID.match(given):
+        raise ClientError(400, "the request id ('id' or X-Request-Id) must be 1-128 printable ASCII characters "
+                               "without spaces")
+    return given
 
 
 def _binary_header(headers: dict[bytes, bytes]) -> int | None:

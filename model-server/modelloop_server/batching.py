@@ -34,6 +34,7 @@ class Job:
     proba: bool
     future: asyncio.Future = field(repr=False)
     arrived: float = 0.0
+    request_id: str = ""  # its rows are predictions <request_id>:<row> (recorded when feedback is on)
 
 
 # Runs on the worker thread: one result (or exception) per job, in order.
@@ -64,13 +65,13 @@ class Batcher:
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._dispatch(), name="batcher")
 
-    async def submit(self, rows: Any, count: int, *, proba: bool = False) -> Any:
+    async def submit(self, rows: Any, count: int, *, proba: bool = False, request_id: str = "") -> Any:
         """Queue `count` rows for prediction and wait for their result; QueueFull when the queue is full."""
         loop = self._loop
         assert loop is not None and self.run is not None, "Batcher.start() and .run come first"
         if self.max_queue is not None and len(self._queue) >= self.max_queue:
             raise QueueFull(f"{len(self._queue)} requests are waiting for a prediction call")
-        job = Job(rows, count, proba, loop.create_future(), loop.time())
+        job = Job(rows, count, proba, loop.create_future(), loop.time(), request_id)
         self._queue.append(job)
         self._queued_rows += count
         self._pending += 1

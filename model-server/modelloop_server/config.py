@@ -50,6 +50,26 @@ class ServerConfig:
     keep_alive_seconds: float = 5.0
     max_header_bytes: int = 65_536
     sketch_min_rows: int = DEFAULT_SKETCH_MIN_ROWS
+    # Outcomes (docs/outcomes.md): prediction records and feedback, on when feedback_uri is set.
+    feedback_uri: str | None = None
+    feedback_max_delay_seconds: float = 7 * 86400.0
+    feedback_retention_seconds: float = 30 * 86400.0
+    feedback_log_inputs: bool = False
+    max_feedback_ids: int = 10_000
+    pod_name: str = "server"
+
+
+def flag(text: str) -> bool:
+    """A boolean setting: true/false, 1/0, yes/no."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(text)
+
+
+flag.__name__ = "boolean (true or false)"
 
 
 # flag -> (environment variable, type, help). The environment variable is the flag's default.
@@ -101,6 +121,18 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
     "sketch_min_rows": ("MODELLOOP_SKETCH_MIN_ROWS", int,
                         "fewest rows between two published sketches: /sketch serves the previous one until "
                         f"this many more rows were counted (default {DEFAULT_SKETCH_MIN_ROWS})"),
+    "feedback_uri": ("MODELLOOP_FEEDBACK_URI", str,
+                     "where prediction and label records go (spec.feedback.uri); unset: no records, and "
+                     "/v2/models/{name}/feedback answers 404"),
+    "feedback_max_delay_seconds": ("MODELLOOP_FEEDBACK_MAX_DELAY_SECONDS", float,
+                                   "how long after a prediction its label is accepted (default 604800, 7 days)"),
+    "feedback_retention_seconds": ("MODELLOOP_FEEDBACK_RETENTION_SECONDS", float,
+                                   "records older than this are deleted, by whole UTC days (default 2592000, 30 "
+                                   "days)"),
+    "feedback_log_inputs": ("MODELLOOP_FEEDBACK_LOG_INPUTS", flag,
+                            "also record each prediction's input features (default false)"),
+    "max_feedback_ids": ("MODELLOOP_MAX_FEEDBACK_IDS", int, "most labels in one feedback call (default 10000)"),
+    "pod_name": ("MODELLOOP_POD_NAME", str, "this pod's name: names the record segments it writes"),
 }
 
 
@@ -154,7 +186,7 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
             parser.error(f"{flag} {digest!r} must be 64 lowercase hexadecimal digits")
     for flag, value in (("--max-concurrency", config.max_concurrency), ("--max-queue", config.max_queue),
                         ("--max-rows", config.max_rows), ("--max-header-bytes", config.max_header_bytes),
-                        ("--sketch-min-rows", config.sketch_min_rows)):
+                        ("--sketch-min-rows", config.sketch_min_rows), ("--max-feedback-ids", config.max_feedback_ids)):
         if value < 1:
             parser.error(f"{flag} {value} must be at least 1")
     for flag, seconds in (("--header-timeout-seconds", config.header_timeout_seconds),
@@ -162,3 +194,8 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
                           ("--keep-alive-seconds", config.keep_alive_seconds)):
         if not seconds > 0:
             parser.error(f"{flag} {seconds:g} must be more than 0")
+    if config.feedback_retention_seconds < config.feedback_max_delay_seconds:
+        parser.error("--feedback-retention-seconds must be at least --feedback-max-delay-seconds")
+    if not 60 <= config.feedback_max_delay_seconds <= 366 * 86400:
+        parser.error(f"--feedback-max-delay-seconds {config.feedback_max_delay_seconds:g} must be between 60 and "
+                     f"31622400 (366 days)")

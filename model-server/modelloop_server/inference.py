@@ -20,6 +20,7 @@ from .errors import ClientError
 from .live import LiveSketches
 from .metrics import ServerMetrics
 from .model import ServedModel
+from .recording import PredictionRecorder
 from .schema import Rows
 
 log = logging.getLogger("modelloop.server")
@@ -32,19 +33,27 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model: ServedModel, metrics: ServerMetrics, sketches: LiveSketches | None) -> None:
+    def __init__(self, model: ServedModel, metrics: ServerMetrics, sketches: LiveSketches | None,
+                 recorder: PredictionRecorder | None = None) -> None:
         self.model = model
         self.metrics = metrics
         self.sketches = sketches
+        self.recorder = recorder
+        # A record keeps a classifier's confidence (live roc_auc and the label-free estimate need it). onnxruntime
+        # computes it in the same run as the label; scikit-learn would need a second pass (predict_proba after
+        # predict, doubling a forest's cost), so there it is recorded only when the client asked for it.
+        self.always_proba = recorder is not None and model.classifier and model.runtime == "onnx"
 
     def run(self, jobs: Sequence[Job]) -> list[Any]:
         started = time.perf_counter()
         rows = self.model.schema.merge([job.rows for job in jobs])
         try:
-            predictions, probabilities = self.model.predict(rows, proba=any(job.proba for job in jobs))
+            predictions, probabilities = self.model.predict(
+                rows, proba=self.always_proba or any(job.proba for job in jobs))
         except Exception as exc:  # noqa: BLE001 - isolated below, then reported per request
             return [_as_request_error(exc)] if len(jobs) == 1 else self._run_one_by_one(jobs, started)
         self._sketch(rows, predictions)
+        self._record(jobs, rows, predictions, probabilities)
         self._count([predictions], job_count=len(jobs), started=started)
         results: list[Any] = []
         start = 0
@@ -60,12 +69,13 @@ class Predictor:
         answered: list[np.ndarray] = []
         for job in jobs:
             try:
-                predictions, probabilities = self.model.predict(job.rows, proba=job.proba)
+                predictions, probabilities = self.model.predict(job.rows, proba=self.always_proba or job.proba)
             except Exception as exc:  # noqa: BLE001
                 results.append(_as_request_error(exc))
                 continue
             self._sketch(job.rows, predictions)
-            results.append(Prediction(predictions, probabilities))
+            self._record([job], job.rows, predictions, probabilities)
+            results.append(Prediction(predictions, probabilities if job.proba else None))
             answered.append(predictions)
         self._count(answered, job_count=len(jobs), started=started)
         return results
@@ -77,6 +87,15 @@ class Predictor:
             self.sketches.observe(rows, predictions)
         except Exception:  # noqa: BLE001 - drift bookkeeping must never fail a prediction
             log.exception("sketch.observe-failed")
+
+    def _record(self, jobs: Sequence[Job], rows: Rows, predictions: np.ndarray,
+                probabilities: np.ndarray | None) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.record([(job.request_id, job.count) for job in jobs], predictions, probabilities, rows)
+        except Exception:  # noqa: BLE001 - like the sketches: bookkeeping never fails a prediction
+            log.exception("records.record-failed")
 
     def _count(self, predictions: list[np.ndarray], *, job_count: int, started: float) -> None:
         merged = np.concatenate(predictions) if len(predictions) > 1 else predictions[0] if predictions else None

@@ -48,6 +48,11 @@ class ServerMetrics:
         self.predicted_rows = Counter(f"{PREFIX}_predicted_rows", "Rows predicted.", registry=registry)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the model is loaded, warmed up and not draining.",
                            registry=registry)
+        self.records = Counter(f"{PREFIX}_records", "Prediction records by what became of them: written (to the "
+                               "store) or dropped (the buffer was full while the store failed).", ["result"],
+                               registry=registry)
+        self.feedback = Counter(f"{PREFIX}_feedback_labels", "Labels received by /feedback, by result (stored, "
+                                "refused).", ["result"], registry=registry)
         self.model_info = Info(f"{PREFIX}_model", "The served model version.", registry=registry)
         self.class_predictions: Counter | None = None
         self.prediction_values: Histogram | None = None

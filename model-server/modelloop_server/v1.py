@@ -41,9 +41,10 @@ def decode_predict(body: bytes, model: ServedModel) -> tuple[Rows, int]:
     return rows, count
 
 
-def encode_predict(predictions: np.ndarray) -> bytes:
+def encode_predict(predictions: np.ndarray, request_id: str) -> bytes:
+    """`{"predictions": [...], "id": ...}`: `id` (also in X-Request-Id) names the rows, `<id>:<row>`."""
     values: Any = predictions if predictions.dtype.kind in "fiub" else predictions.tolist()
-    return orjson.dumps({"predictions": values}, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps({"predictions": values, "id": request_id}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def model_status(name: str, ready: bool) -> dict[str, Any]:

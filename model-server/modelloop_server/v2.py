@@ -25,7 +25,7 @@ from .schema import Rows, numeric_array
 from .tensors import Tensor, check_size, datatype_of, encode_binary, parse_tensors
 
 SERVER_NAME = "modelloop-server"
-EXTENSIONS = ["binary_tensor_data", "modelloop_sketch"]
+EXTENSIONS = ["binary_tensor_data", "modelloop_sketch", "modelloop_feedback"]
 BINARY_HEADER = "inference-header-content-length"
 
 

@@ -2,6 +2,7 @@
 controllers share."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 from .names import RECONCILE_ANNOTATION
@@ -27,3 +28,12 @@ def now() -> datetime:
 
 def rfc3339(t: datetime | None = None) -> str:
     return (t or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a Go-style duration ("90s", "5m", "1h30m", "250ms"), as the CRDs' duration fields hold."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"'{text}' is not a duration like 30s, 5m or 1h")
+    return sum(float(n) * units[u] for n, u in parts)

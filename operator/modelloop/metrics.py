@@ -31,6 +31,16 @@ DRIFT_SCORE = Gauge("modelloop_drift_score", "Drift score of a feature in the la
 DRIFT_DATASET = Gauge("modelloop_drift_dataset_drift", "1 when the last window drifted as a whole, else 0.",
                       ["namespace", "monitor"])
 DRIFT_SHARE = Gauge("modelloop_drift_share", "Share of drifted features in the last window.", ["namespace", "monitor"])
+MODEL_PERFORMANCE = Gauge("modelloop_model_performance",
+                          "A version's performance by source: live (labels fed back, in the monitor's window) or "
+                          "holdout (the training's validation split).",
+                          ["namespace", "monitor", "version", "metric", "source"])
+MODEL_PERFORMANCE_DROPPED = Gauge("modelloop_model_performance_dropped",
+                                  "1 when the served version's live performance dropped significantly below its "
+                                  "hold-out value (the monitor's test), else 0.", ["namespace", "monitor"])
+MODEL_PERFORMANCE_LABELLED = Gauge("modelloop_model_performance_labelled",
+                                   "Labelled predictions of a version in the monitor's window.",
+                                   ["namespace", "monitor", "version"])
 DRIFT_SAMPLES = Gauge("modelloop_drift_window_samples", "Rows in the last window.", ["namespace", "monitor"])
 DRIFT_RETRAINS = Counter("modelloop_drift_retrains_total", "Retrain requests made by a DriftMonitor.",
                          ["namespace", "monitor"])

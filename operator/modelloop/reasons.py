@@ -59,6 +59,10 @@ class DriftReason(StrEnum):
     DATASET_DRIFT = "DatasetDrift"
     NO_DRIFT = "NoDrift"
     UNDECIDED = "Undecided"
+    PERFORMANCE_DROPPED = "PerformanceDropped"
+    PERFORMANCE_HOLDS = "PerformanceHolds"
+    PERFORMANCE_UNDECIDED = "PerformanceUndecided"
+    FEEDBACK_UNAVAILABLE = "FeedbackUnavailable"
 
 
 class TrainingEvent(StrEnum):
@@ -85,6 +89,8 @@ class DriftEvent(StrEnum):
     RETRAIN_REQUESTED = "RetrainRequested"
     RETRAIN_SKIPPED = "RetrainSkipped"
     RETRAIN_DENIED = "RetrainDenied"
+    PERFORMANCE_DROPPED = "PerformanceDropped"
+    PERFORMANCE_RECOVERED = "PerformanceRecovered"
 
 
 class RunTrigger(StrEnum):
@@ -155,6 +161,10 @@ ROWS: dict[str, list[Row]] = {
             "the check could not run; nothing is decided"),
         Row("DriftDetected", "True/False", (M.DATASET_DRIFT, M.NO_DRIFT, M.UNDECIDED),
             "the message lists the top drifted features with their scores"),
+        Row("PerformanceDegraded", "True/False", (M.PERFORMANCE_DROPPED, M.PERFORMANCE_HOLDS, M.PERFORMANCE_UNDECIDED,
+                                                  M.FEEDBACK_UNAVAILABLE),
+            "present when the deployment has spec.feedback: live performance of the served version against its "
+            "hold-out value, with the interval and the labelled count"),
     ],
 }
 EVENTS: dict[str, type[StrEnum]] = {"ModelTraining": TrainingEvent, "ModelDeployment": DeploymentEvent,

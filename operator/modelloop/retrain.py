@@ -9,17 +9,9 @@ from pydantic import ValidationError
 
 from .api.drift import MIN_INTERVAL_SECONDS, DriftMonitorSpec
 from .api.training import RetrainSpec
+from .meta import parse_duration
 
 TOP_FEATURES = 5
-
-
-def parse_duration(text: str) -> float:
-    """Seconds of a Go-style duration ("90s", "5m", "1h30m", "250ms")."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"'{text}' is not a duration like 30s, 5m or 1h")
-    return sum(float(n) * units[u] for n, u in parts)
 
 
 def check_interval(text: str | None) -> float:

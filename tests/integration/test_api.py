@@ -138,6 +138,16 @@ MALFORMED = [
     (D, "spec.resources.requests.cpu", "1 core", "spec.resources.requests.cpu"),
     (D, "spec.podTemplate", {"env": [{"name": "MODELLOOP_SKETCH_PORT", "value": "8080"}]},
      "spec.podTemplate.env[0].name"),
+    # Outcomes (docs/outcomes.md).
+    (D, "spec.feedback", {"maxDelay": "24h"}, "spec.feedback.uri"),
+    (D, "spec.feedback.retention", "1h", "spec.feedback.retention"),     # shorter than maxDelay (168h)
+    (D, "spec.feedback.maxDelay", "forever", "spec.feedback.maxDelay"),
+    (D, "spec.feedback.maxDelay", "10s", "spec.feedback.maxDelay"),
+    (M, "spec.retrainOn", "accuracy", "spec.retrainOn"),
+    (M, "spec.performance.metric", "log_loss", "spec.performance.metric"),  # not measurable from the records
+    (M, "spec.performance.maxDrop", -0.1, "spec.performance.maxDrop"),
+    (M, "spec.performance.minLabels", 0, "spec.performance.minLabels"),
+    (M, "spec.performance.window", "30s", "spec.performance.window"),
 ]
 
 # Every field of a kind of value, in every example, gets each of these values (the kinds are found in

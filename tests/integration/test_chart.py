@@ -89,7 +89,19 @@ tests:
         values: '0 0 1 1 1'
       - series: 'modelloop_deployment_rollbacks_total{{namespace="ml",deployment="churn"}}'
         values: '0 0 0 0 0'
+      - series: 'modelloop_model_performance_dropped{{namespace="ml",monitor="churn"}}'
+        values: '0 0 1x15'
     alert_rule_test:
+      - eval_time: 8m
+        alertname: ModelPerformanceDropped
+        exp_alerts: []
+      - eval_time: 14m
+        alertname: ModelPerformanceDropped
+        exp_alerts:
+          - exp_labels: {{severity: warning, namespace: ml, monitor: churn}}
+            exp_annotations:
+              summary: "Live performance of ml/churn's model dropped"
+              description: "Predictions joined with their fed-back labels score significantly below the version's hold-out value; see kubectl describe dmon churn -n ml."
       - eval_time: 10m
         alertname: ModelDriftDetected
         exp_alerts: []

@@ -306,3 +306,5 @@ class MetricValue(ApiModel):
 
     name: str = Field(description="Metric name, e.g. accuracy or rmse.")
     value: float = Field(description="Metric value on the validation split.")
+    display: str | None = Field(default=None, max_length=32, description=(
+        "The value to four significant digits, as `kubectl get` prints it (the full value is `value`)."))

@@ -6,8 +6,8 @@ from typing import Literal
 from pydantic import Field
 
 from .common import (
-    URI_DESCRIPTION, ApiModel, Condition, MetricValue, ObjectName, PodOverrides, ResourceRequirements,
-    StorageSpec, StorageUri, cel, conditions_field, extra,
+    DURATION_PATTERN, URI_DESCRIPTION, ApiModel, Condition, MetricValue, ObjectName, PodOverrides,
+    ResourceRequirements, StorageSpec, StorageUri, cel, conditions_field, duration_rule, extra,
 )
 
 # The model server's ports: inference, health and /metrics on SERVER_PORT (open to the cluster);
@@ -96,6 +96,31 @@ class RolloutSpec(ApiModel):
         ]))
 
 
+class FeedbackSpec(ApiModel):
+    """Outcomes: every prediction is recorded (id, version, time, prediction, confidence) so that ground truth
+    sent later to /v2/models/{name}/feedback can be joined with it (docs/outcomes.md)."""
+
+    uri: StorageUri = Field(description=(
+        "Where the servers write prediction and label records (predictions/ and labels/ below it), with the "
+        f"deployment's storage credentials, which must allow writing there: {URI_DESCRIPTION}"))
+    max_delay: str = Field(default="168h", pattern=DURATION_PATTERN, max_length=32, description=(
+        "How long after a prediction its label is still accepted, e.g. 24h (default 168h, 7 days)."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.feedback.maxDelay", "1m", "8784h")]))
+    retention: str = Field(default="720h", pattern=DURATION_PATTERN, max_length=32, description=(
+        "Records older than this are deleted, by whole UTC days (default 720h, 30 days); at least maxDelay."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.feedback.retention", "1h", "87840h")]))
+    log_inputs: bool = Field(default=False, description=(
+        "Also record each prediction's input features. Off by default: inputs may be personal data "
+        "(docs/security.md)."))
+
+
+FeedbackSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("duration(self.retention) >= duration(self.maxDelay)",
+        "spec.feedback.retention must be at least spec.feedback.maxDelay (a label joins a kept prediction)",
+        ".retention"),
+])
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment."""
 
@@ -110,6 +135,8 @@ class ModelDeploymentSpec(ApiModel):
     server: ServerSpec = Field(default_factory=ServerSpec, description="Model server options.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="Rollout settings.")
     storage: StorageSpec | None = Field(default=None, description="Credentials of the artifact store.")
+    feedback: FeedbackSpec | None = Field(default=None, description=(
+        "Record predictions for ground truth fed back by prediction id; unset, nothing is recorded."))
 
 
 ModelDeploymentSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
@@ -172,7 +199,7 @@ KIND = {
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Version", "type": "integer", "jsonPath": ".status.modelVersion"},
         {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
-        {"name": "Metric", "type": "number", "jsonPath": ".status.metric.value"},
+        {"name": "Metric", "type": "string", "jsonPath": ".status.metric.display"},
         {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],

@@ -58,6 +58,26 @@ class ActionSpec(ApiModel):
         f"Fresh data to retrain on, passed with the request: {URI_DESCRIPTION}"))
 
 
+LIVE_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc", "mae", "rmse", "r2")
+
+
+class PerformanceSpec(ApiModel):
+    """Live performance: the served version's predictions joined with the ground truth fed back to its
+    servers (ModelDeployment spec.feedback), against the version's hold-out value (docs/outcomes.md)."""
+
+    metric: Literal[LIVE_METRICS] | None = Field(default=None, description=(  # type: ignore[valid-type]
+        "The live metric that decides: accuracy, f1, precision, recall, roc_auc (binary), mae, rmse or r2 "
+        "(default: the training's validation metric when it is one of these, else accuracy or rmse)."))
+    max_drop: float = Field(default=0.05, ge=0, le=1e12, description=(
+        "Tolerated drop below the hold-out value, in metric units: performance dropped when the whole 95% "
+        "interval of the live value is worse than hold-out minus maxDrop (a one-sided test at 2.5%)."))
+    min_labels: int = Field(default=200, ge=1, le=10**9, description=(
+        "Fewest labelled predictions of the served version in the window before anything is decided."))
+    window: str = Field(default="24h", pattern=DURATION_PATTERN, max_length=32, description=(
+        "Predictions made within this time before a check are evaluated, e.g. 1h or 72h."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.performance.window", "1m", "8784h")]))
+
+
 class DriftMonitorSpec(ApiModel):
     """Desired state of a DriftMonitor."""
 
@@ -73,6 +93,11 @@ class DriftMonitorSpec(ApiModel):
     thresholds: ThresholdsSpec = Field(default_factory=ThresholdsSpec, description="Decision thresholds.")
     consecutive: int = Field(default=3, ge=1, le=100, description="Drifted windows in a row before acting.")
     action: ActionSpec = Field(default_factory=ActionSpec, description="What to do on persistent drift.")
+    retrain_on: Literal["drift", "performance", "either"] = Field(default="drift", description=(
+        "What requests a retrain (with action.type retrain): drift (input drift for `consecutive` windows), "
+        "performance (a significant drop of live performance; input drift is then only reported) or either."))
+    performance: PerformanceSpec = Field(default_factory=PerformanceSpec, description=(
+        "Live performance, reported when the deployment has spec.feedback."))
     storage: StorageSpec | None = Field(default=None, description="Credentials of the reference and dataset stores.")
 
 
@@ -98,6 +123,23 @@ class RetrainRequest(ApiModel):
                             "delivered (the operator stopped in between) is delivered at the next check.")
 
 
+class VersionPerformance(ApiModel):
+    """Live performance of one served version in the window."""
+
+    version: int = Field(description="Model version.")
+    metric: str = Field(description="The deciding metric (spec.performance.metric).")
+    labelled: int = Field(description="Its predictions in the window that have a label.")
+    value: float | None = Field(default=None, description="Live value of the metric.")
+    low: float | None = Field(default=None, description="Lower end of its 95% interval.")
+    high: float | None = Field(default=None, description="Upper end of its 95% interval.")
+    holdout: float | None = Field(default=None, description="The version's value on the training hold-out.")
+    source: Literal["live", "estimated"] = Field(description=(
+        "live: from labels fed back; estimated: from the model's calibrated confidence, without labels."))
+    dropped: bool | None = Field(default=None, description="Whether it dropped significantly below hold-out.")
+    display: str | None = Field(default=None, max_length=128, description=(
+        "For reading (the Live column): metric, live value and hold-out to three digits, labelled count."))
+
+
 class DriftMonitorStatus(ApiModel):
     """Observed state of a DriftMonitor."""
 
@@ -117,6 +159,9 @@ class DriftMonitorStatus(ApiModel):
     last_retrain_time: datetime | None = Field(default=None, description="When retraining was last requested.")
     retrains: int | None = Field(default=None, description="Retrain requests made so far.")
     retrain_request: RetrainRequest | None = Field(default=None, description="The last retrain request.")
+    performance: list[VersionPerformance] | None = Field(default=None, description=(
+        "Live performance per version in the window (the served one first)."),
+        json_schema_extra=extra(x_kubernetes_list_type="map", x_kubernetes_list_map_keys=["version", "source"]))
 
 
 class DriftMonitor(ApiModel):
@@ -136,6 +181,7 @@ KIND = {
         {"name": "Samples", "type": "integer", "jsonPath": ".status.samples"},
         {"name": "Version", "type": "integer", "jsonPath": ".status.modelVersion"},
         {"name": "Retrains", "type": "integer", "jsonPath": ".status.retrains"},
+        {"name": "Live", "type": "string", "jsonPath": ".status.performance[0].display"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
     "scale": None,

@@ -223,7 +223,7 @@ KIND = {
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Version", "type": "integer", "jsonPath": ".status.latestVersion"},
         {"name": "Metric", "type": "string", "jsonPath": ".status.metric.name"},
-        {"name": "Value", "type": "number", "jsonPath": ".status.metric.value"},
+        {"name": "Value", "type": "string", "jsonPath": ".status.metric.display"},
         {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
         {"name": "Estimator", "type": "string", "jsonPath": ".spec.estimator.class", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -147,6 +147,10 @@ class ArtifactMetadata(_Model):
     prediction_reference: dict[str, Any]
     # Absent from versions written before the ONNX export: those are skops-only.
     onnx: OnnxInfo | None = None
+    # Classifiers with predict_proba: the hold-out calibration of the predicted class's probability, for the
+    # label-free accuracy estimate (modelloop.outcomes.cbpe, docs/cbpe.md). Absent from older versions,
+    # regressors and classifiers without probabilities.
+    calibration: dict[str, Any] | None = None
 
     @field_validator("reference", "prediction_reference")
     @classmethod
@@ -154,6 +158,13 @@ class ArtifactMetadata(_Model):
         from modelloop.drift.sketch import validate  # the sketch format's one definition (numpy, pandas)
 
         return validate(value)
+
+    @field_validator("calibration")
+    @classmethod
+    def _is_calibration(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from modelloop.outcomes.cbpe import validate_calibration  # the format's one definition (numpy only)
+
+        return None if value is None else validate_calibration(value)
 
     @field_validator("created")
     @classmethod

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import ssl
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,6 +46,8 @@ from ..names import (
     RETRAIN_DATASET_ANNOTATION, TRAINING, VERSION,
 )
 from ..reasons import DriftEvent as Event, DriftReason as R
+from ..meta import parse_duration
+from ..performance import assess, deciding_metric
 from ..retrain import check_interval, retrain_allowed, retrain_decision, summarize
 from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
@@ -333,26 +336,14 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
             conds = [Cond.of("Ready", True, R.CHECKED, f"checked {samples} rows against version {version}"),
                      Cond.of("DriftDetected", drifted, R.DATASET_DRIFT if drifted else R.NO_DRIFT, summary)]
             _export(namespace, name, report)
-            if drifted:
-                training_name = (spec.action.training_ref.name if spec.action.training_ref
-                                 else (dep["spec"].get("model") or {}).get("fromTraining"))
-                training = kube.get(API, TRAINING.kind, namespace, training_name) if training_name else None
-                go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now,
-                                           name, md_.get("labels") or {})
-                if go:
-                    # Recorded in status first, delivered after the write (deliver_retrain): a failed or
-                    # conflicting write requests nothing, and a request recorded is delivered even across a restart.
-                    request = {"training": training_name, "value": f"DriftMonitor {name} at {kube.rfc3339(now)}: "
-                               f"{summary}"[:1000], "delivered": False}
-                    if spec.action.dataset_uri:
-                        request["datasetUri"] = spec.action.dataset_uri
-                    status.update(lastRetrainTime=kube.rfc3339(now), retrains=(status.get("retrains") or 0) + 1,
-                                  consecutiveDrifted=0, retrainRequest=request)
-                    counted.append(metrics.DRIFT_RETRAINS.labels(namespace, name))
-                    events.append(("Normal", Event.RETRAIN_REQUESTED, f"requested a retrain of {training_name}: {summary}"))
-                elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
-                    denied = training is not None and not retrain_allowed(training, name, md_.get("labels") or {})
-                    events.append(("Warning", Event.RETRAIN_DENIED, why) if denied else ("Normal", Event.RETRAIN_SKIPPED, why))
+            if drifted and spec.retrain_on in ("drift", "either"):
+                maybe_retrain(obj, spec, dep, status, consecutive, summary, now, events, counted)
+        if (dep.get("spec") or {}).get("feedback"):
+            verdict, perf_events = performance_check(namespace, name, spec, serving, status)
+            conds.append(verdict)
+            events.extend(perf_events)
+            if verdict.reason == R.PERFORMANCE_DROPPED and spec.retrain_on in ("performance", "either"):
+                maybe_retrain(obj, spec, dep, status, spec.consecutive, verdict.message, now, events, counted)
     except Waiting as e:
         conds = [Cond.of("Ready", True, e.reason, e.message), Cond.of("DriftDetected", False, R.UNDECIDED, e.message)]
         status.update(lastCheckTime=kube.rfc3339(now))
@@ -380,6 +371,95 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         if c["type"] == "Ready":
             events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
     kube.emit_events(obj, events)
+
+
+def maybe_retrain(obj: dict, spec: DriftMonitorSpec, dep: dict, status: dict, consecutive: int, why_text: str,
+                  now: datetime, events: list, counted: list) -> None:
+    """Record a retrain request in status when retrain_decision allows it (drift that persisted, or a
+    significant drop of live performance), else say why not in an event."""
+    md_, namespace, name = obj["metadata"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+    training_name = (spec.action.training_ref.name if spec.action.training_ref
+                     else (dep["spec"].get("model") or {}).get("fromTraining"))
+    training = kube.get(API, TRAINING.kind, namespace, training_name) if training_name else None
+    go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now, name,
+                               md_.get("labels") or {})
+    if go:
+        # Recorded in status first, delivered after the write (deliver_retrain): a failed or conflicting write
+        # requests nothing, and a request recorded is delivered even across a restart.
+        request = {"training": training_name, "value": f"DriftMonitor {name} at {kube.rfc3339(now)}: "
+                   f"{why_text}"[:1000], "delivered": False}
+        if spec.action.dataset_uri:
+            request["datasetUri"] = spec.action.dataset_uri
+        status.update(lastRetrainTime=kube.rfc3339(now), retrains=(status.get("retrains") or 0) + 1,
+                      consecutiveDrifted=0, retrainRequest=request)
+        counted.append(metrics.DRIFT_RETRAINS.labels(namespace, name))
+        events.append(("Normal", Event.RETRAIN_REQUESTED, f"requested a retrain of {training_name}: {why_text}"))
+    elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
+        denied = training is not None and not retrain_allowed(training, name, md_.get("labels") or {})
+        events.append(("Warning", Event.RETRAIN_DENIED, why) if denied else ("Normal", Event.RETRAIN_SKIPPED, why))
+
+
+def performance_url(address: str, model: str, since_ms: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{SKETCH_PORT}/v2/models/{model}/performance?since={since_ms}"
+
+
+def fetch_performance(addresses: list[str], model: str, since_ms: int,
+                      deadline: float = SETTINGS.sketch_deadline_seconds * 3,
+                      max_bytes: int = SETTINGS.max_sketch_bytes) -> dict:
+    """Live performance as the first pod that answers computes it (each reads every replica's records from
+    the store, so one answer is the deployment's). Bounded like the sketches: a deadline and a body size."""
+    errors = []
+    with httpx.Client(timeout=deadline, follow_redirects=False, trust_env=False, verify=_ssl_context()) as client:
+        for address in addresses:
+            try:
+                with client.stream("GET", performance_url(address, model, since_ms)) as r:
+                    r.raise_for_status()
+                    body = bytearray()
+                    for chunk in r.iter_bytes():
+                        body += chunk
+                        if len(body) > max_bytes:
+                            raise SketchTooLarge(f"the answer is larger than {max_bytes} bytes")
+                doc = json.loads(body)
+                if not isinstance(doc, dict) or not isinstance(doc.get("versions"), dict):
+                    raise ValueError("no 'versions' object")
+                return doc["versions"]
+            except (httpx.HTTPError, SketchTooLarge, ValueError) as e:
+                errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
+    raise CheckError(R.FEEDBACK_UNAVAILABLE, "no pod answered with live performance: " + "; ".join(errors)[:900])
+
+
+def performance_check(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serving, status: dict
+                      ) -> tuple[Cond, list[tuple[str, str, str]]]:
+    """The PerformanceDegraded condition from the servers' join of predictions and labels, status.performance,
+    the performance metrics, and the events of a drop or a recovery."""
+    metric = deciding_metric(spec.performance, (serving.metadata.get("metric") or {}).get("name"),
+                             serving.metadata.get("task") == "classification")
+    since = int(time.time() * 1000 - parse_duration(spec.performance.window) * 1000)
+    try:
+        live = fetch_performance(ready_endpoints(namespace, spec.deployment_ref.name), spec.deployment_ref.name,
+                                 since)
+    except CheckError as e:
+        return Cond.of("PerformanceDegraded", False, R.FEEDBACK_UNAVAILABLE, e.message), []
+    verdict = assess(spec.performance, live, serving.version, serving.metadata.get("metrics") or {}, metric)
+    status["performance"] = verdict.entries
+    for entry in verdict.entries:
+        if entry.get("value") is not None:
+            metrics.MODEL_PERFORMANCE.labels(namespace, name, str(entry["version"]), metric, "live").set(entry["value"])
+        if entry.get("holdout") is not None:
+            metrics.MODEL_PERFORMANCE.labels(namespace, name, str(entry["version"]), metric, "holdout").set(
+                entry["holdout"])
+        metrics.MODEL_PERFORMANCE_LABELLED.labels(namespace, name, str(entry["version"])).set(entry["labelled"])
+    metrics.MODEL_PERFORMANCE_DROPPED.labels(namespace, name).set(1 if verdict.dropped else 0)
+    was = next((c for c in status.get("conditions") or () if c["type"] == "PerformanceDegraded"), {})
+    events = []
+    if verdict.dropped and was.get("reason") != R.PERFORMANCE_DROPPED:
+        events.append(("Warning", Event.PERFORMANCE_DROPPED, verdict.message))
+    elif verdict.decided and not verdict.dropped and was.get("reason") == R.PERFORMANCE_DROPPED:
+        events.append(("Normal", Event.PERFORMANCE_RECOVERED, verdict.message))
+    reason = (R.PERFORMANCE_DROPPED if verdict.dropped else R.PERFORMANCE_HOLDS if verdict.decided
+              else R.PERFORMANCE_UNDECIDED)
+    return Cond.of("PerformanceDegraded", verdict.dropped, reason, verdict.message), events
 
 
 def deliver_retrain(obj: dict, status: dict) -> None:

@@ -161,7 +161,8 @@ def verified_metadata(namespace: str, output_uri: str, version: int, credentials
             raise ArtifactIntegrityError(f"{store.version_uri(version)}/{recorded['file']}: sha256 or size does not "
                                          f"match metadata.json; the artifact was modified after it was written")
     sha256 = meta["model"]["sha256"]
-    result = {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": meta["metric"],
+    metric = {**meta["metric"], "display": f"{meta['metric']['value']:.4g}"}  # for reading (printer columns)
+    result = {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": metric,
               "sha256": sha256, "metadataSha256": sha256_bytes(raw), "metadata": meta}
     _verified.put(key, result)
     return result

@@ -89,6 +89,9 @@ def _reconcile(obj: dict | None) -> None:
         if outcome is None:
             continue
         if outcome == "Succeeded" and spec is not None:
+            # The run has just written this version: whatever was remembered under its URI is of an earlier
+            # object (a version deleted, then written again: a recreated training, a wiped bucket).
+            storage.forget(spec.output.uri, run["version"])
             try:
                 meta = storage.verified_metadata(namespace, spec.output.uri, run["version"], credentials)
             except Exception as e:  # noqa: BLE001 - a bad artifact fails the run, never the operator

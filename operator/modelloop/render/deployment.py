@@ -7,7 +7,7 @@ from typing import Any
 
 from ..api.deployment import SERVER_PORT, SKETCH_PORT, ModelDeploymentSpec
 from ..config import SETTINGS, Settings
-from ..meta import owner_reference
+from ..meta import owner_reference, parse_duration
 from ..names import (
     ANNOTATION_METADATA_SHA256, ANNOTATION_MODEL_SHA256, ANNOTATION_MODEL_URI, ANNOTATION_MODEL_VERSION, LABEL_DEPLOYMENT,
 )
@@ -49,8 +49,11 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
                       settings: Settings = SETTINGS) -> dict[str, Any]:
     name = owner["metadata"]["name"]
     labels = {**pods.common_labels("server", name), **selector(name)}
-    claims = pods.pvc_claims([model.uri])
-    volumes, mounts = pods.volumes_and_mounts(claims, settings, read_only=True)
+    feedback_uri = spec.feedback.uri if spec.feedback else None
+    claims = pods.pvc_claims([model.uri, feedback_uri])
+    # The servers only read the model; with feedback on they write records to its store.
+    volumes, mounts = pods.volumes_and_mounts(claims, settings, read_only=True,
+                                              writable=pods.pvc_claims([feedback_uri]))
     s = spec.server
     container: dict[str, Any] = {
         "name": "server",
@@ -62,7 +65,8 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
                  "--max-batch-size", str(s.max_batch_size), "--max-batch-wait-ms", f"{s.max_batch_wait_ms:g}",
                  "--max-body-bytes", str(s.max_body_bytes)],
         "env": [*pods.base_env(settings), *pinned_digests_env(model),
-                {"name": "MODELLOOP_RUNTIME", "value": s.runtime}, *pods.storage_env(spec.storage)],
+                {"name": "MODELLOOP_RUNTIME", "value": s.runtime}, *pods.storage_env(spec.storage),
+                *feedback_env(spec)],
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
                   {"name": "sketch", "containerPort": SKETCH_PORT, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
@@ -109,6 +113,18 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
     meta = _meta(owner, name, labels)
     meta["annotations"] = {ANNOTATION_MODEL_VERSION: str(model.version)}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
+
+
+def feedback_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """The server's outcome settings (spec.feedback); none when feedback is off."""
+    f = spec.feedback
+    if f is None:
+        return []
+    return [{"name": "MODELLOOP_FEEDBACK_URI", "value": f.uri},
+            {"name": "MODELLOOP_FEEDBACK_MAX_DELAY_SECONDS", "value": f"{parse_duration(f.max_delay):g}"},
+            {"name": "MODELLOOP_FEEDBACK_RETENTION_SECONDS", "value": f"{parse_duration(f.retention):g}"},
+            {"name": "MODELLOOP_FEEDBACK_LOG_INPUTS", "value": "true" if f.log_inputs else "false"},
+            {"name": "MODELLOOP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
 
 
 def pinned_digests_env(model: ServedModel) -> list[dict[str, str]]:

@@ -56,14 +56,17 @@ def pvc_claims(uris: Iterable[str | None]) -> list[str]:
     return claims
 
 
-def volumes_and_mounts(claims: list[str], settings: Settings = SETTINGS, read_only: bool = False
-                       ) -> tuple[list[dict], list[dict]]:
-    """A writable /tmp (the root filesystem is read-only) and each claim at <pvcRoot>/<claim>."""
+def volumes_and_mounts(claims: list[str], settings: Settings = SETTINGS, read_only: bool = False,
+                       writable: Iterable[str] = ()) -> tuple[list[dict], list[dict]]:
+    """A writable /tmp (the root filesystem is read-only) and each claim at <pvcRoot>/<claim>; with
+    `read_only`, every claim but those in `writable` is mounted read-only."""
     volumes: list[dict] = [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": "2Gi"}}]
     mounts: list[dict] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    writable = set(writable)
     for i, claim in enumerate(claims):
-        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
-        mounts.append({"name": f"pvc-{i}", "mountPath": f"{settings.pvc_root}/{claim}", "readOnly": read_only})
+        ro = read_only and claim not in writable
+        volumes.append({"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": ro}})
+        mounts.append({"name": f"pvc-{i}", "mountPath": f"{settings.pvc_root}/{claim}", "readOnly": ro})
     return volumes, mounts
 
 

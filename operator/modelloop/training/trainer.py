@@ -22,6 +22,7 @@ from modelloop.artifacts import (
 from modelloop.artifacts import VersionExistsError as StoreVersionExistsError
 from modelloop.artifacts.metadata import TrainingIdentity
 from modelloop.drift.sketch import build_reference
+from modelloop.outcomes.cbpe import fit_calibration
 
 from .dataset import Columns, Dataset, read_dataset, resolve_columns, schema_dtype
 from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError, describe_exception
@@ -50,6 +51,7 @@ class Outcome:
     metrics: dict[str, float]
     reference: dict[str, Any]
     prediction_reference: dict[str, Any]
+    calibration: dict[str, Any] | None = None  # classifiers with predict_proba (modelloop.outcomes.cbpe)
 
 
 def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -164,11 +166,45 @@ def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Column
                 predictions, probabilities = validation_predictions(model, class_path, split.x_valid)
             except Exception as exc:
                 raise FitError(f"predicting the validation split failed: {describe_exception(exc)}") from None
+            if task == "classification" and probabilities is None and hasattr(model, "predict_proba"):
+                probabilities = _probabilities(model, split.x_valid)  # evaluate needs them anyway (roc_auc)
             metrics = evaluate(model, split.x_valid, split.y_valid, predictions, task, metric, probabilities)
             info.update(metric=metric, value=metrics[metric])
+        calibration = _calibration(predictions, probabilities, split.y_valid) if task == "classification" else None
         prediction_reference = build_reference({columns.target: predictions},
                                                categorical=[columns.target] if task == "classification" else ())
-        return Outcome(metrics=metrics, reference=reference.result(), prediction_reference=prediction_reference)
+        return Outcome(metrics=metrics, reference=reference.result(), prediction_reference=prediction_reference,
+                       calibration=calibration)
+
+
+def _probabilities(model: Any, features: Any) -> Any | None:
+    """predict_proba of the validation split, or None when the estimator cannot give it (evaluate then says
+    which metrics are undefined)."""
+    try:
+        return model.predict_proba(features)
+    except Exception as exc:
+        log_event("predict_proba.unavailable", reason=describe_exception(exc))
+        return None
+
+
+def _calibration(predictions: Any, probabilities: Any | None, truth: Any) -> dict[str, Any] | None:
+    """The hold-out calibration of the confidence the server records (the most probable class's probability)
+    against whether the prediction was right: one isotonic fit on the hold-out (modelloop.outcomes.cbpe,
+    docs/cbpe.md). None without probabilities; a failure is logged, never fails the run."""
+    if probabilities is None:
+        return None
+    import numpy as np
+
+    with _step("calibrate") as info:
+        try:
+            confidence = np.asarray(probabilities, dtype=np.float64).max(axis=1)
+            calibration = fit_calibration(confidence, np.asarray(predictions) == np.asarray(truth))
+        except Exception as exc:
+            info.update(skipped=describe_exception(exc))
+            return None
+        info.update(method=calibration["method"], rows=calibration["rows"], ece_before=calibration["eceBefore"],
+                    ece_after=calibration["eceAfter"])
+        return calibration
 
 
 def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], model_bytes: bytes,
@@ -192,6 +228,7 @@ def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], m
         "reference": outcome.reference,
         "predictionReference": outcome.prediction_reference,
         "onnx": exported.info,
+        "calibration": outcome.calibration,
     }).wire()
 
 

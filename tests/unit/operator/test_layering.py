@@ -8,7 +8,8 @@ import sys
 import pytest
 
 PURE = ["modelloop.render.deployment", "modelloop.render.training", "modelloop.status", "modelloop.names",
-        "modelloop.reasons", "modelloop.meta", "modelloop.promotion", "modelloop.rollout", "modelloop.runs", "modelloop.retrain"]
+        "modelloop.reasons", "modelloop.meta", "modelloop.promotion", "modelloop.rollout", "modelloop.runs", "modelloop.retrain",
+        "modelloop.performance"]
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -294,3 +294,27 @@ def test_a_run_records_why_its_version_has_no_model_onnx():
     assert onnx_skipped({"onnx": {"skipped": "skl2onnx has no converter for KernelRidge"}}) == (
         "skl2onnx has no converter for KernelRidge")
     assert onnx_skipped({}) == "the version was written before modelloop exported ONNX"
+
+
+def test_feedback_reaches_the_servers_with_the_pod_name_and_a_writable_claim():
+    dep = _deployment({"feedback": {"uri": "pvc://records/churn", "maxDelay": "24h", "retention": "48h",
+                                    "logInputs": True}})
+    pod = dep["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["MODELLOOP_FEEDBACK_URI"]["value"] == "pvc://records/churn"
+    assert env["MODELLOOP_FEEDBACK_MAX_DELAY_SECONDS"]["value"] == "86400"
+    assert env["MODELLOOP_FEEDBACK_RETENTION_SECONDS"]["value"] == "172800"
+    assert env["MODELLOOP_FEEDBACK_LOG_INPUTS"]["value"] == "true"
+    assert env["MODELLOOP_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"records": False}  # the model (s3://) needs no claim; the records' claim is written
+
+
+def test_without_feedback_nothing_is_recorded():
+    spec = {k: v for k, v in EXAMPLES["ModelDeployment"]["spec"].items() if k != "feedback"}
+    dep = render_deployment({**OWNER, "kind": "ModelDeployment"}, ModelDeploymentSpec.model_validate(spec),
+                            ServedModel(2, "pvc://models/m/v2", "ab" * 32, "ba" * 32))
+    pod = dep["spec"]["template"]["spec"]
+    assert not [e for e in pod["containers"][0]["env"] if e["name"].startswith("MODELLOOP_FEEDBACK")]
+    assert [v["persistentVolumeClaim"]["readOnly"] for v in pod["volumes"] if "persistentVolumeClaim" in v] == [True]

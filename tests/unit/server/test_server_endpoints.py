@@ -207,17 +207,20 @@ def test_v1_predict_takes_instances_as_rows(flowers: ServerProcess, client: http
     response = client.post(f"{flowers.url}/v1/models/flowers:predict", json={"instances": ROWS})
     assert response.status_code == 200
     expected = local_predictions(artifacts["flowers"], pd.DataFrame(ROWS, columns=NUMERIC_FEATURES))
-    assert response.json() == {"predictions": expected.tolist()}
+    body = response.json()
+    assert body == {"predictions": expected.tolist(), "id": body["id"]} and body["id"] == response.headers["x-request-id"]
 
 
 def test_v1_predict_takes_instances_as_objects_and_inputs_as_columns(flowers: ServerProcess,
                                                                      client: httpx.Client) -> None:
-    by_rows = client.post(f"{flowers.url}/v1/models/flowers:predict", json={"instances": ROWS}).json()
+    def predict(body: dict) -> list:
+        return client.post(f"{flowers.url}/v1/models/flowers:predict", json=body).json()["predictions"]
+    by_rows = predict({"instances": ROWS})
     objects = [dict(zip(NUMERIC_FEATURES, row)) for row in ROWS]
     columns = {name: [row[j] for row in ROWS] for j, name in enumerate(NUMERIC_FEATURES)}
-    assert client.post(f"{flowers.url}/v1/models/flowers:predict", json={"instances": objects}).json() == by_rows
-    assert client.post(f"{flowers.url}/v1/models/flowers:predict", json={"inputs": columns}).json() == by_rows
-    assert client.post(f"{flowers.url}/v1/models/flowers:predict", json={"inputs": ROWS}).json() == by_rows
+    assert predict({"instances": objects}) == by_rows
+    assert predict({"inputs": columns}) == by_rows
+    assert predict({"inputs": ROWS}) == by_rows
 
 
 def test_v1_predict_on_a_mixed_model_takes_objects(churn: ServerProcess, client: httpx.Client) -> None:

@@ -31,8 +31,12 @@ def test_classifier_and_regressor_train_into_a_complete_version(place, fmt, task
 
     metadata = train(spec, version=1, identity=IDENTITY)
 
-    assert set(metadata) == CONTRACT_KEYS
+    # classifiers with predict_proba also ship the hold-out calibration of their confidence (docs/cbpe.md)
+    assert set(metadata) == CONTRACT_KEYS | ({"calibration"} if task == "classification" else set())
     ArtifactMetadata.model_validate(metadata)
+    if task == "classification":
+        assert metadata["calibration"]["method"] in ("isotonic", "identity")
+        assert metadata["calibration"]["rows"] == math.ceil(len(frame) * 0.25)
     store = open_store(place.output())
     assert store.versions() == [1] and store.read_metadata(1) == metadata
     model_bytes = store.read_file(1, "model.skops")

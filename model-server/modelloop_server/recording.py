@@ -1,0 +1,368 @@
+"""Outcomes on the server: prediction records written to the deployment's store, the index of recorded
+prediction ids that feedback is checked against, and label records (the format: modelloop.outcomes.records).
+
+- `PredictionRecorder.record` runs on the predict thread, once per batch: it keeps references to the
+  batch's predictions (no per-row Python work). A flusher thread writes what was recorded as one Parquet
+  segment every `flush_seconds` (default 1 s) and at shutdown, so a killed pod loses at most the last
+  second. While the store is unreachable segments stay buffered, up to `max_buffered_rows`; beyond that the
+  oldest are dropped and counted (modelloop_server_records_dropped_total), never blocking a prediction.
+- `PredictionIndex` answers "was this id predicted by this deployment within maxDelay?" for any replica:
+  it holds 64-bit hashes of the ids of every segment under predictions/ of the days within maxDelay
+  (8 bytes a prediction; at most `max_ids`), refreshed from the store when a feedback call names an id it
+  does not know (at most once a second). The local recorder's unflushed rows are looked up too.
+- `LabelWriter.write` stores one accepted feedback call as one label segment, synchronously: a 200 means
+  the labels are in the store.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+from modelloop.artifacts.backends import Backend, backend_for, read_capped
+from modelloop.artifacts.errors import StorageError
+from modelloop.artifacts.uri import StorageUri, parse_uri
+from modelloop.outcomes import records
+from modelloop.outcomes.join import hash_ids, window_performance
+
+log = logging.getLogger("modelloop.server")
+# A segment holds at most this many rows (a flush writes several segments beyond it); readers refuse more.
+MAX_SEGMENT_ROWS = 1_000_000
+MAX_SEGMENT_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class _Batch:
+    """One predict call's rows, as recorded: references only (the predict thread does no per-row work); ids,
+    confidences and their hashes are made later, on the flusher's or the feedback thread."""
+
+    millis: int
+    requests: list[tuple[str, int]]
+    predictions: np.ndarray
+    probabilities: np.ndarray | None
+    rows_in: Any  # the request rows, kept only when inputs are recorded
+    _hashes: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.predictions)
+
+    def hashes(self) -> np.ndarray:
+        if self._hashes is None:
+            self._hashes = hash_ids(self.ids().to_numpy(zero_copy_only=False))
+        return self._hashes
+
+    def ids(self) -> pa.Array:
+        return records.row_ids([rid for rid, _ in self.requests], [n for _, n in self.requests])
+
+
+class PredictionRecorder:
+    def __init__(self, backend: Backend, base: StorageUri, *, writer: str, version: int, classifier: bool,
+                 input_names: Sequence[str] | None = None, flush_seconds: float = 1.0,
+                 max_buffered_rows: int = 1_000_000, on_dropped: Callable[[int], None] = lambda n: None,
+                 on_written: Callable[[int], None] = lambda n: None) -> None:
+        self.backend, self.base = backend, base
+        self.writer = records.writer_name(writer)  # with a token of this process: see writer_name
+        self.version = version
+        self.classifier = classifier
+        self.input_names = list(input_names) if input_names else None
+        self.flush_seconds = flush_seconds
+        self.max_buffered_rows = max_buffered_rows
+        self.on_dropped, self.on_written = on_dropped, on_written
+        self._lock = threading.Lock()
+        self._pending: deque[_Batch] = deque()
+        self._pending_rows = 0
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- the predict thread ---------------------------------------------------------------------------
+
+    def record(self, requests: list[tuple[str, int]], predictions: np.ndarray, probabilities: np.ndarray | None,
+               rows: Any = None) -> None:
+        batch = _Batch(int(time.time() * 1000), requests, predictions, probabilities,
+                       rows if self.input_names else None)
+        with self._lock:
+            self._pending.append(batch)
+            self._pending_rows += batch.rows
+            dropped = 0
+            while self._pending_rows > self.max_buffered_rows and len(self._pending) > 1:
+                old = self._pending.popleft()
+                self._pending_rows -= old.rows
+                dropped += old.rows
+        if dropped:
+            self.on_dropped(dropped)
+
+    # -- lookups (feedback) ---------------------------------------------------------------------------
+
+    def unflushed_hashes(self) -> np.ndarray:
+        """Hashes of the ids recorded and not yet written (each batch's computed once)."""
+        with self._lock:
+            batches = list(self._pending)
+        return np.concatenate([b.hashes() for b in batches]) if batches else np.empty(0, np.uint64)
+
+    # -- the flusher thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="record-flusher", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the flusher and write what is left (a pod's shutdown)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the recorded rows as a segment; the rows written (0 when none, or when the store failed:
+        they stay buffered for the next flush)."""
+        with self._lock:
+            batches = list(self._pending)
+        if not batches:
+            return 0
+        table = self._table(batches)
+        key = records.segment_key(records.PREDICTIONS, batches[0].millis, self.writer, self._seq)
+        try:
+            self.backend.write(self.base.child(*key.split("/")), records.encode(table))
+        except StorageError as exc:
+            log.warning("records.flush-failed", extra={"fields": {"rows": table.num_rows, "error": str(exc)}})
+            return 0
+        self._seq += 1
+        written = {id(b) for b in batches}
+        with self._lock:  # drop what was written; record() may have appended (or dropped) meanwhile
+            while self._pending and id(self._pending[0]) in written:
+                self._pending_rows -= self._pending.popleft().rows
+        self.on_written(table.num_rows)
+        return table.num_rows
+
+    def _table(self, batches: list[_Batch]) -> pa.Table:
+        requests = [r for b in batches for r in b.requests]
+        ids = records.row_ids([rid for rid, _ in requests], [n for _, n in requests])
+        millis = np.repeat(np.array([b.millis for b in batches], np.int64), [b.rows for b in batches])
+        predictions = np.concatenate([np.asarray(b.predictions).reshape(-1) for b in batches])
+        n = len(ids)
+        if self.classifier:
+            label = pa.array(predictions.astype(str), pa.string())
+            value = pa.nulls(n, pa.float64())
+            probas = [b.probabilities.max(axis=1) if b.probabilities is not None and b.probabilities.ndim == 2
+                      else np.full(b.rows, np.nan) for b in batches]
+            proba = pa.array(np.concatenate(probas), pa.float64(), from_pandas=True)
+        else:
+            label, value = pa.nulls(n, pa.string()), pa.array(predictions.astype(np.float64), pa.float64())
+            proba = pa.nulls(n, pa.float64())
+        columns = {"id": ids, "version": pa.array(np.full(n, self.version, np.int32)),
+                   "time": pa.array(millis), "label": label, "value": value, "proba": proba}
+        if self.input_names:
+            inputs = [_input_columns(b.rows_in, self.input_names) for b in batches]
+            for name in self.input_names:
+                columns[records.INPUT_PREFIX + name] = pa.array(np.concatenate([i[name] for i in inputs]),
+                                                                from_pandas=True)
+        return pa.table(columns)
+
+
+def _input_columns(rows: Any, names: Sequence[str]) -> dict[str, np.ndarray]:
+    if isinstance(rows, np.ndarray):
+        return {name: rows[:, i].copy() for i, name in enumerate(names)}
+    return {name: np.asarray(rows[name]) for name in names}
+
+
+class PredictionIndex:
+    """Hashes of the prediction ids recorded under predictions/ within `max_delay_seconds`.
+
+    Two tiers, like a log-structured merge: one large sorted array (with each entry's segment time, so that
+    expired entries are dropped when it is rebuilt) and the recent segments' sorted arrays. A refresh adds the
+    new segments to the recent tier; once that tier holds more than `max_recent` segments or a quarter of the
+    large array's entries, it is merged into the large one. A lookup is then one binary search in the large
+    array and at most `max_recent` small ones, whatever the number of segments in maxDelay."""
+
+    def __init__(self, backend: Backend, base: StorageUri, *, max_delay_seconds: float, max_ids: int = 20_000_000,
+                 refresh_seconds: float = 1.0, max_recent: int = 64) -> None:
+        self.backend, self.base = backend, base
+        self.max_delay_seconds = max_delay_seconds
+        self.max_ids = max_ids
+        self.refresh_seconds = refresh_seconds
+        self.max_recent = max_recent
+        self._large = np.empty(0, np.uint64)
+        self._large_time = np.empty(0, np.int64)
+        self._recent: dict[str, tuple[int, np.ndarray]] = {}  # key -> (segment time, sorted hashes)
+        self._known: dict[str, int] = {}  # every indexed segment key -> its time (to skip it on the next listing)
+        self._complete = True  # False once a segment within maxDelay was left out for the bound
+        self._refreshed = -float("inf")
+        self._lock = threading.Lock()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every prediction within maxDelay is indexed (an id not found is then truly unknown)."""
+        return self._complete
+
+    def __len__(self) -> int:
+        return len(self._large) + sum(len(h) for _, h in self._recent.values())
+
+    def missing(self, hashes: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """A boolean mask: which of `hashes` are in no indexed segment (nor in `extra`). Refreshes from the
+        store first when some are missing and the last refresh is older than refresh_seconds."""
+        mask = self._missing(hashes, extra)
+        if mask.any() and time.monotonic() - self._refreshed >= self.refresh_seconds:
+            self.refresh()
+            mask[mask] = self._missing(hashes[mask], extra)
+        return mask
+
+    def _missing(self, hashes: np.ndarray, extra: np.ndarray | None) -> np.ndarray:
+        mask = np.ones(len(hashes), bool)
+        with self._lock:
+            arrays = [self._large, *(h for _, h in self._recent.values())]
+        if extra is not None and len(extra):
+            arrays.append(np.sort(extra))
+        for known in arrays:
+            if not mask.any():
+                break
+            if not len(known):
+                continue
+            wanted = hashes[mask]
+            pos = np.searchsorted(known, wanted)
+            pos[pos == len(known)] = 0
+            mask[mask] = known[pos] != wanted
+        return mask
+
+    def refresh(self) -> None:
+        """Load the ids of the segments written since the last refresh (newest first, within the bound)."""
+        now = int(time.time() * 1000)
+        since = now - int(self.max_delay_seconds * 1000) - 60_000  # a segment's last record: a flush after its name
+        found: list[records.Segment] = []
+        for day in records.days(since, now):
+            for key in self.backend.list_keys(self.base.child(records.PREDICTIONS, day)):
+                segment = records.parse_segment(f"{records.PREDICTIONS}/{day}/{key}")
+                if segment is not None and segment.millis >= since and segment.key not in self._known:
+                    found.append(segment)
+        for segment in sorted(found, key=lambda s: -s.millis):
+            if len(self) >= self.max_ids:
+                self._complete = False
+                break
+            data = read_capped(self.backend, self.base.child(*segment.key.split("/")), MAX_SEGMENT_BYTES,
+                               "prediction segment")
+            try:
+                table = records.decode(data, records.PREDICTIONS, max_rows=MAX_SEGMENT_ROWS, columns=["id"])
+            except records.RecordError as exc:
+                log.warning("records.segment-refused", extra={"fields": {"key": segment.key, "error": str(exc)}})
+                continue
+            hashes = np.sort(hash_ids(table.column("id").to_numpy(zero_copy_only=False)))
+            with self._lock:
+                self._recent[segment.key] = (segment.millis, hashes)
+                self._known[segment.key] = segment.millis
+        recent = sum(len(h) for _, h in self._recent.values())
+        if len(self._recent) > self.max_recent or recent > len(self._large) // 4 + 1_000_000:
+            self._merge(since)
+        self._refreshed = time.monotonic()
+
+    def _merge(self, since: int) -> None:
+        """The recent tier into the large array; entries older than maxDelay leave it."""
+        with self._lock:
+            recent = list(self._recent.values())
+        keep = self._large_time >= since
+        merged = np.concatenate([self._large[keep], *(h for _, h in recent)])
+        times = np.concatenate([self._large_time[keep], *(np.full(len(h), t, np.int64) for t, h in recent)])
+        order = np.argsort(merged, kind="stable")
+        with self._lock:
+            self._large, self._large_time = merged[order], times[order]
+            self._recent = {}
+            self._known = {k: t for k, t in self._known.items() if t >= since}
+
+
+class LabelWriter:
+    def __init__(self, backend: Backend, base: StorageUri, *, writer: str) -> None:
+        self.backend, self.base = backend, base
+        self.writer = records.writer_name(writer)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def write(self, ids: list[str], labels: list[str] | None, values: list[float] | None) -> str:
+        """Store one feedback call's labels as a segment; its key. StorageError when the store fails."""
+        millis = int(time.time() * 1000)
+        n = len(ids)
+        table = pa.table({
+            "id": pa.array(ids, pa.string()), "time": pa.array(np.full(n, millis, np.int64)),
+            "label": pa.array(labels, pa.string()) if labels is not None else pa.nulls(n, pa.string()),
+            "value": pa.array(values, pa.float64()) if values is not None else pa.nulls(n, pa.float64())})
+        with self._lock:
+            seq, self._seq = self._seq, self._seq + 1
+        key = records.segment_key(records.LABELS, millis, self.writer, seq)
+        self.backend.write(self.base.child(*key.split("/")), records.encode(table))
+        return key
+
+
+@dataclass
+class Outcomes:
+    """What a server with feedback on holds: its recorder, the id index, the label writer, and one thread for
+    feedback calls, joins and retention (store calls and decoding, off the event loop and the predict thread)."""
+
+    recorder: PredictionRecorder
+    index: PredictionIndex
+    labels: LabelWriter
+    executor: ThreadPoolExecutor
+    retention_seconds: float
+    _expired_at: float = -float("inf")
+
+    def close(self) -> None:
+        self.recorder.close()
+        self.executor.shutdown(wait=True)
+
+    def performance(self, model: Any, since_ms: int) -> dict[int, dict]:
+        """Live performance per version of the predictions made since `since_ms` (any replica's: all is read
+        from the store), as modelloop.outcomes.join.window_performance computes it."""
+        backend, base = self.recorder.backend, self.recorder.base
+        now = int(time.time() * 1000)
+        since_ms = max(since_ms, now - int(self.retention_seconds * 1000))  # nothing older is kept
+        keys = [f"{kind}/{day}/{key}" for kind in records.KINDS for day in records.days(since_ms, now)
+                for key in backend.list_keys(base.child(kind, day))]
+
+        def read(key: str) -> pa.Table:
+            data = read_capped(backend, base.child(*key.split("/")), MAX_SEGMENT_BYTES, "record segment")
+            kind = key.split("/", 1)[0]
+            return records.decode(data, kind, max_rows=MAX_SEGMENT_ROWS)
+        return window_performance(keys, read, since_ms=since_ms,
+                                  max_delay_ms=int(self.index.max_delay_seconds * 1000), classifier=model.classifier,
+                                  classes=[str(c) for c in model.classes or []],
+                                  calibration=model.metadata.get("calibration"), version=model.version)
+
+    def expire(self, every_seconds: float = 3600.0) -> list[str]:
+        """Delete the days of records older than the retention (at most once per `every_seconds`; any replica
+        may, deletion is idempotent). The 31 days before the cutoff are probed, so a deployment whose pods were
+        all down for weeks still catches up."""
+        if time.monotonic() - self._expired_at < every_seconds:
+            return []
+        self._expired_at = time.monotonic()
+        backend, base = self.recorder.backend, self.recorder.base
+        now = int(time.time() * 1000)
+        cutoff = now - int(self.retention_seconds * 1000)
+        deleted = []
+        for day in records.days(cutoff - 31 * 86_400_000, cutoff)[:-1]:  # the cutoff's own day is kept
+            for kind in records.KINDS:
+                if any(True for _ in backend.list_keys(base.child(kind, day))):
+                    backend.delete_tree(base.child(kind, day))
+                    deleted.append(f"{kind}/{day}")
+        return deleted
+
+
+def open_outcomes(config: Any, model: Any, metrics: Any) -> Outcomes:
+    """The records of `model` under config.feedback_uri (its store's credentials: the pod's environment)."""
+    base = parse_uri(config.feedback_uri, field="spec.feedback.uri")
+    backend = backend_for(base)
+    recorder = PredictionRecorder(
+        backend, base, writer=config.pod_name, version=model.version, classifier=model.classifier,
+        input_names=list(model.schema.names) if config.feedback_log_inputs else None,
+        on_dropped=metrics.records.labels("dropped").inc, on_written=metrics.records.labels("written").inc)
+    recorder.start()
+    index = PredictionIndex(backend, base, max_delay_seconds=config.feedback_max_delay_seconds)
+    return Outcomes(recorder, index, LabelWriter(backend, base, writer=config.pod_name),
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback"), config.feedback_retention_seconds)

@@ -67,7 +67,7 @@ class ModelServerApp:
         self.loaded = False
         self.draining = False
         self._loading: asyncio.Task | None = None
-        self._expiring: asyncio.Task | None = None
+        self._maintaining: asyncio.Task | None = None
         self._sketch_server: Any = None  # the listener of the sketch port (a uvicorn.Server)
         # Called with a one-line reason when the model cannot be served; the CLI makes the process exit.
         self.on_fatal: Callable[[str], None] = lambda reason: None
@@ -180,7 +180,7 @@ class ModelServerApp:
             return
         self.model, self.sketches, self.outcomes = model, sketches, outcomes
         if outcomes is not None:
-            self._expiring = loop.create_task(self._expire_records(), name="expire-records")
+            self._maintaining = loop.create_task(self._maintain_records(), name="maintain-records")
         self.metrics.set_model(model, _prediction_edges(model))
         self.batcher.run = Predictor(model, self.metrics, sketches, outcomes.recorder if outcomes else None).run
         self.loaded = True
@@ -318,16 +318,18 @@ class ModelServerApp:
         body = {"since": int(since), "versions": {str(v): p for v, p in result.items()}}
         return 200, orjson.dumps(body), JSON_HEADERS
 
-    async def _expire_records(self, every_seconds: float = 3600.0) -> None:
-        """Retention: once an hour, the days of records older than spec.feedback.retention are deleted."""
+    async def _maintain_records(self, every_seconds: float = 3600.0) -> None:
+        """Once an hour: the closed hours' segments are compacted, and the days of records older than
+        spec.feedback.retention are deleted (docs/outcomes.md)."""
         loop = asyncio.get_running_loop()
         while self.outcomes is not None:
             try:
                 deleted = await loop.run_in_executor(self.outcomes.executor, self.outcomes.expire, every_seconds)
                 if deleted:
                     log_event("records.expired", days=",".join(deleted))
+                await loop.run_in_executor(self.outcomes.executor, self.outcomes.compact)
             except StorageError as exc:
-                log_event("records.expire-failed", level=logging.WARNING, error=str(exc))
+                log_event("records.maintenance-failed", level=logging.WARNING, error=str(exc))
             except RuntimeError:  # the executor shut down: the server is stopping
                 return
             await asyncio.sleep(every_seconds)

@@ -21,15 +21,19 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from modelloop.artifacts.backends import Backend, backend_for, read_capped
-from modelloop.artifacts.errors import StorageError
+from modelloop.artifacts.errors import ObjectNotFoundError, StorageError
 from modelloop.artifacts.uri import StorageUri, parse_uri
 from modelloop.outcomes import records
 from modelloop.outcomes.join import hash_ids, window_performance
+
+from .logs import log_event
 
 log = logging.getLogger("modelloop.server")
 # A segment holds at most this many rows (a flush writes several segments beyond it); readers refuse more.
@@ -66,7 +70,8 @@ class PredictionRecorder:
     def __init__(self, backend: Backend, base: StorageUri, *, writer: str, version: int, classifier: bool,
                  input_names: Sequence[str] | None = None, flush_seconds: float = 1.0,
                  max_buffered_rows: int = 1_000_000, on_dropped: Callable[[int], None] = lambda n: None,
-                 on_written: Callable[[int], None] = lambda n: None) -> None:
+                 on_written: Callable[[int], None] = lambda n: None,
+                 on_flushed: Callable[[str, int, np.ndarray], None] = lambda key, millis, hashes: None) -> None:
         self.backend, self.base = backend, base
         self.writer = records.writer_name(writer)  # with a token of this process: see writer_name
         self.version = version
@@ -74,7 +79,7 @@ class PredictionRecorder:
         self.input_names = list(input_names) if input_names else None
         self.flush_seconds = flush_seconds
         self.max_buffered_rows = max_buffered_rows
-        self.on_dropped, self.on_written = on_dropped, on_written
+        self.on_dropped, self.on_written, self.on_flushed = on_dropped, on_written, on_flushed
         self._lock = threading.Lock()
         self._pending: deque[_Batch] = deque()
         self._pending_rows = 0
@@ -139,6 +144,7 @@ class PredictionRecorder:
             log.warning("records.flush-failed", extra={"fields": {"rows": table.num_rows, "error": str(exc)}})
             return 0
         self._seq += 1
+        self.on_flushed(key, batches[0].millis, hash_ids(table.column("id").to_numpy(zero_copy_only=False)))
         written = {id(b) for b in batches}
         with self._lock:  # drop what was written; record() may have appended (or dropped) meanwhile
             while self._pending and id(self._pending[0]) in written:
@@ -198,7 +204,7 @@ class PredictionIndex:
         self._recent: dict[str, tuple[int, np.ndarray]] = {}  # key -> (segment time, sorted hashes)
         self._known: dict[str, int] = {}  # every indexed segment key -> its time (to skip it on the next listing)
         self._complete = True  # False once a segment within maxDelay was left out for the bound
-        self._refreshed = -float("inf")
+        self._refreshed = self._fully_refreshed = -float("inf")
         self._lock = threading.Lock()
 
     @property
@@ -214,7 +220,11 @@ class PredictionIndex:
         store first when some are missing and the last refresh is older than refresh_seconds."""
         mask = self._missing(hashes, extra)
         if mask.any() and time.monotonic() - self._refreshed >= self.refresh_seconds:
-            self.refresh()
+            # New segments land in the current day, so a refresh lists that (and the hour before); the whole
+            # of maxDelay is listed again at most once a minute, for segments a pod flushed late (its store
+            # was down) under the day of their first record.
+            full = time.monotonic() - self._fully_refreshed >= 60.0
+            self.refresh(recent_only=not full)
             mask[mask] = self._missing(hashes[mask], extra)
         return mask
 
@@ -235,12 +245,13 @@ class PredictionIndex:
             mask[mask] = known[pos] != wanted
         return mask
 
-    def refresh(self) -> None:
-        """Load the ids of the segments written since the last refresh (newest first, within the bound)."""
+    def refresh(self, recent_only: bool = False) -> None:
+        """Load the ids of the segments written since the last refresh (newest first, within the bound); with
+        `recent_only`, list only the days of the last hour."""
         now = int(time.time() * 1000)
         since = now - int(self.max_delay_seconds * 1000) - 60_000  # a segment's last record: a flush after its name
         found: list[records.Segment] = []
-        for day in records.days(since, now):
+        for day in records.days(max(since, now - 3_600_000) if recent_only else since, now):
             for key in self.backend.list_keys(self.base.child(records.PREDICTIONS, day)):
                 segment = records.parse_segment(f"{records.PREDICTIONS}/{day}/{key}")
                 if segment is not None and segment.millis >= since and segment.key not in self._known:
@@ -260,10 +271,32 @@ class PredictionIndex:
             with self._lock:
                 self._recent[segment.key] = (segment.millis, hashes)
                 self._known[segment.key] = segment.millis
-        recent = sum(len(h) for _, h in self._recent.values())
-        if len(self._recent) > self.max_recent or recent > len(self._large) // 4 + 1_000_000:
-            self._merge(since)
+        self._maybe_merge(since)
         self._refreshed = time.monotonic()
+        if not recent_only:
+            self._fully_refreshed = self._refreshed
+
+    def add(self, key: str, millis: int, hashes: np.ndarray) -> None:
+        """A segment this process has just written: known at once (a label for it must not wait for a
+        refresh), and never read back."""
+        with self._lock:
+            self._recent[key] = (millis, np.sort(hashes))
+            self._known[key] = millis
+        self._maybe_merge(int(time.time() * 1000) - int(self.max_delay_seconds * 1000) - 60_000)
+
+    def _maybe_merge(self, since: int) -> None:
+        """Two levels, so that no refresh sorts the large array often: many small recent arrays collapse into
+        one; the recent tier joins the large array once it holds a quarter of it (or a million ids)."""
+        with self._lock:
+            recent = sum(len(h) for _, h in self._recent.values())
+            count = len(self._recent)
+        if recent > len(self._large) // 4 + 1_000_000:
+            self._merge(since)
+        elif count > self.max_recent:
+            with self._lock:
+                parts = list(self._recent.values())
+                self._recent = {f"merged-{time.monotonic_ns()}": (
+                    max(t for t, _ in parts), np.sort(np.concatenate([h for _, h in parts])))}
 
     def _merge(self, since: int) -> None:
         """The recent tier into the large array; entries older than maxDelay leave it."""
@@ -273,8 +306,11 @@ class PredictionIndex:
         merged = np.concatenate([self._large[keep], *(h for _, h in recent)])
         times = np.concatenate([self._large_time[keep], *(np.full(len(h), t, np.int64) for t, h in recent)])
         order = np.argsort(merged, kind="stable")
+        merged, times = merged[order], times[order]
+        first = np.ones(len(merged), bool)  # an id twice (a compacted hour read again): once
+        first[1:] = merged[1:] != merged[:-1]
         with self._lock:
-            self._large, self._large_time = merged[order], times[order]
+            self._large, self._large_time = merged[first], times[first]
             self._recent = {}
             self._known = {k: t for k, t in self._known.items() if t >= since}
 
@@ -327,13 +363,74 @@ class Outcomes:
                 for key in backend.list_keys(base.child(kind, day))]
 
         def read(key: str) -> pa.Table:
-            data = read_capped(backend, base.child(*key.split("/")), MAX_SEGMENT_BYTES, "record segment")
             kind = key.split("/", 1)[0]
+            try:
+                data = read_capped(backend, base.child(*key.split("/")), MAX_SEGMENT_BYTES, "record segment")
+            except ObjectNotFoundError:  # compacted meanwhile: its rows are in the compacted segment
+                return records.empty(kind)
             return records.decode(data, kind, max_rows=MAX_SEGMENT_ROWS)
         return window_performance(keys, read, since_ms=since_ms,
                                   max_delay_ms=int(self.index.max_delay_seconds * 1000), classifier=model.classifier,
                                   classes=[str(c) for c in model.classes or []],
                                   calibration=model.metadata.get("calibration"), version=model.version)
+
+    def compact(self, *, min_age_seconds: float = 7200.0, look_back_days: int = 2) -> list[str]:
+        """Merge the segments of each closed hour (ended more than `min_age_seconds` ago, within the last
+        `look_back_days` days) into one segment per kind and hour (more when it would exceed MAX_SEGMENT_ROWS):
+        a busy deployment writes a segment per replica per second, which every read of a window must list and
+        fetch. The merged segment is written before its inputs are deleted, so no record is ever only in
+        memory. Replicas may compact the same hour at once: both write the same rows, and every reader counts
+        an id once (the join and the index deduplicate by id), so the only cost is the work done twice."""
+        backend, base = self.recorder.backend, self.recorder.base
+        now = int(time.time() * 1000)
+        closed_before = now - int(min_age_seconds * 1000)
+        merged = []
+        for kind in records.KINDS:
+            for day in records.days(now - look_back_days * 86_400_000, now):
+                hours: dict[int, list[records.Segment]] = {}
+                for key in backend.list_keys(base.child(kind, day)):
+                    segment = records.parse_segment(f"{kind}/{day}/{key}")
+                    if segment is not None:
+                        hours.setdefault(segment.hour, []).append(segment)
+                for hour, segments in sorted(hours.items()):
+                    hour_end = int(datetime.fromisoformat(f"{day}T{hour:02d}:00:00+00:00").timestamp() * 1000) + 3_600_000
+                    if len(segments) > 1 and hour_end <= closed_before:
+                        merged.append(self._compact_hour(kind, sorted(segments, key=lambda s: s.millis)))
+        return merged
+
+    def _compact_hour(self, kind: str, segments: list[records.Segment], batch_rows: int = 250_000) -> str:
+        """Stream an hour's segments into merged ones of at most `batch_rows` rows (so memory holds one merged
+        segment, not the hour), then delete the inputs."""
+        backend, base = self.recorder.backend, self.recorder.base
+        written, merged_inputs, batch, rows = [], [], [], 0
+
+        def flush() -> None:
+            if batch:
+                merged = pa.concat_tables(batch, promote_options="default")
+                first = int(pc.min(merged.column("time")).as_py())
+                key = records.segment_key(kind, first, records.writer_name("compact"), len(written))
+                backend.write(base.child(*key.split("/")), records.encode(merged))
+                written.append(key)
+                batch.clear()
+        for segment in segments:
+            try:
+                data = read_capped(backend, base.child(*segment.key.split("/")), MAX_SEGMENT_BYTES, "record segment")
+                table = records.decode(data, kind, max_rows=MAX_SEGMENT_ROWS, columns=[])
+            except ObjectNotFoundError:  # another replica compacted it first
+                continue
+            except records.RecordError as exc:  # not ours to merge or delete
+                log.warning("records.segment-refused", extra={"fields": {"key": segment.key, "error": str(exc)}})
+                continue
+            if batch and sum(t.num_rows for t in batch) + table.num_rows > batch_rows:
+                flush()
+            batch.append(table)
+            merged_inputs.append(segment)
+            rows += table.num_rows
+        flush()
+        for segment in merged_inputs:  # only once every row is in a merged segment
+            backend.delete(base.child(*segment.key.split("/")))
+        log_event("records.compacted", kind=kind, segments=len(merged_inputs), rows=rows, into=len(written))
+        return f"{segments[0].key.rsplit('/', 1)[0]}: {len(merged_inputs)} segments, {rows} rows into {len(written)}"
 
     def expire(self, every_seconds: float = 3600.0) -> list[str]:
         """Delete the days of records older than the retention (at most once per `every_seconds`; any replica
@@ -362,7 +459,8 @@ def open_outcomes(config: Any, model: Any, metrics: Any) -> Outcomes:
         backend, base, writer=config.pod_name, version=model.version, classifier=model.classifier,
         input_names=list(model.schema.names) if config.feedback_log_inputs else None,
         on_dropped=metrics.records.labels("dropped").inc, on_written=metrics.records.labels("written").inc)
-    recorder.start()
     index = PredictionIndex(backend, base, max_delay_seconds=config.feedback_max_delay_seconds)
+    recorder.on_flushed = index.add  # its own segments are known the moment they leave the buffer
+    recorder.start()
     return Outcomes(recorder, index, LabelWriter(backend, base, writer=config.pod_name),
                     ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback"), config.feedback_retention_seconds)

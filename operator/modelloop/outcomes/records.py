@@ -131,9 +131,15 @@ def decode(data: bytes, kind: str, *, max_rows: int, columns: list[str] | None =
     if extra:
         raise RecordError(f"unknown columns {extra[:3]}")
     try:
-        return parquet.read(columns=columns or schema.names)
+        # columns None: the kind's columns; [] : every column (the input.* ones of logInputs too)
+        return parquet.read(columns=None if columns == [] else (columns or schema.names))
     except (pa.ArrowException, OSError) as exc:
         raise RecordError(f"unreadable: {type(exc).__name__}") from None
+
+
+def empty(kind: str) -> pa.Table:
+    """A segment with no rows, of a kind's schema."""
+    return (PREDICTION_SCHEMA if kind == PREDICTIONS else LABEL_SCHEMA).empty_table()
 
 
 def row_ids(request_ids: list[str], counts: list[int]) -> pa.Array:

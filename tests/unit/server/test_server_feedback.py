@@ -279,3 +279,70 @@ def test_a_flood_of_feedback_calls_gets_503_and_loses_no_label(replicas):
     assert all(a.headers.get("retry-after") for a in answers if a.status_code == 503)
     after = len(list((store / records.LABELS).rglob("*.parquet")))
     assert after - before == codes.count(200)
+
+
+def test_compaction_merges_closed_hours_and_changes_no_answer(tmp_path):
+    """Two days ago, one hour of 120 one-second segments from two replicas, with labels: compaction leaves one
+    segment per kind and hour, every row kept, and the live performance of the window is the same."""
+    from modelloop_server.config import ServerConfig
+    from modelloop_server.metrics import ServerMetrics
+    from modelloop_server.recording import open_outcomes
+
+    from tests.unit.outcomes.test_join import labels, predictions
+
+    store = tmp_path / "store"
+    hour = (int(time.time() * 1000) - 2 * 86_400_000) // 3_600_000 * 3_600_000
+    for i in range(120):
+        ids = [f"r{i}:{row}" for row in range(3)]
+        segment = predictions(ids, ["yes", "no", "yes"], version=1, time=hour + i * 1000, proba=[0.9, 0.6, 0.8])
+        key = records.segment_key(records.PREDICTIONS, hour + i * 1000, f"pod-{i % 2}", i)
+        (store / key).parent.mkdir(parents=True, exist_ok=True)
+        (store / key).write_bytes(records.encode(segment))
+    key = records.segment_key(records.LABELS, hour + 200_000, "pod-0", 0)
+    (store / key).parent.mkdir(parents=True, exist_ok=True)
+    (store / key).write_bytes(records.encode(labels([f"r{i}:0" for i in range(120)], ["yes"] * 60 + ["no"] * 60,
+                                                    time=hour + 200_000)))
+
+    class Model:
+        version, classifier, classes = 1, True, ["no", "yes"]
+        schema = type("S", (), {"names": ("a",)})
+        metadata: dict = {}
+
+    config = ServerConfig(model_uri="file:///unused", feedback_uri=f"file://{store}",
+                          feedback_max_delay_seconds=7 * 86400.0, feedback_retention_seconds=30 * 86400.0)
+    outcomes = open_outcomes(config, Model(), ServerMetrics())
+    try:
+        before = outcomes.performance(Model(), hour - 1000)
+        merged = outcomes.compact()
+        after = outcomes.performance(Model(), hour - 1000)
+        assert outcomes.compact() == []  # nothing left to merge
+    finally:
+        outcomes.close()
+    files = sorted(p.relative_to(store).as_posix() for p in store.rglob("*.parquet"))
+    assert len(merged) == 1 and len(files) == 2, files  # the one label segment was alone: left as it was
+    assert read_all(store, records.PREDICTIONS).num_rows == 360
+    assert before == after and after[1]["labelled"] == 120
+    assert after[1]["metrics"]["accuracy"]["value"] == pytest.approx(0.5)
+
+
+def test_the_id_index_stays_exact_while_it_merges_its_tiers(tmp_path):
+    """Hundreds of segments added as a replica flushes them: every id stays known, unknown ones stay unknown,
+    and the recent tier collapses instead of growing a binary search per segment."""
+    import numpy as np
+    from modelloop.artifacts.uri import parse_uri
+    from modelloop.outcomes.join import hash_ids
+    from modelloop_server.recording import PredictionIndex
+    from modelloop.artifacts.backends import backend_for
+
+    base = parse_uri(f"file://{tmp_path}")
+    index = PredictionIndex(backend_for(base), base, max_delay_seconds=3600, max_recent=8)
+    now = int(time.time() * 1000)
+    for i in range(300):
+        index.add(f"predictions/x/{i}", now, hash_ids([f"req{i}:{row}" for row in range(5)]))
+    assert len(index._recent) <= 9 and len(index) == 1500
+    known = hash_ids([f"req{i}:{row}" for i in range(300) for row in range(5)])
+    assert not index.missing(known).any()
+    assert index.missing(hash_ids(["req300:0", "req0:5"])).all()
+    index._merge(now - 3_600_000)
+    assert len(index._recent) == 0 and len(index._large) == 1500 and not index.missing(known).any()
+    assert np.all(np.diff(index._large.astype(np.float64)) >= 0)

@@ -32,8 +32,9 @@ DRIFT_DATASET = Gauge("modelloop_drift_dataset_drift", "1 when the last window d
                       ["namespace", "monitor"])
 DRIFT_SHARE = Gauge("modelloop_drift_share", "Share of drifted features in the last window.", ["namespace", "monitor"])
 MODEL_PERFORMANCE = Gauge("modelloop_model_performance",
-                          "A version's performance by source: live (labels fed back, in the monitor's window) or "
-                          "holdout (the training's validation split).",
+                          "A version's performance by source: live (labels fed back, in the monitor's window), "
+                          "estimated (accuracy from calibrated confidence, without labels) or holdout (the "
+                          "training's validation split).",
                           ["namespace", "monitor", "version", "metric", "source"])
 MODEL_PERFORMANCE_DROPPED = Gauge("modelloop_model_performance_dropped",
                                   "1 when the served version's live performance dropped significantly below its "

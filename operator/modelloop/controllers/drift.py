@@ -444,12 +444,14 @@ def performance_check(namespace: str, name: str, spec: DriftMonitorSpec, serving
     verdict = assess(spec.performance, live, serving.version, serving.metadata.get("metrics") or {}, metric)
     status["performance"] = verdict.entries
     for entry in verdict.entries:
-        if entry.get("value") is not None:
-            metrics.MODEL_PERFORMANCE.labels(namespace, name, str(entry["version"]), metric, "live").set(entry["value"])
+        version = str(entry["version"])
+        if entry.get("value") is not None:  # source live, or estimated (without labels)
+            metrics.MODEL_PERFORMANCE.labels(namespace, name, version, entry["metric"], entry["source"]).set(
+                entry["value"])
         if entry.get("holdout") is not None:
-            metrics.MODEL_PERFORMANCE.labels(namespace, name, str(entry["version"]), metric, "holdout").set(
-                entry["holdout"])
-        metrics.MODEL_PERFORMANCE_LABELLED.labels(namespace, name, str(entry["version"])).set(entry["labelled"])
+            metrics.MODEL_PERFORMANCE.labels(namespace, name, version, entry["metric"], "holdout").set(entry["holdout"])
+        if entry["source"] == "live":
+            metrics.MODEL_PERFORMANCE_LABELLED.labels(namespace, name, version).set(entry["labelled"])
     metrics.MODEL_PERFORMANCE_DROPPED.labels(namespace, name).set(1 if verdict.dropped else 0)
     was = next((c for c in status.get("conditions") or () if c["type"] == "PerformanceDegraded"), {})
     events = []

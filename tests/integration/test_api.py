@@ -265,19 +265,21 @@ def test_kubectl_get_modelloop_lists_all_three_kinds_with_useful_columns(crds, n
     ready = {"type": "Ready", "status": "True", "reason": "Succeeded", "message": "v3 trained",
              "lastTransitionTime": _now(), "observedGeneration": 1}
     crds.kubectl("patch", "mtrain", "churn", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(
-        {"status": {"phase": "Succeeded", "latestVersion": 3, "metric": {"name": "roc_auc", "value": 0.87},
-                    "conditions": [ready]}}))
+        {"status": {"phase": "Succeeded", "latestVersion": 3,
+                    "metric": {"name": "roc_auc", "value": 0.8712345678, "display": "0.8712"}, "conditions": [ready]}}))
     crds.kubectl("patch", "mdep", "churn", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(
         {"status": {"phase": "Available", "modelVersion": 3, "readyReplicas": 2, "replicas": 2,
-                    "metric": {"name": "roc_auc", "value": 0.87}, "conditions": [ready]}}))
+                    "metric": {"name": "roc_auc", "value": 0.8712345678, "display": "0.8712"},
+                    "conditions": [ready]}}))
     out = crds.kubectl("get", "modelloop", "-n", namespace).stdout
     assert "modeltraining.modelloop.dev/churn" in out
     assert "modeldeployment.modelloop.dev/churn" in out
     assert "driftmonitor.modelloop.dev/churn" in out
     row = crds.kubectl("get", "mtrain", "churn", "-n", namespace, "--no-headers").stdout.split()
-    assert row[:6] == ["churn", "Succeeded", "3", "roc_auc", "0.87", "True"]
+    # The metric as the operator writes it for reading (status.metric.display), not the 17 digits of value.
+    assert row[:6] == ["churn", "Succeeded", "3", "roc_auc", "0.8712", "True"]
     row = crds.kubectl("get", "mdep", "churn", "-n", namespace, "--no-headers").stdout.split()
-    assert row[:6] == ["churn", "True", "Available", "3", "2", "0.87"]
+    assert row[:6] == ["churn", "True", "Available", "3", "2", "0.8712"]
 
 
 def test_kubectl_wait_for_ready_condition_works(crds, namespace):

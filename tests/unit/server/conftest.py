@@ -112,6 +112,7 @@ class ServerProcess:
     port: int = field(default_factory=free_port)
     sketch_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    rebinds: int = 0
 
     @property
     def url(self) -> str:
@@ -134,6 +135,13 @@ class ServerProcess:
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
+                if "address already in use" in self.log.read_text() and self.rebinds < 3:
+                    # free_port's port was taken by another process between its check and the server's bind
+                    # (sessions side by side on one machine): new ports, same server.
+                    self.rebinds += 1
+                    self.port, self.sketch_port = free_port(), free_port()
+                    self.start()
+                    continue
                 raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:

@@ -159,6 +159,9 @@ class DriftMonitorStatus(ApiModel):
     last_retrain_time: datetime | None = Field(default=None, description="When retraining was last requested.")
     retrains: int | None = Field(default=None, description="Retrain requests made so far.")
     retrain_request: RetrainRequest | None = Field(default=None, description="The last retrain request.")
+    performance_dropped: bool | None = Field(default=None, description=(
+        "The last decided verdict on live performance: true after a significant drop, false once it holds again "
+        "(undecided checks, such as a new version's first minutes, leave it as it was)."))
     performance: list[VersionPerformance] | None = Field(default=None, description=(
         "Live performance per version in the window (the served one first)."),
         json_schema_extra=extra(x_kubernetes_list_type="map", x_kubernetes_list_map_keys=["version", "source"]))

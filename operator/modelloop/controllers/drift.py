@@ -453,12 +453,15 @@ def performance_check(namespace: str, name: str, spec: DriftMonitorSpec, serving
         if entry["source"] == "live":
             metrics.MODEL_PERFORMANCE_LABELLED.labels(namespace, name, version).set(entry["labelled"])
     metrics.MODEL_PERFORMANCE_DROPPED.labels(namespace, name).set(1 if verdict.dropped else 0)
-    was = next((c for c in status.get("conditions") or () if c["type"] == "PerformanceDegraded"), {})
+    # Events on the decided verdicts only: a drop, then a recovery however many undecided checks (a new
+    # version's first minutes, a store that did not answer) came between them.
     events = []
-    if verdict.dropped and was.get("reason") != R.PERFORMANCE_DROPPED:
-        events.append(("Warning", Event.PERFORMANCE_DROPPED, verdict.message))
-    elif verdict.decided and not verdict.dropped and was.get("reason") == R.PERFORMANCE_DROPPED:
-        events.append(("Normal", Event.PERFORMANCE_RECOVERED, verdict.message))
+    if verdict.decided:
+        if verdict.dropped and not status.get("performanceDropped"):
+            events.append(("Warning", Event.PERFORMANCE_DROPPED, verdict.message))
+        elif not verdict.dropped and status.get("performanceDropped"):
+            events.append(("Normal", Event.PERFORMANCE_RECOVERED, verdict.message))
+        status["performanceDropped"] = verdict.dropped
     reason = (R.PERFORMANCE_DROPPED if verdict.dropped else R.PERFORMANCE_HOLDS if verdict.decided
               else R.PERFORMANCE_UNDECIDED)
     return Cond.of("PerformanceDegraded", verdict.dropped, reason, verdict.message), events

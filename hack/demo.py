@@ -453,6 +453,7 @@ def main() -> None:
     targets = prometheus.api(prometheus_url, "targets")["activeTargets"]
     say("   Prometheus targets: " + ", ".join(f"{t['labels']['job']}/{t['labels'].get('pod')} {t['health']}"
                                               for t in targets))
+    save_report()
     show("get", "modelloop")
     events = kubectl("events", "-n", NS, "--types=Normal,Warning")
     print("\n".join(l for l in events.splitlines() if any(k in l for k in ("LAST SEEN", "ModelTraining/",
@@ -464,6 +465,8 @@ What to look at next:
   kubectl get nodes -o wide                      # the real node: kubelet v1.36, containerd
   kubectl get modelloop -n {NS}                  # the three resources and their columns
   kubectl describe dmon churn -n {NS}            # per-feature drift scores, conditions, events
+  modelloop report dmon/churn -n {NS} > report.html   # the monitor's page (.venv/bin/modelloop): performance
+                                                 # over time per version, histograms, tests, decisions
   kubectl get mtrain churn -n {NS} -o yaml       # runs, versions, metrics
   kubectl get pods -n {NS} -o wide               # server pods, each in its containers on the real node
   kubectl logs -n {OPERATOR_NS} deploy/{RELEASE}    # the operator, running in a pod under the chart's RBAC
@@ -477,6 +480,18 @@ What to look at next:
 """)
     if traffic.stats.failed:
         raise SystemExit(f"demo: {traffic.stats.failed} requests failed")
+
+
+def save_report() -> None:
+    """The DriftMonitor's HTML report, printed by `modelloop report` as a user runs it."""
+    path = STATE_DIR / "report-churn.html"
+    done = subprocess.run([sys.executable, "-m", "modelloop.cli", "report", "dmon/churn", "-n", NS, "-o", str(path)],
+                          env={**os.environ, "KUBECONFIG": str(KUBECONFIG)}, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        fail("the DriftMonitor's report", done.stderr.strip(), f"kubectl get dmon churn -n {NS} -o yaml")
+    page = path.read_text()
+    say(f"   report of DriftMonitor churn: {path} ({len(page) // 1024} KiB, {page.count('<svg')} charts), written by "
+        f"the monitor at its last decision and printed by `modelloop report dmon/churn -n {NS}`")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Host packages the embedded node needs, from Debian (the only place this machine gets system software):
 # Docker (builds the images), containerd + runc (the node's container runtime, run as its own instance),
-# the CNI plugins, iptables/conntrack (kube-proxy), ipset (kube-router's NetworkPolicy sets), mmdebstrap (the base image's root filesystem).
+# the CNI plugins, iptables/conntrack (kube-proxy), ipset (kube-router's NetworkPolicy sets), mmdebstrap (the base image's root filesystem),
+# Chromium (the report tests look at the DriftMonitor report as a person would: a headless screenshot).
 # Idempotent: installs only what is missing; starts dockerd when it is not answering.
 set -euo pipefail
 
@@ -16,6 +17,7 @@ command -v ipset >/dev/null || need+=(ipset)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v openssl >/dev/null || need+=(openssl)
+command -v chromium >/dev/null || need+=(chromium)
 if ((${#need[@]})); then
   echo "[host] installing ${need[*]} from Debian" >&2
   export DEBIAN_FRONTEND=noninteractive

@@ -93,7 +93,8 @@ class Predictor:
         if self.recorder is None:
             return
         try:
-            self.recorder.record([(job.request_id, job.count) for job in jobs], predictions, probabilities, rows)
+            self.recorder.record([job.request_id for job in jobs], [job.count for job in jobs], predictions,
+                                 probabilities, rows)
         except Exception:  # noqa: BLE001 - like the sketches: bookkeeping never fails a prediction
             log.exception("records.record-failed")
 

@@ -1,8 +1,8 @@
 """Outcomes on the server: prediction records written to the deployment's store, the index of recorded
 prediction ids that feedback is checked against, and label records (the format: modelloop.outcomes.records).
 
-- `PredictionRecorder.record` runs on the predict thread, once per batch: it keeps references to the
-  batch's predictions (no per-row Python work). A flusher thread writes what was recorded as one Parquet
+- `PredictionRecorder.record` runs on the predict thread, once per batch: it appends references to the
+  batch's predictions to a list (no per-row Python work). A flusher thread writes what was recorded as one Parquet
   segment every `flush_seconds` (default 0.25 s: shorter holds of the GIL than once a second, which put p99
   at 64 connections at 2.7x; bench/feedback) and at shutdown, so a killed pod loses at most the last
   quarter second. While the store is unreachable segments stay buffered, up to `max_buffered_rows`; beyond that the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,29 +41,62 @@ MAX_SEGMENT_ROWS = 1_000_000
 MAX_SEGMENT_BYTES = 256 * 1024 * 1024
 
 
-@dataclass
-class _Batch:
-    """One predict call's rows, as recorded: references only (the predict thread does no per-row work); ids,
-    confidences and their hashes are made later, on the flusher's or the feedback thread."""
+class _Buffer:
+    """Recorded batches, column by column: appending is all the predict thread does, and the flusher takes the
+    whole buffer and concatenates each column once (no per-batch Python work beyond the appends)."""
 
-    millis: int
-    requests: list[tuple[str, int]]
-    predictions: np.ndarray
-    probabilities: np.ndarray | None
-    rows_in: Any  # the request rows, kept only when inputs are recorded
-    _hashes: np.ndarray | None = None
+    LISTS = ("millis", "sizes", "requests", "request_ids", "counts", "predictions", "probabilities", "rows_in")
+    __slots__ = (*LISTS, "rows")
 
-    @property
-    def rows(self) -> int:
-        return len(self.predictions)
+    def __init__(self) -> None:
+        self.millis: list[int] = []           # per batch: when it was predicted
+        self.sizes: list[int] = []            # per batch: its rows
+        self.requests: list[int] = []         # per batch: its requests
+        self.request_ids: list[str] = []      # per request
+        self.counts: list[int] = []           # per request: its rows
+        self.predictions: list[np.ndarray] = []
+        self.probabilities: list[np.ndarray | None] = []
+        self.rows_in: list[Any] = []          # per batch, only when inputs are recorded
+        self.rows = 0
 
-    def hashes(self) -> np.ndarray:
-        if self._hashes is None:
-            self._hashes = hash_ids(self.ids().to_numpy(zero_copy_only=False))
-        return self._hashes
+    def add(self, millis: int, request_ids: Sequence[str], counts: Sequence[int], predictions: np.ndarray,
+            probabilities: np.ndarray | None, rows_in: Any) -> None:
+        self.millis.append(millis)
+        self.sizes.append(len(predictions))
+        self.requests.append(len(request_ids))
+        self.request_ids += request_ids
+        self.counts += counts
+        self.predictions.append(predictions)
+        self.probabilities.append(probabilities)
+        if rows_in is not None:
+            self.rows_in.append(rows_in)
+        self.rows += len(predictions)
+
+    def extend(self, later: _Buffer) -> None:
+        """Append `later`'s batches after this buffer's."""
+        for name in self.LISTS:
+            getattr(self, name).extend(getattr(later, name))
+        self.rows += later.rows
+
+    def drop_oldest(self, keep_rows: int) -> int:
+        """Drop the oldest batches until at most `keep_rows` rows are left (the newest batch is always kept);
+        the rows dropped."""
+        batches, dropped = 0, 0
+        while self.rows - dropped > keep_rows and batches < len(self.sizes) - 1:
+            dropped += self.sizes[batches]
+            batches += 1
+        requests = sum(self.requests[:batches])
+        del self.request_ids[:requests], self.counts[:requests]
+        for name in ("millis", "sizes", "requests", "predictions", "probabilities", "rows_in"):
+            del getattr(self, name)[:batches]
+        self.rows -= dropped
+        return dropped
 
     def ids(self) -> pa.Array:
-        return records.row_ids([rid for rid, _ in self.requests], [n for _, n in self.requests])
+        """The row ids, `<request id>:<row>` (records.row_ids), in order."""
+        if self.counts and min(self.counts) == max(self.counts) == 1:  # one row a request: `<request id>:0`
+            return pc.binary_join_element_wise(pa.array(self.request_ids, pa.string()), pa.scalar("0"), ":")
+        return records.row_ids(self.request_ids, self.counts)
 
 
 class PredictionRecorder:
@@ -82,36 +114,35 @@ class PredictionRecorder:
         self.max_buffered_rows = max_buffered_rows
         self.on_dropped, self.on_written, self.on_flushed = on_dropped, on_written, on_flushed
         self._lock = threading.Lock()
-        self._pending: deque[_Batch] = deque()
-        self._pending_rows = 0
+        self._pending = _Buffer()
+        self._writing: _Buffer | None = None  # taken by the flusher, not yet in the store (feedback looks it up)
         self._seq = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- the predict thread ---------------------------------------------------------------------------
 
-    def record(self, requests: list[tuple[str, int]], predictions: np.ndarray, probabilities: np.ndarray | None,
-               rows: Any = None) -> None:
-        batch = _Batch(int(time.time() * 1000), requests, predictions, probabilities,
-                       rows if self.input_names else None)
+    def record(self, request_ids: Sequence[str], counts: Sequence[int], predictions: np.ndarray,
+               probabilities: np.ndarray | None, rows: Any = None) -> None:
+        millis = time.time_ns() // 1_000_000
         with self._lock:
-            self._pending.append(batch)
-            self._pending_rows += batch.rows
-            dropped = 0
-            while self._pending_rows > self.max_buffered_rows and len(self._pending) > 1:
-                old = self._pending.popleft()
-                self._pending_rows -= old.rows
-                dropped += old.rows
+            self._pending.add(millis, request_ids, counts, predictions, probabilities,
+                              rows if self.input_names else None)
+            dropped = (self._pending.drop_oldest(self.max_buffered_rows)
+                       if self._pending.rows > self.max_buffered_rows else 0)
         if dropped:
             self.on_dropped(dropped)
 
     # -- lookups (feedback) ---------------------------------------------------------------------------
 
     def unflushed_hashes(self) -> np.ndarray:
-        """Hashes of the ids recorded and not yet written (each batch's computed once)."""
+        """Hashes of the ids recorded and not yet in the store (the last quarter second or so)."""
         with self._lock:
-            batches = list(self._pending)
-        return np.concatenate([b.hashes() for b in batches]) if batches else np.empty(0, np.uint64)
+            buffers = [b for b in (self._writing, self._pending) if b is not None and b.rows]
+            ids = [b.ids() for b in buffers]
+        if not ids:
+            return np.empty(0, np.uint64)
+        return np.concatenate([hash_ids(i.to_numpy(zero_copy_only=False)) for i in ids])
 
     # -- the flusher thread ---------------------------------------------------------------------------
 
@@ -132,57 +163,73 @@ class PredictionRecorder:
 
     def flush(self) -> int:
         """Write the recorded rows as a segment; the rows written (0 when none, or when the store failed:
-        they stay buffered for the next flush)."""
+        they go back to the buffer for the next flush)."""
         with self._lock:
-            batches = list(self._pending)
-        if not batches:
+            taken, self._pending = self._pending, _Buffer()
+            self._writing = taken
+        if not taken.rows:
+            self._writing = None
             return 0
-        table = self._table(batches)
-        key = records.segment_key(records.PREDICTIONS, batches[0].millis, self.writer, self._seq)
+        table = self._table(taken)
+        key = records.segment_key(records.PREDICTIONS, taken.millis[0], self.writer, self._seq)
         try:
             self.backend.write(self.base.child(*key.split("/")), records.encode(table))
         except StorageError as exc:
             log.warning("records.flush-failed", extra={"fields": {"rows": table.num_rows, "error": str(exc)}})
+            with self._lock:  # back in front of what was recorded meanwhile, within the bound
+                taken.extend(self._pending)
+                self._pending, self._writing = taken, None
+                dropped = taken.drop_oldest(self.max_buffered_rows) if taken.rows > self.max_buffered_rows else 0
+            if dropped:
+                self.on_dropped(dropped)
             return 0
         self._seq += 1
-        self.on_flushed(key, batches[0].millis, hash_ids(table.column("id").to_numpy(zero_copy_only=False)))
-        written = {id(b) for b in batches}
-        with self._lock:  # drop what was written; record() may have appended (or dropped) meanwhile
-            while self._pending and id(self._pending[0]) in written:
-                self._pending_rows -= self._pending.popleft().rows
+        self.on_flushed(key, taken.millis[0], hash_ids(table.column("id").to_numpy(zero_copy_only=False)))
+        with self._lock:
+            self._writing = None
         self.on_written(table.num_rows)
         return table.num_rows
 
-    def _table(self, batches: list[_Batch]) -> pa.Table:
-        """One pass of whole-array operations over the batches (a per-batch numpy call costs microseconds, and
-        at 1-row batches there is one batch per request)."""
-        requests = [r for b in batches for r in b.requests]
-        ids = records.row_ids([rid for rid, _ in requests], [n for _, n in requests])
-        counts = [len(b.predictions) for b in batches]
-        millis = np.repeat(np.fromiter((b.millis for b in batches), np.int64, len(batches)), counts)
-        predictions = np.concatenate([b.predictions for b in batches], axis=None)
+    def _table(self, taken: _Buffer) -> pa.Table:
+        """One concatenation a column (at 1-row batches there is one batch per request)."""
+        sizes = np.asarray(taken.sizes, np.int64)
+        ids = taken.ids()
         n = len(ids)
         if self.classifier:
-            label = pa.array(predictions.astype(str), pa.string())
+            label = _labels(np.concatenate(taken.predictions, axis=None))
             value = pa.nulls(n, pa.float64())
-            probabilities = [b.probabilities for b in batches]
-            if all(p is not None and p.ndim == 2 and p.shape[1] == probabilities[0].shape[1] for p in probabilities):
-                confidence = np.concatenate(probabilities).max(axis=1)
-            else:  # some batches without (a runtime that computes them only on request)
-                confidence = np.concatenate([p.max(axis=1) if p is not None and p.ndim == 2 else np.full(c, np.nan)
-                                             for p, c in zip(probabilities, counts)])
-            proba = pa.array(confidence, pa.float64(), from_pandas=True)
+            proba = pa.array(_confidence(taken.probabilities, sizes), pa.float64(), from_pandas=True)
         else:
-            label, value = pa.nulls(n, pa.string()), pa.array(predictions.astype(np.float64), pa.float64())
+            label = pa.nulls(n, pa.string())
+            value = pa.array(np.concatenate(taken.predictions, axis=None).astype(np.float64), pa.float64())
             proba = pa.nulls(n, pa.float64())
         columns = {"id": ids, "version": pa.array(np.full(n, self.version, np.int32)),
-                   "time": pa.array(millis), "label": label, "value": value, "proba": proba}
+                   "time": pa.array(np.repeat(np.asarray(taken.millis, np.int64), sizes)), "label": label,
+                   "value": value, "proba": proba}
         if self.input_names:
-            inputs = [_input_columns(b.rows_in, self.input_names) for b in batches]
+            inputs = [_input_columns(r, self.input_names) for r in taken.rows_in]
             for name in self.input_names:
                 columns[records.INPUT_PREFIX + name] = pa.array(np.concatenate([i[name] for i in inputs]),
                                                                 from_pandas=True)
         return pa.table(columns)
+
+
+def _labels(predictions: np.ndarray) -> pa.Array:
+    """Predicted labels as text: strings as they are, numbers (ONNX int64 labels) cast."""
+    try:
+        return pa.array(predictions).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):  # mixed objects
+        return pa.array(predictions.astype(str), pa.string())
+
+
+def _confidence(probabilities: Sequence[np.ndarray | None], sizes: np.ndarray) -> np.ndarray:
+    """Each row's highest class probability; NaN for the batches without probabilities (a runtime that
+    computes them only on request)."""
+    try:
+        return np.concatenate(probabilities).max(axis=1)  # every batch has them, of one width: one pass
+    except (ValueError, TypeError, np.exceptions.AxisError):
+        return np.concatenate([p.max(axis=1) if p is not None and p.ndim == 2 else np.full(size, np.nan)
+                               for p, size in zip(probabilities, sizes)])
 
 
 def _input_columns(rows: Any, names: Sequence[str]) -> dict[str, np.ndarray]:

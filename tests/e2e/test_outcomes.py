@@ -10,11 +10,15 @@ DriftMonitor decides on live performance (docs/outcomes.md).
 Both with zero failed requests and every label accepted."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
 
 from hack.traffic import Traffic, batches_from_csv
+from modelloop import report
+from tests.fixtures.browser import pixels_near, screenshot
 from tests.e2e.helpers import API, cond, status
 from tests.fixtures.artifacts import secret
 from tests.fixtures.cluster import ROOT, wait_for
@@ -81,6 +85,16 @@ def test_concept_drift_retrains_on_live_performance_and_the_new_version_holds(he
     assert "PerformanceDropped" in reasons and "PerformanceRecovered" in reasons
     print(f"concept drift: {traffic.stats.line()}; {traffic.labels_sent} labels; {dmon()['performance']}")
     assert traffic.stats.failed == 0 and traffic.labels_sent > 400
+    # The monitor's report, printed as a person prints it and looked at as a person looks at it.
+    printed = subprocess.run([sys.executable, "-m", "modelloop.cli", "report", "dmon/churn", "-n", ns,
+                              "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    page = printed.stdout
+    assert "PerformanceDropped" in page and "RetrainRequested" in page and "PerformanceRecovered" in page
+    assert ">v1</text>" in page and ">v2</text>" in page  # both versions' live lines are labelled on the chart
+    image = screenshot(page)
+    assert pixels_near(image, report.LIVE) > 3000 and pixels_near(image, report.HOLDOUT) > 400
+    assert pixels_near(image, report.REFERENCE, tolerance=12) > 5000
 
 
 @pytest.mark.optional(reason=NO_NODE)

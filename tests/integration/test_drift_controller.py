@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ import pandas as pd
 import pytest
 
 from modelloop.api.deployment import SKETCH_PORT
+from modelloop.artifacts import read_object
 from modelloop.drift import count_into, empty_like
 from tests.fixtures.cluster import ROOT, wait_for
 from tests.integration.test_training_controller import HELD, KWOK
@@ -199,12 +201,17 @@ def test_drift_for_fewer_than_consecutive_windows_takes_no_action(cluster, names
     assert "DriftDetected" in reasons(cluster, namespace)
 
 
-def test_drift_requests_exactly_one_retrain_then_none_during_the_cooldown(cluster, namespace, loop, operator):
+def drift_until_a_retrain(cluster, namespace, loop) -> None:
+    """Two pods counting drifted rows, a monitor retraining after 2 drifted windows, until it asks once."""
     add_pods, monitor = loop
     for p in add_pods(2):
         p.data = DRIFTED
     monitor(consecutive=2)
     wait_for(lambda: dmon(cluster, namespace).get("retrains") == 1, timeout=90, message="the retrain request")
+
+
+def test_drift_requests_exactly_one_retrain_then_none_during_the_cooldown(cluster, namespace, loop, operator):
+    drift_until_a_retrain(cluster, namespace, loop)
     request = retrain_request(cluster, namespace)
     assert request and "monthly_charges" in request and request.startswith("DriftMonitor churn")
     # Drift goes on: windows keep drifting, the cooldown holds the next request back.
@@ -214,6 +221,25 @@ def test_drift_requests_exactly_one_retrain_then_none_during_the_cooldown(cluste
     assert "RetrainSkipped" in reasons(cluster, namespace) and "RetrainRequested" in reasons(cluster, namespace)
     retrains = [l for l in operator.metrics().splitlines() if l.startswith("modelloop_drift_retrains_total{")]
     assert f'modelloop_drift_retrains_total{{monitor="churn",namespace="{namespace}"}} 1.0' in retrains, retrains
+
+
+def test_each_decision_rewrites_the_report_that_modelloop_report_prints(cluster, namespace, loop, store):
+    drift_until_a_retrain(cluster, namespace, loop)
+    reports = f"{store.spec['output']['uri']}/reports/churn"
+    assert dmon(cluster, namespace)["report"]["uri"] == f"{reports}/report.html"
+    printed = subprocess.run([sys.executable, "-m", "modelloop.cli", "report", "dmon/churn", "-n", namespace,
+                              "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr.decode()
+    page = printed.stdout.decode()
+    assert page.startswith("<!DOCTYPE html>") and f"DriftMonitor {namespace}/churn" in page
+    assert "RetrainRequested" in page and "DriftDetected" in page  # the decisions, as they were taken
+    assert page.count("<svg") == 1 + len(NORMAL.columns)  # drifted share over time, one histogram a feature
+    assert "last live window</span>" in page  # a live window was drawn beside the reference
+    history = json.loads(read_object(f"{reports}/history.json"))
+    assert history["format"] == "modelloop.report-history/v1" and len(history["points"]) >= 2
+    missing = subprocess.run([sys.executable, "-m", "modelloop.cli", "report", "dmon/nothing", "-n", namespace,
+                              "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, timeout=60)
+    assert missing.returncode == 1 and b"DriftMonitor " + namespace.encode() + b"/nothing not found" in missing.stderr
 
 
 def test_unreachable_pods_are_reported_and_trigger_nothing(cluster, namespace, loop, operator):

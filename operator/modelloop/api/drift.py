@@ -140,6 +140,13 @@ class VersionPerformance(ApiModel):
         "For reading (the Live column): metric, live value and hold-out to three digits, labelled count."))
 
 
+class ReportLocation(ApiModel):
+    """Where the monitor's HTML report is (`modelloop report dmon/NAME -n NS` prints it)."""
+
+    uri: str = Field(description=("The page, rewritten at each decision beside the model's versions "
+                                  "(<output>/reports/<monitor>/report.html), with history.json, the checks it draws."))
+
+
 class DriftMonitorStatus(ApiModel):
     """Observed state of a DriftMonitor."""
 
@@ -165,6 +172,7 @@ class DriftMonitorStatus(ApiModel):
     performance: list[VersionPerformance] | None = Field(default=None, description=(
         "Live performance per version in the window (the served one first)."),
         json_schema_extra=extra(x_kubernetes_list_type="map", x_kubernetes_list_map_keys=["version", "source"]))
+    report: ReportLocation | None = Field(default=None, description="The monitor's HTML report.")
 
 
 class DriftMonitor(ApiModel):

@@ -48,6 +48,8 @@ from ..names import (
 from ..reasons import DriftEvent as Event, DriftReason as R
 from ..meta import parse_duration
 from ..performance import assess, deciding_metric
+from ..report import (HISTORY_FILE, REPORT_FILE, append_history, encode_history, history_point, render_report,
+                      report_location)
 from ..retrain import check_interval, retrain_allowed, retrain_decision, summarize
 from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
@@ -67,6 +69,7 @@ class MonitorState:
     baseline: dict[str, dict] = field(default_factory=dict)   # pod instance -> last cumulative snapshot
     version: int | None = None                                 # serving version the baseline belongs to
     restored: bool = False                                     # the ConfigMap has been read
+    history: list[dict] | None = None                          # the report's decided checks (None: not read yet)
 
 
 BASELINE_KEY = "baseline.json.gz"
@@ -205,6 +208,7 @@ class Serving:
     version: int
     metadata: dict
     credentials: Any
+    base: str  # the model's output URI: versions v<N>/ and the monitors' reports/ below it
 
 
 def serving_version(namespace: str, md: dict) -> Serving:
@@ -220,7 +224,7 @@ def serving_version(namespace: str, md: dict) -> Serving:
         sketches.validate(meta["reference"])
     except Exception as e:  # noqa: BLE001
         raise CheckError(R.REFERENCE_UNAVAILABLE, f"reference of version {version} unavailable: {e}"[:1024]) from e
-    return Serving(version, meta, creds)
+    return Serving(version, meta, creds, base)
 
 
 def read_frame(uri: str, fmt: str, credentials: storage.Credentials, columns: list[str], field: str) -> Any:
@@ -251,10 +255,17 @@ def dataset_window(spec: DriftMonitorSpec, serving: Serving, credentials: storag
     return report.to_dict(), len(current)
 
 
+@dataclass(frozen=True)
+class LiveWindow:
+    report: dict | None                   # the drift report, once the window is big enough to decide
+    samples: int
+    next_baseline: dict[str, dict] | None  # where the next window starts once this one is decided (None: here)
+    sketch: dict                          # the merged window of every ready pod
+
+
 def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serving, baseline: dict[str, dict]
-                ) -> tuple[dict | None, int, dict[str, dict] | None]:
-    """The merged window of every ready pod's live sketch, the drift report once it is big enough, and the
-    baseline the next window starts from once this one is decided (None: keep the current one)."""
+                ) -> LiveWindow:
+    """The merged window of every ready pod's live sketch, and its drift report once it is big enough."""
     addresses = ready_endpoints(namespace, spec.deployment_ref.name)
     if not addresses:
         raise CheckError(R.NO_READY_PODS, f"ModelDeployment {spec.deployment_ref.name} has no ready pods")
@@ -271,9 +282,10 @@ def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serv
     current = sketches.merge_all([sketches.window(s, baseline.get(s["instance"])) for s in snaps])
     samples = current.get("rows", 0)
     if samples < spec.min_samples:
-        return None, samples, None  # keep the baseline: rows accumulate until there are enough to decide
+        return LiveWindow(None, samples, None, current)  # keep the baseline: rows accumulate until enough to decide
     report = detect(serving.metadata["reference"], current, DriftConfig.from_spec(spec.wire())).to_dict()
-    return report, samples, ({s["instance"]: s for s in snaps} if report["status"] == "ok" else None)
+    return LiveWindow(report, samples, {s["instance"]: s for s in snaps} if report["status"] == "ok" else None,
+                      current)
 
 
 # ----------------------------------------------------------------------------- one check
@@ -287,6 +299,7 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
     events: list[tuple[str, str, str]] = []
     counted: list[Any] = []  # metric counters, incremented once the status that records their cause is written
     next_baseline: dict[str, dict] | None = None  # set when a window was decided (or the reference changed)
+    seen = Seen()  # what the report draws
     try:
         spec = DriftMonitorSpec.model_validate(obj["spec"])
     except ValidationError as e:
@@ -298,7 +311,7 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         if dep is None:
             raise CheckError(R.DEPLOYMENT_NOT_FOUND, f"spec.deploymentRef: ModelDeployment '{spec.deployment_ref.name}' "
                              f"not found in namespace {namespace}")
-        serving = serving_version(namespace, dep)
+        serving = seen.serving = serving_version(namespace, dep)
         version = serving.version
         if not state.restored:
             restore_baseline(obj, state)
@@ -315,8 +328,9 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
                 raise CheckError(R.SECRET_NOT_FOUND, str(e)) from e
             report, samples = dataset_window(spec, serving, credentials)
         else:
-            report, samples, decided = live_window(namespace, name, spec, serving, baseline)
-            next_baseline = decided if decided is not None else next_baseline
+            window = live_window(namespace, name, spec, serving, baseline)
+            report, samples, seen.live = window.report, window.samples, window.sketch
+            next_baseline = window.next_baseline if window.next_baseline is not None else next_baseline
         status.update(modelVersion=version, samples=samples, lastCheckTime=kube.rfc3339(now))
         metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
         if report is None or report["status"] != "ok":
@@ -336,6 +350,7 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
             conds = [Cond.of("Ready", True, R.CHECKED, f"checked {samples} rows against version {version}"),
                      Cond.of("DriftDetected", drifted, R.DATASET_DRIFT if drifted else R.NO_DRIFT, summary)]
             _export(namespace, name, report)
+            seen.drift = report
             if drifted and spec.retrain_on in ("drift", "either"):
                 maybe_retrain(obj, spec, dep, status, consecutive, summary, now, events, counted)
         if (dep.get("spec") or {}).get("feedback"):
@@ -355,6 +370,9 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
 
     conditions = merge_conditions(status.get("conditions"), conds, md_.get("generation"))
     status.update(observedGeneration=md_.get("generation"), conditions=conditions)
+    events += transition_events(obj, status, conditions)
+    if seen.serving is not None:
+        status["report"] = {"uri": f"{report_location(seen.serving.base, name)}/{REPORT_FILE}"}
     written = kube.write_status(obj, status)
     for counter in counted:
         counter.inc()
@@ -362,15 +380,62 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
         state.baseline, state.version = next_baseline, version
         keep_baseline(obj, state)
     deliver_retrain(written, status)
+    kube.emit_events(obj, events)
+    publish_report(obj, status, seen, events, state)
+
+
+def transition_events(obj: dict, status: dict, conditions: list[dict]) -> list[tuple[str, str, str]]:
+    """The events of what changed since the last written status: drift detected or resolved, Ready flipped."""
+    events = []
     was, now_drift = (obj.get("status") or {}).get("datasetDrift"), status.get("datasetDrift")
+    drift_message = next(c["message"] for c in conditions if c["type"] == "DriftDetected")
     if now_drift and not was:
-        events.append(("Warning", Event.DRIFT_DETECTED, next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
+        events.append(("Warning", Event.DRIFT_DETECTED, drift_message))
     elif was and now_drift is False:
-        events.append(("Normal", Event.DRIFT_RESOLVED, next(c["message"] for c in conditions if c["type"] == "DriftDetected")))
+        events.append(("Normal", Event.DRIFT_RESOLVED, drift_message))
     for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
         if c["type"] == "Ready":
             events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
-    kube.emit_events(obj, events)
+    return events
+
+
+@dataclass
+class Seen:
+    """What one check saw, for the report: the serving version, the decided drift report, the live window."""
+
+    serving: Serving | None = None
+    drift: dict | None = None
+    live: dict | None = None
+
+
+def publish_report(obj: dict, status: dict, seen: Seen, events: list[tuple[str, str, str]],
+                   state: MonitorState) -> None:
+    """At each decision (a decided window or performance verdict, or an event), add the check to the monitor's
+    history and write the page and the history to the store (modelloop.report). The history is read from the
+    store once per monitor daemon. A report is never worth failing a check: errors are logged and counted."""
+    serving = seen.serving
+    decided_performance = any(e.get("value") is not None for e in status.get("performance") or [])
+    if serving is None or not (seen.drift or decided_performance or events):
+        return
+    md_ = obj["metadata"]
+    namespace, name = md_["namespace"], md_["name"]
+    where = report_location(serving.base, name)
+    try:
+        if state.history is None:
+            state.history = storage.read_report_history(f"{where}/{HISTORY_FILE}", serving.credentials)
+        point = history_point(millis=int(time.time() * 1000), version=serving.version,
+                              samples=int(status.get("samples") or 0), drift=seen.drift,
+                              performance=status.get("performance") or [], decisions=events)
+        state.history = append_history(state.history, point)
+        page = render_report(monitor=name, namespace=namespace, deployment=obj["spec"]["deploymentRef"]["name"],
+                             version=serving.version, generated=datetime.now(timezone.utc), history=state.history,
+                             conditions=status.get("conditions") or [], drift=seen.drift,
+                             reference=serving.metadata.get("reference"), live=seen.live)
+        storage.write_report(where, {REPORT_FILE: page.encode(), HISTORY_FILE: json.dumps(
+            encode_history(state.history), separators=(",", ":")).encode()}, serving.credentials)
+    except Exception as e:  # noqa: BLE001
+        metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "ReportUnwritten").inc()
+        log.warning("monitor=%s/%s report_unwritten=%s", namespace, name, f"{type(e).__name__}: {e}"[:300])
 
 
 def maybe_retrain(obj: dict, spec: DriftMonitorSpec, dep: dict, status: dict, consecutive: int, why_text: str,

@@ -28,9 +28,11 @@ from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
 from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, ObjectNotFoundError, StorageError, decode_metadata,
                          open_store, parse_uri, read_object, sha256_bytes, version_under)
+from ..artifacts.backends import backend_for
 from ..cache import BoundedCache
 from ..config import SETTINGS, Settings
 from ..names import API_VERSION, TRAINING
+from ..report import decode_history
 
 Credentials = Mapping[str, str]
 ANONYMOUS: Credentials = MappingProxyType({})
@@ -172,3 +174,28 @@ def read_dataset(uri: str, credentials: Credentials, field: str) -> bytes:
     """A dataset's bytes, at most SETTINGS.max_dataset_bytes."""
     check_allowed(uri, field)
     return read_object(uri, field=field, credentials=credentials, max_bytes=SETTINGS.max_dataset_bytes)
+
+
+# A DriftMonitor's report history is drawn from at most modelloop.report.MAX_POINTS points of ~300 bytes.
+MAX_REPORT_HISTORY_BYTES = 4 * 1024 * 1024
+
+
+def read_report_history(uri: str, credentials: Credentials) -> list[dict]:
+    """The points of a monitor's stored report history; [] when there is none yet or it is not one."""
+    check_allowed(uri, "status.report.uri")
+    try:
+        raw = read_object(uri, field="status.report.uri", credentials=credentials, max_bytes=MAX_REPORT_HISTORY_BYTES)
+        return decode_history(json.loads(raw))
+    except ObjectNotFoundError:
+        return []
+    except ValueError:  # not JSON: written by something else, started afresh
+        return []
+
+
+def write_report(location: str, files: Mapping[str, bytes], credentials: Credentials) -> None:
+    """Write a monitor's report files (name -> bytes) under `location`, each replacing the last."""
+    check_allowed(location, "status.report.uri")
+    base = parse_uri(location, field="status.report.uri")
+    backend = backend_for(base, credentials)
+    for name, data in files.items():
+        backend.write(base.child(name), data)

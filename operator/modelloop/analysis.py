@@ -1,0 +1,251 @@
+"""Champion and challenger (pure): the gates that decide whether a challenger takes the traffic, the canary's
+steps, and the watch after a promotion (docs/challenger.md).
+
+The statistics, and why:
+- **One look.** The gates decide once, when the analysis window has passed and the challenger has answered
+  `min_requests`; before that they are computed for display only. Deciding at a fixed horizon keeps each test at
+  its nominal level; looking at a growing sample every check and stopping at the first "significant" result
+  would inflate false rejections several-fold. The watch after a promotion looks repeatedly, so it spends its
+  alpha (Bonferroni over its planned looks).
+- **A gate fails on evidence of harm beyond a tolerance**, as the DriftMonitor's performance test does: the
+  challenger is rejected when it is significantly worse than the champion by more than the gate's tolerance, and
+  passes otherwise. With little data nothing is significant, so `min_requests` and `min_labels` set the power.
+- **Paired tests on the same rows.** Shadow copies carry the champion's prediction id, so both versions
+  predicted the same rows: classifiers are compared with McNemar's exact test on the discordant pairs
+  (champion right and challenger wrong, b, against the reverse, c: under "equally good" b ~ Binomial(b + c, 1/2)),
+  regressors with a one-sided paired t-test on the per-row absolute-error differences. Pairing removes the
+  between-row variance that two independent accuracies would carry.
+- **Agreement** needs no labels: the share of identical labels (classifiers), or the Wasserstein distance
+  between the two output distributions in units of the champion's spread (regressors).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from scipy import stats
+
+Verdict = Literal["pass", "fail", "wait", "skip"]
+Decision = Literal["wait", "promote", "reject"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The analysis settings (ModelDeployment spec.rollout.analysis)."""
+
+    min_requests: int = 500              # challenger answers before anything is decided
+    window_seconds: float = 600.0        # and at least this long
+    min_labels: int = 200                # labelled paired rows (classifiers: discordant ones count) for the test
+    require_labels: bool = False         # wait for min_labels instead of deciding without the performance gate
+    alpha: float = 0.05                  # one-sided level of each test
+    max_error_rate_increase: float = 0.01
+    max_latency_ratio: float = 1.5       # challenger p99 / champion p99
+    min_agreement: float = 0.8           # classifiers: identical labels
+    max_output_distance: float = 0.25    # regressors: Wasserstein distance / champion output sd
+    watch_seconds: float = 3600.0        # after a promotion
+    watch_looks: int = 60                # planned looks of the watch (alpha is split between them)
+
+
+@dataclass(frozen=True)
+class Served:
+    """One version's own counters over the analysis window."""
+
+    requests: int
+    errors: int
+    p99_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The two versions on the same prediction ids (shadow copies, or canary rows fed back)."""
+
+    rows: int = 0                                # rows both versions predicted
+    agreed: int | None = None                    # classifiers: of those, identical labels
+    output_distance: float | None = None         # regressors: Wasserstein distance / champion output sd
+    champion_only_right: int = 0                 # classifiers, labelled rows: b
+    challenger_only_right: int = 0               # c
+    loss_differences: tuple[int, float, float] | None = None  # regressors: n, mean, sd of |e_chal| - |e_champ|
+
+
+@dataclass(frozen=True)
+class Gate:
+    name: str
+    verdict: Verdict
+    value: float | None
+    threshold: float | None
+    message: str
+
+
+@dataclass(frozen=True)
+class Analysis:
+    decision: Decision
+    gates: list[Gate]
+    message: str
+
+
+# ----------------------------------------------------------------------------------------- tests
+
+def mcnemar_worse(champion_only_right: int, challenger_only_right: int) -> float:
+    """One-sided exact McNemar p-value of "the challenger is wrong more often than the champion"."""
+    discordant = champion_only_right + challenger_only_right
+    if discordant == 0:
+        return 1.0
+    return float(stats.binomtest(champion_only_right, discordant, 0.5, alternative="greater").pvalue)
+
+
+def paired_worse(n: int, mean: float, sd: float) -> float:
+    """One-sided paired t-test p-value of "the challenger's absolute errors are larger" from the differences'
+    count, mean and standard deviation."""
+    if n < 2:
+        return 1.0
+    if sd == 0:
+        return 0.0 if mean > 0 else 1.0
+    return float(stats.t.sf(mean / (sd / math.sqrt(n)), n - 1))
+
+
+def rate_worse(base: Served, new: Served, tolerance: float) -> float:
+    """One-sided p-value of "new's error rate exceeds base's by more than `tolerance`" (two proportions, pooled
+    variance; a continuity of one half error on each side so that zero errors stay finite)."""
+    if base.requests == 0 or new.requests == 0:
+        return 1.0
+    p_base = (base.errors + 0.5) / (base.requests + 1)
+    p_new = (new.errors + 0.5) / (new.requests + 1)
+    se = math.sqrt(p_base * (1 - p_base) / (base.requests + 1) + p_new * (1 - p_new) / (new.requests + 1))
+    return float(stats.norm.sf((p_new - p_base - tolerance) / se))
+
+
+# ----------------------------------------------------------------------------------------- the gates
+
+def gates(t: Thresholds, champion: Served, challenger: Served, paired: Paired, classifier: bool) -> list[Gate]:
+    return [_error_gate(t, champion, challenger), _latency_gate(t, champion, challenger),
+            _agreement_gate(t, paired, classifier), _performance_gate(t, paired, classifier)]
+
+
+def _error_gate(t: Thresholds, champion: Served, challenger: Served) -> Gate:
+    rate = challenger.errors / challenger.requests if challenger.requests else None
+    base = champion.errors / champion.requests if champion.requests else 0.0
+    if rate is None:
+        return Gate("errorRate", "wait", None, t.max_error_rate_increase, "the challenger has answered nothing yet")
+    p = rate_worse(champion, challenger, t.max_error_rate_increase)
+    failed = p < t.alpha
+    return Gate("errorRate", "fail" if failed else "pass", round(rate - base, 6), t.max_error_rate_increase,
+                f"error rate {rate:.2%} against the champion's {base:.2%} (p={p:.3g} for an increase beyond "
+                f"{t.max_error_rate_increase:.2%})")
+
+
+def _latency_gate(t: Thresholds, champion: Served, challenger: Served) -> Gate:
+    if not champion.p99_seconds or challenger.p99_seconds is None:
+        return Gate("latency", "wait", None, t.max_latency_ratio, "no p99 latency of both versions yet")
+    ratio = challenger.p99_seconds / champion.p99_seconds
+    return Gate("latency", "fail" if ratio > t.max_latency_ratio else "pass", round(ratio, 4), t.max_latency_ratio,
+                f"p99 {challenger.p99_seconds * 1000:.1f} ms against the champion's {champion.p99_seconds * 1000:.1f} ms")
+
+
+def _agreement_gate(t: Thresholds, paired: Paired, classifier: bool) -> Gate:
+    if paired.rows == 0:
+        return Gate("agreement", "wait", None, t.min_agreement if classifier else t.max_output_distance,
+                    "no row predicted by both versions yet")
+    if classifier:
+        share = (paired.agreed or 0) / paired.rows
+        return Gate("agreement", "pass" if share >= t.min_agreement else "fail", round(share, 4), t.min_agreement,
+                    f"{share:.1%} of {paired.rows} rows given the same label")
+    distance = paired.output_distance if paired.output_distance is not None else math.inf
+    return Gate("agreement", "pass" if distance <= t.max_output_distance else "fail", round(distance, 4),
+                t.max_output_distance, f"output distributions {distance:.3g} champion sd apart on {paired.rows} rows")
+
+
+def _performance_gate(t: Thresholds, paired: Paired, classifier: bool) -> Gate:
+    if classifier:
+        b, c = paired.champion_only_right, paired.challenger_only_right
+        labelled = b + c
+        if labelled < t.min_labels:
+            return _too_few_labels(t, labelled, "labelled rows where the versions disagree")
+        p = mcnemar_worse(b, c)
+        return Gate("performance", "fail" if p < t.alpha else "pass", round(p, 6), t.alpha,
+                    f"McNemar on the same rows: champion alone right {b}, challenger alone right {c}, p={p:.3g}")
+    n, mean, sd = paired.loss_differences or (0, 0.0, 0.0)
+    if n < t.min_labels:
+        return _too_few_labels(t, n, "labelled rows")
+    p = paired_worse(n, mean, sd)
+    return Gate("performance", "fail" if p < t.alpha else "pass", round(p, 6), t.alpha,
+                f"paired t-test on absolute errors of {n} rows: the challenger's are {mean:+.4g} larger on average, "
+                f"p={p:.3g}")
+
+
+def _too_few_labels(t: Thresholds, count: int, what: str) -> Gate:
+    if t.require_labels:
+        return Gate("performance", "wait", None, t.alpha, f"{count} of {t.min_labels} {what}: waiting for labels")
+    return Gate("performance", "skip", None, t.alpha, f"{count} of {t.min_labels} {what}: not tested (labels are "
+                                                      f"not required)")
+
+
+def analyse(t: Thresholds, champion: Served, challenger: Served, paired: Paired, *, classifier: bool,
+            elapsed_seconds: float) -> Analysis:
+    """The one decision of an analysis window (see the module's note on looking once)."""
+    found = gates(t, champion, challenger, paired, classifier)
+    if elapsed_seconds < t.window_seconds or challenger.requests < t.min_requests:
+        return Analysis("wait", found, f"analysing: {challenger.requests} of {t.min_requests} requests, "
+                                       f"{elapsed_seconds:.0f} of {t.window_seconds:.0f} s")
+    failed = [g for g in found if g.verdict == "fail"]
+    if failed:
+        return Analysis("reject", found, "; ".join(f"{g.name}: {g.message}" for g in failed))
+    waiting = [g for g in found if g.verdict == "wait"]
+    if waiting:
+        return Analysis("wait", found, "; ".join(f"{g.name}: {g.message}" for g in waiting))
+    return Analysis("promote", found, "every gate passed: " + "; ".join(f"{g.name} {g.value}" for g in found
+                                                                      if g.value is not None))
+
+
+# ----------------------------------------------------------------------------------------- canary
+
+def canary_replicas(replicas: int, weight_percent: float) -> tuple[int, int]:
+    """(champion, challenger) replicas behind one Service for a challenger weight: each version keeps at least
+    one pod, so the share the challenger really gets is challenger / (champion + challenger) — with 4 replicas
+    the steps are 25% apart (status shows the share, not the asked weight)."""
+    total = max(2, replicas)
+    challenger = min(total - 1, max(1, round(total * weight_percent / 100)))
+    return total - challenger, challenger
+
+
+def next_step(steps: Sequence[float], current: int, decision: Decision) -> int | None:
+    """The canary step after `current` (an index into steps) for a decision: the same step while waiting, the
+    next after a promotion (None: the last step passed, the challenger takes everything), None after a
+    rejection as well (the caller removes the challenger)."""
+    if decision == "wait":
+        return current
+    if decision == "reject" or current + 1 >= len(steps):
+        return None
+    return current + 1
+
+
+# ----------------------------------------------------------------------------------------- after promotion
+
+@dataclass(frozen=True)
+class Watch:
+    rollback: bool
+    done: bool
+    message: str
+
+
+def watch(t: Thresholds, previous: Served, current: Served, *, elapsed_seconds: float,
+          previous_performance: float | None = None, current_interval: tuple[float, float] | None = None,
+          higher_is_better: bool = True, max_drop: float = 0.0) -> Watch:
+    """After a promotion: roll back when the new champion's error rate is significantly above the previous one's
+    (beyond the tolerance, at alpha split over the planned looks), or when its live performance interval lies
+    wholly worse than the previous version's value minus `max_drop`. Done once `watch_seconds` passed."""
+    alpha = t.alpha / max(1, t.watch_looks)
+    p = rate_worse(previous, current, t.max_error_rate_increase)
+    if p < alpha:
+        return Watch(True, False, f"error rate {current.errors}/{current.requests} against the previous version's "
+                                  f"{previous.errors}/{previous.requests} (p={p:.3g} < {alpha:.3g})")
+    if previous_performance is not None and current_interval is not None:
+        low, high = current_interval
+        worse = (high < previous_performance - max_drop if higher_is_better
+                 else low > previous_performance + max_drop)
+        if worse:
+            return Watch(True, False, f"live performance {low:.3f}-{high:.3f} against the previous version's "
+                                      f"{previous_performance:.3f} (tolerance {max_drop:g})")
+    if elapsed_seconds >= t.watch_seconds:
+        return Watch(False, True, f"held for {t.watch_seconds:.0f} s: the previous version is released")
+    return Watch(False, False, f"watching: {elapsed_seconds:.0f} of {t.watch_seconds:.0f} s, nothing worse")

@@ -49,6 +49,7 @@ for path in (ROOT, ROOT / "operator"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from bench.measured import commit_measured  # noqa: E402
 from examples.data.make_churn import churn  # noqa: E402
 from modelloop.outcomes.cbpe import calibrate, estimate_accuracy, fit_calibration  # noqa: E402
 
@@ -274,14 +275,6 @@ def format_summary(summary: list[dict[str, Any]], seeds: int) -> str:
     return "\n".join(lines)
 
 
-def commit_measured() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
-
-    changed = git("status", "--porcelain", "--", "operator/modelloop/outcomes", "bench/cbpe",
-                  "examples/data/make_churn.py")
-    return {"head": git("rev-parse", "HEAD"), "uncommitted_changes": [line[3:] for line in changed.splitlines()]}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -298,7 +291,8 @@ def main() -> None:
     print("\n== seed 0\n" + format_table(first))
     print("\n== every seed\n" + format_summary(summary, args.seeds))
     document = {
-        "commit": commit_measured(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit_measured(("operator/modelloop/outcomes", "bench/cbpe", "examples/data/make_churn.py")),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": {k: v for k, v in FULL.__dict__.items()}, "seeds": args.seeds,
         "python": platform.python_version(), "cpus": os.cpu_count(),
         "seconds": round(time.perf_counter() - started, 1),

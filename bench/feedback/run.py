@@ -71,6 +71,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "server"))
 import run as server_bench  # noqa: E402  (bench/server/run.py: Server, wrk, payload, dataset; one home)
 sys.path.insert(0, str(ROOT))
+from bench.measured import commit_measured  # noqa: E402
 from hack.cluster import cpu_seconds  # noqa: E402
 from modelloop.outcomes import records  # noqa: E402
 
@@ -120,12 +121,6 @@ print("RESULT " + json.dumps({"seconds": seconds, "segments": len(keys), "peak_r
 
 # -- set-up ------------------------------------------------------------------------------------------------
 
-def commit_measured() -> dict[str, Any]:
-    """HEAD, and the files of the measured code that differ from it (the tree is shared while we run)."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout.strip()
-    changed = git("status", "--porcelain", "--", "model-server", "operator/modelloop")
-    return {"head": git("rev-parse", "HEAD"), "uncommitted_changes": [line[3:] for line in changed.splitlines()]}
 
 
 def records_server(label: str, uri: str, work: Path, store: Path) -> server_bench.Server:

@@ -199,6 +199,7 @@ def main() -> int:
     args.output.write_text(json.dumps({
         "benchmark": f"modelloop-serve today vs {limits.REFERENCE}: instructions per request under callgrind "
                      "(scikit-learn runtime)",
+        "commit": limits.commit_measured(),
         "date": started, "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg()),
         "method": {"connections": args.connections, "rounds": args.rounds, "warmup_rounds": WARMUP_ROUNDS,
                    "repeat": args.repeat, "rows_per_request": 1, "server_cpus": args.server_cpus,

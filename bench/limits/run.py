@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "server"))
 import run as server_bench  # noqa: E402  (bench/server/run.py: Server, wrk, payload, dataset; one home)
 sys.path.insert(0, str(ROOT))
+from bench.measured import commit_measured  # noqa: E402
 from hack.cluster import cpu_seconds  # noqa: E402
 
 REFERENCE = "ef0c679"
@@ -172,6 +173,7 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "benchmark": f"modelloop-serve today vs {REFERENCE} (before the server's protections), scikit-learn runtime",
+        "commit": commit_measured(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine | {"load_average_at_end": list(os.getloadavg())},
         "method": {"load_tool": "wrk, 1 thread, keep-alive", "rows_per_request": 1, "duration_s": args.duration,

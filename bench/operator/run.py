@@ -60,6 +60,9 @@ from typing import Any, Callable
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from bench.measured import commit_measured  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "operator.json"
 LOCK = "flock /tmp/modelloop-cluster.lock"
 API = "modelloop.dev/v1alpha1"
@@ -347,6 +350,7 @@ def main() -> None:
         state_dir.with_name(state_dir.name + ".lock").unlink(missing_ok=True)  # hack/cluster.py's lock
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    result["commit"] = commit_measured()
     output.write_text(json.dumps(result, indent=2) + "\n")
     log(f"wrote {output}")
 

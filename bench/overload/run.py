@@ -40,6 +40,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "server"))
 import run as server_bench  # noqa: E402  (bench/server/run.py: tools, ports, dataset, request; one home)
+sys.path.insert(0, str(ROOT))
+from bench.measured import commit_measured  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "overload.json"
 MODEL_NAME = "overload"
@@ -182,6 +184,7 @@ def main() -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps({
         "benchmark": "modelloop-serve overload: wrk past the queue limit, then normal load",
+        "commit": commit_measured(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
         "method": {"load_tool": "wrk 4.1, 1 thread, --timeout 10s", "duration_s": args.duration,

@@ -57,6 +57,9 @@ import pandas as pd
 from summary import MLSERVER, MODELLOOP, check_targets, format_table, format_targets, summarise_cells
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from bench.measured import commit_measured  # noqa: E402
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
 MLSERVER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"]
 MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.002}  # MLServer's ModelSettings fields
@@ -442,6 +445,7 @@ def main() -> int:
             "cells": cells, "targets": targets, "repetitions": runs,
         })
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    report["commit"] = commit_measured()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.output}")

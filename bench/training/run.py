@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from bench.measured import commit_measured  # noqa: E402
 RESULTS = ROOT / "bench" / "results" / "training.json"
 BIN = Path(sys.executable).parent
 ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
@@ -132,6 +135,7 @@ def main() -> None:
                     "load_1m_at_end": round(os.getloadavg()[0], 2),
                     "omp_threads": args.threads, "python": platform.python_version()},
         "runs": args.runs,
+        "commit": commit_measured(),
         "method": ("each side a fresh process per run, interleaved, median; trainer = modelloop-train CLI end to end "
                    "(file:// CSV, validation, accuracy+f1+roc_auc, reference sketches, skops, sha256, commit); "
                    "plain = pandas.read_csv, same stratified split, same estimator/params/seed, accuracy, "

@@ -97,7 +97,7 @@ def render_report(*, monitor: str, namespace: str, deployment: str, version: int
         "<h2>Verdicts</h2>", _conditions_table(conditions),
         "<h2>Performance over time</h2>", _performance_charts(history),
         "<h2>Drifted share of features over time</h2>", _drift_chart(history),
-        "<h2>Decisions</h2>", _decisions_table(history),
+        "<h2>Decisions and events</h2>", _decisions_table(history),
         "<h2>Tests of the last decided window</h2>", _tests_table(drift),
         "<h2>Reference against the last live window</h2>", _histograms(reference, live, drift),
     ]
@@ -110,6 +110,7 @@ body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#202124;max-width:1100
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dadce0}
 .sub{color:#5f6368;margin:0}table{border-collapse:collapse;margin:4px 0}
 td,th{border:1px solid #dadce0;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f1f3f4}
+td:first-child{white-space:nowrap}
 .bad{color:#c5221f;font-weight:600}.ok{color:#1e8e3e}.none{color:#5f6368;font-style:italic}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.card{border:1px solid #dadce0;padding:6px}
 .legend span{margin-right:14px}.sw{display:inline-block;width:18px;height:3px;vertical-align:middle;margin-right:4px}
@@ -253,8 +254,9 @@ def _axes(lo: float, hi: float, y: Any, xticks: list[tuple[float, str]]) -> str:
         v = lo + (hi - lo) * i / 4
         out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#f1f3f4"/>'
                    f'<text x="{PAD_L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
-    for px, label in xticks:
-        out.append(f'<text x="{px:.1f}" y="{H - PAD_B + 16}" text-anchor="middle">{html.escape(label)}</text>')
+    for i, (px, label) in enumerate(xticks):  # the end labels inside the chart, not cut by its edge
+        anchor = "start" if i == 0 else "end" if i == len(xticks) - 1 else "middle"
+        out.append(f'<text x="{px:.1f}" y="{H - PAD_B + 16}" text-anchor="{anchor}">{html.escape(label)}</text>')
     return "".join(out)
 
 

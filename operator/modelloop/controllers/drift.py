@@ -70,6 +70,7 @@ class MonitorState:
     version: int | None = None                                 # serving version the baseline belongs to
     restored: bool = False                                     # the ConfigMap has been read
     history: list[dict] | None = None                          # the report's decided checks (None: not read yet)
+    last_window: tuple[int, dict, dict | None] | None = None   # version, drift report, live sketch last decided
 
 
 BASELINE_KEY = "baseline.json.gz"
@@ -414,9 +415,14 @@ def publish_report(obj: dict, status: dict, seen: Seen, events: list[tuple[str, 
     history and write the page and the history to the store (modelloop.report). The history is read from the
     store once per monitor daemon. A report is never worth failing a check: errors are logged and counted."""
     serving = seen.serving
+    if serving is not None and seen.drift is not None:
+        state.last_window = (serving.version, seen.drift, seen.live)
     decided_performance = any(e.get("value") is not None for e in status.get("performance") or [])
     if serving is None or not (seen.drift or decided_performance or events):
         return
+    # The tests and histograms of the last decided window of this version, when this check decided none.
+    _, drift, live = (state.last_window if state.last_window and state.last_window[0] == serving.version
+                      else (None, None, None))
     md_ = obj["metadata"]
     namespace, name = md_["namespace"], md_["name"]
     where = report_location(serving.base, name)
@@ -429,8 +435,8 @@ def publish_report(obj: dict, status: dict, seen: Seen, events: list[tuple[str, 
         state.history = append_history(state.history, point)
         page = render_report(monitor=name, namespace=namespace, deployment=obj["spec"]["deploymentRef"]["name"],
                              version=serving.version, generated=datetime.now(timezone.utc), history=state.history,
-                             conditions=status.get("conditions") or [], drift=seen.drift,
-                             reference=serving.metadata.get("reference"), live=seen.live)
+                             conditions=status.get("conditions") or [], drift=drift,
+                             reference=serving.metadata.get("reference"), live=live)
         storage.write_report(where, {REPORT_FILE: page.encode(), HISTORY_FILE: json.dumps(
             encode_history(state.history), separators=(",", ":")).encode()}, serving.credentials)
     except Exception as e:  # noqa: BLE001

@@ -143,73 +143,34 @@ def records_dropped(server: server_bench.Server) -> float:
 
 # -- 1. serving: records on vs off -------------------------------------------------------------------------
 
-def measure(server: server_bench.Server, body: Path, script: Path, conns: int, seconds: int, cpus: str
-            ) -> dict[str, Any]:
-    """One wrk run, with the server's CPU time per request and the load average at its end."""
-    assert server.process is not None
-    before = cpu_seconds(server.process.pid)
-    run = server_bench.run_wrk(server.infer_url, body, script, conns, seconds, cpus)
-    run["cpu_us_per_request"] = (cpu_seconds(server.process.pid) - before) / max(run["requests"], 1) * 1e6
-    run["load_1m"] = os.getloadavg()[0]
-    return run
-
-
 def bench_serving(uri: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     store = work / "serving-store"
     on = records_server("records on", uri, work, store)
     off = server_bench.modelloop_server("records off", uri, work, [], {"records": False})
-    servers = [on, off]
     script = work / "wrk.lua"
     script.write_text(server_bench.WRK_SCRIPT)
     body = work / "body-1.json"
     body.write_text(json.dumps(server_bench.payload(1)))
-    answered = dict.fromkeys([on.label, off.label], 0)
-    runs: dict[str, dict[int, list]] = {s.label: {c: [] for c in args.connections} for s in servers}
-    try:
-        for server in servers:
-            server.start(args.server_cpus)
-        for server in servers:
-            server.wait_ready()
-        answers = [server_bench.predictions(s, server_bench.payload(1)) for s in servers]
-        assert answers[0] == answers[1], f"records on and off disagree: {answers}"
-        for server in servers:
-            answered[server.label] += 1
-            warm = server_bench.run_wrk(server.infer_url, body, script, max(args.connections), args.warmup,
-                                        args.load_cpus)
-            answered[server.label] += warm["requests"]
-        for repetition in range(args.repeat):
-            for conns in args.connections:
-                for server in servers[repetition % 2:] + servers[:repetition % 2]:
-                    run = measure(server, body, script, conns, args.duration, args.load_cpus)
-                    runs[server.label][conns].append(run)
-                    answered[server.label] += run["requests"]
-                    print(f"  rep {repetition + 1} {conns:>3} conns  {server.label:<11} {run['rps']:>8.0f} req/s  "
-                          f"p99 {run['p99_ms']:6.2f} ms  {run['cpu_us_per_request']:6.1f} us CPU/req  "
-                          f"load {run['load_1m']:.1f}{'  errors ' + str(run['errors']) if run['errors'] else ''}",
-                          flush=True)
-        dropped = records_dropped(on)
-    finally:
-        for server in servers:
-            server.stop()  # records on: the last second's records are flushed at shutdown
+    dropped: list[float] = []
+    paired = server_bench.paired_serving(
+        [on, off], body, script, args.connections, repeat=args.repeat, duration=args.duration, warmup=args.warmup,
+        server_cpus=args.server_cpus, load_cpus=args.load_cpus,
+        before_stop=lambda servers: dropped.append(records_dropped(on)))  # records on: flushed at its shutdown
+    answered = paired.warmup_requests[on.label] + sum(r["requests"] for rs in paired.runs[on.label].values()
+                                                      for r in rs)
     recorded, segments = rows_in(store, records.PREDICTIONS)
-    cells = {conns: serving_cell(runs[on.label][conns], runs[off.label][conns]) for conns in args.connections}
+    cells = {conns: serving_cell(paired.runs[on.label][conns], paired.runs[off.label][conns])
+             for conns in args.connections}
     return {"cells": cells,
-            "records": {"rows_recorded": recorded, "segments": segments, "requests_answered": answered[on.label],
-                        "rows_per_request": 1, "dropped": dropped,
-                        "all_recorded": recorded >= answered[on.label] and dropped == 0},
-            "errors": sum(r["errors"] for per in runs.values() for rs in per.values() for r in rs)}
+            "records": {"rows_recorded": recorded, "segments": segments, "requests_answered": answered,
+                        "rows_per_request": 1, "dropped": dropped[0],
+                        "all_recorded": recorded >= answered and dropped[0] == 0},
+            "errors": sum(r["errors"] for per in paired.runs.values() for rs in per.values() for r in rs)}
 
 
 def serving_cell(on: list[dict], off: list[dict]) -> dict[str, Any]:
-    def paired(metric: str) -> float:
-        return statistics.median(a[metric] / b[metric] for a, b in zip(on, off))
-
-    def medians(runs: list[dict]) -> dict[str, float]:
-        return {m: statistics.median(r[m] for r in runs) for m in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")}
-    loads = [r["load_1m"] for r in on + off]
-    cell = {"on": medians(on), "off": medians(off), "rps_ratio_paired": paired("rps"),
-            "p99_ratio_paired": paired("p99_ms"), "cpu_per_request_ratio_paired": paired("cpu_us_per_request"),
-            "load_1m": [min(loads), max(loads)], "runs": {"on": on, "off": off}}
+    cell = server_bench.paired_cell(on, off)
+    cell = {"on": cell.pop("a"), "off": cell.pop("b"), **cell, "runs": {"on": on, "off": off}}
     cell["within_target"] = cell["rps_ratio_paired"] >= SERVING_TARGET
     return cell
 

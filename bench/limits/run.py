@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT / "bench" / "server"))
 import run as server_bench  # noqa: E402  (bench/server/run.py: Server, wrk, payload, dataset; one home)
 sys.path.insert(0, str(ROOT))
 from bench.measured import commit_measured  # noqa: E402
-from hack.cluster import cpu_seconds  # noqa: E402
 
 REFERENCE = "ef0c679"
 RESULTS = ROOT / "bench" / "results" / "limits.json"
@@ -67,17 +66,6 @@ def train(key: str, data: Path, output: Path, pythonpath: str | None) -> str:
     env = {**os.environ, **({"PYTHONPATH": pythonpath} if pythonpath else {})}
     subprocess.run([sys.executable, "-c", code, json.dumps(spec)], env=env, check=True, capture_output=True)
     return f"file://{output}/v1"
-
-
-def measure(server: server_bench.Server, body: Path, script: Path, conns: int, args: argparse.Namespace
-            ) -> dict:
-    """One wrk run, with the server's CPU time per request and the load average at its end."""
-    assert server.process is not None
-    before = cpu_seconds(server.process.pid)
-    run = server_bench.run_wrk(server.infer_url, body, script, conns, args.duration, args.load_cpus)
-    run["cpu_us_per_request"] = (cpu_seconds(server.process.pid) - before) / max(run["requests"], 1) * 1e6
-    run["load_1m"] = os.getloadavg()[0]
-    return run
 
 
 def main() -> int:
@@ -121,25 +109,10 @@ def main() -> int:
                 ["env", f"PYTHONPATH={ref_path}", sys.executable, "-m", "modelloop_server.cli", "--model-uri", ref_uri,
                  "--model-name", server_bench.MODEL_NAME, "--host", "127.0.0.1", "--port", str(port),
                  "--log-level", "warning"], ROOT, work / key / "reference.log")
-            servers = [now, ref]
-            try:
-                for server in servers:
-                    server.start(args.server_cpus)
-                for server in servers:
-                    server.wait_ready()
-                answers = [server_bench.predictions(s, server_bench.payload(1)) for s in servers]
-                assert answers[0] == answers[1], f"{key}: the two servers disagree: {answers}"
-                for server in servers:
-                    server_bench.run_wrk(server.infer_url, body, script, max(connections), args.warmup,
-                                         args.load_cpus)
-                runs: dict = {s.label: {c: [] for c in connections} for s in servers}
-                for repetition in range(args.repeat):
-                    for conns in connections:
-                        for server in servers[repetition % 2:] + servers[:repetition % 2]:
-                            runs[server.label][conns].append(measure(server, body, script, conns, args))
-            finally:
-                for server in servers:
-                    server.stop()
+            paired = server_bench.paired_serving(
+                [now, ref], body, script, connections, repeat=args.repeat, duration=args.duration,
+                warmup=args.warmup, server_cpus=args.server_cpus, load_cpus=args.load_cpus)
+            runs = paired.runs
             results[key] = {}
             for conns in connections:
                 cell = {label: {m: statistics.median(r[m] for r in per[conns])

@@ -316,6 +316,75 @@ def run_wrk(url: str, body_file: Path, script: Path, connections: int, seconds: 
             "errors": raw["status_errors"] + raw["socket_errors"]}
 
 
+def measure(server: Server, body: Path, script: Path, conns: int, seconds: int, cpus: str) -> dict[str, Any]:
+    """One wrk run, with the server's CPU time per request and the load average at its end."""
+    from hack.cluster import cpu_seconds
+
+    assert server.process is not None
+    before = cpu_seconds(server.process.pid)
+    run = run_wrk(server.infer_url, body, script, conns, seconds, cpus)
+    run["cpu_us_per_request"] = (cpu_seconds(server.process.pid) - before) / max(run["requests"], 1) * 1e6
+    run["load_1m"] = os.getloadavg()[0]
+    return run
+
+
+@dataclass
+class Paired:
+    """Two servers measured against each other in the same run: every repetition runs both, back to back, the
+    first of the pair alternating, so that slow drifts of the machine move both sides of a pair alike."""
+
+    runs: dict[str, dict[int, list[dict[str, Any]]]]  # label -> connections -> one entry a repetition
+    warmup_requests: dict[str, int]
+
+
+def paired_serving(servers: list[Server], body: Path, script: Path, connections: list[int], *, repeat: int,
+                   duration: int, warmup: int, server_cpus: str, load_cpus: str, before_stop=None) -> Paired:
+    """Start both servers on `server_cpus`, check that they give the same answer, warm each up at the most
+    connections, measure, stop them (`before_stop(servers)` first, to read what they counted)."""
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {s.label: {c: [] for c in connections} for s in servers}
+    warmed: dict[str, int] = {}
+    try:
+        for server in servers:
+            server.start(server_cpus)
+        for server in servers:
+            server.wait_ready()
+        answers = [predictions(s, payload(1)) for s in servers]
+        assert all(a == answers[0] for a in answers), f"the servers disagree: {answers}"
+        for server in servers:
+            warmed[server.label] = 1 + run_wrk(server.infer_url, body, script, max(connections), warmup,
+                                               load_cpus)["requests"]
+        for repetition in range(repeat):
+            for conns in connections:
+                for server in servers[repetition % 2:] + servers[:repetition % 2]:
+                    run = measure(server, body, script, conns, duration, load_cpus)
+                    runs[server.label][conns].append(run)
+                    print(f"  rep {repetition + 1} {conns:>3} conns  {server.label:<24} {run['rps']:>8.0f} req/s  "
+                          f"p99 {run['p99_ms']:6.2f} ms  {run['cpu_us_per_request']:6.1f} us CPU/req  "
+                          f"load {run['load_1m']:.1f}{'  errors ' + str(run['errors']) if run['errors'] else ''}",
+                          flush=True)
+        if before_stop is not None:
+            before_stop(servers)
+    finally:
+        for server in servers:
+            server.stop()
+    return Paired(runs, warmed)
+
+
+def paired_cell(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of each side and the medians of the per-repetition ratios a/b (req/s, p99, CPU per request)."""
+    import statistics
+
+    def ratio(metric: str) -> float:
+        return statistics.median(x[metric] / y[metric] for x, y in zip(a, b))
+
+    def medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+        return {m: statistics.median(r[m] for r in runs) for m in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")}
+    loads = [r["load_1m"] for r in a + b]
+    return {"a": medians(a), "b": medians(b), "rps_ratio_paired": ratio("rps"), "p99_ratio_paired": ratio("p99_ms"),
+            "cpu_per_request_ratio_paired": ratio("cpu_us_per_request"), "load_1m": [min(loads), max(loads)],
+            "errors": sum(r["errors"] for r in a + b)}
+
+
 def bench_model(servers: list[Server], row_counts: list[int], connections: list[int], args: argparse.Namespace,
                 work: Path, script: Path) -> list[dict[str, Any]]:
     """The raw runs of one model (see summary.py for their form)."""

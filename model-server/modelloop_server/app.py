@@ -36,6 +36,7 @@ from .logs import log_event
 from .metrics import ServerMetrics
 from .model import ServedModel
 from .recording import Outcomes, open_outcomes
+from .shadow import OUTCOMES as SHADOW_OUTCOMES, SHADOW_HEADER, ShadowMirror
 
 # Feedback calls held at once (reading, or waiting for the feedback thread); more get 503 with Retry-After, so
 # a flood costs at most this many bodies of --max-body-bytes.
@@ -69,6 +70,7 @@ class ModelServerApp:
         self._loading: asyncio.Task | None = None
         self._maintaining: asyncio.Task | None = None
         self._sketch_server: Any = None  # the listener of the sketch port (a uvicorn.Server)
+        self.mirror = _mirror(config, self.metrics)  # shadow copies to a challenger (config.shadow_to)
         # Called with a one-line reason when the model cannot be served; the CLI makes the process exit.
         self.on_fatal: Callable[[str], None] = lambda reason: None
 
@@ -140,6 +142,8 @@ class ModelServerApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.batcher.start()
+                if self.mirror is not None:
+                    self.mirror.start()
                 await self._start_sketch_listener()
                 self._loading = asyncio.get_running_loop().create_task(self._load_model())
                 await send({"type": "lifespan.startup.complete"})
@@ -147,6 +151,8 @@ class ModelServerApp:
                 if self._sketch_server is not None:
                     await self._sketch_server.shutdown()
                 await self.batcher.close()
+                if self.mirror is not None:
+                    await self.mirror.close()
                 if self.outcomes is not None:  # the last second of records reaches the store
                     await asyncio.get_running_loop().run_in_executor(None, self.outcomes.close)
                 log_event("server.stopped")
@@ -228,6 +234,9 @@ class ModelServerApp:
         result: Prediction = await self.batcher.submit(request.rows, request.count, proba=request.proba,
                                                        request_id=request_id)
         out, header_length = v2.encode_infer(model, request, result.predictions, result.probabilities)
+        if self.mirror is not None and SHADOW_HEADER not in headers:  # a copy is never copied again
+            self.mirror.copy(scope["path"], body, request_id, headers.get(b"content-type", JSON),
+                             () if json_length is None else ((v2.BINARY_HEADER.encode(), str(json_length).encode()),))
         id_header = (b"x-request-id", request_id.encode())
         if header_length is None:
             return 200, out, [*JSON_HEADERS, id_header]
@@ -247,6 +256,8 @@ class ModelServerApp:
         self._check_rows(count)
         request_id = _request_id(None, headers)
         result: Prediction = await self.batcher.submit(rows, count, request_id=request_id)
+        if self.mirror is not None and SHADOW_HEADER not in headers:
+            self.mirror.copy(scope["path"], body, request_id)
         return 200, v1.encode_predict(result.predictions, request_id), [*JSON_HEADERS,
                                                                         (b"x-request-id", request_id.encode())]
 
@@ -469,6 +480,15 @@ def _allow(method: str, allowed: str, route: str, handler: Handler, params: dict
     if method != allowed:
         raise ClientError(405, f"{method} is not allowed on {route}; use {allowed}")
     return route, handler, params
+
+
+def _mirror(config: ServerConfig, metrics: ServerMetrics) -> ShadowMirror | None:
+    if config.shadow_to is None:
+        return None
+    host, _, port = config.shadow_to.rpartition(":")
+    counters = {outcome: metrics.shadow.labels(outcome) for outcome in SHADOW_OUTCOMES}  # labels() once, not a copy
+    return ShadowMirror(host.strip("[]"), int(port), config.shadow_fraction,
+                        on_outcome=lambda outcome, n: counters[outcome].inc(n))
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

@@ -57,6 +57,9 @@ class ServerConfig:
     feedback_log_inputs: bool = False
     max_feedback_ids: int = 10_000
     pod_name: str = "server"
+    # Shadow copies to a challenger (docs/challenger.md): host:port, and the fraction of requests copied.
+    shadow_to: str | None = None
+    shadow_fraction: float = 1.0
 
 
 def flag(text: str) -> bool:
@@ -133,6 +136,11 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
                             "also record each prediction's input features (default false)"),
     "max_feedback_ids": ("MODELLOOP_MAX_FEEDBACK_IDS", int, "most labels in one feedback call (default 10000)"),
     "pod_name": ("MODELLOOP_POD_NAME", str, "this pod's name: names the record segments it writes"),
+    "shadow_to": ("MODELLOOP_SHADOW_TO", str,
+                  "host:port of a challenger server: answered inference requests are copied to it, sampled by "
+                  "request id, never delaying the answer (unset: no copies)"),
+    "shadow_fraction": ("MODELLOOP_SHADOW_FRACTION", float,
+                        "share of requests copied to --shadow-to, 0 to 1 (default 1)"),
 }
 
 
@@ -194,6 +202,12 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
                           ("--keep-alive-seconds", config.keep_alive_seconds)):
         if not seconds > 0:
             parser.error(f"{flag} {seconds:g} must be more than 0")
+    if not 0 <= config.shadow_fraction <= 1:
+        parser.error(f"--shadow-fraction {config.shadow_fraction:g} must be between 0 and 1")
+    if config.shadow_to is not None:
+        host, _, port = config.shadow_to.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            parser.error(f"--shadow-to {config.shadow_to!r} must be host:port")
     if config.feedback_retention_seconds < config.feedback_max_delay_seconds:
         parser.error("--feedback-retention-seconds must be at least --feedback-max-delay-seconds")
     if not 60 <= config.feedback_max_delay_seconds <= 366 * 86400:

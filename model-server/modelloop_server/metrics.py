@@ -35,6 +35,9 @@ class ServerMetrics:
                                  "Time from request start to response sent, by route template.",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=registry)
         self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "HTTP requests being served.", registry=registry)
+        self.shadow = Counter(f"{PREFIX}_shadow_copies", "Inference requests copied to the challenger (shadow), by "
+                              "outcome: sent, busy (its queue was full), unreachable, timeout, failed.", ["outcome"],
+                              registry=registry)
         self.refused = Counter(f"{PREFIX}_refused", "Requests refused by a server limit, by limit (concurrency, "
                                "queue, rows, body_timeout, header_timeout, header_bytes).", ["limit"],
                                registry=registry)

@@ -79,7 +79,8 @@ def join(predictions: Iterable[pa.Table], labels: Labels, *, max_delay_ms: int |
     joined = pd.concat(parts, ignore_index=True)
     if max_delay_ms is not None:
         joined = joined[(joined["label_time"] - joined["time"]) <= max_delay_ms]
-    joined = joined.sort_values("time", kind="stable").drop_duplicates("hash", keep="last")
+    # One row per id and version: a shadowed request has a prediction of each version under one id.
+    joined = joined.sort_values("time", kind="stable").drop_duplicates(["hash", "version"], keep="last")
     return joined[columns].reset_index(drop=True)
 
 

@@ -62,7 +62,7 @@ class ModelServerApp:
         self.outcomes: Outcomes | None = None  # prediction records and feedback (config.feedback_uri)
         self.metrics = ServerMetrics()
         self.batcher = Batcher(max_batch_size=config.max_batch_size, max_wait=config.max_batch_wait_ms / 1000,
-                               max_queue=config.max_queue)
+                               max_queue=config.max_queue, timeout=config.inference_timeout_seconds)
         self.inferring = 0  # inference requests in flight (counted against --max-concurrency)
         self.feedback_calls = 0  # feedback calls read or waiting for the feedback thread (at most MAX_FEEDBACK_CALLS)
         self.loaded = False
@@ -206,6 +206,8 @@ class ModelServerApp:
     # -- handlers -----------------------------------------------------------------------------------
 
     async def live(self, scope: Scope, receive: Receive) -> Response:
+        if self.batcher.stuck:  # a prediction call past --inference-timeout-seconds that cannot be cancelled
+            return 503, b'{"live":false}', JSON_HEADERS
         return 200, b'{"live":true}', JSON_HEADERS
 
     async def server_ready(self, scope: Scope, receive: Receive) -> Response:

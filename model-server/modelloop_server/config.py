@@ -13,6 +13,7 @@ from typing import Sequence
 
 from modelloop.api.deployment import SERVER_PORT, SKETCH_PORT, ServerSpec
 from modelloop.artifacts.model import RUNTIMES
+from modelloop.meta import parse_duration
 
 from .live import DEFAULT_MIN_ROWS as DEFAULT_SKETCH_MIN_ROWS
 
@@ -41,6 +42,8 @@ class ServerConfig:
     metadata_sha256: str | None = None
     # What predicts: model.onnx with onnxruntime, model.skops with scikit-learn, or auto (onnx when present).
     runtime: str = _SPEC_DEFAULTS.runtime
+    # Longest one prediction call may take (docs/security.md, "Models that never finish").
+    inference_timeout_seconds: float = parse_duration(_SPEC_DEFAULTS.inference_timeout)
     # Limits against load and abuse (docs/server.md, "Limits").
     max_concurrency: int = 128
     max_queue: int = 64
@@ -105,6 +108,11 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
                 f"what predicts: auto (model.onnx with onnxruntime when the version has one, else model.skops), "
                 f"onnx (refuse a version without model.onnx) or sklearn (never load model.onnx) (default "
                 f"{_SPEC_DEFAULTS.runtime})"),
+    "inference_timeout_seconds": ("MODELLOOP_INFERENCE_TIMEOUT_SECONDS", float,
+                                  "longest one prediction call may take: past it, its requests get 504 and an "
+                                  "onnxruntime run is cancelled; a scikit-learn call cannot be, so /v2/health/live "
+                                  "fails until it returns (spec.server.inferenceTimeout; default "
+                                  f"{parse_duration(_SPEC_DEFAULTS.inference_timeout):g})"),
     "max_concurrency": ("MODELLOOP_MAX_CONCURRENCY", int,
                         "most inference requests in flight; more get 503 with Retry-After (default 128)"),
     "max_queue": ("MODELLOOP_MAX_QUEUE", int,
@@ -197,7 +205,8 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
                         ("--sketch-min-rows", config.sketch_min_rows), ("--max-feedback-ids", config.max_feedback_ids)):
         if value < 1:
             parser.error(f"{flag} {value} must be at least 1")
-    for flag, seconds in (("--header-timeout-seconds", config.header_timeout_seconds),
+    for flag, seconds in (("--inference-timeout-seconds", config.inference_timeout_seconds),
+                          ("--header-timeout-seconds", config.header_timeout_seconds),
                           ("--body-timeout-seconds", config.body_timeout_seconds),
                           ("--keep-alive-seconds", config.keep_alive_seconds)):
         if not seconds > 0:

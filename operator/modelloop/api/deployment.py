@@ -81,6 +81,12 @@ class ServerSpec(ApiModel):
         "What predicts: auto serves the version's model.onnx with onnxruntime when it has one (written by the "
         "trainer when the ONNX graph matches scikit-learn) and model.skops with scikit-learn otherwise; onnx "
         "requires model.onnx (a version without one never becomes ready); sklearn never loads model.onnx."))
+    inference_timeout: str = Field(default="10s", pattern=DURATION_PATTERN, max_length=32, description=(
+        "Longest one prediction call may take, e.g. 10s (default): past it, its requests get 504 and an onnxruntime "
+        "run is cancelled; a scikit-learn call cannot be, so the server's liveness fails until it returns and the "
+        "kubelet restarts the container."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.server.inferenceTimeout", "100ms",
+                                                                        "1h")]))
 
 
 class RolloutSpec(ApiModel):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 from .errors import ArtifactIntegrityError, OnnxUnavailableError, UntrustedTypeError
+from .estimator_state import prepare_loaded_model
 from .metadata import METADATA_FILE, ArtifactMetadata, parse_metadata
 from .onnx_model import OnnxPredictor
 from .stores import ArtifactStore, split_version_uri
@@ -155,7 +156,7 @@ def deserialize_model(data: bytes) -> Any:
     import skops.io
 
     trusted = check_model_file(data)
-    return skops.io.loads(data, trusted=trusted)
+    return prepare_loaded_model(skops.io.loads(data, trusted=trusted))
 
 
 @dataclass(frozen=True)

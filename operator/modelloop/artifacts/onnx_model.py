@@ -13,6 +13,23 @@ code named by the file, as long as two doors stay shut, which `check_onnx_file` 
 
 The digest of the file is checked by `load_model` first (against metadata.json, which the operator pins).
 
+A graph can also make each run cost what the request's values say. `check_onnx_file` refuses, in the main
+graph and in subgraphs, every size an operator allocates by (`SIZE_INPUTS`: ConstantOfShape's shape,
+Expand, Tile, Range, Pad, Resize, OneHot, ...) and every `Loop` trip count unless it is a constant (an
+initializer, a `Constant`, or computed from those alone) or a dimension of a tensor the run already holds
+(`Shape`/`Size`, moved only by Gather, Slice, Concat, Squeeze, Unsqueeze, Reshape, Cast, Identity):
+never the input's values, nor arithmetic on dimensions. A `Loop` without a trip count is refused, as are
+operators whose output size is read from the data (`ImageDecoder`). Opsets newer than the ones these
+tables were written against are refused (`REVIEWED_OPSETS`). What the trainer exports passes: sizes from
+`Shape` (GaussianProcessRegressor's kernel) and no `Loop`.
+
+A run that takes too long anyway (a constant trip count of 2**62, a kernel working through a large tree) is
+stopped from outside: `cancel_runs(thread)` terminates the run that thread is in (onnxruntime checks
+`RunOptions.terminate` between nodes and loop iterations) and refuses the thread's next runs until
+`resume_runs(thread)`; `running_since(thread)` tells when its run started. The model server's batcher
+uses them for `server.inferenceTimeout`. A run that fails for its rows (an allocation onnxruntime cannot
+make) raises `OnnxRunError`, a ValueError: the request's problem, not the server's.
+
 `OnnxPredictor` feeds the graph one input per feature, named after it, shape [n, 1]: float64 for numbers,
 strings for text features (a missing text value is fed as "", the graph's name for the missing category).
 Its outputs are `predict` and, for classifiers with probabilities, `predict_proba`. The trainer checks its
@@ -20,6 +37,9 @@ parity with the scikit-learn model through this same class, so what was checked 
 """
 from __future__ import annotations
 
+import functools
+import threading
+import time
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +52,28 @@ PREDICT_PROBA = "predict_proba"
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 MISSING_TEXT = ""  # what a missing text value is fed as (the server turns "" into missing before)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The newest opset of each domain whose operators SIZE_INPUTS and REFUSED_OPERATORS were written against
+# (onnx 1.23); a newer one may bring operators that allocate by their inputs. test_hostile_models.py fails
+# when the installed onnx knows an operator with a size-like input these tables do not name.
+REVIEWED_OPSETS = {"": 28, "ai.onnx": 28, "ai.onnx.ml": 5}
+# Inputs (by position) whose values decide how much an operator allocates or how often it runs its body.
+SIZE_INPUTS: Mapping[str, tuple[int, ...]] = {
+    "AffineGrid": (1,), "BlackmanWindow": (0,), "CenterCropPad": (1,), "Col2Im": (1, 2), "ConstantOfShape": (0,),
+    "DFT": (1,), "Expand": (1,), "HammingWindow": (0,), "HannWindow": (0,), "Loop": (0,), "MaxUnpool": (2,),
+    "MelWeightMatrix": (0, 1), "OneHot": (1,), "Pad": (1,), "Range": (0, 1, 2), "Resize": (1, 2, 3),
+    "STFT": (1, 2), "Tile": (1, 2), "Upsample": (1,),
+}
+# Operators whose output size is read from the data itself (an image's header).
+REFUSED_OPERATORS = frozenset({"ImageDecoder"})
+# What a tensor's values may depend on, from least to most: constants of the file, dimensions of tensors the
+# run holds, the request's values.
+CONSTANT, DIMENSION, DATA = 0, 1, 2
+# Operators that move dimensions without computing new ones (a Gather of a Shape is still a dimension).
+_MOVES_DIMENSIONS = frozenset({"Cast", "Concat", "Gather", "Identity", "Reshape", "Slice", "Squeeze", "Unsqueeze"})
+# Operators whose outputs differ between runs with the same inputs: never constants.
+_RANDOM = frozenset({"Bernoulli", "Dropout", "Multinomial", "RandomNormal", "RandomNormalLike", "RandomUniform",
+                     "RandomUniformLike"})
+_SUBGRAPH_OPERATORS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
 def check_onnx_file(data: bytes) -> Any:
@@ -56,12 +98,20 @@ def check_onnx_file(data: bytes) -> Any:
         problems.append(f"{len(model.functions)} model-local function(s)")
     if len(model.training_info):
         problems.append("training information (initialisation graphs)")
+    for opset in model.opset_import:
+        if opset.domain in REVIEWED_OPSETS and opset.version > REVIEWED_OPSETS[opset.domain]:
+            problems.append(f"opset {opset.version} of domain {opset.domain or 'ai.onnx'!r} (newest reviewed: "
+                            f"{REVIEWED_OPSETS[opset.domain]})")
     problems.extend(_graph_problems(model.graph, "graph"))
+    if not problems:  # sizes only of a graph otherwise acceptable (the walk trusts its structure)
+        top = {name: DATA for name in (i.name for i in model.graph.input)}
+        problems.extend(_size_problems(model.graph, "graph", top))
     if problems:
         shown = "; ".join(sorted(set(problems))[:10])
         raise ArtifactIntegrityError(
             f"the ONNX file uses what modelloop never writes and refuses to load: {shown} (only operators of "
-            f"the standard domains {', '.join(repr(d) for d in sorted(STANDARD_DOMAINS))}, data inside the file)")
+            f"the standard domains {', '.join(repr(d) for d in sorted(STANDARD_DOMAINS))}, data inside the file, "
+            f"sizes and loop counts from constants or dimensions, never from the input's values)")
     return model
 
 
@@ -90,6 +140,47 @@ def _graph_problems(graph: Any, where: str) -> Iterable[str]:
                 yield from _graph_problems(subgraph, f"{at} subgraph")
 
 
+def _size_problems(graph: Any, where: str, kinds: dict[str, int]) -> Iterable[str]:
+    """Sizes and trip counts of `graph` that depend on the request's values. `kinds` maps the names visible
+    in the graph (its inputs, and the outer graph's names for a subgraph) to CONSTANT, DIMENSION or DATA;
+    it is filled in with the graph's own names. A name not defined before its use counts as DATA."""
+    for name in [t.name for t in graph.initializer] + [t.values.name for t in graph.sparse_initializer]:
+        kinds.setdefault(name, CONSTANT)  # an initializer that is also an input can be fed: DATA, set before
+    for node in graph.node:
+        here = f"{where} node {node.name or node.op_type!r}"
+        op = node.op_type
+        inputs = [kinds.get(name, DATA) if name else CONSTANT for name in node.input]
+        if op in REFUSED_OPERATORS:
+            yield f"operator {op!r}, whose output size comes from the data ({here})"
+        for position in SIZE_INPUTS.get(op, ()):
+            if op == "Loop" and (position >= len(node.input) or not node.input[position]):
+                yield f"a Loop without a trip count ({here})"
+            elif position < len(inputs) and inputs[position] == DATA:
+                what = "trip count" if op == "Loop" else f"input {position} (a size)"
+                yield f"{op} {what} computed from the input's values ({here})"
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                inner = dict(kinds)
+                formal = [i.name for i in subgraph.input]
+                for j, name in enumerate(formal):
+                    # a Loop body's first input is the iteration number: bounded by the trip count
+                    inner[name] = inputs[0] if op == "Loop" and j == 0 and inputs else DATA
+                yield from _size_problems(subgraph, f"{here} attribute {attribute.name!r} subgraph", inner)
+        if op == "Constant":
+            kind = CONSTANT
+        elif op in _RANDOM or op in _SUBGRAPH_OPERATORS:
+            kind = DATA
+        elif op in ("Shape", "Size"):
+            kind = CONSTANT if inputs and inputs[0] == CONSTANT else DIMENSION
+        elif op in _MOVES_DIMENSIONS:
+            kind = max(inputs, default=CONSTANT)
+        else:  # computed: constant from constants, otherwise as good as data
+            kind = CONSTANT if all(k == CONSTANT for k in inputs) else DATA
+        for name in node.output:
+            if name:
+                kinds[name] = kind
+
+
 def _tensor_problems(tensor: Any, where: str) -> Iterable[str]:
     import onnx
 
@@ -111,7 +202,7 @@ def session_options() -> Any:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3  # errors only; the server logs its own events
+    options.log_severity_level = 3  # errors only; the server logs its own events (runs: see _run)
     options.add_session_config_entry("session.load_model_format", "ONNX")
     return options
 
@@ -150,7 +241,7 @@ class OnnxPredictor:
         and the graph has them. Rows the scikit-learn model would refuse raise its ValueError."""
         self._check(rows)
         wanted = [PREDICT, PREDICT_PROBA] if proba and PREDICT_PROBA in self.outputs else [PREDICT]
-        results = self.session.run(wanted, self._feed(rows))
+        results = _run(self.session, wanted, self._feed(rows))
         predictions = results[0].reshape(-1)
         if predictions.dtype != self.predict_dtype:
             predictions = predictions.astype(self.predict_dtype)
@@ -186,6 +277,76 @@ class OnnxPredictor:
                 selected = [np.asarray(rows[name], dtype=np.float64) for name in names]
             if any(_matches(values, column) for column in selected):
                 raise ValueError(error)
+
+
+class OnnxRunError(ValueError):
+    """onnxruntime could not run the graph on these rows (an allocation they ask for failed, say)."""
+
+
+class RunCancelled(Exception):
+    """The run was terminated by `cancel_runs`: its caller's deadline passed."""
+
+
+# The onnxruntime run each thread is in: thread id -> (time.monotonic() at its start, its RunOptions). Plain
+# dict and set operations, each atomic under the GIL: a run registers itself, then looks for a cancellation,
+# while cancel_runs marks the thread, then looks for its run; whichever comes second sees the other.
+_RUNNING: dict[int, tuple[float, Any]] = {}
+_CANCELLED: set[int] = set()
+_CANCELLED_MESSAGE = ("the onnxruntime run was cancelled: it passed its deadline (the model server's "
+                      "spec.server.inferenceTimeout, --inference-timeout-seconds)")
+
+
+def running_since(thread: int) -> float | None:
+    """time.monotonic() at the start of the run `thread` is in, or None."""
+    run = _RUNNING.get(thread)
+    return None if run is None else run[0]
+
+
+def cancel_runs(thread: int) -> None:
+    """Terminate the run `thread` is in (it raises RunCancelled within a node's time) and refuse its next runs
+    until resume_runs(thread)."""
+    _CANCELLED.add(thread)
+    run = _RUNNING.get(thread)
+    if run is not None:
+        run[1].terminate = True
+
+
+def resume_runs(thread: int) -> None:
+    _CANCELLED.discard(thread)
+
+
+def _run(session: Any, wanted: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+    run_options, run_errors = _onnxruntime()
+    thread = threading.get_ident()
+    if thread in _CANCELLED:
+        raise RunCancelled(_CANCELLED_MESSAGE)
+    options = run_options()  # one per run (1 us): terminating a finished run's options stops nothing else
+    options.log_severity_level = 4  # a failing run is the caller's to report, not onnxruntime's to log
+    _RUNNING[thread] = (time.monotonic(), options)
+    try:
+        if thread in _CANCELLED:
+            options.terminate = True
+        return session.run(wanted, feed, options)
+    except run_errors as exc:
+        if options.terminate:
+            raise RunCancelled(_CANCELLED_MESSAGE) from None
+        # onnxruntime's text names the graph's nodes and the sizes asked for: the rule, not the content
+        raise OnnxRunError(f"onnxruntime could not run the model's graph on these rows ({type(exc).__name__}: a "
+                           f"node refused their values or could not allocate what they ask for)") from None
+    finally:
+        _RUNNING.pop(thread, None)
+
+
+@functools.cache
+def _onnxruntime() -> tuple[type, tuple[type[Exception], ...]]:
+    """onnxruntime's RunOptions and the errors of a run that failed inside the graph (imported once: the
+    operator imports this module without onnxruntime)."""
+    from onnxruntime import RunOptions
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
+    # InvalidArgument: a node refusing values (a Gather index out of range); a feed the graph cannot take at all
+    # fails the warm-up, so here it is the rows
+    return RunOptions, (Fail, InvalidArgument, RuntimeException)
 
 
 def _matches(values: str, array: np.ndarray) -> bool:

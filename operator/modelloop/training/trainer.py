@@ -20,6 +20,7 @@ from modelloop.artifacts import (
     open_store, serialize_model, sha256_bytes,
 )
 from modelloop.artifacts import VersionExistsError as StoreVersionExistsError
+from modelloop.artifacts.estimator_state import run_in_one_job
 from modelloop.artifacts.metadata import TrainingIdentity
 from modelloop.drift.sketch import build_reference
 from modelloop.outcomes.cbpe import fit_calibration
@@ -77,6 +78,7 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
     model = build_model(estimator, columns.categorical)
     outcome = _fit_and_evaluate(model, class_path, split, columns, task, metric)
     with _step("serialize") as info:
+        run_in_one_job(model)  # fitted with the spec's n_jobs; served by one prediction thread (docs/security.md)
         try:
             model_bytes, trusted_types = serialize_model(model)
         except UntrustedTypeError as exc:

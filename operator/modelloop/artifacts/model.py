@@ -32,7 +32,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .errors import ArtifactIntegrityError, ArtifactLimitError, OnnxUnavailableError, StorageError, UntrustedTypeError
+from .errors import ArtifactIntegrityError, ArtifactLimitError, OnnxUnavailableError, UntrustedTypeError
 from .limits import ArtifactLimits, count_json, current_limits, load_json
 from .metadata import METADATA_FILE, ArtifactMetadata, parse_metadata
 from .onnx_model import OnnxPredictor

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import __version__
+from .artifacts.limits import ArtifactLimits
 
 from .names import FIELD_MANAGER, LABEL_MANAGED_BY, MANAGER  # noqa: F401 - re-exported for the controllers
 
@@ -50,11 +51,10 @@ class Settings:
         "MODELLOOP_SKETCH_DEADLINE_SECONDS", "10")))
     max_sketch_bytes: int = field(default_factory=lambda: int(os.environ.get(
         "MODELLOOP_MAX_SKETCH_BYTES", str(8 * 1024 * 1024))))
-    # What the operator reads from stores on behalf of resources, at most.
-    max_model_bytes: int = field(default_factory=lambda: int(os.environ.get(
-        "MODELLOOP_MAX_MODEL_BYTES", str(4 * 1024 ** 3))))
-    max_metadata_bytes: int = field(default_factory=lambda: int(os.environ.get(
-        "MODELLOOP_MAX_METADATA_BYTES", str(32 * 1024 * 1024))))
+    # What the operator reads from stores on behalf of resources, at most (MODELLOOP_MAX_MODEL_BYTES and
+    # MODELLOOP_MAX_METADATA_BYTES, defaults in modelloop.artifacts.limits, shared with the model server).
+    max_model_bytes: int = field(default_factory=lambda: ArtifactLimits.from_environment().model_bytes)
+    max_metadata_bytes: int = field(default_factory=lambda: ArtifactLimits.from_environment().metadata_bytes)
     max_dataset_bytes: int = field(default_factory=lambda: int(os.environ.get(
         "MODELLOOP_MAX_DATASET_BYTES", str(512 * 1024 * 1024))))
     # High availability: replicas elect a leader on a Lease in operator_namespace; only the leader reconciles.
@@ -68,6 +68,11 @@ class Settings:
         "MODELLOOP_LEASE_RETRY_SECONDS", "2")))
     # Entries of each in-memory cache (verified artifact metadata).
     cache_entries: int = field(default_factory=lambda: int(os.environ.get("MODELLOOP_CACHE_ENTRIES", "256")))
+    # Bytes the verified-metadata cache holds at most (its summaries: digests, metrics, schema, reference sketch).
+    verified_cache_bytes: int = field(default_factory=lambda: int(os.environ.get(
+        "MODELLOOP_VERIFIED_CACHE_BYTES", str(64 * 1024 * 1024))))
+    # metadata.json documents parsed at once (each up to ~60 MB for a moment), whatever the number of workers.
+    verify_concurrency: int = field(default_factory=lambda: int(os.environ.get("MODELLOOP_VERIFY_CONCURRENCY", "2")))
 
 
 SETTINGS = Settings()

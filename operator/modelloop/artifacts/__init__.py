@@ -2,9 +2,11 @@
 the safe model loader. See docs/artifacts.md."""
 from .backends import read_object
 from .errors import (
-    ArtifactError, ArtifactIntegrityError, InvalidMetadataError, InvalidUriError, ObjectNotFoundError,
-    OnnxUnavailableError, StorageError, UntrustedTypeError, VersionExistsError,
+    ArtifactError, ArtifactIntegrityError, ArtifactLimitError, InvalidMetadataError, InvalidUriError,
+    ObjectNotFoundError, ObjectTooLargeError, OnnxUnavailableError, StorageError, UntrustedTypeError,
+    VersionExistsError,
 )
+from .limits import ArtifactLimits
 from .metadata import (
     ARTIFACT_FORMAT, METADATA_FILE, MODEL_FILE, ONNX_FILE, ArtifactMetadata, decode_metadata, parse_metadata,
     validate_metadata,
@@ -19,8 +21,9 @@ from .uri import StorageUri, parse_uri
 
 __all__ = [
     "ARTIFACT_FORMAT", "HARMLESS_UFUNCS", "METADATA_FILE", "MODEL_FILE", "ONNX_FILE", "RUNTIMES",
-    "ArtifactError", "ArtifactIntegrityError", "ArtifactMetadata", "ArtifactStore", "InvalidMetadataError",
-    "InvalidUriError", "LoadedModel", "ObjectNotFoundError", "OnnxPredictor", "OnnxUnavailableError", "StorageError",
+    "ArtifactError", "ArtifactIntegrityError", "ArtifactLimitError", "ArtifactLimits", "ArtifactMetadata",
+    "ArtifactStore", "InvalidMetadataError", "InvalidUriError", "LoadedModel", "ObjectNotFoundError",
+    "ObjectTooLargeError", "OnnxPredictor", "OnnxUnavailableError", "StorageError",
     "StorageUri", "UntrustedTypeError", "VersionExistsError", "check_model_file", "check_onnx_file",
     "decode_metadata", "deserialize_model", "load_model", "open_store",
     "parse_metadata", "parse_uri", "read_object", "serialize_model", "sha256_bytes", "split_version_uri",

@@ -1,22 +1,29 @@
 """Object I/O on the two kinds of storage: a local filesystem (file://, pvc://) and S3 (s3://).
 
 A backend reads and writes whole objects named by StorageUri (or streams them in chunks, with a size
-cap); the version layout and commit order live in stores.py. S3 credentials, endpoint and region come
-from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION) or from
-an explicit mapping with the same keys, which then replaces the environment entirely (an empty
-mapping means anonymous access); they are never logged.
+cap); the version layout and commit order live in stores.py. On a filesystem, what is read is a regular
+file, opened without following a symbolic link and without blocking: never a FIFO (which would hang the
+reader), a device (/dev/zero never ends) or a link (to a file outside the store). A backend with a root
+(a store's base folder) follows no link in any part of the path below that root either.
+
+S3 credentials, endpoint and region come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL, AWS_REGION) or from an explicit mapping with the same keys, which then replaces the
+environment entirely (an empty mapping means anonymous access); they are never logged.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import threading
 import uuid
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
-from .errors import ObjectNotFoundError, StorageError, VersionExistsError
+from .errors import ObjectNotFoundError, ObjectTooLargeError, StorageError, VersionExistsError
 from .uri import StorageUri, parse_uri
 
 
@@ -39,22 +46,60 @@ class Backend(Protocol):
     def delete_tree(self, prefix: StorageUri) -> None: ...
 
 
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+REGULAR_FILES_RULE = "a store holds regular files only: no symbolic links, FIFOs, devices or sockets"
+
+
 class FileBackend:
-    """file:// and pvc:// URIs: files written then renamed into place, fsynced."""
+    """file:// and pvc:// URIs: files written then renamed into place, fsynced; read as regular files only.
+    With a `root`, no part of a read path below it may be a symbolic link (the root itself may be one)."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root
 
     def read(self, uri: StorageUri) -> bytes:
-        path = uri.local_path()
-        with _read_errors(uri, path):
-            return path.read_bytes()
+        return b"".join(self.chunks(uri))
 
     def chunks(self, uri: StorageUri) -> Iterator[bytes]:
         path = uri.local_path()
-        with _read_errors(uri, path), open(path, "rb") as f:
+        with _read_errors(uri, path):
+            fd = self._open_regular(uri, path)
+        with os.fdopen(fd, "rb") as f, _read_errors(uri, path):
             while chunk := f.read(CHUNK_BYTES):
                 yield chunk
 
+    def _open_regular(self, uri: StorageUri, path: Path) -> int:
+        """A descriptor of the regular file at `path`, opened without following a link (below the root: in any
+        part of the path) or blocking; StorageError naming the rule for anything else."""
+        parts = _below(self.root, path)
+        if parts is None:
+            fd = os.open(path, _READ_FLAGS)
+        else:
+            folder = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                for part in parts[:-1]:
+                    try:
+                        inner = os.open(part, _DIRECTORY_FLAGS, dir_fd=folder)
+                    except NotADirectoryError:  # what O_NOFOLLOW | O_DIRECTORY says of a link, too
+                        if stat.S_ISLNK(os.lstat(part, dir_fd=folder).st_mode):
+                            raise OSError(errno.ELOOP, "a symbolic link") from None
+                        raise
+                    os.close(folder)
+                    folder = inner
+                fd = os.open(parts[-1], _READ_FLAGS, dir_fd=folder)
+            finally:
+                os.close(folder)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StorageError(f"{uri}: not a regular file; {REGULAR_FILES_RULE}")
+        return fd
+
     def exists(self, uri: StorageUri) -> bool:
-        return uri.local_path().is_file()
+        try:
+            return stat.S_ISREG(os.lstat(uri.local_path()).st_mode)
+        except OSError:
+            return False
 
     def write(self, uri: StorageUri, data: bytes) -> None:
         path = uri.local_path()
@@ -110,6 +155,17 @@ class FileBackend:
         shutil.rmtree(prefix.local_path(), ignore_errors=True)
 
 
+def _below(root: Path | None, path: Path) -> list[str] | None:
+    """The parts of `path` below `root`, or None when there is no root or `path` is not below it."""
+    if root is None:
+        return None
+    try:
+        parts = list(path.relative_to(root).parts)
+    except ValueError:
+        return None
+    return parts if parts and ".." not in parts else None
+
+
 @contextmanager
 def _read_errors(uri: StorageUri, path: os.PathLike[str]) -> Iterator[None]:
     try:
@@ -119,6 +175,8 @@ def _read_errors(uri: StorageUri, path: os.PathLike[str]) -> Iterator[None]:
     except IsADirectoryError:
         raise StorageError(f"{uri}: is a directory, not a file ({path})") from None
     except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link (EMLINK: FreeBSD)
+            raise StorageError(f"{uri}: a symbolic link in the path; {REGULAR_FILES_RULE}") from None
         raise StorageError(f"{uri}: cannot read {path}: {exc.strerror or exc}") from None
 
 
@@ -263,23 +321,27 @@ def _s3_client(credentials: Mapping[str, str] | None = None) -> Any:
                            settings.get("AWS_SESSION_TOKEN"), anonymous)
 
 
-_FILE, _S3 = FileBackend(), S3Backend()
+_S3 = S3Backend()
 
 
 def backend_for(uri: StorageUri, credentials: Mapping[str, str] | None = None) -> Backend:
-    """The backend of `uri`; `credentials` None reads the environment, a mapping (even empty) replaces it."""
+    """The backend of `uri` and what is below it; `credentials` None reads the environment, a mapping (even
+    empty) replaces it. On a filesystem, no link is followed below `uri` (FileBackend's root)."""
     if uri.scheme != "s3":
-        return _FILE
+        return FileBackend(uri.local_path())
     return S3Backend(credentials) if credentials is not None else _S3
 
 
-def read_capped(backend: Backend, uri: StorageUri, max_bytes: int, what: str = "object") -> bytes:
-    """The object's bytes, refusing (StorageError) one larger than `max_bytes` before holding more."""
+def read_capped(backend: Backend, uri: StorageUri, max_bytes: int, what: str = "object",
+                setting: str | None = None) -> bytes:
+    """The object's bytes, refusing (ObjectTooLargeError, a StorageError) one larger than `max_bytes` before
+    holding more; the message names `setting`, the variable that sets the limit, when there is one."""
     parts, size = [], 0
     for chunk in backend.chunks(uri):
         size += len(chunk)
         if size > max_bytes:
-            raise StorageError(f"{uri}: the {what} is larger than the limit of {max_bytes} bytes")
+            named = f" ({setting})" if setting else ""
+            raise ObjectTooLargeError(f"{uri}: the {what} is larger than the limit of {max_bytes} bytes{named}")
         parts.append(chunk)
     return b"".join(parts)
 

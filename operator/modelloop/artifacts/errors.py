@@ -30,6 +30,16 @@ class ArtifactIntegrityError(ArtifactError):
     """The model file does not match the sha256 or size recorded in metadata.json."""
 
 
+class ArtifactLimitError(ArtifactIntegrityError):
+    """The artifact goes past a bound on what is read or parsed (limits.py); the message names the bound and
+    its setting, never the content."""
+
+
+class ObjectTooLargeError(StorageError, ArtifactLimitError):
+    """An object larger than the bound it is read under, refused while it streams: the store answered, and
+    will answer the same again."""
+
+
 class UntrustedTypeError(ArtifactError):
     """The model file contains a type outside the trusted set, or the trusted set leaves the allow-list."""
 

@@ -1,17 +1,25 @@
 """metadata.json of a model version (docs/contracts.md, "Artifact format"): the one definition.
 
-Readers ignore keys they do not know (a newer writer may add some); writers produce every field.
+metadata.json comes from a store, which whoever holds its credentials can write (docs/security.md), so the
+schema is strict: a key it does not know, a value of the wrong type or out of range, a list longer than a
+trainer writes refuse the whole document, and the one value handed to numpy as a type (onnx.predictDtype) is
+one of a closed set. The document is parsed only within the bounds of limits.py (bytes, values, nesting).
+Writers produce every field.
 """
 from __future__ import annotations
 
-import json
+import re
+import sys
+from dataclasses import dataclass, fields, is_dataclass, replace
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_serializer, field_validator,
+                      model_validator)
 from pydantic.alias_generators import to_camel
 
-from .errors import InvalidMetadataError
+from .errors import ArtifactLimitError, InvalidMetadataError
+from .limits import ArtifactLimits, current_limits, load_json
 
 ARTIFACT_FORMAT = "modelloop.artifact/v1"
 METADATA_FILE = "metadata.json"
@@ -20,10 +28,25 @@ ONNX_FILE = "model.onnx"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A file of a version: a plain name, never a path (it is joined to the version's location).
 FILE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+# The numpy types scikit-learn's predict() gives (`dtype.str`), which the ONNX path casts its labels to: never
+# a free string for np.dtype, whose subarray types ("(100000000,)f8") allocate per row.
+PREDICT_DTYPES = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u4", "<u8", "<f2", "<f4", "<f8",
+                            "|O"})
+MAX_LABEL_CHARS = 1024  # labels as fixed-width text ("<U7"): at most this wide
+_TEXT_DTYPE = re.compile(r"^<U([1-9][0-9]*)$")
+# Lengths no trainer comes near; the byte and value bounds of limits.py hold the document as a whole.
+MAX_FEATURES = 100_000
+MAX_CATEGORIES = 100_000
+MAX_SKETCH_BINS = 10_000
+MAX_ENTRIES = 256  # metrics, libraries, estimator params, opsets
+
+Name = Annotated[str, Field(max_length=1024)]
+KubeName = Annotated[str, Field(max_length=253)]
+Category = str | bool | int | float | None
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", allow_inf_nan=False)
 
 
 class ModelFile(_Model):
@@ -31,7 +54,7 @@ class ModelFile(_Model):
     format: Literal["skops"] = "skops"
     sha256: str = Field(pattern=SHA256_PATTERN)
     size: int = Field(ge=0)
-    trusted_types: list[str] = Field(default_factory=list)
+    trusted_types: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=10_000)
 
 
 class OnnxParity(_Model):
@@ -50,8 +73,8 @@ class OnnxInputRule(_Model):
     """Values the scikit-learn model refuses in some features, with its error: the ONNX path refuses them too."""
 
     values: Literal["nan", "infinite", "float32-overflow"]
-    features: list[str]
-    error: str
+    features: list[Name] = Field(max_length=MAX_FEATURES)
+    error: str = Field(max_length=16_384)
 
 
 class OnnxInfo(_Model):
@@ -61,11 +84,20 @@ class OnnxInfo(_Model):
     format: Literal["onnx"] | None = None
     sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
     size: int | None = Field(default=None, ge=0)
-    opsets: dict[str, int] | None = None
+    opsets: dict[Annotated[str, Field(max_length=128)], int] | None = Field(default=None, max_length=MAX_ENTRIES)
     predict_dtype: str | None = None  # numpy dtype of scikit-learn's predict(): the labels are cast to it
-    input_rules: list[OnnxInputRule] | None = None
+    input_rules: list[OnnxInputRule] | None = Field(default=None, max_length=16)
     parity: OnnxParity | None = None
-    skipped: str | None = None  # why there is no model.onnx
+    skipped: str | None = Field(default=None, max_length=16_384)  # why there is no model.onnx
+
+    @field_validator("predict_dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        text = _TEXT_DTYPE.match(value or "")
+        if value is None or value in PREDICT_DTYPES or (text and int(text[1]) <= MAX_LABEL_CHARS):
+            return value
+        raise ValueError(f"must be one of {', '.join(sorted(PREDICT_DTYPES))} or <U1 to <U{MAX_LABEL_CHARS} "
+                         f"(numpy dtype strings of labels and values)")
 
     @model_validator(mode="after")
     def _one_state(self) -> OnnxInfo:
@@ -80,27 +112,28 @@ class OnnxInfo(_Model):
 class TrainingIdentity(_Model):
     """The ModelTraining and run that wrote the version."""
 
-    name: str | None = None
-    namespace: str | None = None
-    uid: str | None = None
+    name: KubeName | None = None
+    namespace: KubeName | None = None
+    uid: KubeName | None = None
     generation: int | None = None
-    run: str | None = None
+    run: KubeName | None = None
 
 
 class DatasetInfo(_Model):
-    uri: str
+    uri: str = Field(max_length=2048)
     format: Literal["csv", "parquet"]
     sha256: str = Field(pattern=SHA256_PATTERN)
     rows: int = Field(ge=0)
 
 
 class EstimatorInfo(_Model):
-    class_name: str = Field(alias="class")
-    params: dict[str, Any] = Field(default_factory=dict)
+    class_name: str = Field(alias="class", max_length=256)
+    params: dict[Annotated[str, Field(max_length=256)], JsonValue] = Field(default_factory=dict,
+                                                                           max_length=MAX_ENTRIES)
 
 
 class MetricValue(_Model):
-    name: str
+    name: str = Field(max_length=256)
     value: float
 
 
@@ -110,22 +143,61 @@ def is_text_feature(dtype: str, categorical: bool) -> bool:
     return categorical and dtype != "bool" and not dtype.startswith(("int", "uint", "float"))
 
 
+# The dtype a server gives a column (training.dataset.schema_dtype): bool, string or a numeric type name.
+DTYPE_PATTERN = r"^[a-z][a-z0-9_\[\]]{0,63}$"
+
+
 class FeatureSchema(_Model):
-    name: str
-    dtype: str
+    name: Name
+    dtype: str = Field(pattern=DTYPE_PATTERN)
     categorical: bool
-    categories: list[Any] | None = None
+    categories: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES)
 
 
 class TargetSchema(_Model):
-    name: str
-    dtype: str
-    classes: list[Any] | None = None
+    name: Name
+    dtype: str = Field(pattern=DTYPE_PATTERN)
+    classes: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES)
 
 
 class Schema(_Model):
-    features: list[FeatureSchema]
+    features: list[FeatureSchema] = Field(max_length=MAX_FEATURES)
     target: TargetSchema
+
+
+class _Exact(BaseModel):
+    """Keys exactly as written (no aliases), none other."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SketchFeature(_Exact):
+    name: Name
+    kind: Literal["numeric", "categorical"]
+    edges: list[float] | None = Field(default=None, max_length=MAX_SKETCH_BINS)
+    categories: list[str] | None = Field(default=None, max_length=MAX_SKETCH_BINS)
+    counts: list[int] = Field(max_length=MAX_SKETCH_BINS + 1)
+    missing: int = Field(ge=0)
+
+
+class Sketch(_Exact):
+    """The shape of a sketch (docs/contracts.md); what it means is checked by modelloop.drift.sketch.validate."""
+
+    format: str = Field(max_length=64)
+    rows: int = Field(ge=0)
+    features: list[SketchFeature] = Field(max_length=MAX_FEATURES)
+
+
+class Calibration(_Exact):
+    """The shape of a calibration (modelloop.outcomes.cbpe, which checks what it means)."""
+
+    method: str = Field(max_length=32)
+    x: list[float] = Field(max_length=1000)
+    y: list[float] = Field(max_length=1000)
+    eceBefore: float
+    eceAfter: float
+    eceIsotonic: float | None = None
+    rows: int = Field(ge=0)
 
 
 class ArtifactMetadata(_Model):
@@ -139,9 +211,10 @@ class ArtifactMetadata(_Model):
     dataset: DatasetInfo
     estimator: EstimatorInfo
     task: Literal["classification", "regression"]
-    libraries: dict[str, str]
+    libraries: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=128)]] = Field(
+        max_length=MAX_ENTRIES)
     metric: MetricValue
-    metrics: dict[str, float]
+    metrics: dict[Annotated[str, Field(max_length=256)], float] = Field(max_length=MAX_ENTRIES)
     schema_: Schema = Field(alias="schema")
     reference: dict[str, Any]
     prediction_reference: dict[str, Any]
@@ -157,6 +230,7 @@ class ArtifactMetadata(_Model):
     def _is_sketch(cls, value: dict[str, Any]) -> dict[str, Any]:
         from modelloop.drift.sketch import validate  # the sketch format's one definition (numpy, pandas)
 
+        Sketch.model_validate(value)
         return validate(value)
 
     @field_validator("calibration")
@@ -164,7 +238,10 @@ class ArtifactMetadata(_Model):
     def _is_calibration(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         from modelloop.outcomes.cbpe import validate_calibration  # the format's one definition (numpy only)
 
-        return None if value is None else validate_calibration(value)
+        if value is None:
+            return None
+        Calibration.model_validate(value)
+        return validate_calibration(value)
 
     @field_validator("created")
     @classmethod
@@ -181,31 +258,110 @@ class ArtifactMetadata(_Model):
 
 
 def validate_metadata(data: dict[str, Any], *, source: str = "metadata.json") -> ArtifactMetadata:
-    """Parse a metadata.json object; InvalidMetadataError names `source` and each bad field."""
+    """Parse a metadata.json object; InvalidMetadataError names `source`, each bad field and the rule it breaks
+    (never the value)."""
     try:
         return ArtifactMetadata.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
-        raise InvalidMetadataError(f"{source} is not a valid {ARTIFACT_FORMAT} document: {problems}") from None
+        errors = exc.errors(include_input=False, include_url=False)
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in errors[:20])
+        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+        raise InvalidMetadataError(f"{source} is not a valid {ARTIFACT_FORMAT} document: {problems}{more}") from None
 
 
-def decode_metadata(data: bytes, *, source: str = "metadata.json") -> dict[str, Any]:
+def decode_metadata(data: bytes, *, source: str = "metadata.json", limits: ArtifactLimits | None = None
+                    ) -> dict[str, Any]:
     """The JSON object of metadata.json bytes, validated; InvalidMetadataError names `source`."""
-    document = _json_object(data, source)
+    document = _json_object(data, source, limits or current_limits())
     validate_metadata(document, source=source)
     return document
 
 
-def parse_metadata(data: bytes, *, source: str = "metadata.json") -> ArtifactMetadata:
-    """metadata.json bytes, decoded and validated."""
-    return validate_metadata(_json_object(data, source), source=source)
+def parse_metadata(data: bytes, *, source: str = "metadata.json", limits: ArtifactLimits | None = None
+                   ) -> ArtifactMetadata:
+    """metadata.json bytes, decoded within `limits` (default: the environment's settings) and validated."""
+    return validate_metadata(_json_object(data, source, limits or current_limits()), source=source)
 
 
-def _json_object(data: bytes, source: str) -> dict[str, Any]:
+def _json_object(data: bytes, source: str, limits: ArtifactLimits) -> dict[str, Any]:
+    if len(data) > limits.metadata_bytes:
+        raise limits.refuse("metadata_bytes", f"{source} is larger than")
     try:
-        document = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        document = load_json(data, limits, "metadata_nodes", source)
+    except ArtifactLimitError:
+        raise
+    except (ValueError, RecursionError) as exc:
         raise InvalidMetadataError(f"{source} is not JSON: {type(exc).__name__}") from None
     if not isinstance(document, dict):
         raise InvalidMetadataError(f"{source} is not a JSON object")
     return document
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """What a reader of many versions keeps of one verified metadata.json (the operator, between reconciles):
+    the digests and the fields its controllers use, none of the rest. `nbytes` is about what it holds in
+    memory, for caches bounded by bytes."""
+
+    uri: str
+    sha256: str  # of the model file
+    metadata_sha256: str  # of metadata.json's bytes
+    version: int
+    task: str
+    metric: dict[str, Any]  # name, value
+    metrics: dict[str, float]
+    features: tuple[dict[str, Any], ...]  # name, dtype, categorical
+    dataset: dict[str, Any]  # uri, format
+    reference: dict[str, Any]  # the sketch drift is measured against
+    onnx: dict[str, Any] | None  # {"file": ...} or {"skipped": ...}; None before the ONNX export
+    nbytes: int = 0
+
+    @classmethod
+    def of(cls, metadata: ArtifactMetadata, *, uri: str, metadata_sha256: str) -> VersionSummary:
+        onnx = None if metadata.onnx is None else (
+            {"file": metadata.onnx.file} if metadata.onnx.file else {"skipped": metadata.onnx.skipped})
+        summary = cls(
+            uri=uri, sha256=metadata.model.sha256, metadata_sha256=metadata_sha256, version=metadata.version,
+            task=metadata.task, metric=metadata.metric.model_dump(), metrics=dict(metadata.metrics),
+            features=tuple({"name": f.name, "dtype": f.dtype, "categorical": f.categorical}
+                           for f in metadata.schema_.features),
+            dataset={"uri": metadata.dataset.uri, "format": metadata.dataset.format},
+            reference=metadata.reference, onnx=onnx)
+        return replace(summary, nbytes=approximate_size(summary))
+
+    def document(self) -> dict[str, Any]:
+        """These fields as metadata.json spells them (a part of its document)."""
+        document = {"version": self.version, "task": self.task, "metric": dict(self.metric),
+                    "metrics": dict(self.metrics), "schema": {"features": list(self.features)},
+                    "dataset": dict(self.dataset), "reference": self.reference}
+        if self.onnx is not None:
+            document["onnx"] = dict(self.onnx)
+        return document
+
+
+def approximate_size(value: Any) -> int:
+    """Bytes `value` holds: sys.getsizeof over dicts, lists, tuples, the fields of dataclasses and what they
+    hold, containers shared counted once (numbers and strings each time: an overestimate)."""
+    seen: set[int] = set()
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        total += sys.getsizeof(item)
+        if isinstance(item, dict):
+            members: Any = [*item.keys(), *item.values()]
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            members = item
+        elif is_dataclass(item) and not isinstance(item, type):
+            members = [getattr(item, f.name) for f in fields(item)]
+        else:
+            continue
+        inner = [m for m in members if isinstance(m, _CONTAINERS) or is_dataclass(m)]
+        total += sum(map(sys.getsizeof, members)) - sum(map(sys.getsizeof, inner))  # scalars, at C speed
+        stack.extend(inner)
+    return total
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)

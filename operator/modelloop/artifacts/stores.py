@@ -17,7 +17,9 @@ import uuid
 from typing import Any, Mapping
 
 from .backends import Backend, backend_for, read_capped
-from .errors import InvalidMetadataError, InvalidUriError, ObjectNotFoundError, StorageError, VersionExistsError
+from .errors import (InvalidMetadataError, InvalidUriError, ObjectNotFoundError, ObjectTooLargeError, StorageError,
+                     VersionExistsError)
+from .limits import ENVIRONMENT, current_limits
 from .metadata import FILE_NAME_PATTERN, METADATA_FILE, decode_metadata, validate_metadata
 from .uri import StorageUri, parse_uri
 
@@ -70,20 +72,27 @@ class ArtifactStore:
 
     def read_metadata(self, version: int, max_bytes: int | None = None) -> dict[str, Any]:
         """The validated metadata.json of a committed version; ObjectNotFoundError if it is not committed.
-        With `max_bytes`, a bigger file is refused (StorageError) while it streams."""
+        A file bigger than `max_bytes` (default: MODELLOOP_MAX_METADATA_BYTES) is refused while it streams."""
         return decode_metadata(self.read_metadata_bytes(version, max_bytes), source=self._metadata_source(version))
 
     def read_metadata_bytes(self, version: int, max_bytes: int | None = None) -> bytes:
-        """metadata.json of a committed version as stored (what a pinned sha256 is computed over)."""
+        """metadata.json of a committed version as stored (what a pinned sha256 is computed over), at most
+        `max_bytes` (default: MODELLOOP_MAX_METADATA_BYTES; ObjectTooLargeError beyond, while it streams)."""
         uri = self._version_dir(version).child(METADATA_FILE)
+        setting = ENVIRONMENT["metadata_bytes"] if max_bytes is None else None
         try:
-            return (self._backend.read(uri) if max_bytes is None
-                    else read_capped(self._backend, uri, max_bytes, METADATA_FILE))
+            return read_capped(self._backend, uri, current_limits().metadata_bytes if max_bytes is None else max_bytes,
+                               METADATA_FILE, setting)
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"version {version} does not exist in {self.base} (no {uri})") from None
 
-    def read_file(self, version: int, name: str) -> bytes:
-        return self._backend.read(self._version_dir(version).child(_checked_name(name)))
+    def read_file(self, version: int, name: str, max_bytes: int | None = None) -> bytes:
+        """A file of a version, at most `max_bytes` (default: MODELLOOP_MAX_MODEL_BYTES; ObjectTooLargeError
+        beyond, while it streams)."""
+        uri = self._version_dir(version).child(_checked_name(name))
+        setting = ENVIRONMENT["model_bytes"] if max_bytes is None else None
+        return read_capped(self._backend, uri, current_limits().model_bytes if max_bytes is None else max_bytes,
+                           "file", setting)
 
     def file_sha256(self, version: int, name: str, max_bytes: int) -> tuple[str, int]:
         """sha256 (hex) and size of a file of a version, streamed: never more than one chunk in memory;
@@ -93,7 +102,7 @@ class ArtifactStore:
         for chunk in self._backend.chunks(uri):
             size += len(chunk)
             if size > max_bytes:
-                raise StorageError(f"{uri}: the file is larger than the limit of {max_bytes} bytes")
+                raise ObjectTooLargeError(f"{uri}: the file is larger than the limit of {max_bytes} bytes")
             digest.update(chunk)
         return digest.hexdigest(), size
 
@@ -166,10 +175,10 @@ class ArtifactStore:
             except VersionExistsError:
                 pass
             try:
-                holder = json.loads(self._backend.read(claim))
+                holder = json.loads(read_capped(self._backend, claim, 64 * 1024, "claim"))
             except ObjectNotFoundError:
                 continue  # released meanwhile: claim again
-            except ValueError:
+            except (ValueError, ObjectTooLargeError):
                 holder = {}
             if holder == owner and owner.get("uid") and owner.get("run"):
                 return True  # left by an earlier attempt of this run, which is over

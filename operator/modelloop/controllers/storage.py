@@ -10,14 +10,17 @@ Everything the operator reads for a resource goes through here, under three rule
 
 A ModelDeployment without its own spec.storage reads with its training's (deployment_storage), for its servers
 and for the DriftMonitors that watch it alike. Credentials are handed to the store objects only; they are never logged, put in events or in status.
-Verified metadata is cached per namespace, URI and credentials, in a bounded cache; a version deleted by
-retention is forgotten there, for every namespace and credentials.
+Verified metadata is cached per namespace, URI and credentials, in a cache bounded in entries and bytes that
+keeps a VersionSummary (the digests and the fields the controllers use), never the document; a version deleted
+by retention is forgotten there, for every namespace and credentials.
 """
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
+import threading
 import time
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -26,9 +29,12 @@ from .. import kube
 from ..api.common import CREDENTIAL_KEYS, REQUIRED_CREDENTIAL_KEYS, StorageSpec
 from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
-from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, ObjectNotFoundError, StorageError, decode_metadata,
-                         open_store, parse_uri, read_object, sha256_bytes, version_under)
+from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, ArtifactLimitError, ArtifactStore, ObjectNotFoundError,
+                         StorageError, open_store, parse_metadata, parse_uri, read_object, sha256_bytes,
+                         version_under)
 from ..artifacts.backends import backend_for
+from ..artifacts.limits import current_limits
+from ..artifacts.metadata import VersionSummary
 from ..cache import BoundedCache
 from ..config import SETTINGS, Settings
 from ..names import API_VERSION, TRAINING
@@ -46,7 +52,7 @@ class StorageAccessError(RuntimeError):
 def store_unavailable(error: BaseException) -> bool:
     """The store did not serve the request (unreachable, timed out, refused access, an S3 error): the same
     read can succeed later, unlike an object that is missing or does not match its metadata."""
-    return isinstance(error, StorageError) and not isinstance(error, ObjectNotFoundError)
+    return isinstance(error, StorageError) and not isinstance(error, (ObjectNotFoundError, ArtifactLimitError))
 
 
 def credentials_from_secret(namespace: str, storage: StorageSpec | None) -> Credentials:
@@ -135,7 +141,11 @@ def _fingerprint(credentials: Credentials) -> str:
     return hashlib.sha256(json.dumps(sorted(credentials.items())).encode()).hexdigest()
 
 
-_verified: BoundedCache[tuple[str, str, str], dict[str, Any]] = BoundedCache(SETTINGS.cache_entries)
+# Parsing a metadata.json within its bounds holds up to ~60 MB for a moment (limits.py): a few at a time, whatever
+# the number of workers, so that many hostile versions verified at once stay within the operator's memory.
+_parsing = threading.BoundedSemaphore(SETTINGS.verify_concurrency)
+_verified: BoundedCache[tuple[str, str, str], VersionSummary] = BoundedCache(
+    SETTINGS.cache_entries, max_bytes=SETTINGS.verified_cache_bytes, size=lambda summary: summary.nbytes)
 
 
 def verified_metadata(namespace: str, output_uri: str, version: int, credentials: Credentials,
@@ -143,31 +153,38 @@ def verified_metadata(namespace: str, output_uri: str, version: int, credentials
     """metadata.json of a version, checked (schema, version number, size and sha256 of model.skops and of
     model.onnx when there is one): uri,
     metric(s), the model's sha256, the sha256 of metadata.json's bytes (the two digests the servers are
-    pinned to) and the metadata. Versions are immutable, so a verified one is remembered, per namespace
-    and credentials: a resource never sees what another's credentials could read."""
+    pinned to) and the metadata the controllers use (VersionSummary.document). Versions are immutable, so a
+    verified one is remembered, per namespace and credentials: a resource never sees what another's
+    credentials could read."""
     check_allowed(output_uri, field)
     key = (namespace, f"{output_uri.rstrip('/')}/v{version}", _fingerprint(credentials))
-    cached = _verified.get(key)
-    if cached is not None:
-        return cached
-    store = open_store(output_uri, field=field, credentials=credentials)
-    # The digest is taken over the very bytes that are parsed and checked here.
+    summary = _verified.get(key)
+    if summary is None:
+        summary = _verify(open_store(output_uri, field=field, credentials=credentials), version)
+        _verified.put(key, summary)
+    metric = {**summary.metric, "display": f"{summary.metric['value']:.4g}"}  # for reading (printer columns)
+    return {"uri": summary.uri, "metrics": dict(summary.metrics), "metric": metric, "sha256": summary.sha256,
+            "metadataSha256": summary.metadata_sha256, "metadata": summary.document()}
+
+
+def _verify(store: ArtifactStore, version: int) -> VersionSummary:
+    # The digest is taken over the very bytes that are parsed and checked here, within the bounds of
+    # modelloop.artifacts.limits (bytes, JSON values, nesting) and the strict schema.
+    source = f"{store.version_uri(version)}/{METADATA_FILE}"
     raw = store.read_metadata_bytes(version, max_bytes=SETTINGS.max_metadata_bytes)
-    meta = decode_metadata(raw, source=f"{store.version_uri(version)}/{METADATA_FILE}")  # schema-validated
-    if meta["version"] != version:
-        raise ArtifactIntegrityError(f"{store.version_uri(version)}/metadata.json says version {meta['version']}")
-    files = [meta["model"], *([meta["onnx"]] if (meta.get("onnx") or {}).get("file") else [])]
-    for recorded in files:  # model.skops, and model.onnx when the version has one
-        found = store.file_sha256(version, recorded["file"], max_bytes=SETTINGS.max_model_bytes)
-        if found != (recorded["sha256"], recorded["size"]):
-            raise ArtifactIntegrityError(f"{store.version_uri(version)}/{recorded['file']}: sha256 or size does not "
+    with _parsing:
+        meta = parse_metadata(raw, source=source,
+                              limits=dataclasses.replace(current_limits(), metadata_bytes=SETTINGS.max_metadata_bytes))
+        summary = VersionSummary.of(meta, uri=store.version_uri(version), metadata_sha256=sha256_bytes(raw))
+        files = [(f.file, f.sha256, f.size) for f in (meta.model, meta.onnx) if f is not None and f.file]
+    del raw, meta  # the summary is all that is kept
+    if summary.version != version:
+        raise ArtifactIntegrityError(f"{source} says version {summary.version}")
+    for name, sha256, size in files:  # model.skops, and model.onnx when the version has one
+        if store.file_sha256(version, name, max_bytes=SETTINGS.max_model_bytes) != (sha256, size):
+            raise ArtifactIntegrityError(f"{store.version_uri(version)}/{name}: sha256 or size does not "
                                          f"match metadata.json; the artifact was modified after it was written")
-    sha256 = meta["model"]["sha256"]
-    metric = {**meta["metric"], "display": f"{meta['metric']['value']:.4g}"}  # for reading (printer columns)
-    result = {"uri": store.version_uri(version), "metrics": meta["metrics"], "metric": metric,
-              "sha256": sha256, "metadataSha256": sha256_bytes(raw), "metadata": meta}
-    _verified.put(key, result)
-    return result
+    return summary
 
 
 def read_dataset(uri: str, credentials: Credentials, field: str) -> bytes:

@@ -8,6 +8,8 @@ port").
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import threading
 from typing import Any, Iterator, Sequence
@@ -108,23 +110,26 @@ class PredictionDistribution:
     published once at least `min_rows` rows arrived since the previous publication. Until then /metrics
     shows the previous counts, so two readings differ by no row or by `min_rows` rows or more."""
 
+    # Batches up to this many rows are binned in Python: numpy's calls cost more than they save on a few rows.
+    SMALL_BATCH = 32
+
     def __init__(self, classifier: bool, buckets: Sequence[float], min_rows: int) -> None:
         if min_rows < 1:
             raise ValueError(f"min_rows {min_rows} must be at least 1")
         self.classifier = classifier
         self.min_rows = min_rows
-        self.upper = np.array([*buckets, math.inf])  # the histogram's `le` bounds
+        self.upper = [*buckets, math.inf]  # the histogram's `le` bounds
         self._lock = threading.Lock()
         self._pending_rows = 0
         self._pending_classes: dict[Any, int] = {}
-        self._pending_bins = np.zeros(len(self.upper), dtype=np.int64)
+        self._pending_bins = [0] * len(self.upper)
         self._pending_sum = 0.0
         self._classes: dict[str, int] = {}  # published from here on
-        self._bins = np.zeros(len(self.upper), dtype=np.int64)
+        self._bins = [0] * len(self.upper)
         self._sum = 0.0
 
     def observe(self, predictions: np.ndarray) -> None:
-        """Count a batch's predictions (on the prediction thread): a few numpy calls per batch."""
+        """Count a batch's predictions (on the prediction thread)."""
         if self.classifier:
             values, counts = np.unique(predictions.astype(str) if predictions.dtype == object else predictions,
                                        return_counts=True)
@@ -133,29 +138,37 @@ class PredictionDistribution:
                 for value, count in zip(values.tolist(), counts.tolist()):
                     pending[value] = pending.get(value, 0) + count
                 self._pending_rows += len(predictions)
-                self._publish_when_due()
+                if self._pending_rows >= self.min_rows:
+                    self._publish()
             return
-        values = np.asarray(predictions, dtype=np.float64).reshape(-1)
-        # bucket i counts the values <= upper[i] and > upper[i-1] (NaN: in +Inf's)
-        slots = np.minimum(np.searchsorted(self.upper, values, side="left"), len(self.upper) - 1)
-        bins = np.bincount(slots, minlength=len(self.upper))
-        total = float(values.sum())
+        # bucket i counts the values <= upper[i] and > upper[i-1]; NaN counts in +Inf's
+        upper, last = self.upper, len(self.upper) - 1
+        if len(predictions) > self.SMALL_BATCH:
+            array = np.asarray(predictions, dtype=np.float64).reshape(-1)
+            binned = np.bincount(np.minimum(np.searchsorted(upper, array, side="left"), last), minlength=len(upper))
+            total = float(array.sum())
         with self._lock:
-            self._pending_bins += bins
-            self._pending_sum += total
-            self._pending_rows += len(values)
-            self._publish_when_due()
+            bins = self._pending_bins
+            if len(predictions) > self.SMALL_BATCH:
+                for slot, count in enumerate(binned.tolist()):
+                    bins[slot] += count
+                self._pending_sum += total
+            else:
+                for value in predictions.tolist():
+                    bins[bisect.bisect_left(upper, value) if value == value else last] += 1
+                    self._pending_sum += value
+            self._pending_rows += len(predictions)
+            if self._pending_rows >= self.min_rows:
+                self._publish()
 
-    def _publish_when_due(self) -> None:
-        if self._pending_rows < self.min_rows:
-            return
+    def _publish(self) -> None:
         for value, count in self._pending_classes.items():
             label = str(value)
             self._classes[label] = self._classes.get(label, 0) + count
-        self._bins = self._bins + self._pending_bins
+        self._bins = [published + pending for published, pending in zip(self._bins, self._pending_bins)]
         self._sum += self._pending_sum
         self._pending_classes = {}
-        self._pending_bins = np.zeros(len(self.upper), dtype=np.int64)
+        self._pending_bins = [0] * len(self.upper)
         self._pending_sum = 0.0
         self._pending_rows = 0
 
@@ -169,9 +182,8 @@ class PredictionDistribution:
                 family.add_metric([label], count)
             yield family
             return
-        cumulative = np.cumsum(bins).tolist()
         histogram = HistogramMetricFamily(f"{PREFIX}_prediction_value", "Predicted values, published in windows "
                                           "of at least --sketch-min-rows rows.", labels=[])
-        histogram.add_metric([], [(floatToGoString(bound), count) for bound, count in zip(self.upper, cumulative)],
-                             total)
+        histogram.add_metric([], [(floatToGoString(bound), count)
+                                  for bound, count in zip(self.upper, itertools.accumulate(bins))], total)
         yield histogram

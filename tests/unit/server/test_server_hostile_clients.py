@@ -411,6 +411,8 @@ def test_the_prediction_histogram_is_published_in_windows_of_min_rows() -> None:
     metrics.observe_batch(1, 1, 0.001, np.array([9.0]))
     assert buckets() == {'le="1.0"': 1.0, 'le="2.0"': 2.0, 'le="+Inf"': 3.0}
     assert "modelloop_server_prediction_value_sum 11.0" in metrics.exposition().decode()
+    metrics.observe_batch(40, 1, 0.001, np.array([1.0, 2.0, 3.0, 0.0] * 10))  # a large batch: binned by numpy
+    assert buckets() == {'le="1.0"': 21.0, 'le="2.0"': 32.0, 'le="+Inf"': 43.0}
 
 
 # -- the setting ---------------------------------------------------------------------------------------------

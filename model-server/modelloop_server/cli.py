@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               max_body_bytes=config.max_body_bytes, drain_seconds=config.drain_seconds,
               model_pinned=config.model_sha256 is not None, metadata_pinned=config.metadata_sha256 is not None,
               runtime=config.runtime,
-              max_concurrency=config.max_concurrency, max_queue=config.max_queue, max_rows=config.max_rows)
+              max_concurrency=config.max_concurrency, max_queue=config.max_queue, max_rows=config.max_rows,
+              max_string_length=config.max_string_length)
     server = build_server(config)
     server.run()
     if server.fatal_reason is not None:

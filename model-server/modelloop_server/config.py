@@ -48,6 +48,7 @@ class ServerConfig:
     max_concurrency: int = 128
     max_queue: int = 64
     max_rows: int = 10_000
+    max_string_length: int = 1024
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 30.0
     keep_alive_seconds: float = 5.0
@@ -117,7 +118,12 @@ _OPTIONS: dict[str, tuple[str, type, str]] = {
                         "most inference requests in flight; more get 503 with Retry-After (default 128)"),
     "max_queue": ("MODELLOOP_MAX_QUEUE", int,
                   "most requests waiting for a prediction call; more get 503 with Retry-After (default 64)"),
-    "max_rows": ("MODELLOOP_MAX_ROWS", int, "most rows in one request; more get 413 (default 10000)"),
+    "max_rows": ("MODELLOOP_MAX_ROWS", int, "most rows in one request, counted before their values are read; "
+                 "more get 413, and so does a body holding more JSON values than that many rows take "
+                 "(default 10000)"),
+    "max_string_length": ("MODELLOOP_MAX_STRING_LENGTH", int,
+                          "most characters in one text value of a request (a number sent for a text feature "
+                          "counts its digits); longer gets 413 (default 1024)"),
     "header_timeout_seconds": ("MODELLOOP_HEADER_TIMEOUT_SECONDS", float,
                                "a connection that has not sent a request's headers within this is answered 408 "
                                "and closed (default 10)"),
@@ -201,7 +207,8 @@ def _check(parser: argparse.ArgumentParser, config: ServerConfig) -> None:
         if digest is not None and not SHA256.match(digest):
             parser.error(f"{flag} {digest!r} must be 64 lowercase hexadecimal digits")
     for flag, value in (("--max-concurrency", config.max_concurrency), ("--max-queue", config.max_queue),
-                        ("--max-rows", config.max_rows), ("--max-header-bytes", config.max_header_bytes),
+                        ("--max-rows", config.max_rows), ("--max-string-length", config.max_string_length),
+                        ("--max-header-bytes", config.max_header_bytes),
                         ("--sketch-min-rows", config.sketch_min_rows), ("--max-feedback-ids", config.max_feedback_ids)):
         if value < 1:
             parser.error(f"{flag} {value} must be at least 1")

@@ -11,16 +11,23 @@ class ClientError(Exception):
     to its end, so nothing else can be read from the connection."""
 
     def __init__(self, status: int, message: str, *, close: bool = False,
-                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+                 headers: tuple[tuple[bytes, bytes], ...] = (), limit: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.close = close
         self.headers = headers
+        self.limit = limit  # the server limit that refused the request: modelloop_server_refused_total{limit}
 
 
 def bad_request(message: str) -> ClientError:
     return ClientError(400, message)
+
+
+def over_limit(limit: str, message: str, *, close: bool = False) -> ClientError:
+    """413: the request is larger than a server limit allows; `message` names the rule and its setting, never
+    the refused content."""
+    return ClientError(413, message, close=close, limit=limit)
 
 
 def unavailable(message: str) -> ClientError:

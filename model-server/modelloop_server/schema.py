@@ -8,19 +8,62 @@ Rows are kept in one of two forms, chosen once per model:
 - columns: a dict feature name -> 1-D array (float64 for numbers, object holding str or None for
   text), when some feature is text.
 Both merge by concatenation, so a batch of requests is one prediction call.
+
+A client's request is bounded before it costs anything (`RequestLimits`): its rows are counted before
+its values are converted, and each text value is measured before it is kept (a number is measured
+before its text is written: `1e308` as text has 309 digits).
 """
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 from modelloop.artifacts.metadata import is_text_feature
 
-from .errors import bad_request
+from .errors import ClientError, bad_request, over_limit
 
 Rows = Union[np.ndarray, dict[str, np.ndarray]]
+# JSON values a request may hold besides its rows: id, parameters, outputs, input names and shapes.
+ENVELOPE_VALUES = 4096
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may hold (docs/security.md, "Clients of the inference port"); each is checked before
+    the work it bounds."""
+
+    max_rows: int  # --max-rows
+    max_string_length: int  # --max-string-length: characters of one text value
+    # JSON values (numbers, strings, lists, objects, keys) of one body, counted before it is parsed
+    max_values: int
+
+    @classmethod
+    def for_model(cls, *, max_rows: int, max_string_length: int, features: int) -> RequestLimits:
+        """The limits for a model of `features` features. A body may hold the JSON values that max_rows rows
+        take in the most verbose form the server reads (V1 objects: a key and a value per feature; V2 [n, 1]
+        columns: a list per value), with half as much again for separators inside text, plus the envelope."""
+        return cls(max_rows, max_string_length, max_values=3 * max_rows * (features + 1) + ENVELOPE_VALUES)
+
+
+def too_many_rows(count: int, limits: RequestLimits) -> ClientError:
+    return over_limit("rows", f"the request holds {count} rows; the limit is {limits.max_rows} rows per request "
+                              "(--max-rows); send them in several requests")
+
+
+def check_column_rows(columns: Mapping[str, Any], limits: RequestLimits) -> None:
+    """Each list of values of `columns` (feature name -> values) is held to `limits.max_rows` before any is
+    converted."""
+    for values in columns.values():
+        if isinstance(values, list) and len(values) > limits.max_rows:
+            raise too_many_rows(len(values), limits)
+
+
+def too_long(what: str, max_length: int) -> ClientError:
+    return over_limit("string_length", f"{what} holds a text value longer than {max_length} characters, the "
+                                       "limit per value (--max-string-length)")
 
 
 @dataclass(frozen=True)
@@ -74,8 +117,11 @@ class InputSchema:
                               f"rows of the {len(self.names)} features {', '.join(self.names)}")
         return matrix
 
-    def rows_from_columns(self, columns: Mapping[str, Any], what: str) -> Rows:
-        """One sequence of values per feature, every feature present, all of one length."""
+    def rows_from_columns(self, columns: Mapping[str, Any], what: str, max_string_length: int | None = None
+                          ) -> Rows:
+        """One sequence of values per feature, every feature present, all of one length; text values of at
+        most `max_string_length` characters. (The callers bound the lengths before: V2 by the shapes, V1 by
+        `check_column_rows`.)"""
         unknown = [name for name in columns if name not in self.by_name]
         if unknown:
             raise bad_request(f"{what}: unknown feature {unknown[0]!r}; the model's features are "
@@ -90,7 +136,7 @@ class InputSchema:
             values = columns[feature.name]
             where = f"{what} feature {feature.name!r}"
             if feature.text:
-                array = text_array(values, where)
+                array = text_array(values, where, max_string_length)
             else:
                 array = numeric_array(values, where)
                 if array.ndim == 2 and array.shape[1] == 1:
@@ -108,10 +154,13 @@ class InputSchema:
                 np.empty((0, len(self.names)))
         return arrays
 
-    def rows_from_records(self, records: Sequence[Any], what: str) -> Rows:
+    def rows_from_records(self, records: Sequence[Any], what: str, limits: RequestLimits | None = None) -> Rows:
         """A list of rows, each either a list of values in feature order or an object keyed by feature name."""
         if not records:
             raise bad_request(f"{what} is empty; send at least one row")
+        if limits is not None and len(records) > limits.max_rows:
+            raise too_many_rows(len(records), limits)
+        max_length = limits.max_string_length if limits is not None else None
         if all(isinstance(r, Mapping) for r in records):
             columns: dict[str, list[Any]] = {name: [] for name in self.names}
             for i, record in enumerate(records):
@@ -123,7 +172,7 @@ class InputSchema:
                     if name not in record:
                         raise bad_request(f"{what}[{i}]: missing feature {name!r}")
                     columns[name].append(record[name])
-            return self.rows_from_columns(columns, what)
+            return self.rows_from_columns(columns, what, max_length)
         if not all(isinstance(r, list) for r in records):
             raise bad_request(f"{what} must be a list of rows: each a list of {len(self.names)} values in "
                               f"feature order, or an object keyed by feature name")
@@ -133,7 +182,8 @@ class InputSchema:
             if len(record) != len(self.names):
                 raise bad_request(f"{what}[{i}] has {len(record)} values; expected {len(self.names)}: "
                                   f"{', '.join(self.names)}")
-        return self.rows_from_columns({name: [r[j] for r in records] for j, name in enumerate(self.names)}, what)
+        return self.rows_from_columns({name: [r[j] for r in records] for j, name in enumerate(self.names)}, what,
+                                      max_length)
 
     # -- batches ------------------------------------------------------------------------------------
 
@@ -181,8 +231,9 @@ def _first_non_number(values: Any) -> Any:
     return []
 
 
-def text_array(values: Any, what: str) -> np.ndarray:
-    """A 1-D object array of str or None (None, NaN and "" are missing, numbers become their text)."""
+def text_array(values: Any, what: str, max_length: int | None = None) -> np.ndarray:
+    """A 1-D object array of str or None (None, NaN and "" are missing, numbers become their text); a text
+    value longer than `max_length` characters is refused before it is kept."""
     if isinstance(values, np.ndarray):
         values = values.tolist()
     if not isinstance(values, list):
@@ -191,16 +242,37 @@ def text_array(values: Any, what: str) -> np.ndarray:
         if not all(isinstance(v, list) and len(v) == 1 for v in values):
             raise bad_request(f"{what} must be a list with one value per row")
         values = [v[0] for v in values]
+    if max_length is None:
+        max_length = sys.maxsize
+    # An integral float is written with one digit per power of ten: the largest whose text can fit, checked
+    # before its text is written (1e308 has 309 digits).
+    largest = 10.0 ** max_length if max_length < 308 else math.inf
     out = np.empty(len(values), dtype=object)
     for i, value in enumerate(values):
         if value is None or isinstance(value, str):
-            out[i] = value if value != "" else None
-        elif isinstance(value, float):
-            out[i] = None if math.isnan(value) else (str(int(value)) if value.is_integer() else str(value))
+            if value == "":
+                value = None
+            elif value is not None and len(value) > max_length:
+                raise too_long(what, max_length)
+            out[i] = value
+            continue
+        if isinstance(value, float):
+            if math.isnan(value):
+                out[i] = None
+                continue
+            if not value.is_integer():
+                text = str(value)
+            elif abs(value) < largest:
+                text = str(int(value))
+            else:
+                raise too_long(what, max_length)
         elif isinstance(value, (bool, int)):
-            out[i] = str(value).lower() if isinstance(value, bool) else str(value)
+            text = str(value).lower() if isinstance(value, bool) else str(value)
         else:
             raise bad_request(f"{what}[{i}] must be a string or number; found {_show(value)}")
+        if len(text) > max_length:
+            raise too_long(what, max_length)
+        out[i] = text
     return out
 
 

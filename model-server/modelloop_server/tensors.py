@@ -1,5 +1,10 @@
 """Tensors of the Open Inference Protocol (KServe V2): datatypes, shapes, JSON data and the binary tensor
 data extension (raw little-endian bytes after the JSON header; BYTES elements as 4-byte length + bytes).
+
+A tensor's declared rows are held to `max_rows` before its data is read, and binary BYTES to at most one
+value per feature in each row: splitting them is bounded by the rows, not by the body (4-byte empty
+elements of a 16 MiB body would be 4 million). JSON data is bounded by the values its body may hold
+(v2.parse_json).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import bad_request
+from .schema import RequestLimits, too_long, too_many_rows
 
 # V2 datatype -> numpy dtype of its binary form (BYTES has none: length-prefixed elements).
 NUMPY_DTYPES: dict[str, str] = {
@@ -41,8 +47,10 @@ def datatype_of(array: np.ndarray) -> str:
     return "BYTES"
 
 
-def parse_tensors(items: Any, binary: memoryview | None, *, field: str = "inputs") -> list[Tensor]:
-    """Validate the `inputs` of a V2 request; `binary` holds the bytes after the JSON header, if any."""
+def parse_tensors(items: Any, binary: memoryview | None, *, limits: RequestLimits, row_width: int,
+                  field: str = "inputs") -> list[Tensor]:
+    """Validate the `inputs` of a V2 request; `binary` holds the bytes after the JSON header, if any. Each
+    input's shape is held to `limits.max_rows` rows of at most `row_width` values before its data is read."""
     if not isinstance(items, list) or not items:
         raise bad_request(f"'{field}' must be a non-empty list of tensors "
                           '({"name": ..., "datatype": ..., "shape": [...], "data": [...]})')
@@ -65,6 +73,8 @@ def parse_tensors(items: Any, binary: memoryview | None, *, field: str = "inputs
         if (not isinstance(shape, list) or not shape
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             raise bad_request(f"input {name!r} has shape {shape!r}; expected a list of non-negative integers")
+        if shape[0] > limits.max_rows:
+            raise too_many_rows(shape[0], limits)
         params = item.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
@@ -74,7 +84,10 @@ def parse_tensors(items: Any, binary: memoryview | None, *, field: str = "inputs
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise bad_request(f"input {name!r} has binary_data_size {size!r} but only "
                                   f"{len(binary) - offset} binary bytes remain")
-            data = _from_binary(name, datatype, shape, binary[offset:offset + size])
+            if datatype == "BYTES" and math.prod(shape[1:]) > row_width:  # (the elements it would split)
+                raise bad_request(f"input {name!r} has shape {shape}: rows of {math.prod(shape[1:])} values; the "
+                                  f"model's rows hold {row_width} (one value per feature)")
+            data = _from_binary(name, datatype, shape, binary[offset:offset + size], limits.max_string_length)
             offset += size
         else:
             if "data" not in item:
@@ -98,9 +111,9 @@ def check_size(tensor: Tensor, array: np.ndarray) -> np.ndarray:
     return array.reshape(tensor.shape)
 
 
-def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) -> Any:
+def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview, max_length: int) -> Any:
     if datatype == "BYTES":
-        return _split_bytes(name, raw)
+        return _split_bytes(name, raw, math.prod(shape), max_length)
     dtype = np.dtype(NUMPY_DTYPES[datatype])
     if len(raw) % dtype.itemsize:
         raise bad_request(f"input {name!r}: {len(raw)} binary bytes is not a whole number of {datatype} "
@@ -108,20 +121,30 @@ def _from_binary(name: str, datatype: str, shape: list[int], raw: memoryview) ->
     return np.frombuffer(raw, dtype=dtype)
 
 
-def _split_bytes(name: str, raw: memoryview) -> list[str]:
+def _split_bytes(name: str, raw: memoryview, count: int, max_length: int) -> list[str]:
+    """The `count` elements of the shape, each refused when longer than `max_length` characters (a UTF-8
+    character has at most 4 bytes: longer elements are refused before they are decoded)."""
     values: list[str] = []
     offset = 0
+    max_bytes = 4 * max_length
     while offset < len(raw):
+        if len(values) == count:
+            raise bad_request(f"input {name!r}: the binary data holds more BYTES elements than its shape's {count}")
         if offset + 4 > len(raw):
             raise bad_request(f"input {name!r}: truncated BYTES element length at byte {offset}")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
             raise bad_request(f"input {name!r}: BYTES element of {length} bytes runs past the binary data")
+        if length > max_bytes:
+            raise too_long(f"input {name!r}", max_length)
         try:
-            values.append(bytes(raw[offset:offset + length]).decode("utf-8"))
+            text = bytes(raw[offset:offset + length]).decode("utf-8")
         except UnicodeDecodeError:
             raise bad_request(f"input {name!r}: BYTES element at byte {offset} is not UTF-8 text") from None
+        if len(text) > max_length:
+            raise too_long(f"input {name!r}", max_length)
+        values.append(text)
         offset += length
     return values
 

@@ -11,26 +11,28 @@ import orjson
 
 from .errors import bad_request
 from .model import ServedModel
-from .schema import Rows
+from .schema import RequestLimits, Rows, check_column_rows, too_many_rows
 from .v2 import parse_json
 
 
-def decode_predict(body: bytes, model: ServedModel) -> tuple[Rows, int]:
-    doc = parse_json(body)
+def decode_predict(body: bytes | bytearray, model: ServedModel, limits: RequestLimits) -> tuple[Rows, int]:
+    """The rows of a V1 body, held to `limits` (the JSON values before parsing, the rows before conversion)."""
+    schema = model.schema
+    doc = parse_json(body, limits)
     if not isinstance(doc, dict):
         raise bad_request("the request body must be a JSON object with 'instances' or 'inputs'")
-    schema = model.schema
     if "instances" in doc:
         instances = doc["instances"]
         if not isinstance(instances, list):
             raise bad_request("'instances' must be a list of rows")
-        rows = schema.rows_from_records(instances, "instances")
+        rows = schema.rows_from_records(instances, "instances", limits)
     elif "inputs" in doc:
         inputs = doc["inputs"]
         if isinstance(inputs, dict):
-            rows = schema.rows_from_columns(inputs, "inputs")
+            check_column_rows(inputs, limits)
+            rows = schema.rows_from_columns(inputs, "inputs", limits.max_string_length)
         elif isinstance(inputs, list):
-            rows = schema.rows_from_records(inputs, "inputs")
+            rows = schema.rows_from_records(inputs, "inputs", limits)
         else:
             raise bad_request("'inputs' must be a list of rows or an object of feature name -> values")
     else:
@@ -38,6 +40,8 @@ def decode_predict(body: bytes, model: ServedModel) -> tuple[Rows, int]:
     count = schema.count(rows)
     if count == 0:
         raise bad_request("the request holds no rows; send at least one")
+    if count > limits.max_rows:
+        raise too_many_rows(count, limits)
     return rows, count
 
 

@@ -7,6 +7,10 @@ Two input forms are accepted:
 - one input per feature, named after it, of shape [n] (or [n, 1]); text features use BYTES.
 Outputs: `predict` and, for classifiers, `predict_proba` (asked for with `outputs` or the request
 parameter `predict_proba: true`). The binary tensor data extension works for inputs and outputs.
+
+Decoding is bounded by the request limits (schema.RequestLimits) before each step's work: the JSON
+values a body may hold are counted before it is parsed (`parse_json`), each input's rows before its data
+is converted (tensors.parse_tensors), each text value before it is kept.
 """
 from __future__ import annotations
 
@@ -19,9 +23,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .errors import bad_request
+from .errors import bad_request, over_limit
 from .model import PREDICT, PREDICT_PROBA, ServedModel
-from .schema import Rows, numeric_array
+from .schema import RequestLimits, Rows, numeric_array, too_many_rows
 from .tensors import Tensor, check_size, datatype_of, encode_binary, parse_tensors
 
 SERVER_NAME = "modelloop-server"
@@ -42,14 +46,16 @@ class InferRequest:
         return PREDICT_PROBA in self.outputs
 
 
-def decode_infer(body: bytes, model: ServedModel, *, json_length: int | None = None) -> InferRequest:
+def decode_infer(body: bytes | bytearray, model: ServedModel, limits: RequestLimits, json_length: int | None = None
+                 ) -> InferRequest:
     binary: memoryview | None = None
     if json_length is not None:
         if not 0 <= json_length <= len(body):
             raise bad_request(f"{BINARY_HEADER} is {json_length} but the body has {len(body)} bytes")
         binary = memoryview(body)[json_length:]
         body = body[:json_length]
-    doc = parse_json(body)
+    schema = model.schema
+    doc = parse_json(body, limits)
     if not isinstance(doc, dict):
         raise bad_request("the request body must be a JSON object with 'inputs'")
     params = doc.get("parameters") or {}
@@ -58,10 +64,13 @@ def decode_infer(body: bytes, model: ServedModel, *, json_length: int | None = N
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad_request("'id' must be a string")
-    rows = _rows(parse_tensors(doc.get("inputs"), binary), model)
-    count = model.schema.count(rows)
+    tensors = parse_tensors(doc.get("inputs"), binary, limits=limits, row_width=len(schema.names))
+    rows = _rows(tensors, model, limits)
+    count = schema.count(rows)
     if count == 0:
         raise bad_request("the inputs hold no rows; send at least one")
+    if count > limits.max_rows:
+        raise too_many_rows(count, limits)
     outputs, binary_outputs = _outputs(doc.get("outputs"), params, model)
     return InferRequest(rows, count, outputs, binary_outputs, request_id)
 
@@ -120,16 +129,35 @@ def model_metadata(model: ServedModel) -> dict[str, Any]:
     }
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes | bytearray, limits: RequestLimits) -> Any:
+    """The JSON document of a request body holding at most `limits.max_values` values, counted before it is
+    parsed: parsing costs time and memory per value (an empty list takes 56 bytes for its 3 bytes of
+    text), so a body within --max-body-bytes could otherwise cost seconds and gigabytes."""
     if not body:
         raise bad_request("the request body is empty; expected a JSON object")
+    max_values = limits.max_values
+    if len(body) > max_values and json_values_bound(body, max_values) > max_values:
+        raise over_limit("values", f"the request body holds more JSON values than {limits.max_rows} rows take "
+                                   f"(at most {max_values}, from --max-rows); send fewer rows per request")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from None
 
 
-def _rows(tensors: list[Tensor], model: ServedModel) -> Rows:
+def json_values_bound(text: bytes | bytearray, stop_above: int) -> int:
+    """At least the number of values and keys in the JSON document `text`, from its bytes alone: each but the
+    first follows a '[', '{', ',' or ':' (one inside a string counts too, so the bound only errs high). Once
+    above `stop_above`, the remaining separators are not counted (each count is a pass over the body)."""
+    bound = 1
+    for separator in (b",", b"[", b":", b"{"):
+        bound += text.count(separator)
+        if bound > stop_above:
+            break
+    return bound
+
+
+def _rows(tensors: list[Tensor], model: ServedModel, limits: RequestLimits) -> Rows:
     schema = model.schema
     if len(tensors) == 1 and tensors[0].name not in schema.by_name:
         tensor = tensors[0]
@@ -166,7 +194,7 @@ def _rows(tensors: list[Tensor], model: ServedModel) -> Rows:
                 raise bad_request(f"{what} has datatype BYTES; feature {feature.name!r} is numeric, send "
                                   f"{feature.datatype} (or another numeric datatype)")
             columns[tensor.name] = check_size(tensor, numeric_array(tensor.data, what)).reshape(-1)
-    return schema.rows_from_columns(columns, "inputs")
+    return schema.rows_from_columns(columns, "inputs", limits.max_string_length)
 
 
 def _flat_text(tensor: Tensor) -> list[Any]:

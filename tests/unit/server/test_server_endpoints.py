@@ -249,12 +249,17 @@ def test_metrics_count_requests_latency_batches_and_predictions(prices: ServerPr
     assert prices.metric("modelloop_server_model_info", {"model": "prices", "version": "1", "sha256": sha256}) == 1
 
 
-def test_metrics_count_predictions_per_class_for_classifiers(flowers: ServerProcess, client: httpx.Client) -> None:
-    labels = client.post(f"{flowers.url}/v2/models/flowers/infer", json=v2_matrix(ROWS)).json()["outputs"][0]["data"]
+def test_metrics_count_predictions_per_class_for_classifiers(churn: ServerProcess, client: httpx.Client) -> None:
+    # churn publishes after every row (--sketch-min-rows 1); flowers' default window is in
+    # test_server_hostile_clients.py
+    instances = [{"tenure": 3.0, "spend": 10.0, "plan": "basic", "region": 1},
+                 {"tenure": 20.0, "spend": 90.0, "plan": "pro", "region": 2}]
+    url = f"{churn.url}/v1/models/churn-model:predict"
+    labels = client.post(url, json={"instances": instances}).json()["predictions"]
     label = labels[0]
-    before = flowers.metric("modelloop_server_predictions_total", {"class": label})
-    client.post(f"{flowers.url}/v2/models/flowers/infer", json=v2_matrix(ROWS))
-    assert flowers.metric("modelloop_server_predictions_total", {"class": label}) == before + labels.count(label)
+    before = churn.metric("modelloop_server_predictions_total", {"class": label})
+    client.post(url, json={"instances": instances})
+    assert churn.metric("modelloop_server_predictions_total", {"class": label}) == before + labels.count(label)
 
 
 def _sketch(server: ServerProcess, client: httpx.Client, path: str) -> dict:

@@ -23,12 +23,13 @@ import onnx.defs
 import pandas as pd
 import pytest
 import skops.io
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from modelloop.artifacts import ArtifactIntegrityError, OnnxPredictor, check_onnx_file, deserialize_model
 from modelloop.artifacts import onnx_model
 from modelloop.artifacts.metadata import FeatureSchema, OnnxInfo
 from modelloop.artifacts.onnx_model import REFUSED_OPERATORS, REVIEWED_OPSETS, SIZE_INPUTS, OnnxRunError, RunCancelled
+from tests.fixtures.onnx_graphs import const, loop_body
 
 ROOT = Path(__file__).resolve().parents[3]
 X = helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 1])
@@ -42,21 +43,6 @@ HUGE = 2 ** 62
 def model_of(nodes: list, initializers: list | None = None, inputs: list | None = None) -> bytes:
     graph = helper.make_graph(nodes, "g", inputs or [X], [PREDICT], initializers or [])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString()
-
-
-def const(name: str, value) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(value), name)
-
-
-def loop_body() -> onnx.GraphProto:
-    """Carries `acc` through unchanged and keeps the loop's condition as it came."""
-    return helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["acc_in"], ["acc_out"])],
-        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-                 helper.make_tensor_value_info("acc_in", TensorProto.DOUBLE, [None, 1])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.DOUBLE, [None, 1])])
 
 
 def loop_counted_by_the_input() -> bytes:

@@ -19,11 +19,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from modelloop.artifacts import sha256_bytes
 from modelloop_server.app import ModelServerApp
 from modelloop_server.config import ServerConfig
+from tests.fixtures.onnx_graphs import const, loop_body
 
 from .conftest import (
     Artifact, ServerProcess, free_port, refused_at_start, running, serve_in_thread, v2_columns, v2_matrix,
@@ -97,10 +98,6 @@ def test_requests_queued_behind_a_stuck_call_are_answered_503_not_left_waiting(a
 
 # -- onnxruntime, in real server processes -------------------------------------------------------------------
 
-def const(name: str, value: Any) -> Any:
-    return numpy_helper.from_array(np.asarray(value), name)
-
-
 def prices_graph(*nodes: Any, initializers: tuple = ()) -> bytes:
     """A graph over the prices model's features (size, rooms) whose `looped` output is its prediction."""
     inputs = [helper.make_tensor_value_info(name, TensorProto.DOUBLE, [None, 1]) for name in ("size", "rooms")]
@@ -110,16 +107,6 @@ def prices_graph(*nodes: Any, initializers: tuple = ()) -> bytes:
                               [helper.make_tensor_value_info("predict", TensorProto.DOUBLE, [None, 1])],
                               [const("zero", 0.0), *initializers])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString()
-
-
-def loop_body() -> Any:
-    return helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Identity", ["acc_in"], ["acc_out"])],
-        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-                 helper.make_tensor_value_info("acc_in", TensorProto.DOUBLE, [None, 1])],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc_out", TensorProto.DOUBLE, [None, 1])])
 
 
 def loop_of_2_62_while(compare: str) -> bytes:

@@ -26,25 +26,39 @@ from typing import Literal, Sequence
 
 from scipy import stats
 
+from .api.deployment import AnalysisSpec
+from .meta import parse_duration
+
 Verdict = Literal["pass", "fail", "wait", "skip"]
 Decision = Literal["wait", "promote", "reject"]
 
 
+_SPEC = AnalysisSpec()  # the defaults live in the API model (what `kubectl explain` shows)
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """The analysis settings (ModelDeployment spec.rollout.analysis)."""
+    """The analysis settings (ModelDeployment spec.rollout.analysis), with its defaults."""
 
-    min_requests: int = 500              # challenger answers before anything is decided
-    window_seconds: float = 600.0        # and at least this long
-    min_labels: int = 200                # labelled paired rows (classifiers: discordant ones count) for the test
-    require_labels: bool = False         # wait for min_labels instead of deciding without the performance gate
-    alpha: float = 0.05                  # one-sided level of each test
-    max_error_rate_increase: float = 0.01
-    max_latency_ratio: float = 1.5       # challenger p99 / champion p99
-    min_agreement: float = 0.8           # classifiers: identical labels
-    max_output_distance: float = 0.25    # regressors: Wasserstein distance / champion output sd
-    watch_seconds: float = 3600.0        # after a promotion
-    watch_looks: int = 60                # planned looks of the watch (alpha is split between them)
+    min_requests: int = _SPEC.min_requests        # challenger answers before anything is decided
+    window_seconds: float = parse_duration(_SPEC.window)  # and at least this long
+    min_labels: int = _SPEC.min_labels            # labelled paired rows (classifiers: discordant ones) for the test
+    require_labels: bool = _SPEC.require_labels   # wait for min_labels instead of deciding without performance
+    alpha: float = _SPEC.alpha                    # one-sided level of each test
+    max_error_rate_increase: float = _SPEC.max_error_rate_increase
+    max_latency_ratio: float = _SPEC.max_latency_ratio      # challenger p99 / champion p99
+    min_agreement: float = _SPEC.min_agreement              # classifiers: identical labels
+    max_output_distance: float = _SPEC.max_output_distance  # regressors: Wasserstein distance / champion output sd
+    watch_seconds: float = parse_duration(_SPEC.watch_for)  # after a promotion
+    watch_looks: int = 60                         # planned looks of the watch (alpha is split between them)
+
+    @classmethod
+    def from_spec(cls, spec: AnalysisSpec, watch_looks: int = 60) -> "Thresholds":
+        return cls(min_requests=spec.min_requests, window_seconds=parse_duration(spec.window),
+                   min_labels=spec.min_labels, require_labels=spec.require_labels, alpha=spec.alpha,
+                   max_error_rate_increase=spec.max_error_rate_increase, max_latency_ratio=spec.max_latency_ratio,
+                   min_agreement=spec.min_agreement, max_output_distance=spec.max_output_distance,
+                   watch_seconds=parse_duration(spec.watch_for), watch_looks=watch_looks)
 
 
 @dataclass(frozen=True)

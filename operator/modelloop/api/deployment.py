@@ -89,8 +89,92 @@ class ServerSpec(ApiModel):
                                                                         "1h")]))
 
 
+class ShadowSpec(ApiModel):
+    """strategy shadow: the champion copies a sample of its requests to the challenger, whose answers go nowhere."""
+
+    fraction: float = Field(default=1.0, gt=0, le=1, description=(
+        "Share of requests copied, sampled by a hash of the request id (a retried request samples the same way). "
+        "Copies never delay a user's request; they are dropped and counted when the challenger is slow or gone."))
+
+
+class CanarySpec(ApiModel):
+    """strategy canary: the challenger serves a growing share of users, one analysed step at a time."""
+
+    steps: list[int] = Field(default_factory=lambda: [25, 50], min_length=1, max_length=10, description=(
+        "The challenger's traffic weights in percent, in increasing order; each step is analysed before the next, "
+        "and after the last the challenger takes everything. Without spec.rollout.gateway the weight is carried "
+        "by pod counts behind the one Service (each version keeps at least one pod: with 4 replicas the steps "
+        "are 25% apart); status.rollout.trafficShare shows the share really given."),
+        json_schema_extra=extra(x_kubernetes_validations=[
+            cel("self.all(w, w >= 1 && w <= 99)", "spec.rollout.canary.steps must be percentages from 1 to 99"),
+            cel("self.isSorted() && self.all(w, self.indexOf(w) == self.lastIndexOf(w))",
+                "spec.rollout.canary.steps must increase"),
+        ]))
+
+
+class ParentRef(ApiModel):
+    """A Gateway API parent (a Gateway, or a listener of one) the rendered HTTPRoute attaches to."""
+
+    name: ObjectName = Field(description="Name of the Gateway.")
+    namespace: ObjectName | None = Field(default=None, description="Its namespace (default: this resource's).")
+    section_name: ObjectName | None = Field(default=None, description="A listener of the Gateway, by name.")
+
+
+class GatewaySpec(ApiModel):
+    """Canary weights through a Gateway API HTTPRoute instead of pod counts."""
+
+    parent_ref: ParentRef = Field(description=(
+        "The Gateway the operator's HTTPRoute (named like this resource) attaches to; its backendRefs carry the "
+        "champion's and the challenger's Services with the step's weights."))
+
+
+class AnalysisSpec(ApiModel):
+    """When a challenger is judged against the champion on live traffic, and the thresholds of each gate
+    (docs/challenger.md). A gate fails on evidence of harm beyond its tolerance, decided once per window."""
+
+    window: str = Field(default="10m", pattern=DURATION_PATTERN, max_length=32, description=(
+        "Shortest analysis, counted from the challenger's pods being Available (default 10m)."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.rollout.analysis.window", "10s",
+                                                                        "168h")]))
+    min_requests: int = Field(default=500, ge=1, le=100_000_000, description=(
+        "Requests the challenger must have answered before anything is decided."))
+    min_labels: int = Field(default=200, ge=1, le=100_000_000, description=(
+        "Labelled rows both versions predicted (classifiers: rows where they disagree) before the paired test "
+        "of live performance is made."))
+    require_labels: bool = Field(default=False, description=(
+        "Wait for minLabels before deciding; otherwise the performance gate is skipped (and says so) when "
+        "labels are fewer."))
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="One-sided level of each statistical test.")
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1, description=(
+        "Tolerated increase of the error rate (5xx answers) over the champion's."))
+    max_latency_ratio: float = Field(default=1.5, ge=1, le=100, description=(
+        "Largest challenger p99 latency over the champion's."))
+    min_agreement: float = Field(default=0.8, ge=0, le=1, description=(
+        "Classifiers: smallest share of rows given the same label by both versions."))
+    max_output_distance: float = Field(default=0.25, ge=0, le=100, description=(
+        "Regressors: largest Wasserstein distance between the two versions' outputs, in champion standard "
+        "deviations."))
+    watch_for: str = Field(default="1h", pattern=DURATION_PATTERN, max_length=32, description=(
+        "After a promotion, how long the new champion is watched against what the previous one showed; it is "
+        "rolled back when its error rate is significantly higher (default 1h)."),
+        json_schema_extra=extra(x_kubernetes_validations=[duration_rule("spec.rollout.analysis.watchFor", "0s",
+                                                                        "168h")]))
+
+
 class RolloutSpec(ApiModel):
     """How a new version replaces the serving one."""
+
+    strategy: Literal["direct", "shadow", "canary"] = Field(default="direct", description=(
+        "direct: a rolling update to the new version once it passes spec.promotion. shadow: the new version "
+        "first runs beside the serving one (the challenger) and is sent copies of live requests; canary: it "
+        "serves a growing share of users. In both, the operator compares it with the serving version on live "
+        "traffic (spec.rollout.analysis) and promotes or rejects it."))
+    shadow: ShadowSpec = Field(default_factory=ShadowSpec, description="Settings of strategy shadow.")
+    canary: CanarySpec = Field(default_factory=CanarySpec, description="Settings of strategy canary.")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description=(
+        "The live comparison of challenger and champion (strategies shadow and canary)."))
+    gateway: GatewaySpec | None = Field(default=None, description=(
+        "strategy canary: move the weight with a Gateway API HTTPRoute on this Gateway instead of pod counts."))
 
     progress_deadline_seconds: int = Field(default=300, ge=10, le=3600, description=(
         "A rollout not Available within this time is rolled back to the last Available version."))
@@ -100,6 +184,12 @@ class RolloutSpec(ApiModel):
             cel("type(self) == int ? self >= 1 : self.matches('^[1-9][0-9]{0,3}%$')",
                 "spec.rollout.maxSurge must be a number >= 1 or a percentage such as 25% (maxUnavailable is 0)"),
         ]))
+
+
+RolloutSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
+    cel("!has(self.gateway) || self.strategy == 'canary'",
+        "spec.rollout.gateway is used by strategy canary only", ".gateway"),
+])
 
 
 class FeedbackSpec(ApiModel):
@@ -151,6 +241,55 @@ ModelDeploymentSpec.model_config["json_schema_extra"] = extra(x_kubernetes_valid
 ])
 
 
+class GateStatus(ApiModel):
+    """One gate of the analysis: its current value against its threshold."""
+
+    name: Literal["errorRate", "latency", "agreement", "performance"] = Field(description="The gate.")
+    verdict: Literal["pass", "fail", "wait", "skip"] = Field(description=(
+        "pass or fail once decided (and as it stands before that); wait: not enough data; skip: not tested."))
+    value: float | None = Field(default=None, description=(
+        "errorRate: challenger minus champion error rate; latency: p99 ratio; agreement: share of identical "
+        "labels or output distance; performance: p-value of the paired test."))
+    threshold: float | None = Field(default=None, description="The spec.rollout.analysis threshold it is held to.")
+    message: str | None = Field(default=None, max_length=512, description="The numbers behind the verdict.")
+
+
+class RejectedVersion(ApiModel):
+    """A challenger the analysis (or a person) rejected: it is not promoted again by itself."""
+
+    version: int = Field(description="The rejected version.")
+    time: str | None = Field(default=None, description="When (RFC 3339).")
+    message: str | None = Field(default=None, max_length=1024, description="Why, with the gates' numbers.")
+
+
+class RolloutStatus(ApiModel):
+    """The live comparison of a challenger with the champion, and the watch after a promotion."""
+
+    strategy: Literal["direct", "shadow", "canary"] | None = Field(default=None, description="spec.rollout.strategy.")
+    phase: Literal["Stable", "Shadowing", "Canary", "Promoting", "Watching"] | None = Field(default=None, description=(
+        "Stable: one version serves; Shadowing / Canary: a challenger is analysed; Promoting: the champion is "
+        "rolling out the challenger's version; Watching: a new champion is watched against the previous one."))
+    champion: int | None = Field(default=None, description="The version serving users.")
+    challenger: int | None = Field(default=None, description="The version being analysed.")
+    challenger_uri: str | None = Field(default=None, description="Artifact URI of the challenger.")
+    challenger_sha256: str | None = Field(default=None, description="sha256 of the challenger's model file.")
+    challenger_metadata_sha256: str | None = Field(default=None, description="sha256 of its metadata.json.")
+    challenger_metric: MetricValue | None = Field(default=None, description="Hold-out metric of the challenger.")
+    step: int | None = Field(default=None, description="Canary: index into spec.rollout.canary.steps.")
+    traffic_share: float | None = Field(default=None, description=(
+        "Share of user traffic the challenger serves (0 while shadowing; by replicas or route weights in canary)."))
+    started_at: str | None = Field(default=None, description=(
+        "When the analysis window (or the watch) started: the challenger's pods Available, or the promotion."))
+    gates: list[GateStatus] | None = Field(default=None, description="The gates as of the last check.")
+    message: str | None = Field(default=None, max_length=2048, description="What the analysis is doing or decided.")
+    previous: int | None = Field(default=None, description="Watching: the version the new champion replaced.")
+    previous_requests: int | None = Field(default=None, description=(
+        "Watching: requests the previous champion answered during the analysis."))
+    previous_errors: int | None = Field(default=None, description="Watching: and its errors among them.")
+    rejected: list[RejectedVersion] | None = Field(default=None, description=(
+        "Challengers rejected on live traffic, newest last (at most 20)."))
+
+
 class ModelDeploymentStatus(ApiModel):
     """Observed state of a ModelDeployment."""
 
@@ -176,6 +315,8 @@ class ModelDeploymentStatus(ApiModel):
     candidate_version: int | None = Field(default=None, description=(
         "Newest version of the training not (yet) promoted, when one is held back."))
     promotion_message: str | None = Field(default=None, description="Why the candidate was not promoted.")
+    rollout: RolloutStatus | None = Field(default=None, description=(
+        "Strategies shadow and canary: champion, challenger, phase, traffic share and the analysis gates."))
     url: str | None = Field(default=None, description="In-cluster V2 inference endpoint.")
     replicas: int | None = Field(default=None, description="Pods of the server Deployment.")
     ready_replicas: int | None = Field(default=None, description="Ready pods of the server Deployment.")
@@ -206,6 +347,9 @@ KIND = {
         {"name": "Version", "type": "integer", "jsonPath": ".status.modelVersion"},
         {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas"},
         {"name": "Metric", "type": "string", "jsonPath": ".status.metric.display"},
+        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+        {"name": "Challenger", "type": "integer", "jsonPath": ".status.rollout.challenger"},
+        {"name": "Share", "type": "number", "jsonPath": ".status.rollout.trafficShare", "priority": 1},
         {"name": "URL", "type": "string", "jsonPath": ".status.url", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],

@@ -256,6 +256,29 @@ def performance_line() -> str:
             f"performance={perf.get('reason', '-')} [{entries}]")
 
 
+def rollout_line(m: dict) -> str:
+    """The live analysis as status.rollout shows it: phase, versions, and each gate's value against its threshold."""
+    ro = m.get("rollout") or {}
+    if not ro.get("phase") or ro.get("phase") == "Stable":
+        return f"rollout {ro.get('phase', 'Stable')}"
+    gates = ", ".join(f"{g['name']}={g.get('value')} ({g['verdict']}, threshold {g.get('threshold')})"
+                      for g in ro.get("gates") or ())
+    return (f"rollout {ro['phase']}: champion v{ro.get('champion')} challenger v{ro.get('challenger')}"
+            + (f"; gates: {gates}" if gates else "") + (f"; {ro.get('message')}" if ro.get("message") else ""))
+
+
+def promotion_message(version: int) -> str:
+    """The ChallengerPromoted event of `version`: the gates' values that promoted it."""
+    found = json.loads(kubectl("get", "events", "-n", NS, "--field-selector",
+                               "involvedObject.kind=ModelDeployment,reason=ChallengerPromoted", "-o", "json"))
+    messages = [e["message"] for e in found["items"] if e["message"].startswith(f"version {version} ")]
+    return messages[-1] if messages else "(no ChallengerPromoted event)"
+
+
+def rejected(m: dict, version: int | None) -> bool:
+    return any(r["version"] == version for r in (m.get("rollout") or {}).get("rejected") or ())
+
+
 def monitor_patch(spec: dict) -> None:
     kubectl("patch", "dmon", "churn", "-n", NS, "--type=merge", "-p", json.dumps({"spec": spec}))
 
@@ -295,15 +318,17 @@ def act_concept_drift(traffic, served: int) -> int:
         entry = next((e for e in d.get("performance") or [] if e["version"] == new), {})
         if now_serving and perf.get("reason") == "PerformanceHolds" and entry.get("dropped") is False:
             break
-        if t.get("phase") == "Failed" or (new and m.get("candidateVersion") == new):
-            fail(f"the version retrained on performance (v{new}) was not promoted", f"{seen_training()}; {seen_deployment()}")
+        if t.get("phase") == "Failed" or rejected(m, new):
+            fail(f"the version retrained on performance (v{new}) was not promoted",
+                 f"{seen_training()}; {seen_deployment()}; {rollout_line(m)}")
         if time.monotonic() > deadline:
             fail(f"timed out after 300s waiting for a version after v{served} to serve and hold its live performance",
                  f"{seen_deployment()}; {performance_line()}", f"kubectl describe dmon churn -n {NS}")
         r = traffic.run(concept, seconds=5, rate=40)
         traffic.feed_back(delay=5)
         say(f"   traffic: {r.line()}; training latest=v{t.get('latestVersion')}; serving v{m.get('modelVersion')} "
-            f"{m.get('phase')}; {performance_line()}")
+            f"{m.get('phase')}; {performance_line()}; {rollout_line(m)}")
+    say(f"   promoted after the shadow analysis: {promotion_message(new)}")
     say(f"   live performance recovered: {entry['display']}; {perf.get('message')}")
     return new
 
@@ -433,15 +458,16 @@ def main() -> None:
         retrained = t.get("latestVersion") if (t.get("latestVersion") or 0) > first else None
         if retrained and m.get("modelVersion") == retrained and condition(m, "Ready").get("status") == "True":
             break
-        if t.get("phase") == "Failed" or (retrained and m.get("candidateVersion") == retrained):
-            fail(f"the retrained version v{retrained or first + 1} was not promoted", f"{seen_training()}; {seen_deployment()}",
-                 f"kubectl describe mdep churn -n {NS}")
+        if t.get("phase") == "Failed" or rejected(m, retrained):
+            fail(f"the retrained version v{retrained or first + 1} was not promoted",
+                 f"{seen_training()}; {seen_deployment()}; {rollout_line(m)}", f"kubectl describe mdep churn -n {NS}")
         if time.monotonic() > deadline:
             fail(f"timed out after 300s waiting for a version after v{first} to be trained and served",
                  f"{seen_training()}; {seen_deployment()}", f"kubectl describe mtrain,mdep churn -n {NS}")
         r = traffic.run(drifted, seconds=5, rate=40)
         say(f"   traffic: {r.line()}; training: phase={t.get('phase')} latest=v{t.get('latestVersion')}; "
-            f"serving: v{m.get('modelVersion')} {m.get('phase')}")
+            f"serving: v{m.get('modelVersion')} {m.get('phase')}; {rollout_line(m)}")
+    say(f"   promoted after the shadow analysis: {promotion_message(retrained)}")
     traffic.run(drifted, seconds=5, rate=40)
     say(f"loop closed: v{retrained} serves (retrained from v{first}). Traffic so far: {traffic.stats.line()}")
 

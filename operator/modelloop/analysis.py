@@ -131,9 +131,37 @@ def rate_worse(base: Served, new: Served, tolerance: float) -> float:
 
 # ----------------------------------------------------------------------------------------- the gates
 
-def gates(t: Thresholds, champion: Served, challenger: Served, paired: Paired, classifier: bool) -> list[Gate]:
-    return [_error_gate(t, champion, challenger), _latency_gate(t, champion, challenger),
-            _agreement_gate(t, paired, classifier), _performance_gate(t, paired, classifier)]
+def gates(t: Thresholds, champion: Served, challenger: Served, paired: Paired | None, classifier: bool,
+          unpaired_reason: str = "no rows can be paired") -> list[Gate]:
+    """The four gates. `paired` None: nothing can be paired (no prediction records, or a canary's rows, each
+    served by one version), so agreement and performance are not tested and say why."""
+    found = [_error_gate(t, champion, challenger), _latency_gate(t, champion, challenger)]
+    if paired is None:
+        return found + [Gate("agreement", "skip", None, t.min_agreement if classifier else t.max_output_distance,
+                             f"not tested: {unpaired_reason}"),
+                        Gate("performance", "skip", None, t.alpha, f"not tested: {unpaired_reason}")]
+    performance = _performance_gate(t, paired, classifier)
+    return found + [_labels_outrank_agreement(t, _agreement_gate(t, paired, classifier), paired, classifier,
+                                              performance), performance]
+
+
+def _labels_outrank_agreement(t: Thresholds, agreement: Gate, paired: Paired, classifier: bool,
+                              performance: Gate) -> Gate:
+    """Agreement guards the label-free case: a version that answers differently from the champion is suspect until
+    labels say otherwise. A retrain after drift is meant to answer differently, so when the paired test on labelled
+    rows finds the challenger significantly *better*, the labels decide and low agreement does not reject it."""
+    if agreement.verdict != "fail" or performance.verdict != "pass":
+        return agreement
+    if classifier:
+        better = mcnemar_worse(paired.challenger_only_right, paired.champion_only_right)
+    else:
+        n, mean, sd = paired.loss_differences or (0, 0.0, 0.0)
+        better = paired_worse(n, -mean, sd)
+    if better >= t.alpha:
+        return agreement
+    return Gate("agreement", "pass", agreement.value, agreement.threshold,
+                f"{agreement.message}; below the threshold, but the labelled rows show the challenger better "
+                f"(p={better:.3g}): labels decide")
 
 
 def _error_gate(t: Thresholds, champion: Served, challenger: Served) -> Gate:
@@ -194,10 +222,10 @@ def _too_few_labels(t: Thresholds, count: int, what: str) -> Gate:
                                                       f"not required)")
 
 
-def analyse(t: Thresholds, champion: Served, challenger: Served, paired: Paired, *, classifier: bool,
-            elapsed_seconds: float) -> Analysis:
+def analyse(t: Thresholds, champion: Served, challenger: Served, paired: Paired | None, *, classifier: bool,
+            elapsed_seconds: float, unpaired_reason: str = "no rows can be paired") -> Analysis:
     """The one decision of an analysis window (see the module's note on looking once)."""
-    found = gates(t, champion, challenger, paired, classifier)
+    found = gates(t, champion, challenger, paired, classifier, unpaired_reason)
     if elapsed_seconds < t.window_seconds or challenger.requests < t.min_requests:
         return Analysis("wait", found, f"analysing: {challenger.requests} of {t.min_requests} requests, "
                                        f"{elapsed_seconds:.0f} of {t.window_seconds:.0f} s")

@@ -30,6 +30,9 @@ class Settings:
     run_as_user: int = 65532
     # How often each resource is re-checked even without events (level-based safety net).
     resync_seconds: float = field(default_factory=lambda: float(os.environ.get("MODELLOOP_RESYNC_SECONDS", "30")))
+    # How often a ModelDeployment with a challenger (or a new champion under watch) is looked at.
+    analysis_interval_seconds: float = field(default_factory=lambda: float(os.environ.get(
+        "MODELLOOP_ANALYSIS_INTERVAL_SECONDS", "10")))
 
     # Where the operator runs: the NetworkPolicy of each ModelDeployment opens the sketch port to the
     # pods with these labels in this namespace only (the chart sets both).

@@ -30,6 +30,16 @@ def rfc3339(t: datetime | None = None) -> str:
     return (t or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_time(epoch: float) -> str:
+    """RFC 3339 (UTC, seconds) of a Unix time, as status timestamps are written."""
+    return rfc3339(datetime.fromtimestamp(epoch, timezone.utc))
+
+
+def parse_time(text: str) -> float:
+    """The Unix time of an RFC 3339 status timestamp."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def parse_duration(text: str) -> float:
     """Seconds of a Go-style duration ("90s", "5m", "1h30m", "250ms"), as the CRDs' duration fields hold."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}

@@ -26,6 +26,22 @@ ROLLBACKS = Counter("modelloop_deployment_rollbacks_total", "Rollouts rolled bac
                     ["namespace", "deployment"])
 PROMOTIONS = Counter("modelloop_deployment_promotions_total", "New versions promoted, or held back, by outcome.",
                      ["namespace", "deployment", "outcome"])
+ROLLOUT_PHASE = Gauge("modelloop_rollout_phase", "1 for the phase of a ModelDeployment's rollout (Stable, Shadowing, "
+                      "Canary, Promoting, Watching), 0 for the others.", ["namespace", "deployment", "phase"])
+ROLLOUT_SHARE = Gauge("modelloop_rollout_challenger_share", "Share of user traffic the challenger serves.",
+                      ["namespace", "deployment"])
+ROLLOUT_GATE = Gauge("modelloop_rollout_gate_value", "Current value of an analysis gate (errorRate, latency, agreement, "
+                     "performance), beside its threshold.", ["namespace", "deployment", "gate"])
+ROLLOUT_GATE_THRESHOLD = Gauge("modelloop_rollout_gate_threshold", "Threshold of an analysis gate.",
+                               ["namespace", "deployment", "gate"])
+ROLLOUT_GATE_PASSING = Gauge("modelloop_rollout_gate_passing", "1 when a gate passes (or is skipped), 0 when it fails, "
+                             "-1 while it waits for data.", ["namespace", "deployment", "gate"])
+ROLLOUT_REQUESTS = Gauge("modelloop_rollout_requests", "Requests each role answered in the analysis window (or the "
+                         "watch), by role (champion, challenger).", ["namespace", "deployment", "role"])
+ROLLOUT_ERROR_RATE = Gauge("modelloop_rollout_error_rate", "Error rate (5xx) of each role in the analysis window.",
+                           ["namespace", "deployment", "role"])
+ROLLOUT_P99 = Gauge("modelloop_rollout_p99_seconds", "p99 latency of each role in the analysis window.",
+                    ["namespace", "deployment", "role"])
 DRIFT_SCORE = Gauge("modelloop_drift_score", "Drift score of a feature in the last window.",
                     ["namespace", "monitor", "feature", "test"])
 DRIFT_DATASET = Gauge("modelloop_drift_dataset_drift", "1 when the last window drifted as a whole, else 0.",

@@ -46,4 +46,7 @@ ANNOTATION_MODEL_URI = f"{GROUP}/model-uri"
 # Annotations users (or DriftMonitors) write on the three kinds.
 RETRAIN_ANNOTATION = f"{GROUP}/retrain-requested"          # a ModelTraining: a new value asks for one run
 RETRAIN_DATASET_ANNOTATION = f"{GROUP}/retrain-dataset-uri"  # a ModelTraining: the dataset of that run
+PROMOTE_ANNOTATION = f"{GROUP}/promote"                    # a ModelDeployment: promote the challenger now
+ABORT_ANNOTATION = f"{GROUP}/abort"                        # a ModelDeployment: reject the challenger now
+LABEL_CHALLENGER = f"{GROUP}/challenger-of"                # a challenger Deployment and its pods: the ModelDeployment
 RECONCILE_ANNOTATION = f"{GROUP}/reconcile"                # any kind: `disabled` pauses reconciliation

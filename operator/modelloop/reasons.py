@@ -41,6 +41,7 @@ class DeploymentReason(StrEnum):
     STORAGE_UNAVAILABLE = "StorageUnavailable"
     MINIMUM_REPLICAS_AVAILABLE = "MinimumReplicasAvailable"
     MINIMUM_REPLICAS_UNAVAILABLE = "MinimumReplicasUnavailable"
+    ANALYSING = "Analysing"
 
 
 class DriftReason(StrEnum):
@@ -80,6 +81,11 @@ class DeploymentEvent(StrEnum):
     ROLLOUT_COMPLETE = "RolloutComplete"
     ROLLED_BACK = "RolledBack"
     ROLLBACK_FAILED = "RollbackFailed"
+    CHALLENGER_STARTED = "ChallengerStarted"
+    CHALLENGER_PROMOTED = "ChallengerPromoted"
+    CHALLENGER_REJECTED = "ChallengerRejected"
+    CHALLENGER_REPLACED = "ChallengerReplaced"
+    CANARY_STEPPED = "CanaryStepped"
 
 
 class DriftEvent(StrEnum):
@@ -91,6 +97,7 @@ class DriftEvent(StrEnum):
     RETRAIN_DENIED = "RetrainDenied"
     PERFORMANCE_DROPPED = "PerformanceDropped"
     PERFORMANCE_RECOVERED = "PerformanceRecovered"
+    RETRAIN_DID_NOT_HELP = "RetrainDidNotHelp"
 
 
 class RunTrigger(StrEnum):
@@ -143,10 +150,13 @@ ROWS: dict[str, list[Row]] = {
                                           D.TRAINING_NOT_FOUND, D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND,
                                           D.STORAGE_UNAVAILABLE),
             "a version is being rolled out; or why none can be"),
-        Row("Reconciling", "True/False", (D.ROLLING_OUT, D.IDLE, D.WAITING_FOR_TRAINING, D.TRAINING_NOT_FOUND,
-                                          D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND, D.STORAGE_UNAVAILABLE),
-            "True while work is in progress (a rollout, a first version awaited); `StorageUnavailable` while "
-            "serving: the served version stays, a newer candidate waits until the store answers (a Warning Event)"),
+        Row("Reconciling", "True/False", (D.ROLLING_OUT, D.ANALYSING, D.IDLE, D.WAITING_FOR_TRAINING,
+                                          D.TRAINING_NOT_FOUND, D.ARTIFACT_UNAVAILABLE, D.SECRET_NOT_FOUND,
+                                          D.STORAGE_UNAVAILABLE),
+            "True while work is in progress (a rollout, a first version awaited, a challenger analysed on live "
+            "traffic or a new champion watched: `Analysing`, with what the analysis is doing); `StorageUnavailable` "
+            "while serving: the served version stays, a newer candidate waits until the store answers (a Warning "
+            "Event)"),
         Row("Stalled", "True/False", (D.PROGRESS_DEADLINE_EXCEEDED, D.TRAINING_NOT_FOUND, D.SECRET_NOT_FOUND,
                                       D.ARTIFACT_UNAVAILABLE, D.WAITING_FOR_TRAINING, D.STORAGE_UNAVAILABLE,
                                       D.PROGRESSING, D.SERVING),

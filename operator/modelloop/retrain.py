@@ -63,3 +63,21 @@ def summarize(report: dict) -> str:
         for f in drifted[:TOP_FEATURES])
     return (f"{len(drifted)} of {len(report['features'])} features drifted "
             f"(share {report['drift_share']:.2f}) in {report['samples']} rows" + (f": {top}" if top else ""))
+
+
+def retrain_outcome(monitor_status: dict, deployment_status: dict) -> dict | None:
+    """What became of the version trained after this monitor's last retrain request, when the deployment's live
+    analysis (or the watch after its promotion) rejected it and the monitor has not said so yet: the retrain did
+    not help, the champion keeps serving. None otherwise."""
+    asked = monitor_status.get("lastRetrainTime")
+    rejected = ((deployment_status.get("rollout") or {}).get("rejected") or [None])[-1]
+    if not asked or not rejected or not rejected.get("time"):
+        return None
+    if datetime.fromisoformat(rejected["time"].replace("Z", "+00:00")) < datetime.fromisoformat(
+            str(asked).replace("Z", "+00:00")):
+        return None
+    if (monitor_status.get("retrainOutcome") or {}).get("version") == rejected["version"]:
+        return None
+    rolled_back = (rejected.get("message") or "").startswith("rolled back")
+    return {"version": rejected["version"], "result": "rolledBack" if rolled_back else "rejected", "time": rejected["time"],
+            "message": f"the retrained version {rejected['version']} did not help: {rejected.get('message', '')}"[:1024]}

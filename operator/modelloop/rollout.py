@@ -48,6 +48,7 @@ class Rollout:
     state: str
     failed: list[int]
     held: str | None = None
+    generation: int = 0  # the resource's .metadata.generation
     events: list[tuple[str, str, str]] = field(default_factory=list)
     counts: list[str] = field(default_factory=list)
 
@@ -92,19 +93,33 @@ def roll_back(r: Rollout, back: int, model: ServedModel | None, metric: dict | N
 
 
 def promote(r: Rollout, candidate: Candidate, generation: int, policy: PromotionSpec) -> None:
-    """Promote the candidate, or hold it (a failed version, the promotion policy), or clear a stale candidate."""
+    """Promote the candidate, or hold it (a failed or rejected version, the promotion policy), or clear a stale
+    candidate."""
+    if admitted(r, candidate, generation, policy):
+        switch(r, candidate)
+
+
+def admitted(r: Rollout, candidate: Candidate, generation: int, policy: PromotionSpec) -> bool:
+    """Whether the candidate may replace the serving version (directly, or by winning a live analysis); a held one
+    says why in status."""
     version = candidate.model.version
     if version == r.serving:
         r.status.update(candidateVersion=None, promotionMessage=None)
-        return
-    # A version that failed its rollout is not tried again by itself; a pinned one is retried once the user
-    # edits the spec after the rollback (their new intent).
+        return False
+    # A version that failed its rollout, or was rejected on live traffic, is not tried again by itself; a pinned
+    # one is retried once the user edits the spec after it (their new intent).
     retry = candidate.pinned and generation > (r.status.get("rollbackGeneration") or 0)
     if version in r.failed and not retry:
         r.held = (f"version {version} failed its rollout and is not retried"
                   + ("; edit spec.model to retry it" if candidate.pinned else ""))
         r.status.update(candidateVersion=version, promotionMessage=r.held)
-        return
+        return False
+    rejected = {e["version"]: e for e in (r.status.get("rollout") or {}).get("rejected") or ()}
+    if version in rejected and not retry:
+        r.held = (f"version {version} was rejected on live traffic and is not tried again: "
+                  f"{rejected[version].get('message', '')}"[:1024])
+        r.status.update(candidateVersion=version, promotionMessage=r.held)
+        return False
     decision = None if candidate.pinned else should_promote(policy, version, candidate.metric, r.serving,
                                                             r.status.get("metric"))
     if decision is not None and not decision.promote:
@@ -113,7 +128,13 @@ def promote(r: Rollout, candidate: Candidate, generation: int, policy: Promotion
             r.events.append(("Normal", Event.PROMOTION_HELD, r.held))
             r.counts.append(decision.reason)
         r.status.update(candidateVersion=version, promotionMessage=r.held)
-        return
+        return False
+    return True
+
+
+def switch(r: Rollout, candidate: Candidate) -> None:
+    """The champion Deployment rolls out the candidate's version."""
+    version = candidate.model.version
     if r.serving is not None:
         r.status["previousVersion"] = r.serving
     r.status.update(modelVersion=version, modelUri=candidate.model.uri, modelSha256=candidate.model.sha256,
@@ -144,7 +165,9 @@ def phase_of(r: Rollout) -> str:
 
 
 def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held: str | None,
-                          serving: int | None, dep: dict | None) -> list[Cond]:
+                          serving: int | None, dep: dict | None, analysing: str | None = None) -> list[Cond]:
+    """The conditions of a ModelDeployment. `analysing`: what a live analysis (a challenger, or the watch after a
+    promotion) is doing; Reconciling says it while the champion serves."""
     st = (dep or {}).get("status") or {}
     available = any(c["type"] == "Available" and c["status"] == "True" for c in st.get("conditions") or ())
     conds = [Cond.of("Available", available, R.MINIMUM_REPLICAS_AVAILABLE if available else R.MINIMUM_REPLICAS_UNAVAILABLE,
@@ -161,6 +184,8 @@ def deployment_conditions(state: str, unavailable: ModelUnavailable | None, held
     if unavailable and unavailable.reason == R.STORAGE_UNAVAILABLE and not progressing:
         # Serving what it served, but a newer candidate cannot be looked at until the store answers.
         conds.append(Cond.of("Reconciling", True, unavailable.reason, unavailable.message))
+    elif analysing and not progressing:
+        conds.append(Cond.of("Reconciling", True, R.ANALYSING, analysing))
     else:
         conds.append(Cond.of("Reconciling", progressing, R.ROLLING_OUT if progressing else R.IDLE,
                              f"rolling out version {serving}" if progressing else ""))

@@ -156,7 +156,8 @@ def test_network_policies_are_applied_with_the_fewest_verbs(cluster):
     rules = [r for d in docs if d["kind"] == "ClusterRole" for r in d["rules"]]
     netpol = [r for r in rules if "networkpolicies" in r["resources"]]
     assert netpol == [{"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
-                       "verbs": ["create", "patch"]}]  # server-side apply (create when new)
+                       "verbs": ["create", "patch", "delete"]}]  # server-side apply (create when new); a
+    # challenger's is deleted with it
 
 
 def _policy_docs(cluster, *sets: str) -> list[dict]:

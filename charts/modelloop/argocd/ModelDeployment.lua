@@ -32,13 +32,22 @@ if reconciling ~= nil and reconciling.status == "True" then
   return {status = "Progressing", message = describe(reconciling)}
 end
 if ready ~= nil and ready.status == "True" then
-  -- Serving, but the version it should serve failed its rollout and was rolled back.
+  -- Serving, but the version it should serve failed its rollout and was rolled back, or was rejected on live
+  -- traffic (by the challenger analysis, or by the watch after its promotion).
   local candidate = obj.status.candidateVersion
   if candidate ~= nil then
     for _, v in ipairs(obj.status.failedVersions or {}) do
       if v == candidate then
         return {status = "Degraded", message = "RolledBack: version " .. candidate ..
           " failed its rollout; serving version " .. (obj.status.modelVersion or "none")}
+      end
+    end
+    local rollout = obj.status.rollout or {}
+    for _, r in ipairs(rollout.rejected or {}) do
+      if r.version == candidate then
+        return {status = "Degraded", message = "ChallengerRejected: version " .. candidate ..
+          " was rejected on live traffic; serving version " .. (obj.status.modelVersion or "none") .. ": " ..
+          (r.message or "")}
       end
     end
   end

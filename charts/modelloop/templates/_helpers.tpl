@@ -28,25 +28,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["modelloop.dev"]
   resources: ["modeltrainings/status", "modeldeployments/status", "driftmonitors/status"]
   verbs: ["patch"]
-# A DriftMonitor's retrain request annotates the ModelTraining it names; a run clears the dataset override.
+# A DriftMonitor's retrain request annotates the ModelTraining it names; a run clears the dataset override; a
+# ModelDeployment's promote or abort annotation is removed once acted upon.
 - apiGroups: ["modelloop.dev"]
-  resources: ["modeltrainings"]
+  resources: ["modeltrainings", "modeldeployments"]
   verbs: ["patch"]
 # Training Jobs: watched, created by name, the oldest deleted past spec.historyLimit.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["list", "watch", "create", "delete"]
-# The server Deployment: watched (rollout progress) and applied.
+# The server Deployments (the champion, and a challenger while one is analysed): watched (rollout progress),
+# applied, and a challenger's deleted once it is promoted or rejected.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# Service and NetworkPolicy: applied; the garbage collector removes them with their owner.
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Services and NetworkPolicies: applied; the garbage collector removes them with their owner, and a challenger's
+# are deleted with it.
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "delete"]
 # HPA and PDB: applied, and deleted when the spec no longer calls for them (autoscaling off, one replica);
 # listed once per namespace (the operator's own, by label) to know which exist.
 - apiGroups: ["autoscaling"]

@@ -283,6 +283,7 @@ class RolloutStatus(ApiModel):
     gates: list[GateStatus] | None = Field(default=None, description="The gates as of the last check.")
     message: str | None = Field(default=None, max_length=2048, description="What the analysis is doing or decided.")
     previous: int | None = Field(default=None, description="Watching: the version the new champion replaced.")
+    previous_uri: str | None = Field(default=None, description="Watching: its artifact URI (a rollback returns to it).")
     previous_requests: int | None = Field(default=None, description=(
         "Watching: requests the previous champion answered during the analysis."))
     previous_errors: int | None = Field(default=None, description="Watching: and its errors among them.")

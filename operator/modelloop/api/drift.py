@@ -147,6 +147,16 @@ class ReportLocation(ApiModel):
                                   "(<output>/reports/<monitor>/report.html), with history.json, the checks it draws."))
 
 
+class RetrainOutcome(ApiModel):
+    """A retrained version the deployment's live analysis (or the watch after its promotion) rejected."""
+
+    version: int = Field(description="The retrained version.")
+    result: Literal["rejected", "rolledBack"] = Field(description=(
+        "rejected: by the analysis, the champion kept serving; rolledBack: promoted, then rolled back by the watch."))
+    time: str | None = Field(default=None, description="When it was rejected (RFC 3339).")
+    message: str | None = Field(default=None, max_length=1024, description="Why, with the gates' numbers.")
+
+
 class DriftMonitorStatus(ApiModel):
     """Observed state of a DriftMonitor."""
 
@@ -173,6 +183,8 @@ class DriftMonitorStatus(ApiModel):
         "Live performance per version in the window (the served one first)."),
         json_schema_extra=extra(x_kubernetes_list_type="map", x_kubernetes_list_map_keys=["version", "source"]))
     report: ReportLocation | None = Field(default=None, description="The monitor's HTML report.")
+    retrain_outcome: RetrainOutcome | None = Field(default=None, description=(
+        "What became of the last retrained version when the deployment's live analysis rejected it."))
 
 
 class DriftMonitor(ApiModel):

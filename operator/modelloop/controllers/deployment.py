@@ -9,31 +9,43 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from typing import Any
 
+import httpx
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from .. import kube, metrics
+from .. import challenger, kube, metrics, served
+from ..analysis import Paired
+from ..challenger import Evidence, Manual
 from ..cache import BoundedCache
 from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
 from ..artifacts import split_version_uri
 from ..config import SETTINGS
-from ..names import API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER, TRAINING, VERSION
+from ..meta import parse_time
+from ..names import (
+    ABORT_ANNOTATION, ANNOTATION_MODEL_VERSION, API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER,
+    PROMOTE_ANNOTATION, TRAINING, VERSION,
+)
 from ..reasons import DeploymentReason as R
 from ..render.deployment import (
-    ServedModel, render_deployment, render_hpa, render_network_policy, render_pdb, render_service, selector_string, url,
+    ServedModel, challenger_name, desired_replicas, render_challenger, render_deployment, render_hpa,
+    render_network_policy, render_pdb, render_service, selector_string, url,
 )
 from ..rollout import (
-    ROLLBACK, Candidate, ModelUnavailable, Rollout, deployment_conditions, observe, phase_of, promote, roll_back,
-    rollback_version, rollout_state,
+    ROLLBACK, Candidate, ModelUnavailable, Rollout, admitted, deployment_conditions, observe, phase_of, roll_back,
+    rollback_version, rollout_state, switch,
 )
 from ..status import merge_conditions, transition_events
-from . import storage
+from . import endpoints, storage
+from .endpoints import ready_endpoints
 
+log = logging.getLogger("modelloop.deployment")
 
 KIND = DEPLOYMENT.kind
 
@@ -134,7 +146,7 @@ def _reconcile(obj: dict | None) -> None:
     dep = kube.get("apps/v1", "Deployment", namespace, name) if target else None
 
     r = Rollout(status, serving=status.get("modelVersion"), target=target, failed=list(status.get("failedVersions") or []),
-                state=rollout_state(dep, status.get("modelVersion")) if target else "Missing")
+                state=rollout_state(dep, status.get("modelVersion")) if target else "Missing", generation=generation)
 
     # Roll back a rollout that missed its deadline to the last version that was Available.
     back = rollback_version(r)
@@ -146,33 +158,233 @@ def _reconcile(obj: dict | None) -> None:
             error = str(e)
         roll_back(r, back, model, metric, error, generation, spec.rollout.progress_deadline_seconds)
 
-    # Promotion of the candidate.
-    if candidate:
-        promote(r, candidate, generation, spec.promotion)
+    # A challenger on live traffic (strategies shadow and canary), and the watch after its promotion.
+    live = challenger.phase(r) != "Stable" or spec.rollout.strategy != "direct"
+    challenger_dep = kube.get("apps/v1", "Deployment", namespace, challenger_name(name)) if live else None
+    manual = _manual(obj)
+    if challenger.phase(r) != "Stable":
+        _advance_challenger(obj, spec, r, candidate, challenger_dep, manual, credentials)
+
+    # Promotion of the candidate: directly, or as a challenger first (a newer version ends a watch: it is
+    # compared with the watched champion on live traffic anyway).
+    if candidate and challenger.phase(r) in ("Stable", "Watching") and admitted(r, candidate, generation,
+                                                                              spec.promotion):
+        challenger.end_watch(r, f"version {candidate.model.version} arrived")
+        if spec.rollout.strategy != "direct" and r.serving is not None:
+            challenger.start(r, candidate, spec.rollout)
+        else:
+            switch(r, candidate)
 
     # Children.
     if r.target:
-        dep = _apply(render_deployment(obj, spec, r.target), dep)
+        ro = status.get("rollout") or {}
+        champion_replicas, challenger_replicas, share = _replicas(spec, ro, dep, challenger_dep)
+        dep = _apply(render_deployment(obj, spec, r.target, replicas=champion_replicas), dep)
         _apply(render_service(obj))
         _apply(render_network_policy(obj))
         _apply_optional(namespace, name, "autoscaling/v2", "HorizontalPodAutoscaler", render_hpa(obj, spec))
         _apply_optional(namespace, name, "policy/v1", "PodDisruptionBudget", render_pdb(obj, spec))
+        _converge_challenger(obj, spec, ro, challenger_replicas, challenger_dep)
+        if ro.get("challenger") is not None:
+            ro["trafficShare"] = share
         observe(r, rollout_state(dep, r.serving))
         metrics.DEPLOYMENT_VERSION.labels(namespace, name).set(r.serving)
+    if status.get("rollout"):
+        status["rollout"]["strategy"] = spec.rollout.strategy
+        _export_rollout(namespace, name, status["rollout"])
 
     dst = (dep or {}).get("status") or {}
     conditions = merge_conditions(status.get("conditions"),
-                                  deployment_conditions(r.state, unavailable, r.held, r.serving, dep), generation)
+                                  deployment_conditions(r.state, unavailable, r.held, r.serving, dep,
+                                                        _analysing(status.get("rollout"))), generation)
     status.update(observedGeneration=generation, conditions=conditions, phase=phase_of(r), url=url(name, namespace),
                   replicas=dst.get("replicas", 0), readyReplicas=dst.get("readyReplicas", 0),
                   selector=selector_string(name), failedVersions=r.failed or None)
     kube.write_status(obj, status)
+    _forget_manual(obj, manual)
     for outcome in r.counts:  # once the status that records them is written
         (metrics.ROLLBACKS.labels(namespace, name) if outcome == ROLLBACK
          else metrics.PROMOTIONS.labels(namespace, name, outcome)).inc()
     # Promoted already says a version is rolling out, RolloutComplete that it serves: one event per thing.
     events = r.events + transition_events(obj.get("status", {}).get("conditions"), conditions, decided=bool(r.events))
     kube.emit_events(obj, events)
+
+
+# ----------------------------------------------------------------------------- the challenger
+
+def _manual(obj: dict) -> Manual:
+    """The promote and abort annotations. Setting one needs patch rights on the ModelDeployment, as a retrain
+    request needs them on the ModelTraining."""
+    annotations = obj["metadata"].get("annotations") or {}
+    return Manual(promote=PROMOTE_ANNOTATION in annotations, abort=ABORT_ANNOTATION in annotations)
+
+
+def _forget_manual(obj: dict, manual: Manual) -> None:
+    """Remove an annotation once acted upon (its outcome is in status and events), testing its value first so
+    that one set again meanwhile stays for the next reconcile."""
+    annotations = obj["metadata"].get("annotations") or {}
+    for key, present in ((PROMOTE_ANNOTATION, manual.promote), (ABORT_ANNOTATION, manual.abort)):
+        if not present:
+            continue
+        path = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        try:
+            kube.patch(API, KIND, obj["metadata"]["namespace"], obj["metadata"]["name"],
+                       [{"op": "test", "path": path, "value": annotations[key]}, {"op": "remove", "path": path}],
+                       merge=False)
+        except ApiException as e:
+            if e.status not in (404, 409, 422):  # gone, or changed meanwhile: the next reconcile sees it
+                raise
+
+
+def _advance_challenger(obj: dict, spec: ModelDeploymentSpec, r: Rollout, candidate: Candidate | None,
+                        challenger_dep: dict | None, manual: Manual, credentials: storage.Credentials) -> None:
+    """Read what the analysis (or the watch) needs from the world, then let challenger.advance decide."""
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    ro = r.status["rollout"]
+    current = ro.get("phase")
+    state = rollout_state(challenger_dep, ro.get("challenger")) if ro.get("challenger") is not None else "Missing"
+    evidence, previous_model, classifier = None, None, False
+    analysing = current in challenger.LIVE and state == "Available" and ro.get("startedAt")
+    if analysing or current == "Watching":
+        champion = ro["champion"] if analysing else r.serving
+        classifier = _task(namespace, r.status["modelUri"], credentials) == "classification"
+        evidence = _evidence(namespace, name, spec, ro, champion, ro.get("challenger") if analysing else None)
+    if current == "Watching" and ro.get("previousUri"):
+        try:
+            previous_model, _ = _served(namespace, ro["previousUri"], credentials)
+        except Exception as e:  # noqa: BLE001 - a rollback then reports that it cannot read it
+            log.warning("deployment=%s/%s previous_version_unreadable=%s", namespace, name, str(e)[:300])
+    challenger.advance(r, spec.rollout, candidate_version=candidate.model.version if candidate else None,
+                       challenger_state=state, evidence=evidence, manual=manual, now=time.time(),
+                       classifier=classifier, previous_model=previous_model)
+
+
+def _task(namespace: str, version_uri: str, credentials: storage.Credentials) -> str:
+    _, version = split_version_uri(version_uri)
+    base = version_uri.rstrip("/")[: -len(f"/v{version}")]
+    return storage.verified_metadata(namespace, base, version, credentials)["metadata"]["task"]
+
+
+def _evidence(namespace: str, name: str, spec: ModelDeploymentSpec, ro: dict, champion: int,
+              challenger_version: int | None) -> Evidence | None:
+    """Each version's counters since status.rollout.startedAt from every ready pod of both Services, and (while
+    shadowing with feedback on) the two versions on the same prediction ids. None when no pod answered."""
+    since_ms = int(parse_time(ro["startedAt"]) * 1000)
+    addresses = sorted(set(ready_endpoints(namespace, name)) | set(ready_endpoints(namespace, challenger_name(name))))
+    docs, errors = [], []
+    with endpoints.client(SETTINGS.sketch_deadline_seconds) as http:
+        for address in addresses:
+            try:
+                docs.append(served.parse_served(endpoints.get_json(http, endpoints.pod_url(
+                    address, name, f"served?since={since_ms}"))))
+            except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
+                errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
+        if not docs:
+            log.warning("deployment=%s/%s evidence=unavailable errors=%s", namespace, name, "; ".join(errors)[:600])
+            return None
+        by_version = lambda v: [d for d in docs if d["modelVersion"] == v]  # noqa: E731
+        paired, why = None, None
+        if challenger_version is None:
+            pass
+        elif ro.get("phase") != "Shadowing":
+            why = "a canary's rows are each answered by one version, so none can be paired"
+        elif spec.feedback is None:
+            why = "spec.feedback is off: no prediction records to pair"
+        else:
+            paired, why = _paired(http, name, [a for a, d in zip(addresses, docs) if d["modelVersion"] == champion]
+                                  or addresses, champion, challenger_version, since_ms)
+    evidence = Evidence(served.merge_served(by_version(champion)),
+                        served.merge_served(by_version(challenger_version)) if challenger_version else
+                        served.merge_served([]), paired, why)
+    for role, numbers in (("champion", evidence.champion), ("challenger", evidence.challenger)):
+        metrics.ROLLOUT_REQUESTS.labels(namespace, name, role).set(numbers.requests)
+        metrics.ROLLOUT_ERROR_RATE.labels(namespace, name, role).set(
+            numbers.errors / numbers.requests if numbers.requests else 0)
+        metrics.ROLLOUT_P99.labels(namespace, name, role).set(numbers.p99_seconds or 0)
+    return evidence
+
+
+def _paired(http: httpx.Client, name: str, addresses: list[str], champion: int, challenger_version: int,
+            since_ms: int) -> tuple[Paired | None, str | None]:
+    """The paired comparison as the first champion pod that answers computes it (each reads every replica's
+    records from the store)."""
+    errors = []
+    for address in addresses:
+        try:
+            return served.parse_paired(endpoints.get_json(http, endpoints.pod_url(
+                address, name, f"compare?champion={champion}&challenger={challenger_version}&since={since_ms}"))), None
+        except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
+            errors.append(f"{address}: {type(e).__name__}: {e}"[:200])
+    return None, "the paired records could not be read: " + "; ".join(errors)[:400]
+
+
+def _replicas(spec: ModelDeploymentSpec, ro: dict, dep: dict | None, challenger_dep: dict | None
+              ) -> tuple[int | None, int, float]:
+    """(champion replicas to render, None for the spec's or the HPA's; challenger replicas; the challenger's share of
+    the users). A canary by replicas takes a pod from the champion only for a challenger pod that is Available:
+    capacity never dips while the challenger starts or scales to the next step."""
+    current = ro.get("phase")
+    if ro.get("challenger") is None or current not in (*challenger.LIVE, "Promoting"):
+        return None, 0, 0.0
+    base = (((dep or {}).get("status") or {}).get("replicas") or 1) if spec.autoscaling else desired_replicas(spec)
+    analysed = current if current in challenger.LIVE else ("Shadowing" if ro.get("strategy") == "shadow" else "Canary")
+    _, wanted, share = challenger.replicas_of(spec.rollout, analysed, ro.get("step"), base)
+    serving = min(wanted, _available(challenger_dep, ro["challenger"]))
+    if analysed == "Shadowing":
+        return None, wanted, 0.0
+    if spec.rollout.gateway is not None:
+        return None, wanted, share if serving else 0.0
+    if current == "Promoting" or spec.autoscaling:  # the champion keeps its own count; both behind the Service
+        return None, wanted, round(serving / (base + serving), 4)
+    return base - serving, wanted, round(serving / base, 4)
+
+
+def _available(dep: dict | None, version: int) -> int:
+    """Available pods of a Deployment whose template serves `version`."""
+    if dep is None:
+        return 0
+    annotations = dep["spec"]["template"]["metadata"].get("annotations") or {}
+    if annotations.get(ANNOTATION_MODEL_VERSION) != str(version):
+        return 0
+    return ((dep.get("status") or {}).get("availableReplicas")) or 0
+
+
+def _converge_challenger(obj: dict, spec: ModelDeploymentSpec, ro: dict, replicas: int,
+                         challenger_dep: dict | None) -> None:
+    """The challenger's Deployment, Service and NetworkPolicy while it is analysed or being promoted; deleted
+    otherwise."""
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    if ro.get("challenger") is not None and ro.get("phase") in (*challenger.LIVE, "Promoting"):
+        canary = ro.get("phase") == "Canary" or (ro.get("phase") == "Promoting" and ro.get("strategy") == "canary")
+        in_service = canary and spec.rollout.gateway is None
+        _apply(render_challenger(obj, spec, challenger.challenger_model(ro), replicas, in_service), challenger_dep)
+        _apply(render_service(obj, challenger=True))
+        _apply(render_network_policy(obj, challenger=True))
+    elif challenger_dep is not None:
+        gone = challenger_name(name)
+        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"),
+                                  ("networking.k8s.io/v1", "NetworkPolicy")):
+            kube.delete(api_version, kind, namespace, gone)
+        _applied.discard(lambda key: key[1:] == (namespace, gone))
+
+
+def _analysing(ro: dict | None) -> str | None:
+    if not ro or ro.get("phase") in (None, "Stable"):
+        return None
+    return ro.get("message") or ro["phase"]
+
+
+def _export_rollout(namespace: str, name: str, ro: dict) -> None:
+    for p in ("Stable", "Shadowing", "Canary", "Promoting", "Watching"):
+        metrics.ROLLOUT_PHASE.labels(namespace, name, p).set(1 if ro.get("phase") == p else 0)
+    metrics.ROLLOUT_SHARE.labels(namespace, name).set(ro.get("trafficShare") or 0)
+    for gate in ro.get("gates") or ():
+        if gate.get("value") is not None:
+            metrics.ROLLOUT_GATE.labels(namespace, name, gate["name"]).set(gate["value"])
+        if gate.get("threshold") is not None:
+            metrics.ROLLOUT_GATE_THRESHOLD.labels(namespace, name, gate["name"]).set(gate["threshold"])
+        metrics.ROLLOUT_GATE_PASSING.labels(namespace, name, gate["name"]).set(
+            {"fail": 0, "wait": -1}.get(gate["verdict"], 1))
 
 
 # (kind, namespace, name) -> (digest of the manifest last applied, monotonic time, the object's generation after it).
@@ -294,4 +506,15 @@ def on_training_event(type: str, body: Any, name: str, namespace: str, **_: Any)
 
 @kopf.timer(GROUP, VERSION, DEPLOYMENT.plural, interval=SETTINGS.resync_seconds, idle=SETTINGS.resync_seconds)
 def resync(name: str, namespace: str, **_: Any) -> None:
+    reconcile(namespace, name)
+
+
+def _rollout_under_way(status: dict, **_: Any) -> bool:
+    return ((status or {}).get("rollout") or {}).get("phase") not in (None, "Stable")
+
+
+@kopf.timer(GROUP, VERSION, DEPLOYMENT.plural, interval=SETTINGS.analysis_interval_seconds, when=_rollout_under_way)
+def analyse(name: str, namespace: str, **_: Any) -> None:
+    """A challenger's analysis (and the watch after a promotion) is looked at every few seconds: the evidence
+    grows with the traffic, not with events."""
     reconcile(namespace, name)

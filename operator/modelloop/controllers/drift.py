@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import gzip
 import hashlib
 import json
 import logging
-import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,11 +48,12 @@ from ..meta import parse_duration
 from ..performance import assess, deciding_metric
 from ..report import (HISTORY_FILE, REPORT_FILE, append_history, encode_history, history_point, render_report,
                       report_location)
-from ..retrain import check_interval, retrain_allowed, retrain_decision, summarize
+from ..retrain import check_interval, retrain_allowed, retrain_decision, retrain_outcome, summarize
 from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
 from ..status import Cond, changed_conditions, merge_conditions
-from . import storage
+from . import endpoints, storage
+from .endpoints import AnswerTooLarge, ready_endpoints, ssl_context as _ssl_context
 
 log = logging.getLogger("modelloop.drift")
 
@@ -136,31 +135,9 @@ class Waiting(CheckError):
 
 # ----------------------------------------------------------------------------- I/O
 
-def ready_endpoints(namespace: str, service: str) -> list[str]:
-    """Addresses of the ready endpoints of a Service, from its EndpointSlices."""
-    out = []
-    for s in kube.list_("discovery.k8s.io/v1", "EndpointSlice", namespace, f"kubernetes.io/service-name={service}"):
-        for ep in s.get("endpoints") or ():
-            if (ep.get("conditions") or {}).get("ready") and not (ep.get("conditions") or {}).get("terminating"):
-                out.extend(ep.get("addresses") or ())
-    return sorted(set(out))
-
-
 def sketch_url(address: str, model: str) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"http://{host}:{SKETCH_PORT}/v2/models/{model}/sketch"
-
-
-class SketchTooLarge(Exception):
-    pass
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """Built once for every check's client. Sketch URLs are plain http, but httpx builds a verifying SSL
-    context (certifi's CA bundle) for each client unless it is given one: 30 ms of CPU per check, a third
-    of a core for 100 monitors every 10 s (bench/operator)."""
-    return httpx.create_ssl_context()
 
 
 async def fetch_snapshots(addresses: list[str], model: str, deadline: float = SETTINGS.sketch_deadline_seconds,
@@ -176,7 +153,7 @@ async def fetch_snapshots(addresses: list[str], model: str, deadline: float = SE
             async for chunk in r.aiter_bytes():
                 body += chunk
                 if len(body) > max_bytes:
-                    raise SketchTooLarge(f"the sketch is larger than {max_bytes} bytes")
+                    raise AnswerTooLarge(f"the sketch is larger than {max_bytes} bytes")
         return sketches.validate(json.loads(body))
 
     snaps, errors = [], []
@@ -193,7 +170,7 @@ async def fetch_snapshots(addresses: list[str], model: str, deadline: float = SE
             e = task.exception()
             if e is None:
                 snaps.append(task.result())
-            elif isinstance(e, (sketches.SketchError, SketchTooLarge, ValueError)):
+            elif isinstance(e, (sketches.SketchError, AnswerTooLarge, ValueError)):
                 errors.append(f"{address}: malformed sketch: {e}"[:300])
             else:  # unreachable pod, HTTP error
                 errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
@@ -313,6 +290,10 @@ def check(namespace: str, name: str, state: MonitorState) -> None:
             raise CheckError(R.DEPLOYMENT_NOT_FOUND, f"spec.deploymentRef: ModelDeployment '{spec.deployment_ref.name}' "
                              f"not found in namespace {namespace}")
         serving = seen.serving = serving_version(namespace, dep)
+        outcome = retrain_outcome(status, dep.get("status") or {})
+        if outcome is not None:  # the retrain this monitor asked for did not help: the live analysis said so
+            status["retrainOutcome"] = outcome
+            events.append(("Warning", Event.RETRAIN_DID_NOT_HELP, outcome["message"]))
         version = serving.version
         if not state.restored:
             restore_baseline(obj, state)
@@ -481,21 +462,14 @@ def fetch_performance(addresses: list[str], model: str, since_ms: int,
     """Live performance as the first pod that answers computes it (each reads every replica's records from
     the store, so one answer is the deployment's). Bounded like the sketches: a deadline and a body size."""
     errors = []
-    with httpx.Client(timeout=deadline, follow_redirects=False, trust_env=False, verify=_ssl_context()) as client:
+    with endpoints.client(deadline) as http:
         for address in addresses:
             try:
-                with client.stream("GET", performance_url(address, model, since_ms)) as r:
-                    r.raise_for_status()
-                    body = bytearray()
-                    for chunk in r.iter_bytes():
-                        body += chunk
-                        if len(body) > max_bytes:
-                            raise SketchTooLarge(f"the answer is larger than {max_bytes} bytes")
-                doc = json.loads(body)
+                doc = endpoints.get_json(http, performance_url(address, model, since_ms), max_bytes)
                 if not isinstance(doc, dict) or not isinstance(doc.get("versions"), dict):
                     raise ValueError("no 'versions' object")
                 return doc["versions"]
-            except (httpx.HTTPError, SketchTooLarge, ValueError) as e:
+            except (httpx.HTTPError, AnswerTooLarge, ValueError) as e:
                 errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
     raise CheckError(R.FEEDBACK_UNAVAILABLE, "no pod answered with live performance: " + "; ".join(errors)[:900])
 

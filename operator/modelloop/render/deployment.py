@@ -9,7 +9,8 @@ from ..api.deployment import SERVER_PORT, SKETCH_PORT, ModelDeploymentSpec
 from ..config import SETTINGS, Settings
 from ..meta import owner_reference, parse_duration
 from ..names import (
-    ANNOTATION_METADATA_SHA256, ANNOTATION_MODEL_SHA256, ANNOTATION_MODEL_URI, ANNOTATION_MODEL_VERSION, LABEL_DEPLOYMENT,
+    ANNOTATION_METADATA_SHA256, ANNOTATION_MODEL_SHA256, ANNOTATION_MODEL_URI, ANNOTATION_MODEL_VERSION, LABEL_CHALLENGER,
+    LABEL_DEPLOYMENT,
 )
 from . import pods
 
@@ -45,10 +46,51 @@ def desired_replicas(spec: ModelDeploymentSpec) -> int:
     return spec.autoscaling.min_replicas if spec.autoscaling else (1 if spec.replicas is None else spec.replicas)
 
 
+def challenger_name(name: str) -> str:
+    """The challenger's Deployment, Service and NetworkPolicy (a ModelDeployment name has at most 52 characters)."""
+    return f"{name}-challenger"
+
+
+def challenger_selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "modelloop-server", LABEL_CHALLENGER: name}
+
+
+def shadow_target(name: str, namespace: str) -> str:
+    return f"{challenger_name(name)}.{namespace}.svc.cluster.local:{SERVER_PORT}"
+
+
 def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel,
-                      settings: Settings = SETTINGS) -> dict[str, Any]:
+                      settings: Settings = SETTINGS, replicas: int | None = None) -> dict[str, Any]:
+    """The champion: the pods behind the Service. With strategy shadow they copy requests to the challenger's
+    Service (a challenger that is absent costs a dropped copy: docs/challenger.md); `replicas` overrides the
+    spec's count (a canary by replicas gives some of them to the challenger)."""
     name = owner["metadata"]["name"]
     labels = {**pods.common_labels("server", name), **selector(name)}
+    shadow = (["--shadow-to", shadow_target(name, owner["metadata"]["namespace"]),
+               "--shadow-fraction", f"{spec.rollout.shadow.fraction:g}"] if spec.rollout.strategy == "shadow" else [])
+    return _server_deployment(owner, spec, model, name, selector(name), labels, labels, shadow,
+                              None if spec.autoscaling else (desired_replicas(spec) if replicas is None else replicas),
+                              settings)
+
+
+def render_challenger(owner: dict, spec: ModelDeploymentSpec, model: ServedModel, replicas: int, in_service: bool,
+                      settings: Settings = SETTINGS) -> dict[str, Any]:
+    """The challenger: the candidate version's own Deployment. Its pods join the champion's Service only in a
+    canary by replicas (`in_service`); shadowing, or behind a Gateway, they are reached through their own Service."""
+    name = owner["metadata"]["name"]
+    own = challenger_selector(name)
+    labels = {**pods.common_labels("server", name), **own}
+    pod_labels = {**labels, **(selector(name) if in_service else {})}
+    # The Deployment itself carries the ModelDeployment's label: its events reconcile the ModelDeployment.
+    out = _server_deployment(owner, spec, model, challenger_name(name), own, {**labels, LABEL_DEPLOYMENT: name},
+                             pod_labels, [], replicas, settings)
+    return out
+
+
+def _server_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel, name: str,
+                       match_labels: dict[str, str], labels: dict[str, str], pod_labels: dict[str, str],
+                       extra_args: list[str], replicas: int | None, settings: Settings) -> dict[str, Any]:
+    model_name = owner["metadata"]["name"]  # what clients call it, on either Deployment
     feedback_uri = spec.feedback.uri if spec.feedback else None
     claims = pods.pvc_claims([model.uri, feedback_uri])
     # The servers only read the model; with feedback on they write records to its store.
@@ -60,10 +102,10 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
         "image": settings.runtime_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["modelloop-serve"],
-        "args": ["--model-uri", model.uri, "--model-name", name, "--port", str(SERVER_PORT),
+        "args": ["--model-uri", model.uri, "--model-name", model_name, "--port", str(SERVER_PORT),
                  "--sketch-port", str(SKETCH_PORT),
                  "--max-batch-size", str(s.max_batch_size), "--max-batch-wait-ms", f"{s.max_batch_wait_ms:g}",
-                 "--max-body-bytes", str(s.max_body_bytes)],
+                 "--max-body-bytes", str(s.max_body_bytes), *extra_args],
         "env": [*pods.base_env(settings), *pinned_digests_env(model),
                 {"name": "MODELLOOP_RUNTIME", "value": s.runtime},
                 {"name": "MODELLOOP_INFERENCE_TIMEOUT_SECONDS", "value": f"{parse_duration(s.inference_timeout):g}"},
@@ -84,7 +126,7 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_meta: dict[str, Any] = {
-        "labels": dict(labels),
+        "labels": dict(pod_labels),
         # The served version is part of the pod template: a new version is a rolling update.
         "annotations": {ANNOTATION_MODEL_VERSION: str(model.version), ANNOTATION_MODEL_SHA256: model.sha256,
                         **({ANNOTATION_METADATA_SHA256: model.metadata_sha256} if model.metadata_sha256 else {}),
@@ -103,15 +145,15 @@ def render_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
     }
     pods.apply_overrides(pod_spec, pod_meta, container, spec.pod_template)
     deployment_spec: dict[str, Any] = {
-        "selector": {"matchLabels": selector(name)},
+        "selector": {"matchLabels": match_labels},
         "strategy": {"type": "RollingUpdate",
                      "rollingUpdate": {"maxUnavailable": 0, "maxSurge": spec.rollout.max_surge}},
         "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
         "revisionHistoryLimit": 5,
         "template": {"metadata": pod_meta, "spec": pod_spec},
     }
-    if not spec.autoscaling:  # with an HPA, replicas belong to the HPA: we do not manage the field
-        deployment_spec["replicas"] = desired_replicas(spec)
+    if replicas is not None:  # None with an HPA: replicas belong to the HPA, we do not manage the field
+        deployment_spec["replicas"] = replicas
     meta = _meta(owner, name, labels)
     meta["annotations"] = {ANNOTATION_MODEL_VERSION: str(model.version)}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
@@ -137,24 +179,28 @@ def pinned_digests_env(model: ServedModel) -> list[dict[str, str]]:
     return env
 
 
-def render_service(owner: dict) -> dict[str, Any]:
+def render_service(owner: dict, challenger: bool = False) -> dict[str, Any]:
+    """The Service of the champion's pods (and a canary's challenger pods), or the challenger's own."""
     name = owner["metadata"]["name"]
+    chosen = challenger_selector(name) if challenger else selector(name)
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": _meta(owner, name, {**pods.common_labels("server", name), **selector(name)}),
-            "spec": {"type": "ClusterIP", "selector": selector(name),
+            "metadata": _meta(owner, challenger_name(name) if challenger else name,
+                              {**pods.common_labels("server", name), **chosen}),
+            "spec": {"type": "ClusterIP", "selector": chosen,
                      "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http", "protocol": "TCP"}]}}
 
 
-def render_network_policy(owner: dict, settings: Settings = SETTINGS) -> dict[str, Any]:
-    """Ingress of the server pods: the inference port (V2, V1, health, /metrics) from anywhere, as
-    without a policy; the sketch port (live feature distributions of the traffic) from the operator's
-    pods only. The Service does not expose the sketch port at all."""
+def render_network_policy(owner: dict, settings: Settings = SETTINGS, challenger: bool = False) -> dict[str, Any]:
+    """Ingress of the server pods (the champion's, or the challenger's): the inference port (V2, V1, health,
+    /metrics) from anywhere, as without a policy; the sketch port (live feature distributions of the traffic)
+    from the operator's pods only. The Service does not expose the sketch port at all."""
     name = owner["metadata"]["name"]
+    pod_selector = challenger_selector(name) if challenger else selector(name)
     operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}},
                 "podSelector": {"matchLabels": dict(settings.operator_pod_labels)}}
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": _meta(owner, name, pods.common_labels("server", name)),
-            "spec": {"podSelector": {"matchLabels": selector(name)}, "policyTypes": ["Ingress"],
+            "metadata": _meta(owner, challenger_name(name) if challenger else name, pods.common_labels("server", name)),
+            "spec": {"podSelector": {"matchLabels": pod_selector}, "policyTypes": ["Ingress"],
                      "ingress": [{"ports": [{"protocol": "TCP", "port": SERVER_PORT}]},
                                  {"from": [operator], "ports": [{"protocol": "TCP", "port": SKETCH_PORT}]}]}}
 

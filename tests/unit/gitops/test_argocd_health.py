@@ -44,6 +44,9 @@ CASES = [
     ("ModelDeployment", "no-status", "Progressing", "waiting for the operator"),
     ("ModelDeployment", "paused", "Suspended", "modelloop.dev/reconcile: disabled"),
     ("ModelDeployment", "storage-unavailable", "Progressing", "StorageUnavailable: the model store cannot be read"),
+    ("ModelDeployment", "analysing", "Progressing", "Analysing: analysing: 240 of 500 requests"),
+    ("ModelDeployment", "challenger-rejected", "Degraded",
+     "ChallengerRejected: version 2 was rejected on live traffic; serving version 1: performance: McNemar"),
     ("DriftMonitor", "ready", "Healthy", "Checked: checked 1200 rows against version 1"),
     ("DriftMonitor", "drift-detected", "Healthy", "DatasetDrift: 2 of 3 features drifted"),
     ("DriftMonitor", "insufficient-samples", "Healthy", "InsufficientSamples"),
@@ -105,7 +108,8 @@ def _deployment_triples() -> set[tuple[str, str, str]]:
     deps = [None, {"spec": {"replicas": 1}, "status": {"conditions": [{"type": "Available", "status": "True"}]}}]
     for state, u, serving, dep in itertools.product(("Missing", "Progressing", "Available", "Failed"), unavailable,
                                                     (None, 1), deps):
-        out |= _triples(deployment_conditions(state, u, None, serving, dep))
+        for analysing in (None, "analysing"):
+            out |= _triples(deployment_conditions(state, u, None, serving, dep, analysing))
     return out
 
 

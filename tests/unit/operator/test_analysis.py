@@ -111,3 +111,20 @@ def test_the_watch_rolls_back_on_a_significant_error_rate_or_a_performance_below
     assert worse.rollback and "live performance" in worse.message
     done = watch(t, Served(5000, 5), Served(5000, 4), elapsed_seconds=3600)
     assert done.done and not done.rollback
+
+
+def test_labels_that_show_the_challenger_better_outrank_low_agreement_and_nothing_else_does():
+    """A retrain after concept drift answers differently by design (the demo's measured 50% agreement): when the
+    paired test finds it significantly better, low agreement does not reject it; when labels are few, or show no
+    difference, it still does."""
+    from modelloop.analysis import Paired, Served, Thresholds, analyse
+
+    t = Thresholds(min_requests=10, window_seconds=0, min_labels=50)
+    served = Served(1000, 0, 0.01)
+    better = Paired(rows=1000, agreed=500, champion_only_right=40, challenger_only_right=400)
+    decided = analyse(t, served, served, better, classifier=True, elapsed_seconds=1)
+    agreement = next(g for g in decided.gates if g.name == "agreement")
+    assert decided.decision == "promote" and agreement.verdict == "pass" and "labels decide" in agreement.message
+    for paired in (Paired(rows=1000, agreed=500, champion_only_right=10, challenger_only_right=12),   # few labels
+                   Paired(rows=1000, agreed=500, champion_only_right=200, challenger_only_right=210)):  # no better
+        assert analyse(t, served, served, paired, classifier=True, elapsed_seconds=1).decision == "reject"

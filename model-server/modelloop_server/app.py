@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -38,10 +39,11 @@ from .feedback import decode_feedback
 from .inference import Prediction, Predictor
 from .live import LiveSketches
 from .logs import log_event
-from .metrics import ServerMetrics
+from .metrics import LATENCY_BUCKETS, ServerMetrics
 from .model import ServedModel
 from .recording import Outcomes, open_outcomes
 from .schema import RequestLimits
+from .served import ServedWindow
 from .shadow import OUTCOMES as SHADOW_OUTCOMES, SHADOW_HEADER, ShadowMirror
 
 # Feedback calls held at once (reading, or waiting for the feedback thread); more get 503 with Retry-After, so
@@ -52,6 +54,7 @@ MAX_FEEDBACK_CALLS = 4
 # request has ~100 bytes) are decoded on the loop, as before.
 DECODE_OFF_LOOP_BYTES = 16 * 1024
 Decoded = TypeVar("Decoded")
+Result = TypeVar("Result")
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -72,6 +75,7 @@ class ModelServerApp:
         self.sketches: LiveSketches | None = None
         self.outcomes: Outcomes | None = None  # prediction records and feedback (config.feedback_uri)
         self.metrics = ServerMetrics(min_rows=config.sketch_min_rows)
+        self.served = ServedWindow(LATENCY_BUCKETS)  # inference requests by minute, for /served
         self.limits: RequestLimits | None = None  # set with the model (they depend on its features)
         # Decoding of large bodies: one thread, so that large requests queue for it rather than for the GIL.
         self.decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
@@ -110,14 +114,17 @@ class ModelServerApp:
         in_flight = self.metrics.in_flight
         in_flight.inc()
         route = "unmatched"
-        limited = False
+        limited = inference = shadow = False
         try:
             route, handler, params = match_route(scope["method"], scope["path"])
-            # Sketches and live performance are served on their own port only, and that port serves nothing else.
+            # The operator's reads (sketches, performance, served, compare) are on their own port only, and that
+            # port serves nothing else.
             on_sketch_port = (scope.get("server") or (None, None))[1] == self.config.sketch_port
             if (handler in _SKETCH_PORT_ONLY) != on_sketch_port:
                 raise ClientError(404, f"no such endpoint on this port: {scope['method']} {scope['path']}")
             if handler in _INFERENCE:
+                inference = True
+                shadow = SHADOW_HEADER in _headers(scope)  # a challenger's copy (shadow.py)
                 if self.inferring >= self.config.max_concurrency:
                     self.metrics.refused.labels("concurrency").inc()
                     raise unavailable(f"the server is at its limit of {self.config.max_concurrency} inference "
@@ -152,7 +159,10 @@ class ModelServerApp:
             if limited:
                 self.inferring -= 1
             in_flight.dec()
-            self.metrics.observe_request(route, status, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.metrics.observe_request(route, status, seconds)
+            if inference:
+                self.served.observe(status, seconds, shadow)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -338,21 +348,60 @@ class ModelServerApp:
         labels from the store (every replica's records): `{"since": ms, "versions": {"<v>": {"labelled": n,
         "metrics": {name: {value, low, high}}}}}`. For the operator's DriftMonitor, on the sketch port."""
         model = self._model(name, version)
-        outcomes = self.outcomes
-        if outcomes is None:
-            raise ClientError(404, f"feedback is off for model {name!r} (spec.feedback.uri): no live performance")
-        query = dict(part.split("=", 1) for part in scope.get("query_string", b"").decode("latin-1").split("&")
-                     if "=" in part)
-        since = query.get("since", "")
-        if not since.isdigit():
-            raise ClientError(400, "?since=<epoch milliseconds> is required")
-        loop = asyncio.get_running_loop()
+        outcomes = self._outcomes_for(name, "no live performance")
+        since = _query_int(_query(scope), "since", "epoch milliseconds")
+        result = await self._on_feedback_thread(outcomes, outcomes.performance, model, since)
+        body = {"since": since, "versions": {str(v): p for v, p in result.items()}}
+        return 200, orjson.dumps(body), JSON_HEADERS
+
+    async def served(self, scope: Scope, receive: Receive, name: str, version: str | None = None) -> Response:
+        """This process's inference requests since `?since=<epoch ms>` (within the last 24 hours): counts, errors,
+        client errors, shadow copies and the latency histogram (served.py). For the operator's champion/challenger
+        analysis, on the sketch port."""
+        self._model(name, version)
+        sketches = self.sketches
+        if sketches is None:
+            raise ClientError(503, "the model is not loaded yet; nothing served", headers=(RETRY_AFTER,))
+        since = _query_int(_query(scope), "since", "epoch milliseconds")
+        body = {"modelVersion": sketches.model_version, "instance": sketches.instance, **self.served.window(since)}
+        return 200, orjson.dumps(body), JSON_HEADERS
+
+    async def compare(self, scope: Scope, receive: Receive, name: str, version: str | None = None) -> Response:
+        """Two versions on the same prediction ids since `?since=<epoch ms>` (modelloop.outcomes.paired), read from
+        the store as /performance reads it: `?champion=<version>&challenger=<version>`. For the operator's
+        champion/challenger analysis, on the sketch port."""
+        model = self._model(name, version)
+        outcomes = self._outcomes_for(name, "no comparison of versions")
+        query = _query(scope)
+        since = _query_int(query, "since", "epoch milliseconds")
+        champion = _query_int(query, "champion", "a version number", digits=9)
+        challenger = _query_int(query, "challenger", "a version number", digits=9)
+        if champion == challenger:
+            raise ClientError(400, f"?champion= and ?challenger= are both version {champion}; compare two versions")
+        since, paired = await self._on_feedback_thread(outcomes, outcomes.paired, model, since, champion, challenger)
+        distance = paired.get("output_distance")
+        differences = paired.get("loss_differences")
+        body = {"since": since, "champion": champion, "challenger": challenger, "rows": paired["rows"],
+                "agreed": paired.get("agreed"),
+                # an infinite distance (the champion's outputs all equal, the challenger's not) has no JSON number
+                "outputDistance": distance if distance is not None and math.isfinite(distance) else None,
+                "championOnlyRight": paired.get("champion_only_right", 0),
+                "challengerOnlyRight": paired.get("challenger_only_right", 0),
+                "lossDifferences": list(differences) if differences is not None else None}
+        return 200, orjson.dumps(body), JSON_HEADERS
+
+    def _outcomes_for(self, name: str, what: str) -> Outcomes:
+        if self.outcomes is None:
+            raise ClientError(404, f"feedback is off for model {name!r} (spec.feedback.uri): {what}")
+        return self.outcomes
+
+    async def _on_feedback_thread(self, outcomes: Outcomes, read: Callable[..., Result], *args: Any) -> Result:
+        """A read of the store's records, on the feedback thread (never on the event loop); 503 when the store does
+        not answer."""
         try:
-            result = await loop.run_in_executor(outcomes.executor, outcomes.performance, model, int(since))
+            return await asyncio.get_running_loop().run_in_executor(outcomes.executor, read, *args)
         except StorageError as exc:
             raise unavailable(f"the feedback store did not answer: {exc}") from None
-        body = {"since": int(since), "versions": {str(v): p for v, p in result.items()}}
-        return 200, orjson.dumps(body), JSON_HEADERS
 
     async def _maintain_records(self, every_seconds: float = 3600.0) -> None:
         """Once an hour: the closed hours' segments are compacted, and the days of records older than
@@ -478,6 +527,8 @@ _V2_MODEL_ROUTES: dict[str, tuple[str, str, Handler]] = {
     "feedback": ("POST", "/feedback", ModelServerApp.feedback),
     "sketch": ("GET", "/sketch", ModelServerApp.sketch),
     "performance": ("GET", "/performance", ModelServerApp.performance),
+    "served": ("GET", "/served", ModelServerApp.served),
+    "compare": ("GET", "/compare", ModelServerApp.compare),
 }
 _FIXED_ROUTES: dict[str, tuple[str, Handler]] = {
     "/v2/health/live": ("GET", ModelServerApp.live),
@@ -490,7 +541,8 @@ _FIXED_ROUTES: dict[str, tuple[str, Handler]] = {
 
 
 # Routes of the sketch port (open to the operator only), which serves nothing else.
-_SKETCH_PORT_ONLY = frozenset({ModelServerApp.sketch, ModelServerApp.performance})
+_SKETCH_PORT_ONLY = frozenset({ModelServerApp.sketch, ModelServerApp.performance, ModelServerApp.served,
+                               ModelServerApp.compare})
 # Routes that predict: counted against --max-concurrency (health, metadata and metrics never are).
 _INFERENCE = frozenset({ModelServerApp.infer, ModelServerApp.v1_predict})
 
@@ -540,7 +592,11 @@ def _mirror(config: ServerConfig, metrics: ServerMetrics) -> ShadowMirror | None
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return dict(scope["headers"])
+    """The request's headers by (lower-case) name, made once a request (_http and the handler both look)."""
+    headers = scope.get("modelloop.headers")
+    if headers is None:
+        headers = scope["modelloop.headers"] = dict(scope["headers"])
+    return headers
 
 
 # Generated request ids: 80 random bits per process and a counter (32 hex digits), unique across replicas and
@@ -561,6 +617,19 @@ def _request_id(given: str | None, headers: dict[bytes, bytes]) -> str:
         raise ClientError(400, "the request id ('id' or X-Request-Id) must be 1-128 printable ASCII characters "
                                "without spaces")
     return given
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in scope.get("query_string", b"").decode("latin-1").split("&")
+                if "=" in part)
+
+
+def _query_int(query: dict[str, str], name: str, what: str, *, digits: int = 15) -> int:
+    """`?name=` as a whole number of at most `digits` ASCII digits; 400 otherwise."""
+    value = query.get(name, "")
+    if not (value.isascii() and value.isdigit() and len(value) <= digits):
+        raise ClientError(400, f"?{name}=<{what}> is required, as at most {digits} digits")
+    return int(value)
 
 
 def _binary_header(headers: dict[bytes, bytes]) -> int | None:

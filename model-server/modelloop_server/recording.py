@@ -32,6 +32,7 @@ from modelloop.artifacts.errors import ObjectNotFoundError, StorageError
 from modelloop.artifacts.uri import StorageUri, parse_uri
 from modelloop.outcomes import records
 from modelloop.outcomes.join import hash_ids, window_performance
+from modelloop.outcomes.paired import window_paired
 
 from .logs import log_event
 
@@ -411,9 +412,28 @@ class Outcomes:
     def performance(self, model: Any, since_ms: int) -> dict[int, dict]:
         """Live performance per version of the predictions made since `since_ms` (any replica's: all is read
         from the store), as modelloop.outcomes.join.window_performance computes it."""
+        since_ms, keys, read = self._window(since_ms)
+        return window_performance(keys, read, since_ms=since_ms,
+                                  max_delay_ms=int(self.index.max_delay_seconds * 1000), classifier=model.classifier,
+                                  classes=[str(c) for c in model.classes or []],
+                                  calibration=model.metadata.get("calibration"), version=model.version)
+
+    def paired(self, model: Any, since_ms: int, champion: int, challenger: int) -> tuple[int, dict[str, Any]]:
+        """Two versions on the same prediction ids since `since_ms` (any replica's records), as
+        modelloop.outcomes.paired.window_paired computes them; with the window's start (no earlier than the
+        retention)."""
+        since_ms, keys, read = self._window(since_ms)
+        return since_ms, window_paired(keys, read, since_ms=since_ms,
+                                       max_delay_ms=int(self.index.max_delay_seconds * 1000), champion=champion,
+                                       challenger=challenger, classifier=model.classifier)
+
+    def _window(self, since_ms: int) -> tuple[int, list[str], Callable[[str], pa.Table]]:
+        """The start of a window from `since_ms` (no earlier than the retention: nothing older is kept), the keys
+        of the record segments of the days it touches, and a reader of one segment (capped; a segment compacted
+        meanwhile reads as empty, its rows being in the compacted one)."""
         backend, base = self.recorder.backend, self.recorder.base
         now = int(time.time() * 1000)
-        since_ms = max(since_ms, now - int(self.retention_seconds * 1000))  # nothing older is kept
+        since_ms = max(since_ms, now - int(self.retention_seconds * 1000))
         keys = [f"{kind}/{day}/{key}" for kind in records.KINDS for day in records.days(since_ms, now)
                 for key in backend.list_keys(base.child(kind, day))]
 
@@ -421,13 +441,10 @@ class Outcomes:
             kind = key.split("/", 1)[0]
             try:
                 data = read_capped(backend, base.child(*key.split("/")), MAX_SEGMENT_BYTES, "record segment")
-            except ObjectNotFoundError:  # compacted meanwhile: its rows are in the compacted segment
+            except ObjectNotFoundError:
                 return records.empty(kind)
             return records.decode(data, kind, max_rows=MAX_SEGMENT_ROWS)
-        return window_performance(keys, read, since_ms=since_ms,
-                                  max_delay_ms=int(self.index.max_delay_seconds * 1000), classifier=model.classifier,
-                                  classes=[str(c) for c in model.classes or []],
-                                  calibration=model.metadata.get("calibration"), version=model.version)
+        return since_ms, keys, read
 
     def compact(self, *, min_age_seconds: float = 7200.0, look_back_days: int = 2) -> list[str]:
         """Merge the segments of each closed hour (ended more than `min_age_seconds` ago, within the last

@@ -204,6 +204,20 @@ def live_performance(joined: pd.DataFrame, *, classifier: bool, classes: Sequenc
     return out
 
 
+def window_segments(segment_keys: Iterable[str], read: Callable[[str], pa.Table], *, since_ms: int
+                    ) -> tuple[Labels, list[str]]:
+    """The labels that arrived since `since_ms` (read whole) and the keys of the prediction segments that may hold
+    predictions made since then (to be read one at a time), from the keys of the record segments of the days the
+    window touches (both kinds; others are skipped)."""
+    from .records import LABELS, PREDICTIONS, parse_segment
+
+    segments = [s for s in map(parse_segment, segment_keys) if s is not None]
+    labels = Labels.from_tables(read(s.key) for s in segments if s.kind == LABELS and s.millis >= since_ms)
+    # A prediction segment is named after its first record; its last is at most a flush (seconds) later.
+    wanted = [s.key for s in segments if s.kind == PREDICTIONS and s.millis >= since_ms - 60_000]
+    return labels, wanted
+
+
 def window_performance(segment_keys: Iterable[str], read: Callable[[str], pa.Table], *, since_ms: int,
                        max_delay_ms: int, classifier: bool, classes: Sequence[str] | None = None,
                        positive: str | None = None, calibration: dict | None = None,
@@ -214,12 +228,8 @@ def window_performance(segment_keys: Iterable[str], read: Callable[[str], pa.Tab
     of `version` (its metadata.json), that version also gets `estimated`: its accuracy estimated without
     labels from every prediction's calibrated confidence (modelloop.outcomes.cbpe), labelled or not."""
     from .cbpe import calibrate, estimate_accuracy
-    from .records import LABELS, PREDICTIONS, parse_segment
 
-    segments = [s for s in map(parse_segment, segment_keys) if s is not None]
-    labels = Labels.from_tables(read(s.key) for s in segments if s.kind == LABELS and s.millis >= since_ms)
-    # A prediction segment is named after its first record; its last is at most a flush (seconds) later.
-    wanted = [s.key for s in segments if s.kind == PREDICTIONS and s.millis >= since_ms - 60_000]
+    labels, wanted = window_segments(segment_keys, read, since_ms=since_ms)
     confidences: list[np.ndarray] = []
 
     def tables() -> Iterable[pa.Table]:

@@ -61,3 +61,28 @@ def test_the_live_join_keeps_each_versions_prediction_of_a_shadowed_id():
     joined = join([segment(ids, 1, ["yes", "no"]), segment(ids, 2, ["no", "no"])],
                   Labels.from_tables([label_table(ids, ["yes", "no"])]))
     assert sorted(zip(joined["version"], joined["label"])) == [(1, "no"), (1, "yes"), (2, "no"), (2, "no")]
+
+
+def test_a_window_pairs_only_the_predictions_made_since_its_start_and_labels_within_max_delay():
+    """As the live performance reads a window: a segment named before the start still gives its later rows, its
+    earlier ones are left out; a label that came later than maxDelay after the predictions does not count."""
+    from modelloop.outcomes import records
+    from modelloop.outcomes.paired import window_paired
+
+    since = 1_796_000_000_000
+    early = [f"e{i}:0" for i in range(4)]   # predicted before since, in the segment that straddles it
+    late = [f"l{i}:0" for i in range(6)]    # after since
+    tables = {}
+    for version, answer in ((1, "yes"), (2, "no")):
+        table = pa.concat_tables([segment(early, version, [answer] * 4, start=since - 30_000),
+                                  segment(late, version, [answer] * 6, start=since + 1)])
+        tables[records.segment_key(records.PREDICTIONS, since - 30_000, f"pod-{version}", 0)] = table
+    on_time = label_table(late[:4], ["yes"] * 4)  # arrives at 1_796_000_100_000: within 200 s
+    too_late = pa.table({"id": pa.array(late[4:] + early, pa.string()),
+                         "time": pa.array([since + 10_000_000] * 6, pa.int64()),
+                         "label": pa.array(["yes"] * 6, pa.string()), "value": pa.nulls(6, pa.float64())})
+    tables[records.segment_key(records.LABELS, since + 100_000, "pod-1", 0)] = on_time
+    tables[records.segment_key(records.LABELS, since + 10_000_000, "pod-1", 1)] = too_late
+    found = window_paired(tables, tables.__getitem__, since_ms=since, max_delay_ms=200_000, champion=1, challenger=2,
+                          classifier=True)
+    assert found == {"rows": 6, "agreed": 0, "champion_only_right": 4, "challenger_only_right": 0}

@@ -61,19 +61,19 @@ def price_frame(rows: int = 300, seed: int = 2) -> pd.DataFrame:
 
 
 def train_version(root: Path, name: str, frame: pd.DataFrame, target: str, estimator: dict[str, Any],
-                  categorical: list[str] | None = None) -> tuple[str, dict[str, Any]]:
-    """Train with the real trainer into file://root/name/out/v1; returns the version URI and metadata."""
+                  categorical: list[str] | None = None, version: int = 1) -> tuple[str, dict[str, Any]]:
+    """Train with the real trainer into file://root/name/out/v<version>; returns the version URI and metadata."""
     from modelloop.training.trainer import train
 
-    data = root / name / "data.csv"
+    data = root / name / f"data-v{version}.csv"
     data.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(data, index=False)
     dataset: dict[str, Any] = {"uri": f"file://{data}", "target": target}
     if categorical:
         dataset["categorical"] = categorical
     spec = {"dataset": dataset, "estimator": estimator, "output": {"uri": f"file://{root / name / 'out'}"}}
-    metadata = train(spec, version=1, identity={"name": name, "namespace": "default"})
-    return f"file://{root / name / 'out'}/v1", metadata
+    metadata = train(spec, version=version, identity={"name": name, "namespace": "default"})
+    return f"file://{root / name / 'out'}/v{version}", metadata
 
 
 @dataclass

@@ -9,7 +9,7 @@ import pytest
 
 PURE = ["modelloop.render.deployment", "modelloop.render.training", "modelloop.status", "modelloop.names",
         "modelloop.reasons", "modelloop.meta", "modelloop.promotion", "modelloop.rollout", "modelloop.runs", "modelloop.retrain",
-        "modelloop.performance", "modelloop.report", "modelloop.analysis"]
+        "modelloop.performance", "modelloop.report", "modelloop.analysis", "modelloop.render.gateway"]
 
 
 @pytest.mark.parametrize("module", PURE)

@@ -4,9 +4,11 @@
 # kwok, helm, promtool and prometheus, the node's CoreDNS, metrics-server and kube-router (NetworkPolicy), versitygw (the S3-compatible server of the
 # tests and the demo), and argocd-health (hack/argocd-health: Argo CD's Lua health checks run the way Argo CD runs them). Each binary is cached as $CACHE/bin/<name>-<version> and
 # rebuilt only when missing or when it does not report the expected version. Prints the bin directory on success.
+# Not a binary: gateway-api-crds puts the Gateway API's CRDs in $CACHE/gateway-api-crds-<version>/.
 #
 # Usage: hack/build-binaries.sh [--list] [component or set...]   (components: k8s etcd kwok helm promtool prometheus
-#        coredns metrics-server kube-router versitygw argocd-health; sets below; default: test, everything)
+#        coredns metrics-server kube-router versitygw argocd-health gateway-api-crds; sets below; default: test,
+#        everything)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,6 +38,8 @@ have() { # have <name> <version>: cached binary exists and reports its version
 }
 
 link() { ln -sf "$1-$2" "$BIN/$1"; }
+
+module_dir() { go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'; }  # module_dir <module>@<version>
 
 build_k8s() {
   local v="$K8S_VERSION" names=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy) missing=()
@@ -107,7 +111,7 @@ build_kwok() {
   link kwok "$v"
   # kwok refuses to start without stage files; they ship in the module source.
   local dir
-  dir="$(go mod download -json "sigs.k8s.io/kwok@$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  dir="$(module_dir "sigs.k8s.io/kwok@$v")"
   mkdir -p "$CACHE/kwok-stages-$v"
   cp -r "$dir/kustomize/stage/." "$CACHE/kwok-stages-$v/"
   chmod -R u+w "$CACHE/kwok-stages-$v"
@@ -226,19 +230,42 @@ build_argocd-health() {
   link argocd-health "$v"
 }
 
+# The Gateway API's standard-channel CRDs (HTTPRoute, Gateway, GatewayClass, ReferenceGrant, ...) for the canary's
+# HTTPRoute (spec.rollout.gateway; tests/integration/test_gateway_route.py): files from the module, no binary, in
+# $CACHE/gateway-api-crds-<version>/. The module's ValidatingAdmissionPolicy (it refuses experimental CRDs over
+# standard ones) is left out: it is not a CRD.
+build_gateway-api-crds() {
+  local v="$GATEWAY_API_VERSION" dest="$CACHE/gateway-api-crds-$GATEWAY_API_VERSION" tmp
+  if [[ ! -d "$dest" ]]; then
+    log "gateway-api $v: taking the standard-channel CRDs from the module"
+    tmp="$(mktemp -d "$CACHE/.gateway-api-crds-$v.XXXXXX")"
+    cp "$(module_dir "sigs.k8s.io/gateway-api@$v")"/config/crd/standard/gateway.networking.k8s.io_*.yaml "$tmp/"
+    rm -f "$tmp"/gateway.networking.k8s.io_vap_*.yaml
+    chmod -R u+w "$tmp"  # the module cache is read-only
+    mv -T "$tmp" "$dest" 2>/dev/null || rm -rf "$tmp"  # whole or not at all; a concurrent run may have won
+  fi
+}
+
 # The one list of what each entry point runs; a set name expands to its components. The order is the build
 # order: what starts the cluster first, so a cold `make demo` spends its first minutes on what it needs first.
 # tests/unit/test_build_sets.py fails when code runs a binary (BIN / "name") that its entry point's set lacks.
 #   control-plane  hack/cluster.py with MODELLOOP_NODE=0 (etcd, the Kubernetes binaries, kwok)
 #   node           what hack/node.py runs on the host beside the kubelet
 #   demo           make demo: the cluster, helm (operator install), versitygw (store), prometheus
-#   test           make test: the demo's set, promtool (the alert rules' unit tests) and argocd-health (the
-#                  Argo CD health-check harness)
+#   test           make test: the demo's set, promtool (the alert rules' unit tests), argocd-health (the
+#                  Argo CD health-check harness) and the Gateway API CRDs
 declare -A SETS=([control-plane]="etcd kwok k8s" [node]="coredns metrics-server kube-router")
 SETS[demo]="${SETS[control-plane]} ${SETS[node]} helm versitygw prometheus"
-SETS[test]="${SETS[demo]} promtool argocd-health"
-# The binaries a component puts in $BIN (k8s builds several; every other component builds one of its name).
-products() { if [[ "$1" == k8s ]]; then echo kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; else echo "$1"; fi; }
+SETS[test]="${SETS[demo]} promtool argocd-health gateway-api-crds"
+# The binaries a component puts in $BIN (k8s builds several, gateway-api-crds none; every other one builds one of its
+# name).
+products() {
+  case "$1" in
+    k8s) echo kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy ;;
+    gateway-api-crds) ;;  # files, not a binary
+    *) echo "$1" ;;
+  esac
+}
 list=0
 if [[ "${1:-}" == --list ]]; then list=1; shift; fi  # --list: print the binaries of the components, build nothing
 components=()

@@ -42,6 +42,7 @@ _PATHS = {
     ("networking.k8s.io/v1", "NetworkPolicy"): ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ("discovery.k8s.io/v1", "EndpointSlice"): ("/apis/discovery.k8s.io/v1", "endpointslices"),
     ("coordination.k8s.io/v1", "Lease"): ("/apis/coordination.k8s.io/v1", "leases"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("/apis/gateway.networking.k8s.io/v1", "httproutes"),
     **{(API_VERSION, k.kind): (f"/apis/{API_VERSION}", k.plural) for k in (TRAINING, DEPLOYMENT, MONITOR)},
 }
 

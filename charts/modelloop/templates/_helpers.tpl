@@ -58,6 +58,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["list", "create", "patch", "delete"]
+# The canary's HTTPRoute (spec.rollout.gateway): applied at each step, deleted like an HPA when the spec no
+# longer names a Gateway, listed once per namespace to know which exist. Never read alone: the apply answers with
+# the route.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["list", "create", "patch", "delete"]
 # Failure reasons of a failed training's pods.
 - apiGroups: [""]
   resources: ["pods"]

@@ -312,7 +312,8 @@ def _paired(http: httpx.Client, name: str, addresses: list[str], champion: int, 
     for address in addresses:
         try:
             return served.parse_paired(endpoints.get_json(http, endpoints.pod_url(
-                address, name, f"compare?champion={champion}&challenger={challenger_version}&since={since_ms}"))), None
+                address, name, f"compare?champion={champion}&challenger={challenger_version}&since={since_ms}")),
+                champion=champion, challenger=challenger_version), None
         except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
             errors.append(f"{address}: {type(e).__name__}: {e}"[:200])
     return None, "the paired records could not be read: " + "; ".join(errors)[:400]

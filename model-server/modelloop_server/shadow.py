@@ -38,9 +38,15 @@ def sampled(request_id: str, fraction: float) -> bool:
 
 class ShadowMirror:
     def __init__(self, host: str, port: int, fraction: float, *, senders: int = 4, max_queued: int = 256,
-                 timeout: float = 1.0, backoff: float = 1.0, on_outcome: Callable[[str, int], None] | None = None):
+                 timeout: float = 1.0, backoff: float = 1.0, max_backoff: float = 30.0,
+                 on_outcome: Callable[[str, int], None] | None = None):
         self.host, self.port, self.fraction = host, port, fraction
-        self.senders, self.max_queued, self.timeout, self.backoff = senders, max_queued, timeout, backoff
+        self.senders, self.max_queued, self.timeout = senders, max_queued, timeout
+        # The wait after a failed connection doubles while the challenger stays unreachable (a champion with no
+        # challenger, between analyses, tries once every max_backoff seconds) and is `backoff` again once one
+        # connection succeeds: a challenger that comes up gets copies within max_backoff seconds.
+        self.backoff = self.min_backoff = backoff
+        self.max_backoff = max(backoff, max_backoff)
         self.on_outcome = on_outcome or (lambda outcome, n: None)
         self.counts: Counter[str] = Counter()
         self._queue: deque[bytes] = deque()
@@ -92,6 +98,7 @@ class ShadowMirror:
         """The challenger cannot be reached: drop the copy at hand and every queued one, and drop new ones for
         `backoff` seconds."""
         self._down_until = now + self.backoff
+        self.backoff = min(self.max_backoff, self.backoff * 2)
         self._count("unreachable", 1 + len(self._queue))
         self._queue.clear()
 
@@ -116,6 +123,7 @@ class ShadowMirror:
                     except OSError:  # refused, unroutable or timed out (a TimeoutError is an OSError)
                         self._back_off(loop.time())
                         continue
+                    self.backoff = self.min_backoff
                 try:
                     await asyncio.wait_for(connection.exchange(request), self.timeout)
                     self._count("sent")

@@ -24,10 +24,6 @@ RARELY_USED = {
     ("policy", "poddisruptionbudgets", "delete"): "replicas lowered to one",
     ("", "pods", "list"): "a failed training run (its pods' termination messages)",
     ("coordination.k8s.io", "leases", "create"): "the first replica of an install creates the leader Lease",
-    # The controller that applies the route is not wired yet; when it is, a test of its canary through a Gateway
-    # makes these calls and they leave this list.
-    **{("gateway.networking.k8s.io", "httproutes", verb): "a canary through a Gateway (spec.rollout.gateway)"
-       for verb in ("list", "create", "patch", "delete")},
 }
 
 

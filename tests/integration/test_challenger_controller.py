@@ -124,3 +124,28 @@ def test_the_schema_refuses_a_gateway_without_canary_and_steps_that_do_not_incre
         obj = deployment(namespace, model={"uri": "s3://bucket/models/churn/v1"}, rollout=rollout_spec)
         refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(obj), check=False)
         assert refused.returncode != 0 and message in refused.stderr, (rollout_spec, refused.stderr)
+
+
+def test_a_canary_through_a_gateway_moves_the_routes_weight_and_the_route_goes_with_the_gateway(
+        operator, gateway_api_crds, cluster, namespace, store):
+    from modelloop.render.gateway import route_share
+
+    suspended_training(cluster, namespace, store)
+    cluster.apply(deployment(namespace, model={"fromTraining": "churn"}, replicas=2, rollout={
+        "progressDeadlineSeconds": 30, "strategy": "canary", "canary": {"steps": [10, 50]},
+        "gateway": {"parentRef": {"name": "edge", "sectionName": "http"}}, "analysis": {"window": "1h"}}))
+    route = wait_for(lambda: cluster.get("httproute", "-n", namespace)["items"], timeout=60, message="the route")[0]
+    assert route["metadata"]["name"] == "churn" and route_share(route) == 0  # all users to the champion
+    assert route["spec"]["parentRefs"][0]["name"] == "edge"
+    store.add(2, store.read_metadata(1)["metric"]["value"] + 0.01)
+    publish(cluster, namespace, store, 2)
+    wait_for(lambda: route_share(cluster.get("httproute", "churn", "-n", namespace)) == 0.1, timeout=90,
+             message="10% of the route to the challenger once its pods are Available")
+    challenger = challenger_dep(cluster, namespace)
+    assert "modelloop.dev/deployment" not in challenger["spec"]["template"]["metadata"]["labels"]  # by the route only
+    assert cluster.get("deployment", "churn", "-n", namespace)["spec"]["replicas"] == 2  # the champion keeps its pods
+    assert rollout(cluster, namespace)["trafficShare"] == 0.1
+    cluster.kubectl("patch", "mdep/churn", "-n", namespace, "--type=json", "-p", json.dumps(
+        [{"op": "replace", "path": "/spec/rollout/strategy", "value": "direct"},
+         {"op": "remove", "path": "/spec/rollout/gateway"}]))
+    wait_for(lambda: not cluster.get("httproute", "-n", namespace)["items"], timeout=60, message="the route deleted")

@@ -37,6 +37,7 @@ from ..render.deployment import (
     ServedModel, challenger_name, desired_replicas, render_challenger, render_deployment, render_hpa,
     render_network_policy, render_pdb, render_service, selector_string, url,
 )
+from ..render.gateway import render_httproute
 from ..rollout import (
     ROLLBACK, Candidate, ModelUnavailable, Rollout, admitted, deployment_conditions, observe, phase_of, roll_back,
     rollback_version, rollout_state, switch,
@@ -185,6 +186,7 @@ def _reconcile(obj: dict | None) -> None:
         _apply_optional(namespace, name, "autoscaling/v2", "HorizontalPodAutoscaler", render_hpa(obj, spec))
         _apply_optional(namespace, name, "policy/v1", "PodDisruptionBudget", render_pdb(obj, spec))
         _converge_challenger(obj, spec, ro, challenger_replicas, challenger_dep)
+        _converge_route(obj, spec, share)
         if ro.get("challenger") is not None:
             ro["trafficShare"] = share
         observe(r, rollout_state(dep, r.serving))
@@ -375,6 +377,18 @@ def _analysing(ro: dict | None) -> str | None:
     return ro.get("message") or ro["phase"]
 
 
+def _converge_route(obj: dict, spec: ModelDeploymentSpec, share: float) -> None:
+    """With spec.rollout.gateway, the HTTPRoute through which users reach the model: the champion's Service, and the
+    challenger's at its step's weight during a canary. A route made before is deleted once the spec no longer asks
+    for one; routes are never listed otherwise (a cluster without the Gateway API has no such resource)."""
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    route = render_httproute(obj, spec, name, challenger_name(name), round(share * 100))
+    with _optional_guard:
+        known = name in _optional.get(("HTTPRoute", namespace), ())
+    if route is not None or known:
+        _apply_optional(namespace, name, "gateway.networking.k8s.io/v1", "HTTPRoute", route)
+
+
 def _export_rollout(namespace: str, name: str, ro: dict) -> None:
     for p in ("Stable", "Shadowing", "Canary", "Promoting", "Watching"):
         metrics.ROLLOUT_PHASE.labels(namespace, name, p).set(1 if ro.get("phase") == p else 0)
@@ -477,7 +491,7 @@ def on_deployment_event(type: str, body: Any, name: str, namespace: str, **_: An
     if type == "DELETED":
         _follow(namespace, name, None)
         with _optional_guard:  # the garbage collector removes its children
-            for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget"):
+            for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "HTTPRoute"):
                 _optional.get((kind, namespace), set()).discard(name)
     elif not kube.own_write(body):  # its own status write: the reconcile that wrote it saw everything
         reconcile(namespace, name, body)

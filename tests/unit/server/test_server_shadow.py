@@ -153,3 +153,15 @@ def test_a_champion_copies_answered_requests_to_a_challenger_that_records_them_u
     recorded = [row["id"] for path in sorted((tmp_path / "records" / records.PREDICTIONS).rglob("*.parquet"))
                 for row in records.decode(path.read_bytes(), records.PREDICTIONS, max_rows=1000).to_pylist()]
     assert sorted(recorded) == sorted(f"{i}:0" for i in ids)
+
+
+def test_the_wait_after_an_unreachable_challenger_doubles_up_to_its_most_and_resets_on_a_connection():
+    """A champion whose challenger is absent (between analyses) tries once every max_backoff seconds, not every
+    second; the first connection that succeeds brings the wait back to its least."""
+    mirror = ShadowMirror("127.0.0.1", 9, 1.0, backoff=1.0, max_backoff=8.0)
+    waits = []
+    for _ in range(6):
+        mirror._back_off(100.0)
+        waits.append(mirror._down_until - 100.0)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    assert mirror.counts["unreachable"] == 6

@@ -272,7 +272,9 @@ def promotion_message(version: int) -> str:
     found = json.loads(kubectl("get", "events", "-n", NS, "--field-selector",
                                "involvedObject.kind=ModelDeployment,reason=ChallengerPromoted", "-o", "json"))
     messages = [e["message"] for e in found["items"] if e["message"].startswith(f"version {version} ")]
-    return messages[-1] if messages else "(no ChallengerPromoted event)"
+    gates = "".join(f"\n     {g['name']}: {g['verdict']}, {g.get('message', '')}"
+                    for g in (status("mdep").get("rollout") or {}).get("gates") or ())
+    return (messages[-1] if messages else "(no ChallengerPromoted event)") + gates
 
 
 def rejected(m: dict, version: int | None) -> bool:
@@ -396,6 +398,8 @@ def main() -> None:
         say(f"   clean demo state: deleting {len(earlier)} resources of an earlier run ({', '.join(earlier)})")
         kubectl("delete", "driftmonitor,modeldeployment,modeltraining", "--all", "-n", NS, "--wait=true",
                 "--timeout=120s", check=False)
+        # Their events too: the table printed at the end is this run's story only.
+        kubectl("delete", "events.events.k8s.io,events", "--all", "-n", NS, check=False)
     clean_store(s3_client(endpoint))
     apply_examples(endpoint)
 

@@ -126,6 +126,9 @@ def _analyse(r: Rollout, spec: RolloutSpec, t: Thresholds, candidate_version: in
     if manual.abort:
         reject(r, now, f"aborted by the {ABORT_ANNOTATION} annotation")
         return
+    if manual.promote:  # a person's decision, whatever the analysis shows so far
+        promote_challenger(r, now, f"promoted by the {PROMOTE_ANNOTATION} annotation", evidence)
+        return
     if challenger_state == "Failed":
         reject(r, now, f"its pods did not become Available within {spec.progress_deadline_seconds}s")
         return
@@ -134,9 +137,6 @@ def _analyse(r: Rollout, spec: RolloutSpec, t: Thresholds, candidate_version: in
         return
     if ro.get("startedAt") is None:
         ro["startedAt"] = format_time(now)
-    if manual.promote:
-        promote_challenger(r, now, f"promoted by the {PROMOTE_ANNOTATION} annotation", evidence)
-        return
     if evidence is None:
         ro["message"] = f"analysing version {version}: the servers' counters could not be read this time"
         return
@@ -210,7 +210,7 @@ def _promoting(r: Rollout, now: float, spec: RolloutSpec) -> None:
         if watch_seconds <= 0:
             ro["message"] = f"version {r.serving} serves"
             return
-        ro.update(phase="Watching", startedAt=format_time(now),
+        ro.update(phase="Watching", champion=r.serving, startedAt=format_time(now),
                   message=f"watching version {r.serving} against version {ro.get('previous')} for "
                           f"{watch_seconds:.0f} s")
 

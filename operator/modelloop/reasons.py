@@ -86,6 +86,7 @@ class DeploymentEvent(StrEnum):
     CHALLENGER_REJECTED = "ChallengerRejected"
     CHALLENGER_REPLACED = "ChallengerReplaced"
     CANARY_STEPPED = "CanaryStepped"
+    NO_CHALLENGER = "NoChallenger"
 
 
 class DriftEvent(StrEnum):

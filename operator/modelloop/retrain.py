@@ -33,8 +33,10 @@ def retrain_allowed(training: dict, monitor: str, labels: dict[str, str]) -> boo
 
 
 def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str | None, training: dict | None,
-                     now: datetime, monitor: str = "", labels: dict[str, str] | None = None) -> tuple[bool, str]:
-    """Whether to request a retrain now, and why (not)."""
+                     now: datetime, monitor: str = "", labels: dict[str, str] | None = None,
+                     deployment_status: dict | None = None) -> tuple[bool, str]:
+    """Whether to request a retrain now, and why (not). Not while the deployment analyses a challenger: that is
+    the last retrain being judged on live traffic, and a newer version would replace it before it is decided."""
     if spec.action.type != "retrain":
         return False, "action is none: reporting only"
     if consecutive < spec.consecutive:
@@ -48,6 +50,10 @@ def retrain_decision(spec: DriftMonitorSpec, consecutive: int, last_retrain: str
     tstatus = training.get("status") or {}
     if tstatus.get("currentRun"):
         return False, f"run {tstatus['currentRun']} is in progress"
+    rollout = (deployment_status or {}).get("rollout") or {}
+    if rollout.get("phase") in ("Shadowing", "Canary", "Promoting"):
+        return False, (f"version {rollout.get('challenger')} is being judged on live traffic "
+                       f"({rollout['phase']}); a retrain waits for its decision")
     if last_retrain:
         since = (now - datetime.fromisoformat(last_retrain.replace("Z", "+00:00"))).total_seconds()
         cooldown = parse_duration(spec.action.cooldown)

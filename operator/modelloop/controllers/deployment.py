@@ -7,6 +7,7 @@ the children (Deployment, Service, NetworkPolicy, HPA, PDB) with server-side app
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -27,12 +28,12 @@ from ..api.deployment import ModelDeploymentSpec
 from ..api.training import ModelTrainingSpec
 from ..artifacts import split_version_uri
 from ..config import SETTINGS
-from ..meta import parse_time
+from ..meta import parse_duration, parse_time
 from ..names import (
     ABORT_ANNOTATION, ANNOTATION_MODEL_VERSION, API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER,
     PROMOTE_ANNOTATION, TRAINING, VERSION,
 )
-from ..reasons import DeploymentReason as R
+from ..reasons import DeploymentEvent as Event, DeploymentReason as R
 from ..render.deployment import (
     ServedModel, challenger_name, desired_replicas, render_challenger, render_deployment, render_hpa,
     render_network_policy, render_pdb, render_service, selector_string, url,
@@ -122,7 +123,8 @@ def _reconcile(obj: dict | None) -> None:
     md = obj["metadata"]
     namespace, name = md["namespace"], md["name"]
     generation = md.get("generation", 1)
-    status: dict[str, Any] = dict(obj.get("status") or {})
+    # A deep copy: the decisions change nested fields (status.rollout), and the write compares with what obj holds.
+    status: dict[str, Any] = copy.deepcopy(obj.get("status") or {})
     try:
         spec = ModelDeploymentSpec.model_validate(obj["spec"])
     except ValidationError as e:
@@ -163,8 +165,15 @@ def _reconcile(obj: dict | None) -> None:
     live = challenger.phase(r) != "Stable" or spec.rollout.strategy != "direct"
     challenger_dep = kube.get("apps/v1", "Deployment", namespace, challenger_name(name)) if live else None
     manual = _manual(obj)
-    if challenger.phase(r) != "Stable":
+    if challenger.phase(r) in challenger.LIVE:
         _advance_challenger(obj, spec, r, candidate, challenger_dep, manual, credentials)
+    else:
+        if manual.promote or manual.abort:  # acted upon only while a challenger is analysed
+            r.events.append(("Warning", Event.NO_CHALLENGER, f"{PROMOTE_ANNOTATION if manual.promote else ABORT_ANNOTATION} "
+                             f"ignored: no challenger is analysed (status.rollout.phase "
+                             f"{challenger.phase(r)}); the annotation is removed"))
+        if challenger.phase(r) != "Stable":
+            _advance_challenger(obj, spec, r, candidate, challenger_dep, Manual(), credentials)
 
     # Promotion of the candidate: directly, or as a challenger first (a newer version ends a watch: it is
     # compared with the watched champion on live traffic anyway).
@@ -284,20 +293,24 @@ def _evidence(namespace: str, name: str, spec: ModelDeploymentSpec, ro: dict, ch
         if not docs:
             log.warning("deployment=%s/%s evidence=unavailable errors=%s", namespace, name, "; ".join(errors)[:600])
             return None
-        by_version = lambda v: [d for d in docs if d["modelVersion"] == v]  # noqa: E731
-        paired, why = None, None
-        if challenger_version is None:
-            pass
-        elif ro.get("phase") != "Shadowing":
-            why = "a canary's rows are each answered by one version, so none can be paired"
-        elif spec.feedback is None:
-            why = "spec.feedback is off: no prediction records to pair"
-        else:
-            paired, why = _paired(http, name, [a for a, d in zip(addresses, docs) if d["modelVersion"] == champion]
-                                  or addresses, champion, challenger_version, since_ms)
-    evidence = Evidence(served.merge_served(by_version(champion)),
-                        served.merge_served(by_version(challenger_version)) if challenger_version else
-                        served.merge_served([]), paired, why)
+    by_version = lambda v: [d for d in docs if d["modelVersion"] == v]  # noqa: E731
+    champion_served = served.merge_served(by_version(champion))
+    challenger_served = served.merge_served(by_version(challenger_version) if challenger_version else [])
+    paired, why = None, None
+    if challenger_version is None:
+        pass
+    elif ro.get("phase") != "Shadowing":
+        why = "a canary's rows are each answered by one version, so none can be paired"
+    elif spec.feedback is None:
+        why = "spec.feedback is off: no prediction records to pair"
+    else:
+        due = (time.time() - parse_time(ro["startedAt"]) >= parse_duration(spec.rollout.analysis.window)
+               and challenger_served.requests >= spec.rollout.analysis.min_requests)
+        paired = _paired(namespace, name, [a for a, d in zip(addresses, docs) if d["modelVersion"] == champion]
+                         or addresses, champion, challenger_version, since_ms, fresh=due)
+        if paired is None:  # the decision is not made on part of the evidence
+            return None
+    evidence = Evidence(champion_served, challenger_served, paired, why)
     for role, numbers in (("champion", evidence.champion), ("challenger", evidence.challenger)):
         metrics.ROLLOUT_REQUESTS.labels(namespace, name, role).set(numbers.requests)
         metrics.ROLLOUT_ERROR_RATE.labels(namespace, name, role).set(
@@ -306,19 +319,35 @@ def _evidence(namespace: str, name: str, spec: ModelDeploymentSpec, ro: dict, ch
     return evidence
 
 
-def _paired(http: httpx.Client, name: str, addresses: list[str], champion: int, challenger_version: int,
-            since_ms: int) -> tuple[Paired | None, str | None]:
-    """The paired comparison as the first champion pod that answers computes it (each reads every replica's
-    records from the store)."""
+# (namespace, deployment, challenger version) -> (monotonic time, the last pairing read). Reading the paired records
+# costs a champion pod seconds of store reads (every replica's segments of the window) on the thread that also takes
+# feedback: it is read at most once a minute for display, and afresh for the decision.
+_compared: BoundedCache[tuple[str, str, int], tuple[float, Paired]] = BoundedCache(SETTINGS.cache_entries)
+COMPARE_EVERY_SECONDS = 60.0
+
+
+def _paired(namespace: str, name: str, addresses: list[str], champion: int, challenger_version: int, since_ms: int,
+            fresh: bool) -> Paired | None:
+    """The two versions on the same prediction ids, as the first champion pod that answers computes it (each reads
+    every replica's records from the store); the last reading when one is less than a minute old and the decision
+    is not due. None when no pod answered."""
+    key = (namespace, name, challenger_version)
+    last = _compared.get(key)
+    if last is not None and not fresh and time.monotonic() - last[0] < COMPARE_EVERY_SECONDS:
+        return last[1]
     errors = []
-    for address in addresses:
-        try:
-            return served.parse_paired(endpoints.get_json(http, endpoints.pod_url(
-                address, name, f"compare?champion={champion}&challenger={challenger_version}&since={since_ms}")),
-                champion=champion, challenger=challenger_version), None
-        except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
-            errors.append(f"{address}: {type(e).__name__}: {e}"[:200])
-    return None, "the paired records could not be read: " + "; ".join(errors)[:400]
+    with endpoints.client(3 * SETTINGS.sketch_deadline_seconds) as http:
+        for address in addresses:
+            try:
+                paired = served.parse_paired(endpoints.get_json(http, endpoints.pod_url(
+                    address, name, f"compare?champion={champion}&challenger={challenger_version}&since={since_ms}")),
+                    champion=champion, challenger=challenger_version)
+                _compared.put(key, (time.monotonic(), paired))
+                return paired
+            except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
+                errors.append(f"{address}: {type(e).__name__}: {e}"[:200])
+    log.warning("deployment=%s/%s paired=unavailable errors=%s", namespace, name, "; ".join(errors)[:600])
+    return None if fresh or last is None else last[1]
 
 
 def _replicas(spec: ModelDeploymentSpec, ro: dict, dep: dict | None, challenger_dep: dict | None

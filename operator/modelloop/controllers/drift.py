@@ -434,7 +434,7 @@ def maybe_retrain(obj: dict, spec: DriftMonitorSpec, dep: dict, status: dict, co
                      else (dep["spec"].get("model") or {}).get("fromTraining"))
     training = kube.get(API, TRAINING.kind, namespace, training_name) if training_name else None
     go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now, name,
-                               md_.get("labels") or {})
+                               md_.get("labels") or {}, dep.get("status"))
     if go:
         # Recorded in status first, delivered after the write (deliver_retrain): a failed or conflicting write
         # requests nothing, and a request recorded is delivered even across a restart.

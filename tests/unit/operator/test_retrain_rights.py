@@ -73,3 +73,12 @@ def test_a_retrain_request_brings_fresh_data_only_when_it_is_a_valid_storage_uri
 def test_a_retrain_request_with_a_bad_dataset_uri_is_refused_with_the_annotation_named(uri):
     fresh, refused = dataset_override("RetrainRequested", {RETRAIN_DATASET_ANNOTATION: uri})
     assert fresh is None and RETRAIN_DATASET_ANNOTATION in refused and uri in refused
+
+
+def test_no_retrain_is_requested_while_the_last_one_is_judged_on_live_traffic():
+    for phase in ("Shadowing", "Canary", "Promoting"):
+        go, why = retrain_decision(SPEC, 2, None, training({"allowedMonitors": ["churn"]}), NOW, "churn", {},
+                                   {"rollout": {"phase": phase, "challenger": 3}})
+        assert not go and "version 3 is being judged on live traffic" in why
+    for phase in ("Stable", "Watching"):
+        assert retrain_decision(SPEC, 2, None, training({"allowedMonitors": ["churn"]}), NOW, "churn", {}, {"rollout": {"phase": phase}})[0]

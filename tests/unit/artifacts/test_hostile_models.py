@@ -4,6 +4,8 @@ in the store can make a server execute, refused or bounded at load.
 - ONNX graphs whose Loop trip count or allocation size comes from the input's values are refused before
   onnxruntime sees them; what the trainer exports still loads. A run can be cancelled from another thread,
   and a run that fails for its rows raises a ValueError (a 422 in the server), not a bare onnxruntime error.
+- A graph whose weights (initializers, constants, attributes, in subgraphs too) take more memory than
+  MODELLOOP_MAX_ONNX_INITIALIZER_BYTES is refused before onnxruntime sees it.
 - BallTree and KDTree with indices outside their data are refused at load; unchecked, they crash the process.
 - n_jobs is 1 on every object of a loaded model, whatever the file says, and on the copy the trainer stores.
 """
@@ -225,6 +227,109 @@ def test_a_run_that_fails_for_its_rows_is_a_value_error_that_names_no_graph_cont
         predictor.predict(np.array([[7.0]]), proba=False)
     assert isinstance(failure.value, ValueError)  # the server answers 422, with this message
     assert "secret" not in str(failure.value) and "Gather" not in str(failure.value)
+
+
+# -- ONNX weights (the bound on what a graph's constants take in memory) -------------------------------------------
+
+KiB = 1024
+WEIGHT_BOUND = 256 * KiB  # MODELLOOP_MAX_ONNX_INITIALIZER_BYTES in these tests
+OVER = 300 * KiB  # bytes of weights the graphs below hold, each in its own form
+
+
+def summed_into_the_prediction(weights: list, nodes: list | None = None) -> bytes:
+    """predict = x + the sum of "w", which `nodes` (or an initializer in `weights`) defines."""
+    return model_of([*(nodes or []), helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+                     helper.make_node("Add", ["x", "s"], ["predict"])], weights)
+
+
+def weights_in_a_branch() -> bytes:
+    """The weights as an initializer of an If branch (the condition a constant)."""
+    branch = helper.make_graph([helper.make_node("Identity", ["secret_weights"], ["out"])], "branch", [],
+                               [helper.make_tensor_value_info("out", TensorProto.DOUBLE, [None])],
+                               [const("secret_weights", np.ones(OVER // 8))])
+    return summed_into_the_prediction([const("true", True)], [helper.make_node(
+        "If", ["true"], ["w"], then_branch=branch, else_branch=branch)])
+
+
+def weights_in_a_loop_body() -> bytes:
+    """A Loop of one iteration whose body adds the sum of an initializer of its own to what it carries."""
+    body = loop_body()
+    del body.node[1]
+    body.node.extend([helper.make_node("ReduceSum", ["secret_weights"], ["s"], keepdims=0),
+                      helper.make_node("Add", ["acc_in", "s"], ["acc_out"])])
+    body.initializer.append(const("secret_weights", np.zeros(OVER // 8)))
+    return model_of([helper.make_node("Loop", ["one", "true", "x"], ["predict"], body=body)],
+                    [const("one", np.int64(1)), const("true", True)])
+
+
+def sparse_weights(elements: int) -> onnx.SparseTensorProto:
+    """One 1.0 at index 0 of `elements` doubles: the file holds two numbers, onnxruntime a dense array."""
+    return helper.make_sparse_tensor(const("w", [1.0]), const("w_indices", np.array([0])), [elements])
+
+
+def sparse_initializer(elements: int) -> bytes:
+    data = onnx.ModelProto.FromString(summed_into_the_prediction([]))
+    data.graph.sparse_initializer.append(sparse_weights(elements))
+    return data.SerializeToString()
+
+
+WEIGHTS_OVER_THE_BOUND = {
+    "raw-initializer": lambda: summed_into_the_prediction([const("w", np.ones(OVER // 8))]),
+    "typed-initializer": lambda: summed_into_the_prediction(
+        [helper.make_tensor("w", TensorProto.DOUBLE, [OVER // 8], np.ones(OVER // 8).tolist())]),
+    # int64 zeros as varints: one byte each in the file (a third of the bound), eight in memory
+    "varint-initializer": lambda: summed_into_the_prediction(
+        [helper.make_tensor("counts", TensorProto.INT64, [OVER // 8], [0] * (OVER // 8))],
+        [helper.make_node("Cast", ["counts"], ["w"], to=TensorProto.DOUBLE)]),
+    "three-initializers": lambda: summed_into_the_prediction(
+        [const(name, np.ones(OVER // 24)) for name in ("a", "b", "c")],
+        [helper.make_node("Concat", ["a", "b", "c"], ["w"], axis=0)]),
+    "constant-node": lambda: summed_into_the_prediction(
+        [], [helper.make_node("Constant", [], ["w"], value=const("secret_weights", np.ones(OVER // 8)))]),
+    "constant-list-attribute": lambda: summed_into_the_prediction(
+        [], [helper.make_node("Constant", [], ["floats"], value_floats=[1.0] * (OVER // 4)),
+             helper.make_node("Cast", ["floats"], ["w"], to=TensorProto.DOUBLE)]),
+    "if-branch-initializer": weights_in_a_branch,
+    "loop-body-initializer": weights_in_a_loop_body,
+    "sparse-initializer": lambda: sparse_initializer(OVER // 8),
+    "sparse-constant": lambda: summed_into_the_prediction(
+        [], [helper.make_node("Constant", [], ["w"], sparse_value=sparse_weights(OVER // 8))]),
+}
+
+
+@pytest.mark.parametrize("form", list(WEIGHTS_OVER_THE_BOUND))
+def test_weights_over_the_bound_are_refused_before_onnxruntime_sees_the_graph(form, monkeypatch) -> None:
+    import onnxruntime
+
+    from modelloop.artifacts import ArtifactLimitError
+
+    data = WEIGHTS_OVER_THE_BOUND[form]()
+    monkeypatch.setenv("MODELLOOP_MAX_ONNX_INITIALIZER_BYTES", str(WEIGHT_BOUND))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: pytest.fail("onnxruntime saw the graph"))
+    with pytest.raises(ArtifactLimitError) as refusal:
+        OnnxPredictor(data, INFO, FEATURES)
+    message = str(refusal.value)
+    assert "weights" in message and "MODELLOOP_MAX_ONNX_INITIALIZER_BYTES" in message and "262,144" in message
+    assert "secret_weights" not in message  # the rule, not the content
+
+
+@pytest.mark.parametrize("form", list(WEIGHTS_OVER_THE_BOUND))
+def test_the_same_weights_load_and_predict_under_a_bound_that_admits_them(form, monkeypatch) -> None:
+    monkeypatch.setenv("MODELLOOP_MAX_ONNX_INITIALIZER_BYTES", str(4 * WEIGHT_BOUND))
+    predictions, _ = OnnxPredictor(WEIGHTS_OVER_THE_BOUND[form](), INFO, FEATURES).predict(np.array([[0.0]]),
+                                                                                           proba=False)
+    assert np.isfinite(predictions).all()
+
+
+def test_a_sparse_initializer_of_a_few_bytes_that_densifies_to_gigabytes_is_refused_at_the_default() -> None:
+    """169 bytes of file, 800 MB once densified: unchecked, onnxruntime took 1.6 GiB of RSS and 5 s to build
+    the session (measured in a child, onnxruntime 1.32)."""
+    from modelloop.artifacts import ArtifactLimitError
+
+    data = sparse_initializer(100_000_000)
+    assert len(data) < 200
+    with pytest.raises(ArtifactLimitError, match="MODELLOOP_MAX_ONNX_INITIALIZER_BYTES"):
+        check_onnx_file(data)
 
 
 # -- nearest-neighbour indexes (finding 8) ----------------------------------------------------------------------

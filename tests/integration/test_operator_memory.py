@@ -12,12 +12,12 @@ refusal cost the most). Every deployment must report the artifact as unusable (R
 ArtifactUnavailable) naming the rule its version breaks; the operator must then be alive, never OOM-killed,
 and its cgroup must never have reached the limit (v1 failcnt, v2 `max` events), its peak below it.
 
-Measured on this machine (2 shared cores): the cgroup peaked at 459 to 472 MiB from 135 MiB idle, every
-deployment reporting within ~20 s. Before metadata.json's refusals were bounded (no object of more than 256
-keys, lists failing fast) the operator was OOM-killed in every run: pydantic built a million errors, +857 MiB,
-for one 0.9 MB document of list-valued categories, two documents parsed at once. The code before issue 22's
-store bounds (a8ac695), which cached whole documents, took verified_metadata from 221 MiB to 1,990 MiB over
-the same 50 unknown-keys documents (+35 MiB a version, past 1 GiB at the 23rd).
+Measured on this machine (2 shared cores): the cgroup peaked at 459 to 570 MiB (four runs) from 135 to
+140 MiB idle, every deployment reporting within ~20 s. Before metadata.json's refusals were bounded (no object
+of more than 256 keys, lists failing fast) the operator was OOM-killed in every run: pydantic built a million
+errors, +857 MiB, for one 0.9 MB document of list-valued categories, two documents parsed at once. The code
+before issue 22's store bounds (a8ac695), which cached whole documents, took verified_metadata from 221 MiB to
+1,990 MiB over the same 50 unknown-keys documents (+35 MiB a version, past 1 GiB at the 23rd).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from tests.fixtures.artifacts import HOSTILE_METADATA, hostile_metadata, make_store
-from tests.fixtures.cluster import ROOT, Cluster, wait_for
+from tests.fixtures.cluster import ROOT, Cluster, fresh_namespace, wait_for
 from tests.fixtures.operator import FORBIDDEN, OperatorProcess
 from tests.fixtures.s3 import S3Bucket
 from tests.integration.test_deployment_controller import cond
@@ -141,13 +141,9 @@ def deployment(namespace: str, version: int, bucket: S3Bucket) -> dict:
 
 
 @pytest.fixture()
-def tenant_namespace(cluster: Cluster) -> Iterator[str]:
+def tenant_namespace(cluster: Cluster, request) -> Iterator[str]:
     """A namespace outside `t-*`, so that only this test's operator watches it."""
-    name = f"mem-{os.urandom(3).hex()}"
-    cluster.create_namespace(name)
-    cluster.test_namespaces.append(name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    yield from fresh_namespace(cluster, "mem-", request)
 
 
 @pytest.fixture()

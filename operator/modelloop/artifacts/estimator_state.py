@@ -32,7 +32,7 @@ Two kinds of values matter beyond the types:
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -107,23 +107,33 @@ def _objects(root: Any) -> Iterator[Any]:
 def check_neighbor_tree(tree: Any, bound_rows: int) -> None:
     """Refuse a BallTree (`bound_rows` 1: centroids) or KDTree (2: lower and upper bounds) whose arrays do not
     describe a tree over its own data (see the module docstring)."""
-    name = type(tree).__name__
+    _refuse_unless_built(f"{type(tree).__name__} (a nearest-neighbours index)", _neighbor_tree_problem, tree,
+                         bound_rows)
+
+
+def _refuse_unless_built(what: str, problem_of: Callable[..., str | None], *args: Any) -> None:
+    """ArtifactIntegrityError naming `what` and the problem `problem_of(*args)` finds, if any (a state it cannot
+    read is one)."""
     try:
-        state = tree.__getstate__()
-        data, idx_array, node_data, node_bounds = (np.asarray(a) for a in state[:4])
-        leaf_size, n_levels, n_nodes = (int(v) for v in state[4:7])
-        sample_weight = state[12]
-        problem = _tree_problem(data, idx_array, node_data, node_bounds, leaf_size, n_levels, n_nodes,
-                                sample_weight, bound_rows)
+        problem = problem_of(*args)
     except _UNREADABLE as exc:
         problem = f"its state cannot be read ({type(exc).__name__})"
-    _refuse_unless_built(f"{name} (a nearest-neighbours index)", problem)
+    _refuse(what, problem)
 
 
-def _refuse_unless_built(what: str, problem: str | None) -> None:
+def _refuse(what: str, problem: str | None) -> None:
     if problem is not None:
         raise ArtifactIntegrityError(f"the model file holds a {what} that scikit-learn could not have built: "
-                                     f"{problem}; predicting with it would read or write outside its arrays; refusing to load")
+                                     f"{problem}; predicting with it would read or write outside its arrays; "
+                                     f"refusing to load")
+
+
+def _neighbor_tree_problem(tree: Any, bound_rows: int) -> str | None:
+    state = tree.__getstate__()
+    data, idx_array, node_data, node_bounds = (np.asarray(a) for a in state[:4])
+    leaf_size, n_levels, n_nodes = (int(v) for v in state[4:7])
+    return _tree_problem(data, idx_array, node_data, node_bounds, leaf_size, n_levels, n_nodes, state[12],
+                         bound_rows)
 
 
 def _tree_problem(data: np.ndarray, idx_array: np.ndarray, node_data: np.ndarray, node_bounds: np.ndarray,
@@ -161,11 +171,7 @@ def _tree_problem(data: np.ndarray, idx_array: np.ndarray, node_data: np.ndarray
 def check_tree(tree: Any) -> None:
     """Refuse a scikit-learn `Tree` (of a decision tree, forest or gradient boosting) whose walk could leave its
     arrays (see the module docstring)."""
-    try:
-        problem = _tree_structure_problem(tree)
-    except _UNREADABLE as exc:
-        problem = f"its state cannot be read ({type(exc).__name__})"
-    _refuse_unless_built("decision tree (sklearn.tree._tree.Tree)", problem)
+    _refuse_unless_built("decision tree (sklearn.tree._tree.Tree)", _tree_structure_problem, tree)
 
 
 def _tree_structure_problem(tree: Any) -> str | None:
@@ -209,11 +215,8 @@ def check_tree_predictor(predictor: Any, n_features: int | None = None, categori
     """Refuse a HistGradientBoosting `TreePredictor` whose walk could leave its arrays; with `n_features` (the
     columns of the X it is given) and `categorical` (the bin mapper's categorical features), also one that reads
     past them."""
-    try:
-        problem = _tree_predictor_problem(predictor, n_features, categorical)
-    except _UNREADABLE as exc:
-        problem = f"its state cannot be read ({type(exc).__name__})"
-    _refuse_unless_built("HistGradientBoosting tree (TreePredictor)", problem)
+    _refuse_unless_built("HistGradientBoosting tree (TreePredictor)", _tree_predictor_problem, predictor, n_features,
+                         categorical)
 
 
 def _tree_predictor_problem(predictor: Any, n_features: int | None, categorical: np.ndarray | None) -> str | None:
@@ -244,15 +247,9 @@ def _tree_predictor_problem(predictor: Any, n_features: int | None, categorical:
 def check_tree_estimator(estimator: Any) -> None:
     """Refuse a fitted tree estimator whose trees read more columns than the X its predict validates (see the
     module docstring); an unfitted one (a forest's template) holds no tree and passes."""
-    check = _TREE_ESTIMATORS[type(estimator).__module__]
     fitted = getattr(estimator, "__dict__", {})
-    if not any(name in fitted for name in ("tree_", "estimators_", "_predictors")):
-        return
-    try:
-        problem = check(estimator)
-    except _UNREADABLE as exc:
-        problem = f"its state cannot be read ({type(exc).__name__})"
-    _refuse_unless_built(f"{type(estimator).__name__}", problem)
+    if any(name in fitted for name in ("tree_", "estimators_", "_predictors")):
+        _refuse_unless_built(type(estimator).__name__, _TREE_ESTIMATORS[type(estimator).__module__], estimator)
 
 
 def _n_features_in(estimator: Any) -> int:
@@ -295,11 +292,10 @@ def check_initial_predictions(boosting: Any) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # feature names: the row is a bare array
             shape = np.shape(boosting._raw_predict_init(np.zeros((1, boosting.n_features_in_), dtype=np.float32)))
-        problem = None if shape == (1, columns) else (
-            f"its initial predictions have shape {shape}, not the (rows, {columns}) its stages add to")
     except Exception as exc:  # noqa: BLE001 - whatever its initial estimator raises, it cannot be served
-        problem = f"its initial estimator cannot predict ({type(exc).__name__})"
-    _refuse_unless_built(type(boosting).__name__, problem)
+        shape = f"none: it cannot predict ({type(exc).__name__})"
+    _refuse(type(boosting).__name__, None if shape == (1, columns) else
+            f"its initial predictions have shape {shape}, not the (rows, {columns}) its stages add to")
 
 
 def _hist_gradient_boosting_problem(estimator: Any) -> str | None:

@@ -42,6 +42,11 @@ class ArtifactLimits:
     zip_entry_bytes: int = 1 * GiB
     zip_total_bytes: int = 4 * GiB
     zip_ratio: float = 10.0
+    # model.onnx: the bytes its weights take in memory (initializers, sparse ones at their dense size, tensor and
+    # list attributes, such as a TreeEnsemble's nodes; subgraphs included). A forest of 300 trees exported by the
+    # trainer holds 36.5 bytes per tree node (13 MiB on examples/data/churn.csv, 85 MiB on 20,000 rows of 10
+    # features); the largest tree graph it writes (onnx_trees.MAX_NODES, 5M nodes) ~174 MiB.
+    onnx_weight_bytes: int = 512 * MiB
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ArtifactLimits:
@@ -82,6 +87,7 @@ ENVIRONMENT: dict[str, str] = {
     "zip_entry_bytes": "MODELLOOP_MAX_MODEL_ENTRY_BYTES",
     "zip_total_bytes": "MODELLOOP_MAX_MODEL_UNPACKED_BYTES",
     "zip_ratio": "MODELLOOP_MAX_MODEL_COMPRESSION_RATIO",
+    "onnx_weight_bytes": "MODELLOOP_MAX_ONNX_INITIALIZER_BYTES",
 }
 DEFAULT_LIMITS = ArtifactLimits()
 

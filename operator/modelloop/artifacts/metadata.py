@@ -3,7 +3,9 @@
 metadata.json comes from a store, which whoever holds its credentials can write (docs/security.md), so the
 schema is strict: a key it does not know, a value of the wrong type or out of range, a list longer than a
 trainer writes refuse the whole document, and the one value handed to numpy as a type (onnx.predictDtype) is
-one of a closed set. The document is parsed only within the bounds of limits.py (bytes, values, nesting).
+one of a closed set. The document is parsed only within the bounds of limits.py (bytes, values, nesting), and
+refused at a bounded cost: an object of more keys than the format has is refused before pydantic sees it, and
+lists stop at their first bad item (pydantic's errors, one per key or item, took hundreds of MiB before).
 Writers produce every field.
 """
 from __future__ import annotations
@@ -34,11 +36,14 @@ PREDICT_DTYPES = frozenset({"|b1", "|i1", "<i2", "<i4", "<i8", "|u1", "<u2", "<u
                             "|O"})
 MAX_LABEL_CHARS = 1024  # labels as fixed-width text ("<U7"): at most this wide
 _TEXT_DTYPE = re.compile(r"^<U([1-9][0-9]*)$")
-# Lengths no trainer comes near; the byte and value bounds of limits.py hold the document as a whole.
+# Lengths no trainer comes near; the byte and value bounds of limits.py hold the document as a whole. Every list
+# field fails fast (fail_fast=True): pydantic reports one error per bad item, and per member of a union for each
+# (a Category is five), so a 1 MB list of bad items built a million errors, 844 MiB, before this; now the first
+# bad item ends the list's validation.
 MAX_FEATURES = 100_000
 MAX_CATEGORIES = 100_000
 MAX_SKETCH_BINS = 10_000
-MAX_ENTRIES = 256  # metrics, libraries, estimator params, opsets
+MAX_ENTRIES = 256  # metrics, libraries, estimator params, opsets; and keys of any object (_crowded_object)
 
 Name = Annotated[str, Field(max_length=1024)]
 KubeName = Annotated[str, Field(max_length=253)]
@@ -54,7 +59,8 @@ class ModelFile(_Model):
     format: Literal["skops"] = "skops"
     sha256: str = Field(pattern=SHA256_PATTERN)
     size: int = Field(ge=0)
-    trusted_types: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=10_000)
+    trusted_types: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=10_000,
+                                                                       fail_fast=True)
 
 
 class OnnxParity(_Model):
@@ -73,7 +79,7 @@ class OnnxInputRule(_Model):
     """Values the scikit-learn model refuses in some features, with its error: the ONNX path refuses them too."""
 
     values: Literal["nan", "infinite", "float32-overflow"]
-    features: list[Name] = Field(max_length=MAX_FEATURES)
+    features: list[Name] = Field(max_length=MAX_FEATURES, fail_fast=True)
     error: str = Field(max_length=16_384)
 
 
@@ -86,7 +92,7 @@ class OnnxInfo(_Model):
     size: int | None = Field(default=None, ge=0)
     opsets: dict[Annotated[str, Field(max_length=128)], int] | None = Field(default=None, max_length=MAX_ENTRIES)
     predict_dtype: str | None = None  # numpy dtype of scikit-learn's predict(): the labels are cast to it
-    input_rules: list[OnnxInputRule] | None = Field(default=None, max_length=16)
+    input_rules: list[OnnxInputRule] | None = Field(default=None, max_length=16, fail_fast=True)
     parity: OnnxParity | None = None
     skipped: str | None = Field(default=None, max_length=16_384)  # why there is no model.onnx
 
@@ -151,17 +157,17 @@ class FeatureSchema(_Model):
     name: Name
     dtype: str = Field(pattern=DTYPE_PATTERN)
     categorical: bool
-    categories: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES)
+    categories: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES, fail_fast=True)
 
 
 class TargetSchema(_Model):
     name: Name
     dtype: str = Field(pattern=DTYPE_PATTERN)
-    classes: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES)
+    classes: list[Category] | None = Field(default=None, max_length=MAX_CATEGORIES, fail_fast=True)
 
 
 class Schema(_Model):
-    features: list[FeatureSchema] = Field(max_length=MAX_FEATURES)
+    features: list[FeatureSchema] = Field(max_length=MAX_FEATURES, fail_fast=True)
     target: TargetSchema
 
 
@@ -174,9 +180,9 @@ class _Exact(BaseModel):
 class SketchFeature(_Exact):
     name: Name
     kind: Literal["numeric", "categorical"]
-    edges: list[float] | None = Field(default=None, max_length=MAX_SKETCH_BINS)
-    categories: list[str] | None = Field(default=None, max_length=MAX_SKETCH_BINS)
-    counts: list[int] = Field(max_length=MAX_SKETCH_BINS + 1)
+    edges: list[float] | None = Field(default=None, max_length=MAX_SKETCH_BINS, fail_fast=True)
+    categories: list[str] | None = Field(default=None, max_length=MAX_SKETCH_BINS, fail_fast=True)
+    counts: list[int] = Field(max_length=MAX_SKETCH_BINS + 1, fail_fast=True)
     missing: int = Field(ge=0)
 
 
@@ -185,15 +191,15 @@ class Sketch(_Exact):
 
     format: str = Field(max_length=64)
     rows: int = Field(ge=0)
-    features: list[SketchFeature] = Field(max_length=MAX_FEATURES)
+    features: list[SketchFeature] = Field(max_length=MAX_FEATURES, fail_fast=True)
 
 
 class Calibration(_Exact):
     """The shape of a calibration (modelloop.outcomes.cbpe, which checks what it means)."""
 
     method: str = Field(max_length=32)
-    x: list[float] = Field(max_length=1000)
-    y: list[float] = Field(max_length=1000)
+    x: list[float] = Field(max_length=1000, fail_fast=True)
+    y: list[float] = Field(max_length=1000, fail_fast=True)
     eceBefore: float
     eceAfter: float
     eceIsotonic: float | None = None
@@ -260,6 +266,10 @@ class ArtifactMetadata(_Model):
 def validate_metadata(data: dict[str, Any], *, source: str = "metadata.json") -> ArtifactMetadata:
     """Parse a metadata.json object; InvalidMetadataError names `source`, each bad field and the rule it breaks
     (never the value)."""
+    crowded = _crowded_object(data)
+    if crowded is not None:  # pydantic would build an error per unknown key: 190,000 keys held +270 MiB for 6 s
+        raise InvalidMetadataError(f"{source} is not a valid {ARTIFACT_FORMAT} document: {crowded}: more than "
+                                   f"{MAX_ENTRIES} keys, which no object of the format has")
     try:
         return ArtifactMetadata.model_validate(data)
     except ValidationError as exc:
@@ -267,6 +277,21 @@ def validate_metadata(data: dict[str, Any], *, source: str = "metadata.json") ->
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in errors[:20])
         more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
         raise InvalidMetadataError(f"{source} is not a valid {ARTIFACT_FORMAT} document: {problems}{more}") from None
+
+
+def _crowded_object(document: Any) -> str | None:
+    """Where (a dotted path) `document` holds an object of more than MAX_ENTRIES keys, or None."""
+    stack: list[tuple[Any, str]] = [(document, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            if len(value) > MAX_ENTRIES:
+                return path or "(root)"
+            stack.extend((item, f"{path}.{key}" if path else str(key)) for key, item in value.items()
+                         if isinstance(item, (dict, list)))
+        else:
+            stack.extend((item, f"{path}.{i}") for i, item in enumerate(value) if isinstance(item, (dict, list)))
+    return None
 
 
 def decode_metadata(data: bytes, *, source: str = "metadata.json", limits: ArtifactLimits | None = None

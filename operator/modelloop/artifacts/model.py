@@ -361,7 +361,7 @@ def load_model(version_uri: str, *, expected_sha256: str | None = None, expected
         if unavailable is None and onnx is not None and onnx.file and onnx.sha256 and onnx.size is not None:
             data = _read_verified(store, version, version_uri, onnx.file, onnx.sha256, onnx.size, limits=limits)
             return LoadedModel(model=None, metadata=metadata, uri=uri,
-                               onnx=OnnxPredictor(data, onnx, metadata.schema_.features))
+                               onnx=OnnxPredictor(data, onnx, metadata.schema_.features, limits))
         if runtime == "onnx":
             raise OnnxUnavailableError(f"{version_uri} has no model.onnx to serve: {unavailable}")
     data = _read_verified(store, version, version_uri, metadata.model.file, metadata.model.sha256,

@@ -12,6 +12,9 @@ code named by the file, as long as two doors stay shut, which `check_onnx_file` 
   such a node is refused anyway, as are model-local functions (their domain is their own).
 
 The digest of the file is checked by `load_model` first (against metadata.json, which the operator pins).
+Then, before anything else is read from the graph, its weights (`weight_bytes`: initializers, sparse ones at
+their dense size, attribute tensors and lists, in subgraphs too) are held to `limits.onnx_weight_bytes`
+(MODELLOOP_MAX_ONNX_INITIALIZER_BYTES): a few bytes of sparse initializer can ask onnxruntime for gigabytes.
 
 A graph can also make each run cost what the request's values say. `check_onnx_file` refuses, in the main
 graph and in subgraphs, every size an operator allocates by (`SIZE_INPUTS`: ConstantOfShape's shape,
@@ -45,6 +48,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import ArtifactIntegrityError
+from .limits import ArtifactLimits, current_limits
 from .metadata import FeatureSchema, OnnxInfo, is_text_feature
 
 PREDICT = "predict"
@@ -76,9 +80,10 @@ _RANDOM = frozenset({"Bernoulli", "Dropout", "Multinomial", "RandomNormal", "Ran
 _SUBGRAPH_OPERATORS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 
 
-def check_onnx_file(data: bytes) -> Any:
+def check_onnx_file(data: bytes, limits: ArtifactLimits | None = None) -> Any:
     """The parsed onnx.ModelProto of `data`; ArtifactIntegrityError when it is not an ONNX model, uses
-    external data anywhere, or any operator or function outside the standard domains."""
+    external data anywhere, or any operator or function outside the standard domains; ArtifactLimitError when
+    its weights take more than `limits.onnx_weight_bytes` (default: the environment's setting)."""
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -90,6 +95,10 @@ def check_onnx_file(data: bytes) -> Any:
                                      f"refusing to load") from None
     if not model.HasField("graph"):
         raise ArtifactIntegrityError("the ONNX file holds no graph; refusing to load")
+    limits = limits or current_limits()
+    if weight_bytes(model.graph, limits.onnx_weight_bytes) > limits.onnx_weight_bytes:
+        raise limits.refuse("onnx_weight_bytes", "the ONNX graph's weights (initializers and attribute values, "
+                                                 "subgraphs included) take more bytes than")
     problems: list[str] = []
     for opset in model.opset_import:
         if opset.domain not in STANDARD_DOMAINS:
@@ -138,6 +147,69 @@ def _graph_problems(graph: Any, where: str) -> Iterable[str]:
                 yield from _graph_problems(attribute.g, f"{at} subgraph")
             for subgraph in attribute.graphs:
                 yield from _graph_problems(subgraph, f"{at} subgraph")
+
+
+def weight_bytes(graph: Any, stop_above: int | None = None) -> int:
+    """The bytes the weights of `graph` and its subgraphs take once onnxruntime holds them, counted from the
+    protobuf without building an array: initializers and tensor attributes (a Constant's value, a TreeEnsemble's
+    splits) at the larger of what their dims declare and what they store; sparse ones also at their dense size
+    (onnxruntime densifies sparse initializers); list attributes (floats, ints, strings) as what they hold.
+    Stops counting, with a total above `stop_above`, once it passes it."""
+    total = 0
+    graphs = [graph]
+    while graphs and (stop_above is None or total <= stop_above):
+        current = graphs.pop()
+        for tensor in current.initializer:
+            total += _tensor_bytes(tensor)
+        for sparse in current.sparse_initializer:
+            total += _sparse_bytes(sparse)
+        for node in current.node:
+            for attribute in node.attribute:
+                total += 4 * len(attribute.floats) + 8 * len(attribute.ints) + sum(map(len, attribute.strings))
+                if attribute.HasField("t"):
+                    total += _tensor_bytes(attribute.t)
+                total += sum(map(_tensor_bytes, attribute.tensors))
+                if attribute.HasField("sparse_tensor"):
+                    total += _sparse_bytes(attribute.sparse_tensor)
+                total += sum(map(_sparse_bytes, attribute.sparse_tensors))
+                if attribute.HasField("g"):
+                    graphs.append(attribute.g)
+                graphs.extend(attribute.graphs)
+    return total
+
+
+def _tensor_bytes(tensor: Any, dims: Sequence[int] | None = None) -> int:
+    """What onnxruntime allocates for `tensor` (with `dims`, for the dense form of a sparse one): its declared
+    elements times their size, or what its fields hold when that is more (ByteSize covers raw_data and strings
+    without copying them out of the message; varint fields are counted at their width in memory)."""
+    declared = _elements(tensor.dims if dims is None else dims) * _element_bytes(tensor.data_type)
+    typed = (4 * len(tensor.float_data) + 4 * len(tensor.int32_data) + 8 * len(tensor.int64_data)
+             + 8 * len(tensor.double_data) + 8 * len(tensor.uint64_data))
+    return max(declared, typed, tensor.ByteSize())
+
+
+def _sparse_bytes(sparse: Any) -> int:
+    return (_tensor_bytes(sparse.values) + _tensor_bytes(sparse.indices)
+            + _tensor_bytes(sparse.values, dims=sparse.dims))
+
+
+def _elements(dims: Sequence[int]) -> int:
+    """The product of `dims` (a negative one counts as 0), capped at 2**62: beyond every bound."""
+    count = 1
+    for dim in dims:
+        count = min(count * max(int(dim), 0), 1 << 62)
+    return count
+
+
+@functools.cache
+def _element_bytes(data_type: int) -> int:
+    """Bytes per element of an ONNX tensor type in memory (8, a pointer, for strings and unknown types)."""
+    import onnx
+
+    try:
+        return max(int(onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize), 1)
+    except (KeyError, ValueError, TypeError):
+        return 8
 
 
 def _size_problems(graph: Any, where: str, kinds: dict[str, int]) -> Iterable[str]:
@@ -212,10 +284,11 @@ class OnnxPredictor:
     matrix [n, n_features] in schema order, or a dict feature -> 1-D array (float64 for numbers; str or
     None for text)."""
 
-    def __init__(self, data: bytes, info: OnnxInfo, features: Sequence[FeatureSchema]) -> None:
+    def __init__(self, data: bytes, info: OnnxInfo, features: Sequence[FeatureSchema],
+                 limits: ArtifactLimits | None = None) -> None:
         import onnxruntime as ort
 
-        check_onnx_file(data)
+        check_onnx_file(data, limits)
         if info.predict_dtype is None:
             raise ArtifactIntegrityError("metadata.json onnx has no predictDtype; refusing to load")
         self.session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])

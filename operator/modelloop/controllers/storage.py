@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import threading
 import time
 from types import MappingProxyType
@@ -33,7 +34,7 @@ from ..artifacts import (METADATA_FILE, ArtifactIntegrityError, ArtifactLimitErr
                          StorageError, open_store, parse_metadata, parse_uri, read_object, sha256_bytes,
                          version_under)
 from ..artifacts.backends import backend_for
-from ..artifacts.limits import current_limits
+from ..artifacts.limits import current_limits, load_json
 from ..artifacts.metadata import VersionSummary
 from ..cache import BoundedCache
 from ..config import SETTINGS, Settings
@@ -41,6 +42,7 @@ from ..names import API_VERSION, TRAINING
 from ..report import decode_history
 
 Credentials = Mapping[str, str]
+log = logging.getLogger("modelloop.storage")
 ANONYMOUS: Credentials = MappingProxyType({})
 LOCAL_SCHEMES = ("file", "pvc")
 
@@ -198,12 +200,17 @@ MAX_REPORT_HISTORY_BYTES = 4 * 1024 * 1024
 
 
 def read_report_history(uri: str, credentials: Credentials) -> list[dict]:
-    """The points of a monitor's stored report history; [] when there is none yet or it is not one."""
+    """The points of a monitor's stored report history; [] when there is none yet, when it is not one, or when it
+    goes past a bound (MAX_REPORT_HISTORY_BYTES, then the JSON values and nesting metadata.json is held to,
+    counted before it is parsed): the report then starts a fresh history, which replaces it."""
     check_allowed(uri, "status.report.uri")
     try:
         raw = read_object(uri, field="status.report.uri", credentials=credentials, max_bytes=MAX_REPORT_HISTORY_BYTES)
-        return decode_history(json.loads(raw))
+        return decode_history(load_json(raw, current_limits(), "metadata_nodes", uri))
     except ObjectNotFoundError:
+        return []
+    except ArtifactLimitError as exc:  # too large, too many values or too deep: written by something else
+        log.warning("report_history_refused=%s", exc)
         return []
     except ValueError:  # not JSON: written by something else, started afresh
         return []

@@ -4,11 +4,16 @@ in the store can make a server execute, refused or bounded at load.
 - ONNX graphs whose Loop trip count or allocation size comes from the input's values are refused before
   onnxruntime sees them; what the trainer exports still loads. A run can be cancelled from another thread,
   and a run that fails for its rows raises a ValueError (a 422 in the server), not a bare onnxruntime error.
+- A graph whose weights (initializers, constants, attributes, in subgraphs too) take more memory than
+  MODELLOOP_MAX_ONNX_INITIALIZER_BYTES is refused before onnxruntime sees it.
 - BallTree and KDTree with indices outside their data are refused at load; unchecked, they crash the process.
+- So are decision trees (Tree) and HistGradientBoosting trees (TreePredictor) whose children, features or
+  categorical bitsets lie outside their arrays, or whose walk would never end.
 - n_jobs is 1 on every object of a loaded model, whatever the file says, and on the copy the trainer stores.
 """
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -227,6 +232,109 @@ def test_a_run_that_fails_for_its_rows_is_a_value_error_that_names_no_graph_cont
     assert "secret" not in str(failure.value) and "Gather" not in str(failure.value)
 
 
+# -- ONNX weights (the bound on what a graph's constants take in memory) -------------------------------------------
+
+KiB = 1024
+WEIGHT_BOUND = 256 * KiB  # MODELLOOP_MAX_ONNX_INITIALIZER_BYTES in these tests
+OVER = 300 * KiB  # bytes of weights the graphs below hold, each in its own form
+
+
+def summed_into_the_prediction(weights: list, nodes: list | None = None) -> bytes:
+    """predict = x + the sum of "w", which `nodes` (or an initializer in `weights`) defines."""
+    return model_of([*(nodes or []), helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+                     helper.make_node("Add", ["x", "s"], ["predict"])], weights)
+
+
+def weights_in_a_branch() -> bytes:
+    """The weights as an initializer of an If branch (the condition a constant)."""
+    branch = helper.make_graph([helper.make_node("Identity", ["secret_weights"], ["out"])], "branch", [],
+                               [helper.make_tensor_value_info("out", TensorProto.DOUBLE, [None])],
+                               [const("secret_weights", np.ones(OVER // 8))])
+    return summed_into_the_prediction([const("true", True)], [helper.make_node(
+        "If", ["true"], ["w"], then_branch=branch, else_branch=branch)])
+
+
+def weights_in_a_loop_body() -> bytes:
+    """A Loop of one iteration whose body adds the sum of an initializer of its own to what it carries."""
+    body = loop_body()
+    del body.node[1]
+    body.node.extend([helper.make_node("ReduceSum", ["secret_weights"], ["s"], keepdims=0),
+                      helper.make_node("Add", ["acc_in", "s"], ["acc_out"])])
+    body.initializer.append(const("secret_weights", np.zeros(OVER // 8)))
+    return model_of([helper.make_node("Loop", ["one", "true", "x"], ["predict"], body=body)],
+                    [const("one", np.int64(1)), const("true", True)])
+
+
+def sparse_weights(elements: int) -> onnx.SparseTensorProto:
+    """One 1.0 at index 0 of `elements` doubles: the file holds two numbers, onnxruntime a dense array."""
+    return helper.make_sparse_tensor(const("w", [1.0]), const("w_indices", np.array([0])), [elements])
+
+
+def sparse_initializer(elements: int) -> bytes:
+    data = onnx.ModelProto.FromString(summed_into_the_prediction([]))
+    data.graph.sparse_initializer.append(sparse_weights(elements))
+    return data.SerializeToString()
+
+
+WEIGHTS_OVER_THE_BOUND = {
+    "raw-initializer": lambda: summed_into_the_prediction([const("w", np.ones(OVER // 8))]),
+    "typed-initializer": lambda: summed_into_the_prediction(
+        [helper.make_tensor("w", TensorProto.DOUBLE, [OVER // 8], np.ones(OVER // 8).tolist())]),
+    # int64 zeros as varints: one byte each in the file (a third of the bound), eight in memory
+    "varint-initializer": lambda: summed_into_the_prediction(
+        [helper.make_tensor("counts", TensorProto.INT64, [OVER // 8], [0] * (OVER // 8))],
+        [helper.make_node("Cast", ["counts"], ["w"], to=TensorProto.DOUBLE)]),
+    "three-initializers": lambda: summed_into_the_prediction(
+        [const(name, np.ones(OVER // 24)) for name in ("a", "b", "c")],
+        [helper.make_node("Concat", ["a", "b", "c"], ["w"], axis=0)]),
+    "constant-node": lambda: summed_into_the_prediction(
+        [], [helper.make_node("Constant", [], ["w"], value=const("secret_weights", np.ones(OVER // 8)))]),
+    "constant-list-attribute": lambda: summed_into_the_prediction(
+        [], [helper.make_node("Constant", [], ["floats"], value_floats=[1.0] * (OVER // 4)),
+             helper.make_node("Cast", ["floats"], ["w"], to=TensorProto.DOUBLE)]),
+    "if-branch-initializer": weights_in_a_branch,
+    "loop-body-initializer": weights_in_a_loop_body,
+    "sparse-initializer": lambda: sparse_initializer(OVER // 8),
+    "sparse-constant": lambda: summed_into_the_prediction(
+        [], [helper.make_node("Constant", [], ["w"], sparse_value=sparse_weights(OVER // 8))]),
+}
+
+
+@pytest.mark.parametrize("form", list(WEIGHTS_OVER_THE_BOUND))
+def test_weights_over_the_bound_are_refused_before_onnxruntime_sees_the_graph(form, monkeypatch) -> None:
+    import onnxruntime
+
+    from modelloop.artifacts import ArtifactLimitError
+
+    data = WEIGHTS_OVER_THE_BOUND[form]()
+    monkeypatch.setenv("MODELLOOP_MAX_ONNX_INITIALIZER_BYTES", str(WEIGHT_BOUND))
+    monkeypatch.setattr(onnxruntime, "InferenceSession", lambda *a, **k: pytest.fail("onnxruntime saw the graph"))
+    with pytest.raises(ArtifactLimitError) as refusal:
+        OnnxPredictor(data, INFO, FEATURES)
+    message = str(refusal.value)
+    assert "weights" in message and "MODELLOOP_MAX_ONNX_INITIALIZER_BYTES" in message and "262,144" in message
+    assert "secret_weights" not in message  # the rule, not the content
+
+
+@pytest.mark.parametrize("form", list(WEIGHTS_OVER_THE_BOUND))
+def test_the_same_weights_load_and_predict_under_a_bound_that_admits_them(form, monkeypatch) -> None:
+    monkeypatch.setenv("MODELLOOP_MAX_ONNX_INITIALIZER_BYTES", str(4 * WEIGHT_BOUND))
+    predictions, _ = OnnxPredictor(WEIGHTS_OVER_THE_BOUND[form](), INFO, FEATURES).predict(np.array([[0.0]]),
+                                                                                           proba=False)
+    assert np.isfinite(predictions).all()
+
+
+def test_a_sparse_initializer_of_a_few_bytes_that_densifies_to_gigabytes_is_refused_at_the_default() -> None:
+    """169 bytes of file, 800 MB once densified: unchecked, onnxruntime took 1.6 GiB of RSS and 5 s to build
+    the session (measured in a child, onnxruntime 1.32)."""
+    from modelloop.artifacts import ArtifactLimitError
+
+    data = sparse_initializer(100_000_000)
+    assert len(data) < 200
+    with pytest.raises(ArtifactLimitError, match="MODELLOOP_MAX_ONNX_INITIALIZER_BYTES"):
+        check_onnx_file(data)
+
+
 # -- nearest-neighbour indexes (finding 8) ----------------------------------------------------------------------
 
 ALGORITHMS = ["ball_tree", "kd_tree"]
@@ -283,12 +391,15 @@ def python(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def crafted(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("neighbours")
+    """Every crafted model file, (kind, tamper) -> its path: neighbour indexes and trees."""
+    root = tmp_path_factory.mktemp("native")
+    builds = {**{(algorithm, tamper): functools.partial(tampered_model, algorithm, tamper)
+                 for algorithm in ALGORITHMS for tamper in TAMPERS},
+              **{key: functools.partial(tampered_tree_model, *key) for key in TREE_TAMPERS}}
     paths = {}
-    for algorithm in ALGORITHMS:
-        for tamper in TAMPERS:
-            paths[algorithm, tamper] = root / f"{algorithm}-{tamper}.skops"
-            paths[algorithm, tamper].write_bytes(tampered_model(algorithm, tamper))
+    for (kind, tamper), build in builds.items():
+        paths[kind, tamper] = root / f"{kind}-{tamper}.skops"
+        paths[kind, tamper].write_bytes(build())
     return paths
 
 
@@ -299,23 +410,6 @@ def checked_loads(crafted: dict[tuple[str, str], Path]) -> dict[tuple[str, str],
     assert result.returncode == 0, (result.returncode, result.stdout, result.stderr[-2000:])
     said = dict(line.split(" ", 1) for line in result.stdout.splitlines())
     return {key: said[str(path)] for key, path in crafted.items()}
-
-
-# A process apiece (a crash ends it), for the tampers that read terabytes past the arrays, so crash every time;
-# the others (no leaves, bounds of one node) read just past them and may or may not fault: refused all the same.
-@pytest.mark.parametrize("algorithm, tamper", [("ball_tree", "idx_array"), ("kd_tree", "idx_end")])
-def test_the_crafted_index_crashes_the_process_when_loaded_unchecked(crafted, algorithm, tamper) -> None:
-    result = python(LOAD_UNCHECKED, str(crafted[algorithm, tamper]))
-    assert result.returncode < 0, (result.returncode, result.stdout, result.stderr[-500:])  # killed by a signal
-
-
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-@pytest.mark.parametrize("tamper", TAMPERS)
-def test_a_neighbours_index_outside_its_data_is_refused_at_load_and_the_process_lives(checked_loads, algorithm,
-                                                                                      tamper) -> None:
-    said = checked_loads[algorithm, tamper]
-    assert said.startswith("refused:") and "nearest-neighbours index" in said, said
-    assert "1099511627776" not in said  # the rule, not the values
 
 
 @pytest.mark.parametrize("algorithm", ["ball_tree", "kd_tree"])
@@ -332,6 +426,153 @@ def test_neighbours_indexes_scikit_learn_builds_load_and_predict_as_before(algor
         model.fit(x, (x[:, 0] > 0).astype(int))
         loaded = deserialize_model(serialize_model(model)[0])
         assert np.array_equal(loaded.predict(queries), model.predict(queries))
+
+
+# -- decision trees: Tree and TreePredictor ----------------------------------------------------------------------
+
+TWO_FEATURES = np.random.default_rng(0).normal(size=(200, 2))
+BIG = 2 ** 40  # an index terabytes past any array
+
+
+def _tree_with(tree, **fields) -> object:
+    """A copy of the scikit-learn Tree `tree` with its branch nodes' `fields` set (callables of the nodes)."""
+    state = tree.__getstate__()
+    nodes = state["nodes"].copy()
+    branch = nodes["left_child"] != -1
+    for name, value in fields.items():
+        nodes[name][branch] = value(nodes[branch]) if callable(value) else value
+    state["nodes"] = nodes
+    rebuild, args, _ = tree.__reduce__()
+    copy = rebuild(*args)
+    copy.__setstate__(state)
+    return copy
+
+
+def tampered_tree_model(kind: str, tamper: str) -> bytes:
+    """A tree model fitted on two features whose tree points outside its arrays, as skops bytes."""
+    from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor, RandomForestClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, labels = TWO_FEATURES, (TWO_FEATURES[:, 0] > 0).astype(int)
+    if kind == "decision_tree":
+        model = DecisionTreeClassifier(max_depth=4, random_state=0).fit(x, labels)
+        model.tree_ = _tree_with(model.tree_, **{"left_child": {"left_child": BIG}, "feature": {"feature": BIG},
+                                                 "cycle": {"right_child": 0}}[tamper])
+    elif kind == "gradient_boosting":
+        model = GradientBoostingRegressor(n_estimators=3, max_depth=3, random_state=0).fit(x, x[:, 0])
+        if tamper == "stage_width":  # 64 members a stage, adding to the one column of the initial predictions
+            model.estimators_ = np.tile(model.estimators_, (1, 64))
+            model.n_trees_per_iteration_ = 64
+        else:
+            member = model.estimators_[1, 0]
+            member.tree_ = _tree_with(member.tree_, **{"right_child": {"right_child": BIG},
+                                                       "feature": {"feature": BIG}}[tamper])
+    elif kind == "forest":  # a member that reads 10 features of the 2 the forest validates
+        model = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(x, labels)
+        member = model.estimators_[0]
+        wide = DecisionTreeClassifier(max_depth=3, random_state=0).fit(np.c_[x, np.zeros((len(x), 8))], labels)
+        member.tree_ = _tree_with(wide.tree_, feature=9)
+        member.n_features_in_ = 10
+    else:
+        model = HistGradientBoostingRegressor(max_iter=3, random_state=0).fit(x, x[:, 0])
+        predictor = model._predictors[1][0]
+        nodes = predictor.nodes.copy()
+        branch = nodes["is_leaf"] == 0
+        if tamper == "categorical_bitset":  # a categorical split whose bitset row is far past the (empty) arrays
+            nodes["is_categorical"][branch] = 1
+            nodes["bitset_idx"][branch] = 2 ** 31
+        else:
+            nodes[tamper][branch] = {"left": 2 ** 31, "feature_idx": BIG, "right": 0}[tamper]
+        predictor.nodes = nodes
+    return skops.io.dumps(model)
+
+
+# (kind, tamper); "cycle" and "right" send a branch back to the root: predict would never return
+TREE_TAMPERS = [("decision_tree", "left_child"), ("decision_tree", "feature"), ("decision_tree", "cycle"),
+                ("gradient_boosting", "right_child"), ("gradient_boosting", "feature"),
+                ("gradient_boosting", "stage_width"), ("forest", "member"),
+                ("hist_gradient_boosting", "left"), ("hist_gradient_boosting", "feature_idx"),
+                ("hist_gradient_boosting", "categorical_bitset"), ("hist_gradient_boosting", "right")]
+TREE_CRASHES = [("decision_tree", "left_child"), ("decision_tree", "feature"), ("gradient_boosting", "right_child"),
+                ("gradient_boosting", "feature"), ("gradient_boosting", "stage_width"),
+                ("hist_gradient_boosting", "left"), ("hist_gradient_boosting", "feature_idx"),
+                ("hist_gradient_boosting", "categorical_bitset")]
+
+
+# A process apiece (a crash ends it), for the tampers that read (or write) far past the arrays, so crash every
+# time; the others read just past them (no leaves, bounds of one node, a member reading 10 of 2 columns) or loop
+# for ever: refused all the same.
+@pytest.mark.parametrize("kind, tamper", [("ball_tree", "idx_array"), ("kd_tree", "idx_end"), *TREE_CRASHES])
+def test_a_crafted_index_or_tree_crashes_the_process_when_loaded_unchecked(crafted, kind, tamper) -> None:
+    result = python(LOAD_UNCHECKED, str(crafted[kind, tamper]))
+    assert result.returncode < 0, (result.returncode, result.stdout, result.stderr[-500:])  # killed by a signal
+
+
+@pytest.mark.parametrize("kind, tamper", [*((a, t) for a in ALGORITHMS for t in TAMPERS), *TREE_TAMPERS])
+def test_an_index_or_tree_pointing_outside_its_arrays_is_refused_at_load_and_the_process_lives(checked_loads, kind,
+                                                                                               tamper) -> None:
+    said = checked_loads[kind, tamper]
+    assert said.startswith("refused:") and "scikit-learn could not have built" in said, said
+    assert kind not in ALGORITHMS or "nearest-neighbours index" in said
+    assert str(BIG) not in said and str(2 ** 31) not in said  # the rule, not the values
+
+
+def test_a_tree_whose_node_count_is_not_the_nodes_it_holds_is_refused() -> None:
+    """scikit-learn's views of a tree's arrays span node_count nodes, its walk the nodes held (__setstate__ lowers
+    a larger node_count to them; a smaller one it keeps)."""
+    from sklearn.tree import DecisionTreeRegressor
+
+    from modelloop.artifacts.estimator_state import check_tree
+
+    tree = DecisionTreeRegressor(max_depth=3).fit(TWO_FEATURES, TWO_FEATURES[:, 0]).tree_
+    state = tree.__getstate__()
+    rebuild, args, _ = tree.__reduce__()
+    lying = rebuild(*args)
+    lying.__setstate__({**state, "node_count": state["node_count"] - 1})
+    with pytest.raises(ArtifactIntegrityError, match="node_count .* is not the .* nodes it holds"):
+        check_tree(lying)
+
+
+def _tree_models() -> list:
+    from sklearn.ensemble import (AdaBoostClassifier, BaggingClassifier, ExtraTreesRegressor,
+                                  GradientBoostingClassifier, GradientBoostingRegressor,
+                                  HistGradientBoostingClassifier, HistGradientBoostingRegressor,
+                                  RandomForestClassifier)
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, ExtraTreeClassifier
+
+    return [DecisionTreeClassifier(random_state=0), DecisionTreeClassifier(ccp_alpha=0.01, random_state=0),
+            DecisionTreeRegressor(max_leaf_nodes=20, random_state=0), ExtraTreeClassifier(random_state=0),
+            RandomForestClassifier(n_estimators=5, random_state=0), ExtraTreesRegressor(n_estimators=5, random_state=0),
+            GradientBoostingClassifier(n_estimators=5, random_state=0),
+            GradientBoostingRegressor(n_estimators=5, init="zero", random_state=0),
+            HistGradientBoostingClassifier(max_iter=5, random_state=0),
+            HistGradientBoostingRegressor(max_iter=5, random_state=0),
+            BaggingClassifier(DecisionTreeClassifier(), max_features=2, n_estimators=3, random_state=0),
+            AdaBoostClassifier(n_estimators=3, random_state=0)]
+
+
+WITHOUT_MISSING_VALUES = {"GradientBoostingClassifier", "GradientBoostingRegressor", "BaggingClassifier",
+                          "AdaBoostClassifier"}
+
+
+@pytest.mark.parametrize("model", _tree_models(), ids=lambda model: type(model).__name__)
+@pytest.mark.parametrize("classes", [2, 3])
+def test_trees_scikit_learn_builds_load_and_predict_as_before(model, classes) -> None:
+    from sklearn.base import clone, is_classifier
+
+    from modelloop.artifacts import serialize_model
+
+    rng = np.random.default_rng(classes)
+    x = rng.normal(size=(300, 4))
+    if type(model).__name__ in WITHOUT_MISSING_VALUES:
+        queries = rng.normal(size=(60, 4))
+    else:  # missing values: a split of them from the rest has an infinite threshold
+        x[rng.random(x.shape) < 0.05] = np.nan
+        queries = np.where(rng.random((60, 4)) < 0.1, np.nan, rng.normal(size=(60, 4)))
+    target = rng.integers(0, classes, len(x)) if is_classifier(model) else rng.normal(size=len(x))
+    fitted = clone(model).fit(x, target)
+    loaded = deserialize_model(serialize_model(fitted)[0])
+    assert np.array_equal(loaded.predict(queries), fitted.predict(queries))
 
 
 # -- n_jobs (finding 9) -----------------------------------------------------------------------------------------

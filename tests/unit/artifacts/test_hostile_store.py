@@ -28,6 +28,8 @@ import modelloop
 from modelloop.artifacts import (ArtifactIntegrityError, InvalidMetadataError, StorageError, load_model, open_store,
                                  parse_metadata, serialize_model)
 
+from tests.fixtures.artifacts import hostile_metadata, wide_reference
+
 from .conftest import metadata_for
 
 X = np.array([[0.0], [1.0], [2.0], [3.0]])
@@ -292,6 +294,26 @@ def test_metadata_values_and_nesting_are_counted_before_it_is_parsed(tree: bytes
     parse_metadata(json.dumps(many).encode())  # a setting, not a constant
 
 
+# What pydantic builds for a refused document grows with its errors: one per unknown key, one per bad item of a
+# list and per member of a union for each (a Category is five). Before (each within every byte and value bound):
+# unknown-keys +204 MiB and 1.5 s, union-items (0.9 MB) a million errors, +857 MiB and 5 s.
+ERROR_BOMBS = ["unknown-keys", "union-items"]
+
+
+@pytest.mark.parametrize("bomb", ERROR_BOMBS)
+def test_a_document_that_would_fan_out_into_errors_is_refused_at_its_first_ones(tmp_path: Path, tree: bytes,
+                                                                                 bomb: str) -> None:
+    path = tmp_path / "metadata.json"
+    path.write_bytes(hostile_metadata(bomb, metadata_for(1, tree)))
+    outcome = in_child(f"""
+        from modelloop.artifacts import parse_metadata
+        parse_metadata(open({str(path)!r}, "rb").read())
+    """, headroom_mib=1024)
+    message = refused(outcome, InvalidMetadataError, "is not a valid modelloop.artifact/v1 document")
+    assert message.count(";") < 20  # the first errors, not a list of all
+    assert outcome["growth_mib"] < 128 and outcome["seconds"] < 3, outcome
+
+
 def _padded(version: int, model: bytes, target_bytes: int) -> bytes:
     """metadata.json of `version`, padded with an unknown key holding empty objects: 3 bytes, 64 parsed."""
     head = json.dumps(metadata_for(version, model))[:-1]
@@ -300,11 +322,8 @@ def _padded(version: int, model: bytes, target_bytes: int) -> bytes:
 
 
 def _wide(version: int, model: bytes, features: int) -> bytes:
-    """A valid metadata.json whose reference sketch has `features` numeric features of 99 edges (~2 KB each)."""
-    reference = {"format": "modelloop.sketch/v1", "rows": 100, "features": [
-        {"name": f"f{i}", "kind": "numeric", "edges": [i + j / 100 for j in range(99)],
-         "counts": [100] + [0] * 99, "missing": 0} for i in range(features)]}
-    return json.dumps({**metadata_for(version, model), "reference": reference}).encode()
+    """A valid metadata.json whose reference sketch has `features` numeric features (wide_reference)."""
+    return json.dumps({**metadata_for(version, model), "reference": wide_reference(features)}).encode()
 
 
 def test_many_padded_metadata_documents_keep_the_operator_under_a_memory_bound(tmp_path: Path) -> None:

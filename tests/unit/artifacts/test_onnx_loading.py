@@ -15,7 +15,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.linear_model import LogisticRegression
 
 from modelloop.artifacts import (
-    ArtifactIntegrityError, OnnxUnavailableError, check_onnx_file, load_model, open_store, serialize_model,
+    ArtifactIntegrityError, ArtifactLimitError, OnnxUnavailableError, check_onnx_file, load_model, open_store, serialize_model,
     sha256_bytes,
 )
 from modelloop.artifacts import onnx_model
@@ -81,7 +81,7 @@ def test_a_tampered_model_onnx_is_refused_by_digest_before_onnxruntime_sees_it(t
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    monkeypatch.setattr(onnx_model, "check_onnx_file", lambda data: pytest.fail("the file was parsed"))
+    monkeypatch.setattr(onnx_model, "check_onnx_file", lambda *args: pytest.fail("the file was parsed"))
 
     for runtime in ("auto", "onnx"):
         with pytest.raises(ArtifactIntegrityError, match=r"model.onnx: sha256 .* does not match metadata.json"):
@@ -163,6 +163,23 @@ def test_an_onnx_file_using_external_data_or_custom_operators_is_refused_before_
         check_onnx_file(data)
     assert refused in str(checked.value)
     with pytest.raises(ArtifactIntegrityError, match="refuses to load"):
+        load_model(uri, runtime="auto")
+
+
+def test_load_model_refuses_model_onnx_whose_weights_pass_the_setting_before_onnxruntime(
+        tmp_path, make_metadata, forbid_onnxruntime, monkeypatch):
+    weights = numpy_helper.from_array(np.ones(64 * 1024), "w")  # 512 KiB
+    graph = helper.make_graph([helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+                               helper.make_node("Add", ["x", "s"], ["predict"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [None, 1])],
+                              [helper.make_tensor_value_info("predict", TensorProto.DOUBLE, [None, 1])], [weights])
+    uri = commit(tmp_path, make_metadata, onnx_bytes=helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString())
+    assert load_model(uri, runtime="onnx").runtime == "onnx"  # the default admits it
+    forbid_onnxruntime()
+    monkeypatch.setenv("MODELLOOP_MAX_ONNX_INITIALIZER_BYTES", str(256 * 1024))
+    with pytest.raises(ArtifactLimitError, match=r"weights .* the limit of 262,144 "
+                                                 r"\(MODELLOOP_MAX_ONNX_INITIALIZER_BYTES\)"):
         load_model(uri, runtime="auto")
 
 

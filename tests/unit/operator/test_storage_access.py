@@ -4,6 +4,7 @@ namespaces or credentials."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from botocore import UNSIGNED
@@ -115,3 +116,60 @@ def test_a_deleted_version_is_forgotten_for_every_namespace_and_credentials(loca
         with pytest.raises(ObjectNotFoundError):
             storage.verified_metadata(namespace, uri, 1, credentials)
         assert storage.verified_metadata(namespace, uri, 2, credentials)["uri"].endswith("/v2")  # untouched
+
+
+# -- a DriftMonitor's report history (history.json, beside the model's versions) -------------------------------
+
+def _history(points: int) -> bytes:
+    from modelloop import report
+
+    return json.dumps(report.encode_history([{"t": i, "version": 1, "samples": 100} for i in range(points)])).encode()
+
+
+HOSTILE_HISTORIES = {
+    # json.loads recursed until RecursionError, which no caller caught: the report was never written again
+    "deeply-nested": b'{"format": "modelloop.report-history/v1", "points": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    "too-many-values": b"[" + b"0," * 1_500_000 + b"0]",  # 3 MiB: 1.5 million values, ~100 MB once parsed
+    "too-large": _history(1) + b" " * storage.MAX_REPORT_HISTORY_BYTES,
+}
+
+
+@pytest.fixture()
+def local_reports(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "SETTINGS", dataclasses.replace(SETTINGS, local_storage=True))
+    folder = tmp_path / "models" / "reports" / "churn"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE_HISTORIES))
+def test_a_hostile_report_history_is_refused_before_it_is_parsed_and_read_as_none(local_reports, kind, monkeypatch,
+                                                                                  caplog):
+    from modelloop.artifacts import limits
+
+    (local_reports / "history.json").write_bytes(HOSTILE_HISTORIES[kind])
+    monkeypatch.setattr(limits.json, "loads", lambda *a, **k: pytest.fail("the document was parsed"))
+    assert storage.read_report_history(f"file://{local_reports}/history.json", storage.ANONYMOUS) == []
+    assert "report_history_refused" in caplog.text and "the limit of" in caplog.text  # the bound, named
+
+
+def test_a_report_history_within_the_bounds_is_read(local_reports):
+    (local_reports / "history.json").write_bytes(_history(2000))
+    points = storage.read_report_history(f"file://{local_reports}/history.json", storage.ANONYMOUS)
+    assert [p["t"] for p in points] == list(range(2000))
+
+
+def test_a_monitor_whose_history_is_hostile_starts_a_fresh_one_and_keeps_reporting(local_reports):
+    from modelloop.controllers import drift
+
+    (local_reports / "history.json").write_bytes(HOSTILE_HISTORIES["deeply-nested"])
+    monitor = {"metadata": {"namespace": "ml", "name": "churn"}, "spec": {"deploymentRef": {"name": "churn"}}}
+    serving = drift.Serving(version=1, metadata={}, credentials=storage.ANONYMOUS,
+                            base=f"file://{local_reports.parents[1]}")
+    state = drift.MonitorState()
+    for minute in range(2):
+        drift.publish_report(monitor, {"conditions": []}, drift.Seen(serving=serving),
+                             [("Warning", "DriftDetected", f"check {minute}")], state)
+    written = json.loads((local_reports / "history.json").read_bytes())
+    assert [p["decisions"][0]["message"] for p in written["points"]] == ["check 0", "check 1"]
+    assert (local_reports / "report.html").read_text().count("DriftDetected") >= 2

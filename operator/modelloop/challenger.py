@@ -206,9 +206,11 @@ def _promoting(r: Rollout, now: float, spec: RolloutSpec) -> None:
         return
     if r.state == "Available":
         _stop(r, "")
+        ro["champion"] = r.serving
         watch_seconds = Thresholds.from_spec(spec.analysis).watch_seconds
         if watch_seconds <= 0:
-            ro["message"] = f"version {r.serving} serves"
+            ro.update(message=f"version {r.serving} serves", previous=None, previousUri=None, previousRequests=None,
+                      previousErrors=None)
             return
         ro.update(phase="Watching", champion=r.serving, startedAt=format_time(now),
                   message=f"watching version {r.serving} against version {ro.get('previous')} for "

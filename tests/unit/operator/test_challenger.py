@@ -297,3 +297,14 @@ def test_a_canary_by_replicas_takes_a_champion_pod_only_for_an_available_challen
     assert _replicas(spec, ro, None, challenger(2)) == (2, 2, 0.5)
     assert _replicas(spec, {**ro, "phase": "Promoting"}, None, challenger(2)) == (None, 2, round(2 / 6, 4))
     assert _replicas(spec, {"phase": "Stable"}, None, None) == (None, 0, 0.0)
+
+
+def test_without_a_watch_the_promoted_version_is_the_stable_champion_at_once():
+    s = spec(watchFor="0s")
+    r = started(s)
+    step(r, s, T0)
+    step(r, s, T0 + 61, evidence=good())
+    r.state = "Available"
+    step(r, s, T0 + 90)
+    ro = r.status["rollout"]
+    assert (ro["phase"], ro["champion"], ro["challenger"], ro["previous"]) == ("Stable", 2, None, None)

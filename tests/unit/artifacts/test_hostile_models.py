@@ -493,8 +493,10 @@ TREE_TAMPERS = [("decision_tree", "left_child"), ("decision_tree", "feature"), (
                 ("gradient_boosting", "stage_width"), ("forest", "member"),
                 ("hist_gradient_boosting", "left"), ("hist_gradient_boosting", "feature_idx"),
                 ("hist_gradient_boosting", "categorical_bitset"), ("hist_gradient_boosting", "right")]
+# ("gradient_boosting", "stage_width") writes past its array too, but whether that kills the process depends on the
+# heap's layout (it passed unharmed in one CI run): it is only in TREE_TAMPERS, refused at load like the others.
 TREE_CRASHES = [("decision_tree", "left_child"), ("decision_tree", "feature"), ("gradient_boosting", "right_child"),
-                ("gradient_boosting", "feature"), ("gradient_boosting", "stage_width"),
+                ("gradient_boosting", "feature"),
                 ("hist_gradient_boosting", "left"), ("hist_gradient_boosting", "feature_idx"),
                 ("hist_gradient_boosting", "categorical_bitset")]
 

@@ -56,10 +56,6 @@ def phase(r: Rollout) -> str:
     return (r.status.get("rollout") or {}).get("phase") or "Stable"
 
 
-def rejected_versions(r: Rollout) -> dict[int, str]:
-    return {e["version"]: e.get("message") or "" for e in (r.status.get("rollout") or {}).get("rejected") or ()}
-
-
 def challenger_model(ro: dict) -> ServedModel:
     return ServedModel(ro["challenger"], ro["challengerUri"], ro["challengerSha256"], ro.get("challengerMetadataSha256"))
 

@@ -82,9 +82,8 @@ def render_challenger(owner: dict, spec: ModelDeploymentSpec, model: ServedModel
     labels = {**pods.common_labels("server", name), **own}
     pod_labels = {**labels, **(selector(name) if in_service else {})}
     # The Deployment itself carries the ModelDeployment's label: its events reconcile the ModelDeployment.
-    out = _server_deployment(owner, spec, model, challenger_name(name), own, {**labels, LABEL_DEPLOYMENT: name},
-                             pod_labels, [], replicas, settings)
-    return out
+    return _server_deployment(owner, spec, model, challenger_name(name), own, {**labels, LABEL_DEPLOYMENT: name},
+                              pod_labels, [], replicas, settings)
 
 
 def _server_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedModel, name: str,

@@ -93,8 +93,11 @@ class Predictor:
         if self.recorder is None:
             return
         try:
-            self.recorder.record([job.request_id for job in jobs], [job.count for job in jobs], predictions,
-                                 probabilities, rows)
+            if len(jobs) == 1:  # the usual batch at low concurrency: tuples of one (cheaper to make and free)
+                ids, counts = (jobs[0].request_id,), (jobs[0].count,)
+            else:
+                ids, counts = [job.request_id for job in jobs], [job.count for job in jobs]
+            self.recorder.record(ids, counts, predictions, probabilities, rows)
         except Exception:  # noqa: BLE001 - like the sketches: bookkeeping never fails a prediction
             log.exception("records.record-failed")
 

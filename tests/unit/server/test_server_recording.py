@@ -11,6 +11,7 @@ from modelloop.artifacts.errors import StorageError
 from modelloop.artifacts.uri import parse_uri
 from modelloop.outcomes import records
 from modelloop.outcomes.join import hash_ids
+from modelloop_server import recording
 from modelloop_server.recording import PredictionRecorder
 
 
@@ -123,3 +124,17 @@ def test_inputs_are_recorded_only_when_asked(store):
     plain.record(["b"], [1], np.array(["yes"], dtype=object), proba(0.6), rows[:1])
     plain.flush()
     assert not any(k.startswith(records.INPUT_PREFIX) for k in read_back(store)[-1])
+
+
+@pytest.mark.parametrize("arrays", [
+    [np.array([1], np.int64), np.array([0, 1], np.int64)],                   # labels of batches of 1 and 2 rows
+    [np.array([[0.2, 0.8]]), np.array([[0.6, 0.4], [0.1, 0.9]])],             # probabilities
+    [np.array([[1.5]], np.float32), np.array([[2.5], [3.5]], np.float32)],    # a regressor's (n, 1) outputs
+    [np.array(["a"], object), np.array(["b", "c"], object)],                  # scikit-learn's text labels
+    [np.array([1], np.int64), np.array([2.0])],                               # two dtypes
+    [np.arange(6, dtype=np.float64).reshape(3, 2)[:, :1], np.array([[7.0]])],  # a view that is not contiguous
+])
+def test_a_flush_concatenates_batches_as_numpy_does(arrays):
+    rows = sum(map(len, arrays))
+    assert np.array_equal(recording._concatenate(arrays, rows), np.concatenate(arrays))
+    assert np.array_equal(recording._concatenate(arrays, rows, flat=True), np.concatenate(arrays, axis=None))

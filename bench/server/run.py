@@ -1,7 +1,7 @@
 """modelloop-serve against MLServer 1.7.1, three comparisons in one run: same model, same payloads, same load
 tool, same CPU.
 
-    .venv/bin/python bench/server/run.py                      # the full run (about 41 min on 2 cores)
+    .venv/bin/python bench/server/run.py                      # the full run (about 43 min on 2 cores)
     .venv/bin/python bench/server/run.py --models logreg --connections 1 --rows 1 --repeat 1 --duration 1 \
         --warmup 1 --output /tmp/server-smoke.json         # a smoke run: every server starts and agrees
 
@@ -51,8 +51,9 @@ What it does:
 
 Duration of the default run: 3 models x 2 payloads x (10 servers x 2 s warm-up + 3 repetitions x 3
 connection counts x 6 servers x 5 s + 2 repetitions x 2 connection counts x 4 MLServer ONNX servers x 5 s)
-= 3 x 2 x 370 s = 2220 s of wrk; about 0.1 s per wrk start (528 starts); per model about 60 s of training,
-start-up of 11 servers and shut-down: about 41 minutes on 2 cores.
+= 3 x 2 x 370 s = 2220 s of wrk, about 0.1 s for each of its 480 starts, and per model about 100 s of
+training (1 to 25 s), start-up of 11 servers on one CPU (55 to 70 s) and shut-down (15 to 22 s), as a smoke
+run of all three models measured them under a load average of 5: about 43 minutes on 2 cores.
 """
 from __future__ import annotations
 

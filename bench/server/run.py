@@ -1,37 +1,59 @@
-"""modelloop-serve against MLServer 1.7.1: same model object, same payloads, same load tool, same CPU.
+"""modelloop-serve against MLServer 1.7.1, three comparisons in one run: same model, same payloads, same load
+tool, same CPU.
 
-    .venv/bin/python bench/server/run.py                      # the full run (about 30 min on 2 cores)
+    .venv/bin/python bench/server/run.py                      # the full run (about 43 min on 2 cores)
     .venv/bin/python bench/server/run.py --models logreg --connections 1 --rows 1 --repeat 1 --duration 1 \
         --warmup 1 --output /tmp/server-smoke.json         # a smoke run: every server starts and agrees
+
+The comparisons (`comparison` and `what_it_compares` in the results file):
+(a) servers: modelloop-serve --runtime sklearn against MLServer's SKLearn runtime, the same fitted estimator
+    in both (model.skops for one, joblib for the other): the servers differ, the runtime does not.
+(b) servers on ONNX: modelloop-serve --runtime onnx against MLServer serving the same model.onnx through an
+    onnxruntime runtime written as an MLServer user would (bench/server/mlserver_onnx.py, its MLModel API).
+(c) what a user gets: modelloop-serve as a ModelDeployment runs it (runtime auto: onnxruntime when the
+    trainer wrote model.onnx) against MLServer's SKLearn runtime, each given the same trained estimator.
+(a) and (c) are the primary comparisons; (b) is measured at fewer connection counts and repetitions
+(--secondary-connections, --secondary-repeat).
 
 What it does:
 1. Set-up: installs wrk with apt-get when missing and running as root (exits with what to do otherwise),
    checks taskset, and creates MLServer's own venv at bench/.venv-mlserver when missing (mlserver 1.7.1,
-   mlserver-sklearn 1.7.1, uvloop<0.22: newer uvloop crashes its inference worker, and our venv's
-   scikit-learn version, so that both servers unpickle the same estimator with the same code).
+   mlserver-sklearn 1.7.1, uvloop<0.22: newer uvloop crashes its inference worker), with our venv's
+   versions of scikit-learn (both servers unpickle the same estimator with the same code), onnxruntime
+   (both run the same graph with the same code) and httptools (uvicorn parses HTTP with it when installed,
+   as it does for modelloop-serve; MLServer's settings have no option for the parser, and MLServer installs
+   uvloop's event loop itself). An existing venv gets whichever of the three it lacks.
 2. Per model, in turn (only one model's servers are up at a time): trains it with modelloop's trainer on
-   one 16-feature numeric dataset and writes the version to a file:// folder (the server serves whatever
-   the trainer wrote, model.onnx included once the trainer writes one); loads that very model object back
-   and saves it with joblib for MLServer's scikit-learn runtime. Models: RandomForest (50 trees, depth 8),
+   one 16-feature numeric dataset and writes the version to a file:// folder (model.skops and model.onnx);
+   loads that very model object back and saves it with joblib for MLServer's scikit-learn runtime; MLServer's
+   ONNX runtime loads the version's model.onnx. Models: RandomForest (50 trees, depth 8),
    HistGradientBoosting (scikit-learn defaults), LogisticRegression.
-3. Starts six servers, each pinned with taskset to the same CPU (--server-cpus), wrk on another (--load-cpus):
-   - modelloop-serve with --max-batch-wait-ms 0 (continuous batching, no waiting),
-   - modelloop-serve with the ModelDeployment default batch wait (ServerSpec.max_batch_wait_ms),
-   - MLServer with parallel_workers 0 (inference in the server process) and 1 (one inference worker
-     process, its default), each with adaptive batching off (its default) and on (max_batch_size 32,
-     max_batch_time 0.002 s in model-settings.json). MLServer runs with debug=false (no access log).
-   It records which runtime modelloop-serve used (the V2 model metadata's platform and runtime, and
-   whether model.onnx is in the version folder); --runtime is passed through when modelloop-serve has it.
-4. Checks every server answers the payload with the same predictions, warms each up, then repeats
-   --repeat times: for each connection count, every server in turn (the order rotates per repetition), so
-   that background load on the machine hits all servers alike.
-5. Per cell (rows x connections): the median over the repetitions of req/s, p50 and p99 of each server;
-   our configs' ratios against the best MLServer configuration of the cell (by req/s); the issue's targets.
-   Prints the table and writes --output (default bench/results/server.json) with the raw repetitions.
+3. Starts the servers, each pinned with taskset to the same CPU (--server-cpus), wrk on another (--load-cpus):
+   - modelloop-serve --runtime sklearn and --runtime onnx, each with --max-batch-wait-ms of --batch-waits-ms
+     (default: the ModelDeployment default, ServerSpec.max_batch_wait_ms);
+   - modelloop-serve --runtime auto, long enough to read its V2 model metadata (GET /v2/models/<name>: its
+     platform, its parameters.runtime, the model's digest): when it is exactly that of a server above, auto
+     *is* that server, and comparison (c) uses its measurements (for these three models: the onnx one); when
+     not, auto is measured as a server of its own;
+   - MLServer with its SKLearn runtime and with mlserver_onnx.OnnxModel, each with parallel_workers 0
+     (inference in the server process) and 1 (one inference worker process, its default), each with adaptive
+     batching off (its default) and on (max_batch_size 32, max_batch_time 0.002 s in model-settings.json).
+     MLServer runs with debug=false (no access log).
+4. Checks every server answers each payload with the same predictions, warms each up, then repeats:
+   for each connection count, every server measured at that count in turn (the order rotates per
+   repetition), so that background load on the machine hits all servers alike. MLServer's ONNX servers,
+   in comparison (b) only, are measured at the connection counts of --secondary-connections and in the
+   first --secondary-repeat repetitions; every other server at all of --connections in every repetition.
+5. Per comparison and cell (rows x connections): the median over the repetitions of req/s, p50 and p99 of
+   each server; our configs' ratios against the best MLServer configuration of the cell (by req/s, named
+   with * in the table); the issue's targets. Prints each comparison's table under its label and writes
+   --output (default bench/results/server.json) with the raw repetitions.
 
-Duration of the default run: 3 models x 2 payloads x (6 servers x 2 s warm-up + 3 repetitions x 3
-connection counts x 6 servers x 5 s) = 1692 s of wrk, plus per model about 35 s of training, server
-start-up and shut-down, and about 0.1 s per wrk start: about 31 minutes on 2 cores.
+Duration of the default run: 3 models x 2 payloads x (10 servers x 2 s warm-up + 3 repetitions x 3
+connection counts x 6 servers x 5 s + 2 repetitions x 2 connection counts x 4 MLServer ONNX servers x 5 s)
+= 3 x 2 x 370 s = 2220 s of wrk, about 0.1 s for each of its 480 starts, and per model about 100 s of
+training (1 to 25 s), start-up of 11 servers on one CPU (55 to 70 s) and shut-down (15 to 22 s), as a smoke
+run of all three models measured them under a load average of 5: about 43 minutes on 2 cores.
 """
 from __future__ import annotations
 
@@ -39,6 +61,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -46,7 +69,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +78,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from summary import MLSERVER, MODELLOOP, check_targets, format_table, format_targets, summarise_cells
+from summary import (MLSERVER, MODELLOOP, check_targets, common_plan, comparison_runs, format_comparison,
+                     measurement_plan, summarise_cells)
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -62,7 +87,11 @@ if str(ROOT) not in sys.path:
 from bench.measured import commit_measured  # noqa: E402
 MLSERVER_VENV = ROOT / "bench" / ".venv-mlserver"
 MLSERVER_PACKAGES = ["mlserver==1.7.1", "mlserver-sklearn==1.7.1", "uvloop<0.22"]
+MATCHED_PACKAGES = ("scikit-learn", "onnxruntime", "httptools")  # installed in MLServer's venv at our versions
 MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.002}  # MLServer's ModelSettings fields
+# MLServer's runtime for each of modelloop-serve's: its own for scikit-learn, ours (written with its API) for ONNX
+MLSERVER_RUNTIMES = {"sklearn": "mlserver_sklearn.SKLearnModel", "onnx": "mlserver_onnx.OnnxModel"}
+MLSERVER_ONNX = Path(__file__).with_name("mlserver_onnx.py")
 RESULTS = ROOT / "bench" / "results" / "server.json"
 FEATURES = 16
 MODEL_NAME = "bench"
@@ -93,6 +122,28 @@ function done(summary, latency, requests)
     e.connect + e.read + e.write + e.timeout))
 end
 """
+
+
+@dataclass(frozen=True)
+class Comparison:
+    comparison: str  # its label, in the results file and over its tables
+    what_it_compares: str
+    modelloop_runtime: str  # modelloop-serve's --runtime
+    mlserver_runtime: str  # a key of MLSERVER_RUNTIMES
+    secondary: bool = False  # measured at --secondary-connections, in --secondary-repeat repetitions
+
+
+COMPARISONS = (
+    Comparison("(a) servers", "modelloop-serve --runtime sklearn vs MLServer's SKLearn runtime: the same "
+                              "scikit-learn estimator in both, so the servers differ and the runtime does not",
+               "sklearn", "sklearn"),
+    Comparison("(b) servers on ONNX", "modelloop-serve --runtime onnx vs MLServer with an onnxruntime MLModel "
+                                      "(bench/server/mlserver_onnx.py): the same model.onnx in both", "onnx", "onnx",
+               secondary=True),
+    Comparison("(c) what a user gets", "modelloop-serve as deployed (runtime auto: onnxruntime when the trainer wrote "
+                                       "model.onnx) vs MLServer's SKLearn runtime, each given the same trained "
+                                       "estimator", "auto", "sklearn"),
+)
 
 
 @dataclass
@@ -167,32 +218,32 @@ def ensure_tools() -> None:
 
 
 def ensure_mlserver_venv() -> None:
-    import sklearn
-
+    """MLServer's venv, with MATCHED_PACKAGES at the versions of ours (installed when it lacks them)."""
     python = MLSERVER_VENV / "bin" / "python"
-    sklearn_pin = f"scikit-learn=={sklearn.__version__}"
+    ours = {name: metadata.version(name) for name in MATCHED_PACKAGES}
     if not (MLSERVER_VENV / "bin" / "mlserver").exists():
-        print(f"creating {MLSERVER_VENV} ({', '.join([*MLSERVER_PACKAGES, sklearn_pin])})", flush=True)
+        pins = [*MLSERVER_PACKAGES, *(f"{name}=={version}" for name, version in ours.items())]
+        print(f"creating {MLSERVER_VENV} ({', '.join(pins)})", flush=True)
         subprocess.run(["python3.11", "-m", "venv", str(MLSERVER_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *MLSERVER_PACKAGES, sklearn_pin], check=True)
-    elif mlserver_versions().get("scikit-learn") != sklearn.__version__:
-        print(f"installing {sklearn_pin} into {MLSERVER_VENV}", flush=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", sklearn_pin], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
+        return
+    theirs = mlserver_versions()
+    missing = [f"{name}=={version}" for name, version in ours.items() if theirs.get(name) != version]
+    if missing:
+        print(f"installing {', '.join(missing)} into {MLSERVER_VENV}", flush=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *missing], check=True)
 
 
-def mlserver_versions() -> dict[str, str]:
-    code = ("import json, importlib.metadata as m; print(json.dumps({p: m.version(p) for p in "
-            "('mlserver', 'mlserver-sklearn', 'scikit-learn', 'uvicorn', 'uvloop')}))")
+def mlserver_versions() -> dict[str, str | None]:
+    code = ("import json, importlib.metadata as m\n"
+            "def version(p):\n"
+            "    try:\n        return m.version(p)\n"
+            "    except m.PackageNotFoundError:\n        return None\n"
+            "print(json.dumps({p: version(p) for p in ('mlserver', 'mlserver-sklearn', 'uvicorn', 'uvloop', "
+            f"{', '.join(repr(p) for p in MATCHED_PACKAGES)})}}))")
     out = subprocess.run([str(MLSERVER_VENV / "bin" / "python"), "-c", code], capture_output=True, text=True,
                          check=True).stdout
     return json.loads(out)
-
-
-def modelloop_serve_has(flag: str) -> bool:
-    """Whether this checkout's modelloop-serve accepts `flag` (from its --help)."""
-    out = subprocess.run([sys.executable, "-m", "modelloop_server.cli", "--help"], capture_output=True, text=True,
-                         cwd=ROOT).stdout
-    return f"{flag} " in out or f"{flag}\n" in out or f"{flag}=" in out
 
 
 def machine_info() -> dict[str, Any]:
@@ -204,7 +255,7 @@ def machine_info() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "python": platform.python_version(),
             "platform": platform.platform(), "load_average_at_start": list(os.getloadavg()),
             "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "unknown",
-            "scikit_learn": sklearn.__version__,
+            "scikit_learn": sklearn.__version__, "onnxruntime": metadata.version("onnxruntime"),
             # the benchmarks that measure only modelloop (bench/limits) never create MLServer's venv
             **({"mlserver_venv": mlserver_versions()} if (MLSERVER_VENV / "bin" / "python").exists() else {})}
 
@@ -249,37 +300,49 @@ def modelloop_server(label: str, uri: str, work: Path, extra: list[str], config:
                   ROOT, work / f"{label}.log")
 
 
-def mlserver_server(label: str, mlserver_dir: Path, work: Path, parallel_workers: int, batching: bool) -> Server:
-    """`work`: this model's folder (the server's model repository and log go there)."""
+def mlserver_server(label: str, mlserver_dir: Path, work: Path, parallel_workers: int, batching: bool,
+                    runtime: str = "sklearn", model_onnx: Path | None = None) -> Server:
+    """`work`: this model's folder (the server's model repository and log go there). `runtime` "sklearn" serves
+    mlserver_dir's model.joblib with MLServer's SKLearn runtime; "onnx" serves `model_onnx` with
+    mlserver_onnx.OnnxModel, copied into the model folder next to model-settings.json."""
     port = free_port()
-    folder = work / label
+    folder = work / re.sub(r"[^A-Za-z0-9=.,-]+", "_", label)
     shutil.copytree(mlserver_dir, folder)
     settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "debug": False,
                 "host": "127.0.0.1", "parallel_workers": parallel_workers}
     (folder / "settings.json").write_text(json.dumps(settings))
-    model_settings: dict[str, Any] = {"name": MODEL_NAME, "implementation": "mlserver_sklearn.SKLearnModel",
-                                      "parameters": {"uri": "./model.joblib", "version": "v1"}}
+    uri = "./model.joblib"
+    if runtime == "onnx":
+        assert model_onnx is not None, "the ONNX runtime needs the version's model.onnx"
+        shutil.copy(MLSERVER_ONNX, folder / "model" / MLSERVER_ONNX.name)
+        uri = str(model_onnx)
+    model_settings: dict[str, Any] = {"name": MODEL_NAME, "implementation": MLSERVER_RUNTIMES[runtime],
+                                      "parameters": {"uri": uri, "version": "v1"}}
     if batching:
         model_settings.update(MLSERVER_BATCHING)
     (folder / "model" / "model-settings.json").write_text(json.dumps(model_settings))
-    config = {"parallel_workers": parallel_workers, "debug": False,
-              "adaptive_batching": MLSERVER_BATCHING if batching else "off"}
+    config = {"runtime": runtime, "implementation": MLSERVER_RUNTIMES[runtime], "parallel_workers": parallel_workers,
+              "debug": False, "adaptive_batching": MLSERVER_BATCHING if batching else "off"}
     return Server(label, MLSERVER, config, port, [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)],
-                  folder, work / f"{label}.log")
+                  folder, work / f"{folder.name}.log")
 
 
-def servers_for(uri: str, mlserver_dir: Path, work: Path, default_wait: float, runtime: list[str]) -> list[Server]:
+def servers_for(uri: str, version_dir: Path, mlserver_dir: Path, work: Path, waits: list[float]) -> list[Server]:
+    """modelloop-serve with each runtime of the comparisons and each batch wait; MLServer with each of its runtimes
+    in four configurations (in process or one worker, adaptive batching off or on)."""
     batch_label = f"batch={MLSERVER_BATCHING['max_batch_size']}/{MLSERVER_BATCHING['max_batch_time'] * 1000:g}ms"
-    return [
-        modelloop_server("modelloop(wait=0)", uri, work, ["--max-batch-wait-ms", "0", *runtime],
-                         {"max_batch_wait_ms": 0, "extra_flags": runtime}),
-        modelloop_server(f"modelloop(wait={default_wait:g}ms)", uri, work, runtime,
-                         {"max_batch_wait_ms": default_wait, "extra_flags": runtime}),
-        mlserver_server("mlserver(pw=0)", mlserver_dir, work, 0, batching=False),
-        mlserver_server("mlserver(pw=1)", mlserver_dir, work, 1, batching=False),
-        mlserver_server(f"mlserver(pw=0,{batch_label})", mlserver_dir, work, 0, batching=True),
-        mlserver_server(f"mlserver(pw=1,{batch_label})", mlserver_dir, work, 1, batching=True),
-    ]
+    runtimes = dict.fromkeys(c.modelloop_runtime for c in COMPARISONS)
+    servers = [modelloop_server(f"modelloop {runtime}(wait={wait:g}ms)", uri, work,
+                                ["--runtime", runtime, "--max-batch-wait-ms", f"{wait:g}"],
+                                {"runtime": runtime, "max_batch_wait_ms": wait})
+               for runtime in runtimes for wait in waits]
+    for runtime in dict.fromkeys(c.mlserver_runtime for c in COMPARISONS):
+        for batching in (False, True):
+            for workers in (0, 1):
+                label = f"mlserver {runtime}(pw={workers}{',' + batch_label if batching else ''})"
+                servers.append(mlserver_server(label, mlserver_dir, work, workers, batching, runtime,
+                                               version_dir / "model.onnx"))
+    return servers
 
 
 def modelloop_runtime(server: Server, version_dir: Path) -> dict[str, Any]:
@@ -289,6 +352,31 @@ def modelloop_runtime(server: Server, version_dir: Path) -> dict[str, Any]:
     return {"metadata_platform": metadata.get("platform"), "metadata_runtime": parameters.get("runtime"),
             "model_onnx_in_version": (version_dir / "model.onnx").exists(),
             "version_files": sorted(p.name for p in version_dir.iterdir())}
+
+
+def resolve_auto(servers: list[Server]) -> dict[str, str]:
+    """auto label -> the label of the modelloop server (same batch wait, runtime sklearn or onnx) whose V2 model
+    metadata (platform, parameters.runtime, the model's digest, inputs, outputs) is exactly that auto server's:
+    the same model served the same way, measured once. An auto server that matches none is left out."""
+    documents = {s.label: httpx.get(s.model_url, timeout=10).json() for s in servers if s.kind == MODELLOOP}
+    same: dict[str, str] = {}
+    for auto in (s for s in servers if s.kind == MODELLOOP and s.config["runtime"] == "auto"):
+        match = next((s.label for s in servers if s.kind == MODELLOOP and s.config["runtime"] != "auto"
+                      and s.config["max_batch_wait_ms"] == auto.config["max_batch_wait_ms"]
+                      and documents[s.label] == documents[auto.label]), None)
+        if match is not None:
+            same[auto.label] = match
+    return same
+
+
+def comparison_servers(comparison: Comparison, servers: list[Server], auto_is: dict[str, str]) -> dict[str, str]:
+    """The servers of one comparison: label shown -> label measured (an auto server stands for the one it is)."""
+    shown: dict[str, str] = {}
+    for server in servers:
+        runtime = comparison.modelloop_runtime if server.kind == MODELLOOP else comparison.mlserver_runtime
+        if server.config["runtime"] == runtime:
+            shown[server.label] = auto_is.get(server.label, server.label)
+    return shown
 
 
 # -- measuring ---------------------------------------------------------------------------------------------
@@ -385,10 +473,12 @@ def paired_cell(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, A
             "errors": sum(r["errors"] for r in a + b)}
 
 
-def bench_model(servers: list[Server], row_counts: list[int], connections: list[int], args: argparse.Namespace,
-                work: Path, script: Path) -> list[dict[str, Any]]:
-    """The raw runs of one model (see summary.py for their form)."""
+def bench_model(servers: list[Server], row_counts: list[int], plan: dict[str, tuple[list[int], int]],
+                args: argparse.Namespace, work: Path, script: Path) -> list[dict[str, Any]]:
+    """The raw runs of one model (see summary.py for their form); each server at the connection counts and for
+    the repetitions `plan` gives it."""
     runs: list[dict[str, Any]] = []
+    connections = sorted({c for counts, _ in plan.values() for c in counts})
     for rows in row_counts:
         body = payload(rows)
         body_file = work / f"body-{rows}.json"
@@ -398,15 +488,18 @@ def bench_model(servers: list[Server], row_counts: list[int], connections: list[
         if any(a != first for a in answers.values()):
             raise RuntimeError(f"servers disagree on the predictions for {rows} rows: {answers}")
         for server in servers:
-            run_wrk(server.infer_url, body_file, script, max(connections), args.warmup, args.load_cpus)
-        for repetition in range(args.repeat):
+            run_wrk(server.infer_url, body_file, script, max(plan[server.label][0]), args.warmup, args.load_cpus)
+        for repetition in range(max(repeat for _, repeat in plan.values())):
             order = servers[repetition % len(servers):] + servers[:repetition % len(servers)]
             for conns in connections:
                 for server in order:
+                    counts, repeat = plan[server.label]
+                    if conns not in counts or repetition >= repeat:
+                        continue
                     result = run_wrk(server.infer_url, body_file, script, conns, args.duration, args.load_cpus)
                     runs.append({"repetition": repetition + 1, "server": server.label, "kind": server.kind,
                                  "rows": rows, "connections": conns, **result})
-                    print(f"  {rows:>2} rows {conns:>3} conns rep {repetition + 1}  {server.label:<28} "
+                    print(f"  {rows:>2} rows {conns:>3} conns rep {repetition + 1}  {server.label:<40} "
                           f"{result['rps']:>8.0f} req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
                           f"{'  errors ' + str(result['errors']) if result['errors'] else ''}", flush=True)
     return runs
@@ -422,16 +515,81 @@ def rounded(value: Any) -> Any:
     return value
 
 
+def bench_one_model(key: str, work: Path, data: Path, script: Path, waits: list[float], args: argparse.Namespace
+                    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Train `key`, start its servers, measure them, stop them. Returns the model's entry of the results (its
+    servers, runtimes, raw runs) and its cells and targets in each comparison (by label); prints the tables."""
+    print(f"\n== {key}: {MODELS[key]['estimator']['class']} {MODELS[key]['estimator']['params']} ==", flush=True)
+    wall = {"start": time.monotonic()}
+    uri, version_dir, mlserver_dir = build_model(work, key, data)
+    if not (version_dir / "model.onnx").exists():
+        raise RuntimeError(f"the trainer wrote no model.onnx for {key}: comparison (b) needs one")
+    wall["trained"] = time.monotonic()
+    servers = servers_for(uri, version_dir, mlserver_dir, work / key, waits)
+    try:
+        for server in servers:
+            server.start(args.server_cpus)
+        for server in servers:
+            server.wait_ready()
+        wall["ready"] = time.monotonic()
+        print(f"  {len(servers)} servers ready in {wall['ready'] - wall['trained']:.0f} s", flush=True)
+        runtimes = {s.label: modelloop_runtime(s, version_dir) for s in servers if s.kind == MODELLOOP}
+        auto_is = resolve_auto(servers)
+        for label in auto_is:
+            print(f"  {label} serves exactly as {auto_is[label]} (same V2 model metadata): measured once", flush=True)
+            next(s for s in servers if s.label == label).stop()
+        shown = {c: comparison_servers(c, servers, auto_is) for c in COMPARISONS}
+        plan = measurement_plan(
+            primary=[m for c in COMPARISONS if not c.secondary for m in shown[c].values()],
+            secondary=[m for c in COMPARISONS if c.secondary for m in shown[c].values()],
+            connections=args.connection_counts, repeat=args.repeat,
+            secondary_connections=args.secondary_connection_counts, secondary_repeat=args.secondary_repeat)
+        runs = bench_model([s for s in servers if s.label in plan], args.row_counts, plan, args, work / key, script)
+        wall["measured"] = time.monotonic()
+    finally:
+        for server in servers:
+            server.stop()
+    wall["stopped"] = time.monotonic()
+    by_comparison = {}
+    for comparison in COMPARISONS:
+        counts, repeat = common_plan(plan, shown[comparison].values(), args.connection_counts)
+        cells = summarise_cells(comparison_runs(runs, shown[comparison], counts, repeat))
+        targets = check_targets(cells, **MODELS[key]["target"])
+        print(f"\n{key}, {format_comparison(comparison.comparison, comparison.what_it_compares, cells, targets)}",
+              flush=True)
+        by_comparison[comparison.comparison] = rounded({"servers": shown[comparison], "connections": counts,
+                                                        "repetitions": repeat, "cells": cells, "targets": targets})
+    model = rounded({
+        "estimator": MODELS[key]["estimator"],
+        "modelloop_runtime": runtimes,
+        "runtime_auto": {s.label: {"measured_as": auto_is.get(s.label)} for s in servers
+                         if s.kind == MODELLOOP and s.config["runtime"] == "auto"},
+        "mlserver_runtimes": {"sklearn": "mlserver_sklearn.SKLearnModel, the same estimator saved with joblib",
+                              "onnx": "mlserver_onnx.OnnxModel (bench/server/mlserver_onnx.py), the version's "
+                                      "model.onnx"},
+        "servers": {s.label: {"kind": s.kind, **s.config, "measured": s.label in plan} for s in servers},
+        "wall_s": {"training": wall["trained"] - wall["start"], "start_up": wall["ready"] - wall["trained"],
+                   "measuring": wall["measured"] - wall["ready"], "shut_down": wall["stopped"] - wall["measured"]},
+        "repetitions": runs,
+    })
+    return model, by_comparison
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     parser.add_argument("--connections", default="1,8,64")
+    parser.add_argument("--secondary-connections", default="1,64",
+                        help="connection counts of the secondary comparison (b), among --connections (all of "
+                             "them when it names none)")
     parser.add_argument("--rows", default="1,16", help="rows per request")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of every cell; the median is reported")
+    parser.add_argument("--secondary-repeat", type=int, default=2,
+                        help="repetitions of the secondary comparison (b) (at most --repeat)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per measurement (wrk takes whole seconds)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per server and payload")
-    parser.add_argument("--runtime", choices=["auto", "onnx", "sklearn"],
-                        help="passed to modelloop-serve as --runtime when it has that option (ignored otherwise)")
+    parser.add_argument("--batch-waits-ms", help="modelloop-serve's --max-batch-wait-ms values, comma-separated "
+                                                 "(default: the ModelDeployment default)")
     parser.add_argument("--server-cpus", default="1", help="taskset CPU list for every server")
     parser.add_argument("--load-cpus", default="0", help="taskset CPU list for wrk")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
@@ -440,79 +598,59 @@ def main() -> int:
     unknown = [k for k in keys if k not in MODELS]
     if unknown:
         parser.error(f"--models {','.join(unknown)}: unknown; choose among {', '.join(MODELS)}")
-    if args.repeat < 1 or args.duration < 1 or args.warmup < 1:
-        parser.error("--repeat, --duration and --warmup must be at least 1")
-    connections = [int(c) for c in args.connections.split(",")]
-    row_counts = [int(r) for r in args.rows.split(",")]
-
-    ensure_tools()
-    ensure_mlserver_venv()
-    runtime_flag: dict[str, Any] = {"requested": args.runtime, "passed": False}
-    if args.runtime is not None:
-        if modelloop_serve_has("--runtime"):
-            runtime_flag["passed"] = True
-        else:
-            runtime_flag["note"] = "modelloop-serve has no --runtime option; not passed"
-            print(f"note: {runtime_flag['note']}", flush=True)
-    runtime = ["--runtime", args.runtime] if runtime_flag["passed"] else []
+    if min(args.repeat, args.secondary_repeat, args.duration, args.warmup) < 1:
+        parser.error("--repeat, --secondary-repeat, --duration and --warmup must be at least 1")
+    args.connection_counts = [int(c) for c in args.connections.split(",")]
+    args.secondary_connection_counts = [int(c) for c in args.secondary_connections.split(",")]
+    args.row_counts = [int(r) for r in args.rows.split(",")]
     from modelloop.api.deployment import ServerSpec
 
     default_wait = ServerSpec().max_batch_wait_ms
+    waits = [float(w) for w in args.batch_waits_ms.split(",")] if args.batch_waits_ms else [default_wait]
+
+    ensure_tools()
+    ensure_mlserver_venv()
     work = Path(tempfile.mkdtemp(prefix="modelloop-bench-"))
     script = work / "post.lua"
     script.write_text(WRK_SCRIPT)
     data = work / "data.csv"
     dataset(data)
     report: dict[str, Any] = {
-        "benchmark": "modelloop-serve vs MLServer 1.7.1 (V2 REST infer)",
+        "benchmark": "modelloop-serve vs MLServer 1.7.1 (V2 REST infer), three comparisons",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),
         "method": {
             "load_tool": "wrk (1 thread, keep-alive), POST with a Lua script",
             "duration_s": args.duration, "warmup_s": args.warmup, "repetitions": args.repeat,
-            "server_cpus": args.server_cpus, "load_cpus": args.load_cpus, "connections": connections,
-            "rows_per_request": row_counts,
+            "secondary_repetitions": min(args.secondary_repeat, args.repeat),
+            "server_cpus": args.server_cpus, "load_cpus": args.load_cpus, "connections": args.connection_counts,
+            "secondary_connections": args.secondary_connection_counts,
+            "rows_per_request": args.row_counts,
             "payload": f"V2 infer, one FP64 input of shape [rows, {FEATURES}]",
             "dataset": f"make_classification, 5000 rows, {FEATURES} numeric features, random_state 0",
-            "order": "per model: all its servers up; per payload: prediction check, warm-up of each server at the "
-                     "highest connection count; then per repetition, per connection count, each server in turn "
-                     "(the order rotates by one per repetition)",
-            "summary": "per cell and server: the median over the repetitions of req/s, of p50 and of p99 "
-                       "(each metric's own median); best config = highest median req/s",
+            "order": "per model: all its servers up; per payload: prediction check, warm-up of each server at its "
+                     "highest connection count; then per repetition, per connection count, each server measured "
+                     "there in turn (the order rotates by one per repetition)",
+            "summary": "per comparison, cell and server: the median over the repetitions of req/s, of p50 and of "
+                       "p99 (each metric's own median); best config = highest median req/s",
             "ratios": "ours / best MLServer config of the cell: req/s ratio (higher is better), p99 ratio "
                       "(lower is better)",
-            "modelloop_default_max_batch_wait_ms": default_wait,
-            "runtime_flag": runtime_flag,
+            "modelloop_default_max_batch_wait_ms": default_wait, "modelloop_batch_waits_ms": waits,
+            "runtime_auto": "a modelloop-serve --runtime auto server whose V2 model metadata equals that of the "
+                            "sklearn or onnx server with the same batch wait is that server: comparison (c) uses "
+                            "its measurements (models.<model>.runtime_auto names it)",
         },
+        "comparisons": [{"comparison": c.comparison, "what_it_compares": c.what_it_compares,
+                         "modelloop_runtime": c.modelloop_runtime,
+                         "mlserver_runtime": MLSERVER_RUNTIMES[c.mlserver_runtime],
+                         "secondary": c.secondary, "models": {}} for c in COMPARISONS],
         "models": {},
     }
     for key in keys:
-        print(f"\n== {key}: {MODELS[key]['estimator']['class']} {MODELS[key]['estimator']['params']} ==", flush=True)
-        uri, version_dir, mlserver_dir = build_model(work, key, data)
-        model_work = work / key
-        servers = servers_for(uri, mlserver_dir, model_work, default_wait, runtime)
-        try:
-            for server in servers:
-                server.start(args.server_cpus)
-            for server in servers:
-                server.wait_ready()
-            runtimes = {s.label: modelloop_runtime(s, version_dir) for s in servers if s.kind == MODELLOOP}
-            runs = bench_model(servers, row_counts, connections, args, model_work, script)
-        finally:
-            for server in servers:
-                server.stop()
-        cells = summarise_cells(runs)
-        targets = check_targets(cells, **MODELS[key]["target"])
-        print(f"\n{key}: medians of {args.repeat} repetition(s); ratios against the best MLServer config (*)")
-        print(format_table(cells))
-        print(format_targets(targets), flush=True)
-        report["models"][key] = rounded({
-            "estimator": MODELS[key]["estimator"],
-            "modelloop_runtime": runtimes,
-            "mlserver_runtime": "mlserver_sklearn.SKLearnModel, the same estimator saved with joblib",
-            "servers": {s.label: {"kind": s.kind, **s.config} for s in servers},
-            "cells": cells, "targets": targets, "repetitions": runs,
-        })
+        model, by_comparison = bench_one_model(key, work, data, script, waits, args)
+        report["models"][key] = model
+        for entry in report["comparisons"]:
+            entry["models"][key] = by_comparison[entry["comparison"]]
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["commit"] = commit_measured()
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
-"""What the server benchmark reports, computed from its raw wrk runs: medians over the repetitions, the
-best configuration of each server in each cell, the ratios against the best MLServer configuration, the
-issue's targets, and the printed table. Pure functions; `run.py` does the measuring.
+"""Which server the server benchmark measures where, and what it reports, computed from its raw wrk runs: the
+runs of each comparison, medians over the repetitions, the best configuration of each server in each cell,
+the ratios against the best MLServer configuration, the issue's targets, and the printed tables. Pure
+functions; `run.py` does the measuring.
 
 A raw run is a dict: {"repetition", "server" (label), "kind" ("modelloop" | "mlserver"), "rows",
 "connections", "requests", "rps", "p50_ms", "p99_ms", "errors"}.
@@ -8,12 +9,46 @@ A raw run is a dict: {"repetition", "server" (label), "kind" ("modelloop" | "mls
 from __future__ import annotations
 
 import statistics
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable, Mapping
 
 MODELLOOP = "modelloop"
 MLSERVER = "mlserver"
 P50_TARGET_MS = 1.5  # at 1 connection, every model
 TARGET_ROWS, TARGET_CONNECTIONS = 1, 64  # the targets are about 1-row requests; throughput at 64 connections
+
+
+def measurement_plan(primary: Iterable[str], secondary: Iterable[str], connections: list[int], repeat: int,
+                     secondary_connections: Collection[int], secondary_repeat: int
+                     ) -> dict[str, tuple[list[int], int]]:
+    """Server label -> (connection counts, repetitions). A server of a primary comparison: all `connections`, in
+    `repeat` repetitions; one only in secondary comparisons: the `secondary_connections` among `connections`
+    (all of them when it names none), in at most `repeat` repetitions."""
+    fewer = [c for c in connections if c in secondary_connections] or list(connections)
+    plan = {label: (fewer, min(secondary_repeat, repeat)) for label in secondary}
+    plan.update({label: (list(connections), repeat) for label in primary})
+    return plan
+
+
+def common_plan(plan: Mapping[str, tuple[list[int], int]], labels: Iterable[str], connections: list[int]
+                ) -> tuple[list[int], int]:
+    """The connection counts (in the order of `connections`) and the repetitions at which every server of
+    `labels` was measured: one comparison's cells."""
+    chosen = [plan[label] for label in labels]
+    return [c for c in connections if all(c in counts for counts, _ in chosen)], min(r for _, r in chosen)
+
+
+def comparison_runs(runs: Iterable[dict[str, Any]], servers: Mapping[str, str], connections: Collection[int],
+                    repetitions: int | None = None) -> list[dict[str, Any]]:
+    """The runs of one comparison: those of the servers it names (label shown -> label measured), under the
+    label shown, at its connection counts and in its first `repetitions` (all when None). One measured server
+    can so stand in two comparisons under two names (modelloop-serve's runtime auto is its runtime onnx when
+    the version holds model.onnx), and every server of a comparison has as many repetitions as the others."""
+    shown_as: dict[str, list[str]] = {}
+    for shown, measured in servers.items():
+        shown_as.setdefault(measured, []).append(shown)
+    return [{**run, "server": shown} for run in runs
+            if run["connections"] in connections and (repetitions is None or run["repetition"] <= repetitions)
+            for shown in shown_as.get(run["server"], [])]
 
 
 def cell_medians(runs: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -99,16 +134,17 @@ def check_targets(cells: list[dict[str, Any]], rps_ratio: float, p99_ratio: floa
 
 def format_table(cells: list[dict[str, Any]]) -> str:
     """Medians per cell and server; our configs carry their ratios to the best MLServer config (marked *)."""
-    lines = [f"{'rows':>4} {'conns':>5}  {'server':<28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    width = max([28, *(len(label) + 1 for cell in cells for label in [*cell["modelloop"], *cell["mlserver"]])])
+    lines = [f"{'rows':>4} {'conns':>5}  {'server':<{width}} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
              f"  {'req/s ratio':>11} {'p99 ratio':>9}"]
     for cell in cells:
         for label, m in cell["modelloop"].items():
             rps_ratio, p99_ratio = f"x{m['rps_ratio']:.2f}", f"x{m['p99_ratio']:.2f}"
-            lines.append(f"{cell['rows']:>4} {cell['connections']:>5}  {label:<28} {m['rps']:>9.0f} "
+            lines.append(f"{cell['rows']:>4} {cell['connections']:>5}  {label:<{width}} {m['rps']:>9.0f} "
                          f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}  {rps_ratio:>11} {p99_ratio:>9}")
         for label, m in cell["mlserver"].items():
             star = "*" if label == cell["mlserver_best"]["config"] else ""
-            lines.append(f"{cell['rows']:>4} {cell['connections']:>5}  {label + star:<28} {m['rps']:>9.0f} "
+            lines.append(f"{cell['rows']:>4} {cell['connections']:>5}  {label + star:<{width}} {m['rps']:>9.0f} "
                          f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6}")
     return "\n".join(lines)
 
@@ -125,3 +161,9 @@ def format_targets(targets: list[dict[str, Any]]) -> str:
             detail = f" ({t['config']}: p50 {t['p50_ms']:.2f} ms)"
         lines.append(f"  target {t['target']}: {verdict}{detail}")
     return "\n".join(lines)
+
+
+def format_comparison(comparison: str, what_it_compares: str, cells: list[dict[str, Any]],
+                      targets: list[dict[str, Any]]) -> str:
+    """One comparison of one model: its label and what it compares, its table, its targets."""
+    return "\n".join([f"{comparison}: {what_it_compares}", format_table(cells), format_targets(targets)])

@@ -39,7 +39,7 @@ def test_triggers_coalesce_behind_a_queued_reconcile(monkeypatch):
     queued = threading.Thread(target=kube.converge, args=("K", "n", "burst", reconcile))
     queued.start()
     deadline = time.monotonic() + 10
-    while not kube._gate("K", "n", "burst").queued:   # the second trigger waits for the lock
+    while not kube._gates[("K", "n", "burst")].queued:   # the second trigger waits for the lock
         assert time.monotonic() < deadline
         time.sleep(0.01)
     for _ in range(5):   # every further trigger meanwhile is answered by the queued reconcile
@@ -50,6 +50,23 @@ def test_triggers_coalesce_behind_a_queued_reconcile(monkeypatch):
     assert len(calls) == 2
     kube.converge("K", "n", "burst", reconcile)   # nothing queued any more: a trigger runs again
     assert len(calls) == 3
+    assert ("K", "n", "burst") not in kube._gates   # a gate lives while it is used
+
+
+def test_a_gate_goes_once_nobody_uses_it_even_after_a_failed_reconcile():
+    def fails(obj: dict | None) -> None:
+        raise RuntimeError("boom")
+
+    before = len(kube._gates)
+    for name in ("x", "y", "z"):
+        kube.converge("K", "n", name, lambda obj: None, body=_obj("1", name=name))
+        try:
+            kube.converge("K", "n", name, fails, body=_obj("1", name=name))
+        except RuntimeError:
+            pass
+        with kube.object_lock("K", "n", name):
+            assert ("K", "n", name) in kube._gates
+    assert len(kube._gates) == before
 
 
 def test_a_reconcile_starts_from_the_newest_body_a_trigger_brought_and_a_conflict_reads_again(monkeypatch):

@@ -202,6 +202,7 @@ def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "
 # create of the object returned: the writes by which a controller records what it has just reconciled. Plain
 # patches are not remembered: one controller's patch can be news to another (a DriftMonitor's retrain
 # annotation on a ModelTraining). Bounded: an entry that falls out only costs one reconcile that changes nothing.
+# Kept here, not a kopf index: an index holds what the watch shows, not which of those states this process wrote.
 _written: BoundedCache[tuple[str, str, str], str] = BoundedCache(16 * SETTINGS.cache_entries)
 
 

@@ -7,6 +7,7 @@ control plane.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -15,7 +16,7 @@ import os
 import threading
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import kopf
 import kubernetes
@@ -201,6 +202,7 @@ def emit_event(obj: dict, type_: str, reason: str, message: str, action: str = "
 # create of the object returned: the writes by which a controller records what it has just reconciled. Plain
 # patches are not remembered: one controller's patch can be news to another (a DriftMonitor's retrain
 # annotation on a ModelTraining). Bounded: an entry that falls out only costs one reconcile that changes nothing.
+# Kept here, not a kopf index: an index holds what the watch shows, not which of those states this process wrote.
 _written: BoundedCache[tuple[str, str, str], str] = BoundedCache(16 * SETTINGS.cache_entries)
 
 
@@ -223,21 +225,35 @@ def own_write(body: Any) -> bool:
 # ----------------------------------------------------------------------------- one reconcile at a time
 
 class _Gate:
-    __slots__ = ("lock", "queued", "body")
+    __slots__ = ("lock", "queued", "body", "users")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.queued = False   # a reconcile is waiting for the lock and has not read the object yet
         self.body: Any = None  # the newest copy of the object a trigger brought (its own watch event)
+        self.users = 0        # the threads that hold, wait for or just triggered it: at 0 the gate goes
 
 
+# (kind, namespace, name) -> the gate of an object some thread is reconciling or waiting to: an entry lives while
+# it is used (_held), so the dict holds the objects in flight, not every object ever reconciled.
 _gates: dict[tuple[str, str, str], _Gate] = {}
 _gates_guard = threading.Lock()
 
 
-def _gate(kind: str, namespace: str, name: str) -> _Gate:
+@contextlib.contextmanager
+def _held(kind: str, namespace: str, name: str) -> Iterator[_Gate]:
+    """The object's gate, kept while the caller uses it and removed once nobody does."""
+    key = (kind, namespace, name)
     with _gates_guard:
-        return _gates.setdefault((kind, namespace, name), _Gate())
+        gate = _gates.setdefault(key, _Gate())
+        gate.users += 1
+    try:
+        yield gate
+    finally:
+        with _gates_guard:
+            gate.users -= 1
+            if gate.users == 0:
+                del _gates[key]
 
 
 def converge(kind: str, namespace: str, name: str, reconcile: Callable[[dict | None], None], body: Any = None,
@@ -250,28 +266,30 @@ def converge(kind: str, namespace: str, name: str, reconcile: Callable[[dict | N
     and its children costs one more reconcile, not one per event). A trigger from the object's own watch
     event brings the object (`body`): the reconcile starts from the newest such copy instead of a GET. A
     change after it is another event, and a status written from a stale copy is a Conflict, re-read."""
-    gate = _gate(kind, namespace, name)
-    with _gates_guard:
-        if body is not None:
-            gate.body = body
-        if gate.queued:
-            return
-        gate.queued = True
-    with gate.lock:
+    with _held(kind, namespace, name) as gate:
         with _gates_guard:
-            gate.queued = False
-            seen, gate.body = gate.body, None
-        for _ in range(attempts):
-            obj = copy.deepcopy(dict(seen)) if seen is not None else get(API_VERSION, kind, namespace, name)
-            seen = None
-            try:
-                return reconcile(obj)
-            except Conflict:
-                continue
+            if body is not None:
+                gate.body = body
+            if gate.queued:
+                return
+            gate.queued = True
+        with gate.lock:
+            with _gates_guard:
+                gate.queued = False
+                seen, gate.body = gate.body, None
+            for _ in range(attempts):
+                obj = copy.deepcopy(dict(seen)) if seen is not None else get(API_VERSION, kind, namespace, name)
+                seen = None
+                try:
+                    return reconcile(obj)
+                except Conflict:
+                    continue
     raise kopf.TemporaryError(f"{kind} {namespace}/{name}: status kept conflicting", delay=2)
 
 
-def object_lock(kind: str, namespace: str, name: str) -> threading.Lock:
-    """The lock converge() holds while it reconciles the object: whatever else writes the object's status
+@contextlib.contextmanager
+def object_lock(kind: str, namespace: str, name: str) -> Iterator[None]:
+    """Hold the lock converge() holds while it reconciles the object: whatever else writes the object's status
     (a DriftMonitor's check) takes it too."""
-    return _gate(kind, namespace, name).lock
+    with _held(kind, namespace, name) as gate, gate.lock:
+        yield

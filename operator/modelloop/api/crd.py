@@ -68,17 +68,23 @@ def structural(schema: dict[str, Any]) -> dict[str, Any]:
                 out[key] = value
             else:
                 out[key] = copy.deepcopy(value)
-        if out.get("x-kubernetes-int-or-string"):
-            out.pop("type", None)
-        if out.get("x-kubernetes-preserve-unknown-fields") and "type" not in out:
-            out["type"] = "object"
-        if "enum" in out and "type" not in out:
-            out["type"] = "string"
-        if "default" in out and isinstance(out["default"], dict) and not out["default"]:
-            out["default"] = {}
-        return out
+        return _settle_type(out)
 
     return convert(schema)
+
+
+def _settle_type(out: dict[str, Any]) -> dict[str, Any]:
+    """The `type` a structural schema wants once a node's keywords are converted: none for int-or-string, object for
+    preserved unknown fields, string for an enum without one."""
+    if out.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+    if out.get("x-kubernetes-preserve-unknown-fields") and "type" not in out:
+        out["type"] = "object"
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if "default" in out and isinstance(out["default"], dict) and not out["default"]:
+        out["default"] = {}
+    return out
 
 
 def _fill_object_defaults(schema: dict[str, Any]) -> None:

@@ -1,9 +1,11 @@
 """ModelDeployment controller: serves a model version, promotes new ones, rolls back failed rollouts.
 
-Level-based: each reconcile resolves the candidate version (a fixed URI, or the followed
-ModelTraining's latest or pinned version), observes the child Deployment's rollout, rolls back a
-rollout past its progress deadline to the last version that was Available, decides promotion, applies
-the children (Deployment, Service, NetworkPolicy, HPA, PDB) with server-side apply, and writes status.
+Level-based, in one shape (docs/architecture.md, "One reconcile shape"): `observe` resolves the candidate version
+(a fixed URI, or the followed ModelTraining's latest or pinned version), reads the served version and the child
+Deployments, the last Available version when a rollout missed its deadline, and the servers' evidence while a
+challenger is analysed; `plans.deployment.plan` decides (roll back, promote, hold, a challenger's next step) and
+renders the children; `act` applies them (Deployment, Service, NetworkPolicy, HPA, PDB, the challenger's, the
+HTTPRoute) with server-side apply, then writes status from the champion's rollout state as the apply returned it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -30,20 +33,14 @@ from ..artifacts import split_version_uri
 from ..config import SETTINGS
 from ..meta import parse_duration, parse_time
 from ..names import (
-    ABORT_ANNOTATION, ANNOTATION_MODEL_VERSION, API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER,
+    ABORT_ANNOTATION, API_VERSION as API, DEPLOYMENT, GROUP, LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGER,
     PROMOTE_ANNOTATION, TRAINING, VERSION,
 )
-from ..reasons import DeploymentEvent as Event, DeploymentReason as R
-from ..render.deployment import (
-    ServedModel, challenger_name, desired_replicas, render_challenger, render_deployment, render_hpa,
-    render_network_policy, render_pdb, render_service, selector_string, url,
-)
-from ..render.gateway import render_httproute
-from ..rollout import (
-    ROLLBACK, Candidate, ModelUnavailable, Rollout, admitted, deployment_conditions, observe, phase_of, roll_back,
-    rollback_version, rollout_state, switch,
-)
-from ..status import merge_conditions, transition_events
+from ..plans import deployment as decide
+from ..plans.deployment import Analysis, DeploymentPlan, DeploymentWorld, Rollback
+from ..reasons import DeploymentReason as R
+from ..render.deployment import ServedModel, challenger_name
+from ..rollout import ROLLBACK, Candidate, ModelUnavailable, Rollout, rollback_version
 from . import endpoints, storage
 from .endpoints import ready_endpoints
 
@@ -120,19 +117,22 @@ def reconcile(namespace: str, name: str, body: Any = None) -> None:
 def _reconcile(obj: dict | None) -> None:
     if not kube.reconcilable(obj):
         return
-    md = obj["metadata"]
-    namespace, name = md["namespace"], md["name"]
-    generation = md.get("generation", 1)
+    world = observe(obj)
+    act(world, decide.plan(world))
+
+
+def observe(obj: dict) -> DeploymentWorld:
+    """Every read of one reconcile: the followed training and the candidate version, the served version, the child
+    Deployments, the last Available version when a rollout failed, and what a live analysis needs."""
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     # A deep copy: the decisions change nested fields (status.rollout), and the write compares with what obj holds.
     status: dict[str, Any] = copy.deepcopy(obj.get("status") or {})
     try:
         spec = ModelDeploymentSpec.model_validate(obj["spec"])
     except ValidationError as e:
         raise kopf.PermanentError(f"spec is invalid: {e.errors()[0]['msg']}")
-
     unavailable: ModelUnavailable | None = None
     candidate: Candidate | None = None
-    _follow(namespace, name, spec.model.from_training)  # before the read: a later change of it reconciles again
     training = kube.get(API, TRAINING.kind, namespace, spec.model.from_training) if spec.model.from_training else None
     if spec.storage is None:  # the servers read the artifacts with the training's credentials
         spec = spec.model_copy(update={"storage": storage.deployment_storage(namespace, spec, training)})
@@ -143,92 +143,54 @@ def _reconcile(obj: dict | None) -> None:
         unavailable, credentials = ModelUnavailable(R.SECRET_NOT_FOUND, str(e), stalled=True), storage.ANONYMOUS
     except ModelUnavailable as e:
         unavailable = e
-
     target = _status_target(namespace, status, credentials)
     # Without a version in status nothing has been rolled out: the rollout state is Missing either way.
-    dep = kube.get("apps/v1", "Deployment", namespace, name) if target else None
-
-    r = Rollout(status, serving=status.get("modelVersion"), target=target, failed=list(status.get("failedVersions") or []),
-                state=rollout_state(dep, status.get("modelVersion")) if target else "Missing", generation=generation)
-
-    # Roll back a rollout that missed its deadline to the last version that was Available.
-    back = rollback_version(r)
-    if back is not None:
-        model, metric, error = None, None, None
+    world = DeploymentWorld(obj, spec, status, time.time(), candidate, unavailable, target,
+                            kube.get("apps/v1", "Deployment", namespace, name) if target else None,
+                            manual=decide.manual_of(obj))
+    if decide.live(status, spec):
+        world = replace(world, challenger_dep=kube.get("apps/v1", "Deployment", namespace, challenger_name(name)))
+    if rollback_version(decide.rollout_of(world)) is not None:
         try:
             model, metric = _served(namespace, status["lastAvailableUri"], credentials)
+            world = replace(world, rollback=Rollback(model, metric))
         except Exception as e:  # noqa: BLE001 - reported as RollbackFailed
-            error = str(e)
-        roll_back(r, back, model, metric, error, generation, spec.rollout.progress_deadline_seconds)
+            world = replace(world, rollback=Rollback(error=str(e)))
+    r = decide.rolled_back(world)
+    if challenger.phase(r) != "Stable":
+        world = replace(world, analysis=_analysis(namespace, name, spec, r, world.challenger_dep, credentials))
+    return world
 
-    # A challenger on live traffic (strategies shadow and canary), and the watch after its promotion.
-    live = challenger.phase(r) != "Stable" or spec.rollout.strategy != "direct"
-    challenger_dep = kube.get("apps/v1", "Deployment", namespace, challenger_name(name)) if live else None
-    manual = _manual(obj)
-    if challenger.phase(r) in challenger.LIVE:
-        _advance_challenger(obj, spec, r, candidate, challenger_dep, manual, credentials)
-    else:
-        if manual.promote or manual.abort:  # acted upon only while a challenger is analysed
-            r.events.append(("Warning", Event.NO_CHALLENGER, f"{PROMOTE_ANNOTATION if manual.promote else ABORT_ANNOTATION} "
-                             f"ignored: no challenger is analysed (status.rollout.phase "
-                             f"{challenger.phase(r)}); the annotation is removed"))
-        if challenger.phase(r) != "Stable":
-            _advance_challenger(obj, spec, r, candidate, challenger_dep, Manual(), credentials)
 
-    # Promotion of the candidate: directly, or as a challenger first (a newer version ends a watch: it is
-    # compared with the watched champion on live traffic anyway).
-    if candidate and challenger.phase(r) in ("Stable", "Watching") and admitted(r, candidate, generation,
-                                                                              spec.promotion):
-        challenger.end_watch(r, f"version {candidate.model.version} arrived")
-        if spec.rollout.strategy != "direct" and r.serving is not None:
-            challenger.start(r, candidate, spec.rollout)
-        else:
-            switch(r, candidate)
-
-    # Children.
+def act(world: DeploymentWorld, plan: DeploymentPlan) -> None:
+    """The writes, in order: the children (server-side apply), then the status once the champion's rollout state is
+    known from its apply, the annotations acted upon, the metric counts and the Events."""
+    obj = world.obj
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    dep = world.dep
+    if plan.champion is not None:
+        dep = _apply(plan.champion, world.dep)
+        for child in plan.children:
+            _apply(child)
+        for optional in plan.optional:
+            _apply_optional(namespace, name, optional.api_version, optional.kind, optional.manifest)
+        _converge_challenger(namespace, name, plan, world.challenger_dep)
+        _converge_route(namespace, name, plan.route)
+    decide.settle(world, plan, dep)
+    r = plan.rollout
     if r.target:
-        ro = status.get("rollout") or {}
-        champion_replicas, challenger_replicas, share = _replicas(spec, ro, dep, challenger_dep)
-        dep = _apply(render_deployment(obj, spec, r.target, replicas=champion_replicas), dep)
-        _apply(render_service(obj))
-        _apply(render_network_policy(obj))
-        _apply_optional(namespace, name, "autoscaling/v2", "HorizontalPodAutoscaler", render_hpa(obj, spec))
-        _apply_optional(namespace, name, "policy/v1", "PodDisruptionBudget", render_pdb(obj, spec))
-        _converge_challenger(obj, spec, ro, challenger_replicas, challenger_dep)
-        _converge_route(obj, spec, share)
-        if ro.get("challenger") is not None:
-            ro["trafficShare"] = share
-        observe(r, rollout_state(dep, r.serving))
         metrics.DEPLOYMENT_VERSION.labels(namespace, name).set(r.serving)
-    if status.get("rollout"):
-        status["rollout"]["strategy"] = spec.rollout.strategy
-        _export_rollout(namespace, name, status["rollout"])
-
-    dst = (dep or {}).get("status") or {}
-    conditions = merge_conditions(status.get("conditions"),
-                                  deployment_conditions(r.state, unavailable, r.held, r.serving, dep,
-                                                        _analysing(status.get("rollout"))), generation)
-    status.update(observedGeneration=generation, conditions=conditions, phase=phase_of(r), url=url(name, namespace),
-                  replicas=dst.get("replicas", 0), readyReplicas=dst.get("readyReplicas", 0),
-                  selector=selector_string(name), failedVersions=r.failed or None)
-    kube.write_status(obj, status)
-    _forget_manual(obj, manual)
+    if plan.status.get("rollout"):
+        _export_rollout(namespace, name, plan.status["rollout"])
+    kube.write_status(obj, plan.status)
+    _forget_manual(obj, plan.manual)
     for outcome in r.counts:  # once the status that records them is written
         (metrics.ROLLBACKS.labels(namespace, name) if outcome == ROLLBACK
          else metrics.PROMOTIONS.labels(namespace, name, outcome)).inc()
-    # Promoted already says a version is rolling out, RolloutComplete that it serves: one event per thing.
-    events = r.events + transition_events(obj.get("status", {}).get("conditions"), conditions, decided=bool(r.events))
-    kube.emit_events(obj, events)
+    kube.emit_events(obj, plan.events)
 
 
 # ----------------------------------------------------------------------------- the challenger
-
-def _manual(obj: dict) -> Manual:
-    """The promote and abort annotations. Setting one needs patch rights on the ModelDeployment, as a retrain
-    request needs them on the ModelTraining."""
-    annotations = obj["metadata"].get("annotations") or {}
-    return Manual(promote=PROMOTE_ANNOTATION in annotations, abort=ABORT_ANNOTATION in annotations)
-
 
 def _forget_manual(obj: dict, manual: Manual) -> None:
     """Remove an annotation once acted upon (its outcome is in status and events), testing its value first so
@@ -247,15 +209,14 @@ def _forget_manual(obj: dict, manual: Manual) -> None:
                 raise
 
 
-def _advance_challenger(obj: dict, spec: ModelDeploymentSpec, r: Rollout, candidate: Candidate | None,
-                        challenger_dep: dict | None, manual: Manual, credentials: storage.Credentials) -> None:
-    """Read what the analysis (or the watch) needs from the world, then let challenger.advance decide."""
-    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+def _analysis(namespace: str, name: str, spec: ModelDeploymentSpec, r: Rollout, challenger_dep: dict | None,
+              credentials: storage.Credentials) -> Analysis:
+    """What challenger.advance needs from the world: the servers' evidence while the challenger's pods serve (or
+    while a promotion is watched), whether the model classifies, and the previous champion's model."""
     ro = r.status["rollout"]
     current = ro.get("phase")
-    state = rollout_state(challenger_dep, ro.get("challenger")) if ro.get("challenger") is not None else "Missing"
     evidence, previous_model, classifier = None, None, False
-    analysing = current in challenger.LIVE and state == "Available" and ro.get("startedAt")
+    analysing = decide.analysing(ro, challenger_dep)
     if analysing or current == "Watching":
         champion = ro["champion"] if analysing else r.serving
         classifier = _task(namespace, r.status["modelUri"], credentials) == "classification"
@@ -265,9 +226,7 @@ def _advance_challenger(obj: dict, spec: ModelDeploymentSpec, r: Rollout, candid
             previous_model, _ = _served(namespace, ro["previousUri"], credentials)
         except Exception as e:  # noqa: BLE001 - a rollback then reports that it cannot read it
             log.warning("deployment=%s/%s previous_version_unreadable=%s", namespace, name, str(e)[:300])
-    challenger.advance(r, spec.rollout, candidate_version=candidate.model.version if candidate else None,
-                       challenger_state=state, evidence=evidence, manual=manual, now=time.time(),
-                       classifier=classifier, previous_model=previous_model)
+    return Analysis(evidence, classifier, previous_model)
 
 
 def _task(namespace: str, version_uri: str, credentials: storage.Credentials) -> str:
@@ -321,7 +280,8 @@ def _evidence(namespace: str, name: str, spec: ModelDeploymentSpec, ro: dict, ch
 
 # (namespace, deployment, challenger version) -> (monotonic time, the last pairing read). Reading the paired records
 # costs a champion pod seconds of store reads (every replica's segments of the window) on the thread that also takes
-# feedback: it is read at most once a minute for display, and afresh for the decision.
+# feedback: it is read at most once a minute for display, and afresh for the decision. Kept here: pods' answers, not
+# API objects, so no kopf index can hold them.
 _compared: BoundedCache[tuple[str, str, int], tuple[float, Paired]] = BoundedCache(SETTINGS.cache_entries)
 COMPARE_EVERY_SECONDS = 60.0
 
@@ -350,49 +310,14 @@ def _paired(namespace: str, name: str, addresses: list[str], champion: int, chal
     return None if fresh or last is None else last[1]
 
 
-def _replicas(spec: ModelDeploymentSpec, ro: dict, dep: dict | None, challenger_dep: dict | None
-              ) -> tuple[int | None, int, float]:
-    """(champion replicas to render, None for the spec's or the HPA's; challenger replicas; the challenger's share of
-    the users). A canary by replicas takes a pod from the champion only for a challenger pod that is Available:
-    capacity never dips while the challenger starts or scales to the next step."""
-    current = ro.get("phase")
-    if ro.get("challenger") is None or current not in (*challenger.LIVE, "Promoting"):
-        return None, 0, 0.0
-    base = (((dep or {}).get("status") or {}).get("replicas") or 1) if spec.autoscaling else desired_replicas(spec)
-    analysed = current if current in challenger.LIVE else ("Shadowing" if ro.get("strategy") == "shadow" else "Canary")
-    _, wanted, share = challenger.replicas_of(spec.rollout, analysed, ro.get("step"), base)
-    serving = min(wanted, _available(challenger_dep, ro["challenger"]))
-    if analysed == "Shadowing":
-        return None, wanted, 0.0
-    if spec.rollout.gateway is not None:
-        return None, wanted, share if serving else 0.0
-    if current == "Promoting" or spec.autoscaling:  # the champion keeps its own count; both behind the Service
-        return None, wanted, round(serving / (base + serving), 4)
-    return base - serving, wanted, round(serving / base, 4)
-
-
-def _available(dep: dict | None, version: int) -> int:
-    """Available pods of a Deployment whose template serves `version`."""
-    if dep is None:
-        return 0
-    annotations = dep["spec"]["template"]["metadata"].get("annotations") or {}
-    if annotations.get(ANNOTATION_MODEL_VERSION) != str(version):
-        return 0
-    return ((dep.get("status") or {}).get("availableReplicas")) or 0
-
-
-def _converge_challenger(obj: dict, spec: ModelDeploymentSpec, ro: dict, replicas: int,
-                         challenger_dep: dict | None) -> None:
+def _converge_challenger(namespace: str, name: str, plan: DeploymentPlan, challenger_dep: dict | None) -> None:
     """The challenger's Deployment, Service and NetworkPolicy while it is analysed or being promoted; deleted
     otherwise."""
-    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-    if ro.get("challenger") is not None and ro.get("phase") in (*challenger.LIVE, "Promoting"):
-        canary = ro.get("phase") == "Canary" or (ro.get("phase") == "Promoting" and ro.get("strategy") == "canary")
-        in_service = canary and spec.rollout.gateway is None
-        _apply(render_challenger(obj, spec, challenger.challenger_model(ro), replicas, in_service), challenger_dep)
-        _apply(render_service(obj, challenger=True))
-        _apply(render_network_policy(obj, challenger=True))
-    elif challenger_dep is not None:
+    if plan.challenger:
+        _apply(plan.challenger[0], challenger_dep)
+        for child in plan.challenger[1:]:
+            _apply(child)
+    elif plan.delete_challenger:
         gone = challenger_name(name)
         for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"),
                                   ("networking.k8s.io/v1", "NetworkPolicy")):
@@ -400,20 +325,12 @@ def _converge_challenger(obj: dict, spec: ModelDeploymentSpec, ro: dict, replica
         _applied.discard(lambda key: key[1:] == (namespace, gone))
 
 
-def _analysing(ro: dict | None) -> str | None:
-    if not ro or ro.get("phase") in (None, "Stable"):
-        return None
-    return ro.get("message") or ro["phase"]
-
-
-def _converge_route(obj: dict, spec: ModelDeploymentSpec, share: float) -> None:
+def _converge_route(namespace: str, name: str, route: dict | None) -> None:
     """With spec.rollout.gateway, the HTTPRoute through which users reach the model: the champion's Service, and the
     challenger's at its step's weight during a canary. A route made before is deleted once the spec no longer asks
     for one; routes are never listed otherwise (a cluster without the Gateway API has no such resource)."""
-    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
-    route = render_httproute(obj, spec, name, challenger_name(name), round(share * 100))
     with _optional_guard:
-        known = name in _optional.get(("HTTPRoute", namespace), ())
+        known = name in (_optional.get(("HTTPRoute", namespace)) or ())
     if route is not None or known:
         _apply_optional(namespace, name, "gateway.networking.k8s.io/v1", "HTTPRoute", route)
 
@@ -435,7 +352,7 @@ def _export_rollout(namespace: str, name: str, ro: dict) -> None:
 # An apply that would send the same manifest again within SETTINGS.resync_seconds is skipped: a reconcile
 # triggered by a child's status changes nothing there. One older than that is sent, so the periodic resync
 # repairs whatever someone else changed or deleted; a Deployment found missing or edited (its generation
-# moved) is applied at once.
+# moved) is applied at once. Kept here, not a kopf index: it remembers this process's applies, not watched objects.
 _applied: BoundedCache[tuple[str, str, str], tuple[str, float, int | None]] = BoundedCache(16 * SETTINGS.cache_entries)
 
 
@@ -456,10 +373,12 @@ def _apply(obj: dict, current: dict | None = None) -> dict | None:
     return result
 
 
-# (kind, namespace) -> names of the HPAs (or PDBs) there that a ModelDeployment owns: one LIST the first time a
-# namespace needs it (a deployment that renders none must delete a leftover), then kept by this process's own
-# applies and deletes. Before, every reconcile of such a deployment made one GET for each kind.
-_optional: dict[tuple[str, str], set[str]] = {}
+# (kind, namespace) -> names of the HPAs, PDBs (or HTTPRoutes) there that a ModelDeployment owns: one LIST the first
+# time a namespace needs it (a deployment that renders none must delete a leftover), then kept by this process's own
+# applies and deletes. Kept here rather than as a kopf index: an index would watch every HPA, PDB and HTTPRoute of the
+# cluster (list and watch rights the operator does not have, and no HTTPRoute resource without the Gateway API).
+# Bounded: an entry that falls out costs one LIST again.
+_optional: BoundedCache[tuple[str, str], set[str]] = BoundedCache(SETTINGS.cache_entries)
 _optional_guard = threading.Lock()
 
 
@@ -469,7 +388,7 @@ def _owned_optional(api_version: str, kind: str, namespace: str) -> set[str]:
         if names is None:
             names = {o["metadata"]["name"] for o in kube.list_(api_version, kind, namespace, f"{LABEL_MANAGED_BY}={MANAGER}")
                      if any(r.get("kind") == KIND for r in o["metadata"].get("ownerReferences") or ())}
-            _optional[(kind, namespace)] = names
+            _optional.put((kind, namespace), names)
         return names
 
 
@@ -487,23 +406,12 @@ def _apply_optional(namespace: str, name: str, api_version: str, kind: str, obj:
 
 # ----------------------------------------------------------------------------- which deployments follow a training
 
-# (namespace, training) -> the ModelDeployments that follow it, from their reconciles; and what each training's
-# followers last saw of it. A ModelTraining event reaches only its followers, and only when something they
-# read changed (a new latest version, its output or storage, its deletion): its Jobs and runs do not concern them.
-_followers: dict[tuple[str, str], set[str]] = {}
-_following: dict[tuple[str, str], str] = {}
-_seen: dict[tuple[str, str], str] = {}
-_index_guard = threading.Lock()
-
-
-def _follow(namespace: str, deployment: str, training: str | None) -> None:
-    with _index_guard:
-        before = _following.pop((namespace, deployment), None)
-        if before is not None:
-            _followers.get((namespace, before), set()).discard(deployment)
-        if training:
-            _following[(namespace, deployment)] = training
-            _followers.setdefault((namespace, training), set()).add(deployment)
+@kopf.index(GROUP, VERSION, DEPLOYMENT.plural)
+def followers(namespace: str, name: str, spec: Any, **_: Any) -> dict[tuple[str, str], str]:
+    """kopf's index of the ModelDeployments by the training they follow, (namespace, training) -> names: a
+    ModelTraining event reaches only its followers."""
+    training = ((spec or {}).get("model") or {}).get("fromTraining")
+    return {(namespace, training): name} if training else {}
 
 
 def _followed_state(type_: str, body: Any) -> str:
@@ -518,10 +426,9 @@ def _followed_state(type_: str, body: Any) -> str:
 @kopf.on.event(GROUP, VERSION, DEPLOYMENT.plural)
 def on_deployment_event(type: str, body: Any, name: str, namespace: str, **_: Any) -> None:
     if type == "DELETED":
-        _follow(namespace, name, None)
         with _optional_guard:  # the garbage collector removes its children
             for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "HTTPRoute"):
-                _optional.get((kind, namespace), set()).discard(name)
+                (_optional.get((kind, namespace)) or set()).discard(name)
     elif not kube.own_write(body):  # its own status write: the reconcile that wrote it saw everything
         reconcile(namespace, name, body)
 
@@ -533,18 +440,15 @@ def on_child_event(body: Any, labels: dict, namespace: str, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, TRAINING.plural)
-def on_training_event(type: str, body: Any, name: str, namespace: str, **_: Any) -> None:
-    """A new training version may be a candidate for the deployments that follow it."""
+def on_training_event(type: str, body: Any, name: str, namespace: str, memo: Any, followers: Any, **_: Any) -> None:
+    """A new training version may be a candidate for the deployments that follow it, and only when something they
+    read of the training changed (a new latest version, its output or storage, its deletion): its Jobs and runs do
+    not concern them. What they last saw is kept in kopf's memo of the training (forgotten with it)."""
     state = _followed_state(type, body)
-    with _index_guard:
-        if _seen.get((namespace, name)) == state:
-            return
-        if type == "DELETED":
-            _seen.pop((namespace, name), None)
-        else:
-            _seen[(namespace, name)] = state
-        followers = sorted(_followers.get((namespace, name), ()))
-    for deployment in followers:
+    if memo.get("followed") == state:
+        return
+    memo["followed"] = state
+    for deployment in sorted(followers.get((namespace, name), ())):
         reconcile(namespace, deployment)
 
 

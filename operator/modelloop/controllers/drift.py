@@ -12,6 +12,11 @@ The daemons are async and run each check in a bounded pool of their own (SETTING
 that however many monitors there are, and however slowly their pods answer, kopf's worker threads
 stay free for the reconciles of every kind.
 
+A check has the controllers' one shape (docs/architecture.md, "One reconcile shape"): `observe` reads the
+monitor once, the deployment, its serving version and measures the window (and the live performance);
+`plans.drift.plan` decides; `act` writes the status once, then the baseline, the retrain request's delivery, the
+Events and the report.
+
 Failures (unreachable pods, a missing reference, a malformed sketch) are reported in conditions and
 metrics; they never crash the operator and never trigger a retrain.
 """
@@ -25,7 +30,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -43,15 +48,15 @@ from ..names import (
     API_VERSION as API, DEPLOYMENT, GROUP, LABEL_MANAGED_BY, LABEL_MONITOR, MANAGER, MONITOR, RETRAIN_ANNOTATION,
     RETRAIN_DATASET_ANNOTATION, TRAINING, VERSION,
 )
-from ..reasons import DriftEvent as Event, DriftReason as R
+from ..reasons import DriftReason as R
 from ..meta import parse_duration
-from ..performance import assess, deciding_metric
 from ..report import (HISTORY_FILE, REPORT_FILE, append_history, encode_history, history_point, render_report,
                       report_location)
-from ..retrain import check_interval, retrain_allowed, retrain_decision, retrain_outcome, summarize
+from ..plans import drift as decide
+from ..plans.drift import CheckError, DriftPlan, DriftWorld, Serving, Waiting, Window
+from ..retrain import check_interval
 from ..drift import DriftConfig, detect, detect_raw
 from ..drift import sketch as sketches
-from ..status import Cond, changed_conditions, merge_conditions
 from . import endpoints, storage
 from .endpoints import AnswerTooLarge, ready_endpoints, ssl_context as _ssl_context
 
@@ -70,6 +75,7 @@ class MonitorState:
     restored: bool = False                                     # the ConfigMap has been read
     history: list[dict] | None = None                          # the report's decided checks (None: not read yet)
     last_window: tuple[int, dict, dict | None] | None = None   # version, drift report, live sketch last decided
+    delivered: str | None = None                               # the last retrain request this daemon delivered
 
 
 BASELINE_KEY = "baseline.json.gz"
@@ -121,18 +127,6 @@ def keep_baseline(monitor: dict, state: MonitorState) -> None:
                 "binaryData": {BASELINE_KEY: data}})
 
 
-class CheckError(Exception):
-    """The check could not run: reported as Ready=False and counted in the error metric."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason, self.message = reason, message
-
-
-class Waiting(CheckError):
-    """Nothing to check yet, and nothing wrong (a rollout in progress): Ready stays True."""
-
-
 # ----------------------------------------------------------------------------- I/O
 
 def sketch_url(address: str, model: str) -> str:
@@ -176,17 +170,6 @@ async def fetch_snapshots(addresses: list[str], model: str, deadline: float = SE
                 errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
         await asyncio.gather(*tasks.values(), return_exceptions=True)  # let cancelled fetches finish
     return snaps, errors
-
-
-@dataclass(frozen=True)
-class Serving:
-    """The version a deployment serves, its metadata (reference sketches, schema, training dataset)
-    and the credentials to read its store."""
-
-    version: int
-    metadata: dict
-    credentials: Any
-    base: str  # the model's output URI: versions v<N>/ and the monitors' reports/ below it
 
 
 def serving_version(namespace: str, md: dict) -> Serving:
@@ -233,16 +216,7 @@ def dataset_window(spec: DriftMonitorSpec, serving: Serving, credentials: storag
     return report.to_dict(), len(current)
 
 
-@dataclass(frozen=True)
-class LiveWindow:
-    report: dict | None                   # the drift report, once the window is big enough to decide
-    samples: int
-    next_baseline: dict[str, dict] | None  # where the next window starts once this one is decided (None: here)
-    sketch: dict                          # the merged window of every ready pod
-
-
-def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serving, baseline: dict[str, dict]
-                ) -> LiveWindow:
+def live_window(namespace: str, spec: DriftMonitorSpec, serving: Serving, baseline: dict[str, dict]) -> Window:
     """The merged window of every ready pod's live sketch, and its drift report once it is big enough."""
     addresses = ready_endpoints(namespace, spec.deployment_ref.name)
     if not addresses:
@@ -254,131 +228,96 @@ def live_window(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serv
     if not snaps:
         reason = R.INVALID_SKETCH if errors and all("malformed" in e for e in errors) else R.SKETCH_UNAVAILABLE
         raise CheckError(reason, "no pod answered with a sketch: " + "; ".join(errors)[:900])
-    for e in errors:
-        metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
-        log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
     current = sketches.merge_all([sketches.window(s, baseline.get(s["instance"])) for s in snaps])
     samples = current.get("rows", 0)
     if samples < spec.min_samples:
-        return LiveWindow(None, samples, None, current)  # keep the baseline: rows accumulate until enough to decide
+        return Window(None, samples, None, current, tuple(errors))  # keep the baseline: rows accumulate until enough
     report = detect(serving.metadata["reference"], current, DriftConfig.from_spec(spec.wire())).to_dict()
-    return LiveWindow(report, samples, {s["instance"]: s for s in snaps} if report["status"] == "ok" else None,
-                      current)
+    return Window(report, samples, {s["instance"]: s for s in snaps} if report["status"] == "ok" else None,
+                  current, tuple(errors))
 
 
 # ----------------------------------------------------------------------------- one check
 
-def check(namespace: str, name: str, state: MonitorState) -> None:
-    obj = kube.get(API, KIND, namespace, name)
+def check(obj: dict, state: MonitorState) -> None:
+    """One check of the monitor `obj` (read by run_check, under the monitor's lock)."""
     if not kube.reconcilable(obj):
         return
+    world = observe(obj, state)
+    act(world, decide.plan(world), state)
+
+
+def observe(obj: dict, state: MonitorState) -> DriftWorld:
+    """Every read of one check: the deployment and its serving version, the window measured against its reference
+    (from the baseline this daemon keeps), the live performance with feedback on, and the training when a retrain
+    may be decided. A CheckError stops the reads where it happened."""
     md_ = obj["metadata"]
-    status: dict[str, Any] = dict(obj.get("status") or {})
-    events: list[tuple[str, str, str]] = []
-    counted: list[Any] = []  # metric counters, incremented once the status that records their cause is written
-    next_baseline: dict[str, dict] | None = None  # set when a window was decided (or the reference changed)
-    seen = Seen()  # what the report draws
+    namespace = md_["namespace"]
     try:
         spec = DriftMonitorSpec.model_validate(obj["spec"])
     except ValidationError as e:
         raise kopf.PermanentError(f"spec is invalid: {e.errors()[0]['msg']}")
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    conds: list[Cond]
+    world = DriftWorld(obj, spec, datetime.now(timezone.utc).replace(microsecond=0), delivered=state.delivered)
     try:
         dep = kube.get(API, DEPLOYMENT.kind, namespace, spec.deployment_ref.name)
         if dep is None:
             raise CheckError(R.DEPLOYMENT_NOT_FOUND, f"spec.deploymentRef: ModelDeployment '{spec.deployment_ref.name}' "
                              f"not found in namespace {namespace}")
-        serving = seen.serving = serving_version(namespace, dep)
-        outcome = retrain_outcome(status, dep.get("status") or {})
-        if outcome is not None:  # the retrain this monitor asked for did not help: the live analysis said so
-            status["retrainOutcome"] = outcome
-            events.append(("Warning", Event.RETRAIN_DID_NOT_HELP, outcome["message"]))
-        version = serving.version
-        if not state.restored:
-            restore_baseline(obj, state)
-        baseline = state.baseline
-        if version != state.version:  # a new version serves: the window restarts against its reference
-            if state.version is not None:
-                events.append(("Normal", Event.REFERENCE_CHANGED, f"now watching version {version}"))
-            baseline = next_baseline = {}
-            status.update(consecutiveDrifted=0)
-        if spec.dataset_uri:
-            try:
-                credentials = storage.credentials_from_secret(namespace, spec.storage)
-            except storage.StorageAccessError as e:
-                raise CheckError(R.SECRET_NOT_FOUND, str(e)) from e
-            report, samples = dataset_window(spec, serving, credentials)
-        else:
-            window = live_window(namespace, name, spec, serving, baseline)
-            report, samples, seen.live = window.report, window.samples, window.sketch
-            next_baseline = window.next_baseline if window.next_baseline is not None else next_baseline
-        status.update(modelVersion=version, samples=samples, lastCheckTime=kube.rfc3339(now))
-        metrics.DRIFT_SAMPLES.labels(namespace, name).set(samples)
-        if report is None or report["status"] != "ok":
-            msg = (report or {}).get("message") or f"{samples} new rows of {spec.min_samples} needed; nothing decided"
-            conds = [Cond.of("Ready", True, R.INSUFFICIENT_SAMPLES, msg), Cond.of("DriftDetected", False, R.UNDECIDED, msg)]
-            status.update(phase="InsufficientData")
-        else:
-            drifted = bool(report["dataset_drift"])
-            consecutive = (status.get("consecutiveDrifted") or 0) + 1 if drifted else 0
-            summary = summarize(report)
-            status.update(phase="Drifted" if drifted else "Watching", datasetDrift=drifted,
-                          driftShare=round(report["drift_share"], 4), consecutiveDrifted=consecutive,
-                          features=[{"name": f["name"], "test": f["test"], "score": round(f["score"] or 0.0, 6),
-                                     **({"threshold": f["threshold"]} if f.get("threshold") is not None else {}),
-                                     **({"pValue": f["p_value"]} if f.get("p_value") is not None else {}),
-                                     "drifted": bool(f["drifted"])} for f in report["features"]])
-            conds = [Cond.of("Ready", True, R.CHECKED, f"checked {samples} rows against version {version}"),
-                     Cond.of("DriftDetected", drifted, R.DATASET_DRIFT if drifted else R.NO_DRIFT, summary)]
-            _export(namespace, name, report)
-            seen.drift = report
-            if drifted and spec.retrain_on in ("drift", "either"):
-                maybe_retrain(obj, spec, dep, status, consecutive, summary, now, events, counted)
-        if (dep.get("spec") or {}).get("feedback"):
-            verdict, perf_events = performance_check(namespace, name, spec, serving, status)
-            conds.append(verdict)
-            events.extend(perf_events)
-            if verdict.reason == R.PERFORMANCE_DROPPED and spec.retrain_on in ("performance", "either"):
-                maybe_retrain(obj, spec, dep, status, spec.consecutive, verdict.message, now, events, counted)
-    except Waiting as e:
-        conds = [Cond.of("Ready", True, e.reason, e.message), Cond.of("DriftDetected", False, R.UNDECIDED, e.message)]
-        status.update(lastCheckTime=kube.rfc3339(now))
+        serving = serving_version(namespace, dep)
     except CheckError as e:
-        metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, e.reason).inc()
-        conds = [Cond.of("Ready", False, e.reason, e.message),
-                 Cond.of("DriftDetected", False, R.UNDECIDED, f"no decision: {e.message}")]
-        status.update(phase="Error", lastCheckTime=kube.rfc3339(now))
+        return replace(world, problem=e)
+    if not state.restored:
+        restore_baseline(obj, state)
+    world = replace(world, dep=dep, serving=serving, baseline_version=state.version,
+                    training_name=(spec.action.training_ref.name if spec.action.training_ref
+                                   else (dep["spec"].get("model") or {}).get("fromTraining")))
+    try:
+        world = replace(world, window=_measure(namespace, spec, serving,
+                                               state.baseline if serving.version == state.version else {}))
+    except CheckError as e:
+        return replace(world, problem=e)
+    if (dep.get("spec") or {}).get("feedback"):
+        since = int(time.time() * 1000 - parse_duration(spec.performance.window) * 1000)
+        try:
+            world = replace(world, performance=fetch_performance(
+                ready_endpoints(namespace, spec.deployment_ref.name), spec.deployment_ref.name, since))
+        except CheckError as e:
+            world = replace(world, performance_error=e.message)
+    if decide.retrain_considered(world) and world.training_name:
+        world = replace(world, training=kube.get(API, TRAINING.kind, namespace, world.training_name))
+    return world
 
-    conditions = merge_conditions(status.get("conditions"), conds, md_.get("generation"))
-    status.update(observedGeneration=md_.get("generation"), conditions=conditions)
-    events += transition_events(obj, status, conditions)
-    if seen.serving is not None:
-        status["report"] = {"uri": f"{report_location(seen.serving.base, name)}/{REPORT_FILE}"}
-    written = kube.write_status(obj, status)
-    for counter in counted:
-        counter.inc()
-    if next_baseline is not None:  # the window is recorded: the next one starts here
-        state.baseline, state.version = next_baseline, version
+
+def _measure(namespace: str, spec: DriftMonitorSpec, serving: Serving, baseline: dict[str, dict]) -> Window:
+    """The window: spec.datasetUri against the training data (exact tests), or the servers' live sketches."""
+    if not spec.dataset_uri:
+        return live_window(namespace, spec, serving, baseline)
+    try:
+        credentials = storage.credentials_from_secret(namespace, spec.storage)
+    except storage.StorageAccessError as e:
+        raise CheckError(R.SECRET_NOT_FOUND, str(e)) from e
+    report, samples = dataset_window(spec, serving, credentials)
+    return Window(report, samples)
+
+
+def act(world: DriftWorld, plan: DriftPlan, state: MonitorState) -> None:
+    """The writes of one check: the gauges, the status (once), then what it records: the retrain count, where the
+    next window starts (the baseline ConfigMap), the retrain request's delivery, the Events and the report."""
+    obj = world.obj
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    _export(namespace, name, world, plan)
+    kube.write_status(obj, plan.status)
+    for _ in range(plan.retrains):
+        metrics.DRIFT_RETRAINS.labels(namespace, name).inc()
+    if plan.next_baseline is not None and world.serving is not None:  # the window is recorded: the next one starts here
+        state.baseline, state.version = plan.next_baseline, world.serving.version
         keep_baseline(obj, state)
-    deliver_retrain(written, status)
-    kube.emit_events(obj, events)
-    publish_report(obj, status, seen, events, state)
-
-
-def transition_events(obj: dict, status: dict, conditions: list[dict]) -> list[tuple[str, str, str]]:
-    """The events of what changed since the last written status: drift detected or resolved, Ready flipped."""
-    events = []
-    was, now_drift = (obj.get("status") or {}).get("datasetDrift"), status.get("datasetDrift")
-    drift_message = next(c["message"] for c in conditions if c["type"] == "DriftDetected")
-    if now_drift and not was:
-        events.append(("Warning", Event.DRIFT_DETECTED, drift_message))
-    elif was and now_drift is False:
-        events.append(("Normal", Event.DRIFT_RESOLVED, drift_message))
-    for c in changed_conditions(obj.get("status", {}).get("conditions"), conditions):
-        if c["type"] == "Ready":
-            events.append(("Normal" if c["status"] == "True" else "Warning", c["reason"], c["message"]))
-    return events
+    if plan.deliver is not None:
+        deliver_retrain(obj, plan.deliver)
+        state.delivered = plan.deliver["value"]
+    kube.emit_events(obj, plan.events)
+    publish_report(obj, plan.status, Seen(world.serving, plan.report, world.window.sketch if world.window else None),
+                   plan.events, state)
 
 
 @dataclass
@@ -425,32 +364,6 @@ def publish_report(obj: dict, status: dict, seen: Seen, events: list[tuple[str, 
         log.warning("monitor=%s/%s report_unwritten=%s", namespace, name, f"{type(e).__name__}: {e}"[:300])
 
 
-def maybe_retrain(obj: dict, spec: DriftMonitorSpec, dep: dict, status: dict, consecutive: int, why_text: str,
-                  now: datetime, events: list, counted: list) -> None:
-    """Record a retrain request in status when retrain_decision allows it (drift that persisted, or a
-    significant drop of live performance), else say why not in an event."""
-    md_, namespace, name = obj["metadata"], obj["metadata"]["namespace"], obj["metadata"]["name"]
-    training_name = (spec.action.training_ref.name if spec.action.training_ref
-                     else (dep["spec"].get("model") or {}).get("fromTraining"))
-    training = kube.get(API, TRAINING.kind, namespace, training_name) if training_name else None
-    go, why = retrain_decision(spec, consecutive, status.get("lastRetrainTime"), training, now, name,
-                               md_.get("labels") or {}, dep.get("status"))
-    if go:
-        # Recorded in status first, delivered after the write (deliver_retrain): a failed or conflicting write
-        # requests nothing, and a request recorded is delivered even across a restart.
-        request = {"training": training_name, "value": f"DriftMonitor {name} at {kube.rfc3339(now)}: "
-                   f"{why_text}"[:1000], "delivered": False}
-        if spec.action.dataset_uri:
-            request["datasetUri"] = spec.action.dataset_uri
-        status.update(lastRetrainTime=kube.rfc3339(now), retrains=(status.get("retrains") or 0) + 1,
-                      consecutiveDrifted=0, retrainRequest=request)
-        counted.append(metrics.DRIFT_RETRAINS.labels(namespace, name))
-        events.append(("Normal", Event.RETRAIN_REQUESTED, f"requested a retrain of {training_name}: {why_text}"))
-    elif spec.action.type == "retrain" and consecutive >= spec.consecutive:
-        denied = training is not None and not retrain_allowed(training, name, md_.get("labels") or {})
-        events.append(("Warning", Event.RETRAIN_DENIED, why) if denied else ("Normal", Event.RETRAIN_SKIPPED, why))
-
-
 def performance_url(address: str, model: str, since_ms: int) -> str:
     host = f"[{address}]" if ":" in address else address
     return f"http://{host}:{SKETCH_PORT}/v2/models/{model}/performance?since={since_ms}"
@@ -474,51 +387,10 @@ def fetch_performance(addresses: list[str], model: str, since_ms: int,
     raise CheckError(R.FEEDBACK_UNAVAILABLE, "no pod answered with live performance: " + "; ".join(errors)[:900])
 
 
-def performance_check(namespace: str, name: str, spec: DriftMonitorSpec, serving: Serving, status: dict
-                      ) -> tuple[Cond, list[tuple[str, str, str]]]:
-    """The PerformanceDegraded condition from the servers' join of predictions and labels, status.performance,
-    the performance metrics, and the events of a drop or a recovery."""
-    metric = deciding_metric(spec.performance, (serving.metadata.get("metric") or {}).get("name"),
-                             serving.metadata.get("task") == "classification")
-    since = int(time.time() * 1000 - parse_duration(spec.performance.window) * 1000)
-    try:
-        live = fetch_performance(ready_endpoints(namespace, spec.deployment_ref.name), spec.deployment_ref.name,
-                                 since)
-    except CheckError as e:
-        return Cond.of("PerformanceDegraded", False, R.FEEDBACK_UNAVAILABLE, e.message), []
-    verdict = assess(spec.performance, live, serving.version, serving.metadata.get("metrics") or {}, metric)
-    status["performance"] = verdict.entries
-    for entry in verdict.entries:
-        version = str(entry["version"])
-        if entry.get("value") is not None:  # source live, or estimated (without labels)
-            metrics.MODEL_PERFORMANCE.labels(namespace, name, version, entry["metric"], entry["source"]).set(
-                entry["value"])
-        if entry.get("holdout") is not None:
-            metrics.MODEL_PERFORMANCE.labels(namespace, name, version, entry["metric"], "holdout").set(entry["holdout"])
-        if entry["source"] == "live":
-            metrics.MODEL_PERFORMANCE_LABELLED.labels(namespace, name, version).set(entry["labelled"])
-    metrics.MODEL_PERFORMANCE_DROPPED.labels(namespace, name).set(1 if verdict.dropped else 0)
-    # Events on the decided verdicts only: a drop, then a recovery however many undecided checks (a new
-    # version's first minutes, a store that did not answer) came between them.
-    events = []
-    if verdict.decided:
-        if verdict.dropped and not status.get("performanceDropped"):
-            events.append(("Warning", Event.PERFORMANCE_DROPPED, verdict.message))
-        elif not verdict.dropped and status.get("performanceDropped"):
-            events.append(("Normal", Event.PERFORMANCE_RECOVERED, verdict.message))
-        status["performanceDropped"] = verdict.dropped
-    reason = (R.PERFORMANCE_DROPPED if verdict.dropped else R.PERFORMANCE_HOLDS if verdict.decided
-              else R.PERFORMANCE_UNDECIDED)
-    return Cond.of("PerformanceDegraded", verdict.dropped, reason, verdict.message), events
-
-
-def deliver_retrain(obj: dict, status: dict) -> None:
-    """Deliver the retrain request recorded in status to its ModelTraining (the annotation it acts on) and mark it
-    delivered. Idempotent: the same value is patched again after a restart between the two writes, and the
-    training acts once per value."""
-    request = status.get("retrainRequest")
-    if not request or request.get("delivered"):
-        return
+def deliver_retrain(obj: dict, request: dict) -> None:
+    """Write a retrain request recorded in status to its ModelTraining (the annotation it acts on). Idempotent: the
+    same value is written again after a restart between the status write and this one, and the training acts once
+    per value."""
     md_ = obj["metadata"]
     annotations = {RETRAIN_ANNOTATION: request["value"]}
     if request.get("datasetUri"):
@@ -530,16 +402,37 @@ def deliver_retrain(obj: dict, status: dict) -> None:
             raise
         log.warning("monitor=%s/%s retrain_undeliverable training=%s (gone)", md_["namespace"], md_["name"],
                     request["training"])
-    status["retrainRequest"] = {**request, "delivered": True}
-    kube.write_status(obj, status)
 
 
-def _export(namespace: str, name: str, report: dict) -> None:
-    for f in report["features"]:
-        if f["score"] is not None:
-            metrics.DRIFT_SCORE.labels(namespace, name, f["name"], f["test"]).set(f["score"])
-    metrics.DRIFT_DATASET.labels(namespace, name).set(1 if report["dataset_drift"] else 0)
-    metrics.DRIFT_SHARE.labels(namespace, name).set(report["drift_share"])
+def _export(namespace: str, name: str, world: DriftWorld, plan: DriftPlan) -> None:
+    """The check's gauges and error counts: the window's rows and its pods that did not answer, the decided report's
+    scores, the performance verdict, and why the check could not run."""
+    window = world.window
+    if window is not None:
+        for e in window.pod_errors:
+            metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, "PodUnreachable").inc()
+            log.warning("monitor=%s/%s pod_error=%s", namespace, name, e)
+        metrics.DRIFT_SAMPLES.labels(namespace, name).set(window.samples)
+    if plan.report is not None:
+        for f in plan.report["features"]:
+            if f["score"] is not None:
+                metrics.DRIFT_SCORE.labels(namespace, name, f["name"], f["test"]).set(f["score"])
+        metrics.DRIFT_DATASET.labels(namespace, name).set(1 if plan.report["dataset_drift"] else 0)
+        metrics.DRIFT_SHARE.labels(namespace, name).set(plan.report["drift_share"])
+    if plan.verdict is not None:
+        for entry in plan.verdict.entries:
+            version = str(entry["version"])
+            if entry.get("value") is not None:  # source live, or estimated (without labels)
+                metrics.MODEL_PERFORMANCE.labels(namespace, name, version, entry["metric"], entry["source"]).set(
+                    entry["value"])
+            if entry.get("holdout") is not None:
+                metrics.MODEL_PERFORMANCE.labels(namespace, name, version, entry["metric"], "holdout").set(
+                    entry["holdout"])
+            if entry["source"] == "live":
+                metrics.MODEL_PERFORMANCE_LABELLED.labels(namespace, name, version).set(entry["labelled"])
+        metrics.MODEL_PERFORMANCE_DROPPED.labels(namespace, name).set(1 if plan.verdict.dropped else 0)
+    if plan.error_reason is not None:
+        metrics.DRIFT_CHECK_ERRORS.labels(namespace, name, plan.error_reason).inc()
 
 
 # ----------------------------------------------------------------------------- kopf wiring
@@ -556,15 +449,16 @@ def executor() -> ThreadPoolExecutor:
 
 
 def run_check(namespace: str, name: str, state: MonitorState) -> float | None:
-    """One check, in the drift pool; the seconds until the next one, or None when the monitor is gone."""
+    """One check, in the drift pool; the seconds until the next one, or None when the monitor is gone. The monitor
+    is read once, under its lock, and that copy is what the check decides on and writes status against."""
     interval = 60.0
     try:
-        obj = kube.get(API, KIND, namespace, name)
-        if obj is None:
-            return None
-        interval = check_interval((obj.get("spec") or {}).get("interval"))
         with kube.object_lock(KIND, namespace, name):
-            check(namespace, name, state)
+            obj = kube.get(API, KIND, namespace, name)
+            if obj is None:
+                return None
+            interval = check_interval((obj.get("spec") or {}).get("interval"))
+            check(obj, state)
     except kube.Conflict:
         interval = 1.0
     except kopf.PermanentError as e:

@@ -75,7 +75,7 @@ def credentials_from_secret(namespace: str, storage: StorageSpec | None) -> Cred
 # (namespace, name) -> (monotonic time read, the Secret or None). Every reconcile needs its resource's
 # credentials; reading the Secret once per SECRET_TTL_SECONDS instead of each time saves one request in three
 # of a ModelDeployment's. A rotated or created Secret is used at most that much later; a watch would need
-# list and watch on every Secret of the cluster, which the operator does not get (least privilege).
+# list and watch on every Secret of the cluster, which the operator does not get (least privilege): so no kopf index.
 SECRET_TTL_SECONDS = 10.0
 _secrets: BoundedCache[tuple[str, str], tuple[float, dict | None]] = BoundedCache(SETTINGS.cache_entries)
 
@@ -146,6 +146,7 @@ def _fingerprint(credentials: Credentials) -> str:
 # Parsing a metadata.json within its bounds holds up to ~60 MB for a moment (limits.py): a few at a time, whatever
 # the number of workers, so that many hostile versions verified at once stay within the operator's memory.
 _parsing = threading.BoundedSemaphore(SETTINGS.verify_concurrency)
+# Kept here: store contents (verified metadata.json), which no Kubernetes watch or kopf index carries.
 _verified: BoundedCache[tuple[str, str, str], VersionSummary] = BoundedCache(
     SETTINGS.cache_entries, max_bytes=SETTINGS.verified_cache_bytes, size=lambda summary: summary.nbytes)
 

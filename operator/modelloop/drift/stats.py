@@ -9,6 +9,7 @@ Conventions: `ref` / `cur` are counts of the reference and of the current window
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from scipy import special
@@ -245,28 +246,50 @@ def _grid_ks_wasserstein(a: np.ndarray, b: np.ndarray) -> tuple[float, float] | 
     exact = inside & ~single
     if not exact.any():
         return d_between, float(pieces[1:-1].sum())
+    d_sorted, sorted_part = _sorted_cells(values, lo, cells, from_a, exact, n, m,
+                                          _Cells(ha, hb, below_a, below_b, before, start, end))
+    return max(d_between, d_sorted), float(pieces[1:-1][~exact[1:-1]].sum() + sorted_part)
+
+
+class _Cells(NamedTuple):
+    """Per grid cell: the counts of a and b in it and below it, the CDF gap before its first value, and its
+    bounds (offsets from the lowest value)."""
+
+    count_a: np.ndarray
+    count_b: np.ndarray
+    below_a: np.ndarray
+    below_b: np.ndarray
+    before: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+
+
+def _sorted_cells(values: np.ndarray, lo: float, cells: np.ndarray, from_a: np.ndarray, exact: np.ndarray, n: int,
+                  m: int, grid: _Cells) -> tuple[float, float]:
+    """(the largest |F_a - F_b| at the values of the `exact` cells, the Wasserstein integral over those cells), from
+    one sort of their values (with their `cells`, and whether each is a's; `lo` the lowest value of both)."""
     order = np.argsort(values, kind="stable")
     cells, from_a = cells[order], from_a[order]
     values = values[order]
-    picked_a, picked_b = np.where(exact, ha, 0), np.where(exact, hb, 0)
+    picked_a, picked_b = np.where(exact, grid.count_a, 0), np.where(exact, grid.count_b, 0)
     # Values up to each one: those of lower cells, plus those of its cell up to it.
-    upto_a = below_a[cells] + np.cumsum(from_a) - (np.cumsum(picked_a) - picked_a)[cells]
-    upto_b = below_b[cells] + np.cumsum(~from_a) - (np.cumsum(picked_b) - picked_b)[cells]
+    upto_a = grid.below_a[cells] + np.cumsum(from_a) - (np.cumsum(picked_a) - picked_a)[cells]
+    upto_b = grid.below_b[cells] + np.cumsum(~from_a) - (np.cumsum(picked_b) - picked_b)[cells]
     gap = upto_a / n - upto_b / m
     last_of_run = np.ones(values.size, dtype=bool)
     last_of_run[:-1] = values[1:] != values[:-1]
-    d = max(d_between, float(np.abs(gap[last_of_run]).max()))
+    d = float(np.abs(gap[last_of_run]).max())
     offsets = values - lo
-    last_in_cell = np.ones(values.size, dtype=bool)
+    last_in_cell = np.ones(offsets.size, dtype=bool)
     last_in_cell[:-1] = cells[1:] != cells[:-1]
-    first_in_cell = np.ones(values.size, dtype=bool)
+    first_in_cell = np.ones(offsets.size, dtype=bool)
     first_in_cell[1:] = last_in_cell[:-1]
-    following = np.empty(values.size)
+    following = np.empty(offsets.size)
     following[:-1] = offsets[1:]
-    following[last_in_cell] = end[cells[last_in_cell]]
+    following[last_in_cell] = grid.end[cells[last_in_cell]]
     firsts = cells[first_in_cell]
-    sorted_part = np.abs(gap) @ (following - offsets) + np.abs(before[firsts]) @ (offsets[first_in_cell] - start[firsts])
-    return d, float(pieces[1:-1][~exact[1:-1]].sum() + sorted_part)
+    return d, (np.abs(gap) @ (following - offsets)
+               + np.abs(grid.before[firsts]) @ (offsets[first_in_cell] - grid.start[firsts]))
 
 
 def ks_wasserstein_exact(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:

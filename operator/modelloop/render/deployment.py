@@ -95,35 +95,7 @@ def _server_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedMode
     # The servers only read the model; with feedback on they write records to its store.
     volumes, mounts = pods.volumes_and_mounts(claims, settings, read_only=True,
                                               writable=pods.pvc_claims([feedback_uri]))
-    s = spec.server
-    container: dict[str, Any] = {
-        "name": "server",
-        "image": settings.runtime_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["modelloop-serve"],
-        "args": ["--model-uri", model.uri, "--model-name", model_name, "--port", str(SERVER_PORT),
-                 "--sketch-port", str(SKETCH_PORT),
-                 "--max-batch-size", str(s.max_batch_size), "--max-batch-wait-ms", f"{s.max_batch_wait_ms:g}",
-                 "--max-body-bytes", str(s.max_body_bytes), *extra_args],
-        "env": [*pods.base_env(settings), *pinned_digests_env(model),
-                {"name": "MODELLOOP_RUNTIME", "value": s.runtime},
-                {"name": "MODELLOOP_INFERENCE_TIMEOUT_SECONDS", "value": f"{parse_duration(s.inference_timeout):g}"},
-                *pods.storage_env(spec.storage),
-                *feedback_env(spec)],
-        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
-                  {"name": "sketch", "containerPort": SKETCH_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
-                           "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 2},
-        # Loading and warming the model may be slow on a busy node: liveness counts only once the server answered.
-        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
-                         "periodSeconds": 2, "failureThreshold": 150, "timeoutSeconds": 2},
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
-                          "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 3},
-        "resources": pods.resources(spec.resources, pods.DEFAULT_SERVER_RESOURCES),
-        "securityContext": pods.container_security_context(),
-        "volumeMounts": mounts,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
+    container = _server_container(model_name, spec, model, extra_args, mounts, settings)
     pod_meta: dict[str, Any] = {
         "labels": dict(pod_labels),
         # The served version is part of the pod template: a new version is a rolling update.
@@ -156,6 +128,41 @@ def _server_deployment(owner: dict, spec: ModelDeploymentSpec, model: ServedMode
     meta = _meta(owner, name, labels)
     meta["annotations"] = {ANNOTATION_MODEL_VERSION: str(model.version)}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": deployment_spec}
+
+
+def _server_container(model_name: str, spec: ModelDeploymentSpec, model: ServedModel, extra_args: list[str],
+                      mounts: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """The model server container: its arguments and environment (the pinned digests, the runtime, storage and
+    feedback settings), ports, probes, resources and security context."""
+    s = spec.server
+    return {
+        "name": "server",
+        "image": settings.runtime_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["modelloop-serve"],
+        "args": ["--model-uri", model.uri, "--model-name", model_name, "--port", str(SERVER_PORT),
+                 "--sketch-port", str(SKETCH_PORT),
+                 "--max-batch-size", str(s.max_batch_size), "--max-batch-wait-ms", f"{s.max_batch_wait_ms:g}",
+                 "--max-body-bytes", str(s.max_body_bytes), *extra_args],
+        "env": [*pods.base_env(settings), *pinned_digests_env(model),
+                {"name": "MODELLOOP_RUNTIME", "value": s.runtime},
+                {"name": "MODELLOOP_INFERENCE_TIMEOUT_SECONDS", "value": f"{parse_duration(s.inference_timeout):g}"},
+                *pods.storage_env(spec.storage),
+                *feedback_env(spec)],
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
+                  {"name": "sketch", "containerPort": SKETCH_PORT, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                           "periodSeconds": 2, "failureThreshold": 2, "timeoutSeconds": 2},
+        # Loading and warming the model may be slow on a busy node: liveness counts only once the server answered.
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                         "periodSeconds": 2, "failureThreshold": 150, "timeoutSeconds": 2},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 3},
+        "resources": pods.resources(spec.resources, pods.DEFAULT_SERVER_RESOURCES),
+        "securityContext": pods.container_security_context(),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 def feedback_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:

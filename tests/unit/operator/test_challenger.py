@@ -283,7 +283,7 @@ def test_the_challenger_is_its_own_deployment_behind_the_users_service_only_in_a
 
 def test_a_canary_by_replicas_takes_a_champion_pod_only_for_an_available_challenger_pod():
     from modelloop.api.deployment import ModelDeploymentSpec
-    from modelloop.controllers.deployment import _replicas
+    from modelloop.plans.deployment import replicas as _replicas
 
     spec = ModelDeploymentSpec.model_validate({"model": {"fromTraining": "churn"}, "replicas": 4, "rollout": {
         "strategy": "canary", "canary": {"steps": [25, 50]}}})

@@ -10,7 +10,7 @@ import pytest
 PURE = ["modelloop.render.deployment", "modelloop.render.training", "modelloop.status", "modelloop.names",
         "modelloop.reasons", "modelloop.meta", "modelloop.promotion", "modelloop.rollout", "modelloop.runs", "modelloop.retrain",
         "modelloop.performance", "modelloop.report", "modelloop.analysis", "modelloop.served",
-        "modelloop.render.gateway", "modelloop.challenger"]
+        "modelloop.render.gateway", "modelloop.challenger", "modelloop.plans.training", "modelloop.plans.drift", "modelloop.plans.deployment"]
 
 
 @pytest.mark.parametrize("module", PURE)

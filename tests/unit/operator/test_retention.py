@@ -14,6 +14,7 @@ from modelloop.api.training import DEFAULT_KEEP_VERSIONS
 from modelloop.artifacts import ObjectNotFoundError, open_store
 from modelloop.config import SETTINGS
 from modelloop.controllers import storage, training
+from modelloop.plans import training as decide
 from modelloop.runs import leftovers_to_remove, next_version, protected_versions, versions_to_prune
 from tests.unit.artifacts.conftest import metadata_for
 
@@ -145,6 +146,20 @@ def runs_of(uri: str, versions) -> list[dict]:
             for v in sorted(versions, reverse=True)]
 
 
+def retain(training_obj: dict, spec: ModelTrainingSpec, status: dict, runs: list[dict], credentials,
+           events: list) -> None:
+    """The controller's retention pass once a run has ended: observe's reads, the plan's choice, act's deletions and
+    the status they leave (in `status`, with `runs` as its runs), and the Events."""
+    world = decide.TrainingWorld(
+        training_obj, spec, None, True, {}, {}, "2026-12-02T12:00:00Z",
+        layout=storage.store_layout(spec.output.uri, credentials), deployments=kube.list_("", "ModelDeployment", "ns"),
+        credentials=credentials)
+    status["runs"] = runs
+    pruning, skipped = decide.retention(world, status, runs)
+    plan = decide.TrainingPlan(status, [], [], skipped, [], retention=pruning)
+    events += skipped + training._prune(world, plan)
+
+
 def test_keep_versions_defaults_to_ten():
     assert spec_of(OUT).output.keep_versions == DEFAULT_KEEP_VERSIONS == 10
 
@@ -153,7 +168,7 @@ def test_the_pass_deletes_old_versions_keeps_the_served_one_and_status_points_to
     uri = str(local.base)
     status, runs, events = {"latestVersion": 6}, runs_of(uri, range(1, 7)), []
     storage.verified_metadata("ns", uri, 2, storage.ANONYMOUS)  # cached, as after a deployment read it
-    training._apply_retention(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, events)
+    retain(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, events)
 
     assert local.versions() == [1, 4, 5, 6] and status["storedVersions"] == [1, 4, 5, 6]
     by_version = {r["version"]: r for r in runs}
@@ -170,9 +185,9 @@ def test_the_pass_deletes_old_versions_keeps_the_served_one_and_status_points_to
 def test_a_second_pass_deletes_nothing_more_and_emits_nothing(local):
     uri = str(local.base)
     status, runs = {"latestVersion": 6}, runs_of(uri, range(1, 7))
-    training._apply_retention(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, [])
+    retain(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, [])
     events: list = []
-    training._apply_retention(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, events)
+    retain(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, events)
     assert events == [] and local.versions() == [1, 4, 5, 6]
 
 
@@ -187,7 +202,7 @@ def test_a_failed_deletion_is_a_warning_and_status_follows_the_store(local, monk
 
     monkeypatch.setattr(storage, "delete_version", denied_after_v2)
     status, runs, events = {"latestVersion": 6}, runs_of(uri, range(1, 7)), []
-    training._apply_retention(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, events)
+    retain(obj(), spec_of(uri, keep=3), status, runs, storage.ANONYMOUS, events)
     assert local.versions() == status["storedVersions"] == [1, 3, 4, 5, 6]
     assert [r["version"] for r in runs if r.get("prunedTime")] == [2]
     assert [e[:2] for e in events] == [("Warning", "PruneFailed"), ("Normal", "VersionsPruned")]
@@ -197,7 +212,7 @@ def test_a_failed_deletion_is_a_warning_and_status_follows_the_store(local, monk
 def test_runs_of_an_earlier_output_are_not_marked(local):
     uri = str(local.base)
     runs = runs_of("s3://bucket/old-models", [7, 8]) + runs_of(uri, [6])
-    training._apply_retention(obj(), spec_of(uri, keep=3), {"latestVersion": 6}, runs, storage.ANONYMOUS, [])
+    retain(obj(), spec_of(uri, keep=3), {"latestVersion": 6}, runs, storage.ANONYMOUS, [])
     assert not any(r.get("prunedTime") for r in runs)
 
 
@@ -205,7 +220,7 @@ def test_the_leftovers_of_an_interrupted_deletion_are_removed(local):
     uri = str(local.base)
     (local.base.local_path() / "v2" / "metadata.json").unlink()  # a deletion that stopped after metadata.json
     events: list = []
-    training._apply_retention(obj(), spec_of(uri, keep=10), {"latestVersion": 6}, runs_of(uri, range(1, 7)),
+    retain(obj(), spec_of(uri, keep=10), {"latestVersion": 6}, runs_of(uri, range(1, 7)),
                               storage.ANONYMOUS, events)
     assert local.layout() == ([1, 3, 4, 5, 6], []) and events == []
 
@@ -217,7 +232,7 @@ def test_the_metric_series_of_a_deleted_version_go_with_it(local):
     for v in (2, 5):
         for name in ("accuracy", "f1"):
             metrics.TRAINING_VERSION_METRIC.labels("ns", "churn", str(v), name).set(0.9)
-    training._apply_retention(obj(), spec_of(uri, keep=3), {"latestVersion": 6}, runs_of(uri, range(1, 7)),
+    retain(obj(), spec_of(uri, keep=3), {"latestVersion": 6}, runs_of(uri, range(1, 7)),
                               storage.ANONYMOUS, [])
     series = {(s.labels["version"], s.labels["metric"]) for f in metrics.TRAINING_VERSION_METRIC.collect()
               for s in f.samples if s.labels["namespace"] == "ns" and s.labels["training"] == "churn"}
@@ -233,7 +248,7 @@ def test_the_version_that_was_latest_until_this_run_stays_for_this_pass(local):
     # A deployment following `latest` may be rolling it out without having said so in its status yet.
     uri = str(local.base)
     status, runs = {"latestVersion": 6}, runs_of(uri, range(1, 7))
-    training._apply_retention(obj(latestVersion=2), spec_of(uri, keep=1), status, runs, storage.ANONYMOUS, [])
+    retain(obj(latestVersion=2), spec_of(uri, keep=1), status, runs, storage.ANONYMOUS, [])
     assert local.versions() == [1, 2, 6]
-    training._apply_retention(obj(latestVersion=6), spec_of(uri, keep=1), status, runs, storage.ANONYMOUS, [])
+    retain(obj(latestVersion=6), spec_of(uri, keep=1), status, runs, storage.ANONYMOUS, [])
     assert local.versions() == [1, 6]

@@ -39,7 +39,7 @@ def test_triggers_coalesce_behind_a_queued_reconcile(monkeypatch):
     queued = threading.Thread(target=kube.converge, args=("K", "n", "burst", reconcile))
     queued.start()
     deadline = time.monotonic() + 10
-    while not kube._gate("K", "n", "burst").queued:   # the second trigger waits for the lock
+    while not kube._gates[("K", "n", "burst")].queued:   # the second trigger waits for the lock
         assert time.monotonic() < deadline
         time.sleep(0.01)
     for _ in range(5):   # every further trigger meanwhile is answered by the queued reconcile
@@ -50,6 +50,23 @@ def test_triggers_coalesce_behind_a_queued_reconcile(monkeypatch):
     assert len(calls) == 2
     kube.converge("K", "n", "burst", reconcile)   # nothing queued any more: a trigger runs again
     assert len(calls) == 3
+    assert ("K", "n", "burst") not in kube._gates   # a gate lives while it is used
+
+
+def test_a_gate_goes_once_nobody_uses_it_even_after_a_failed_reconcile():
+    def fails(obj: dict | None) -> None:
+        raise RuntimeError("boom")
+
+    before = len(kube._gates)
+    for name in ("x", "y", "z"):
+        kube.converge("K", "n", name, lambda obj: None, body=_obj("1", name=name))
+        try:
+            kube.converge("K", "n", name, fails, body=_obj("1", name=name))
+        except RuntimeError:
+            pass
+        with kube.object_lock("K", "n", name):
+            assert ("K", "n", name) in kube._gates
+    assert len(kube._gates) == before
 
 
 def test_a_reconcile_starts_from_the_newest_body_a_trigger_brought_and_a_conflict_reads_again(monkeypatch):
@@ -76,27 +93,39 @@ def _training(latest: int | None, uri: str = "s3://b/m") -> dict:
     return {"spec": {"output": {"uri": uri}}, "status": {"latestVersion": latest, "runs": [{"result": "Running"}]}}
 
 
+def _deployment(name: str, namespace: str, follows: str | None) -> dict:
+    return {"namespace": namespace, "name": name, "spec": {"model": {"fromTraining": follows} if follows else {}}}
+
+
+def test_the_follower_index_maps_a_training_to_the_deployments_that_follow_it():
+    assert deployment.followers(**_deployment("web", "ns1", "iris")) == {("ns1", "iris"): "web"}
+    assert deployment.followers(**_deployment("pinned", "ns1", None)) == {}
+
+
 def test_training_events_reach_followers_only_when_what_they_read_changed(monkeypatch):
     reconciled: list[str] = []
     monkeypatch.setattr(deployment, "reconcile", lambda namespace, name: reconciled.append(name))
-    deployment._follow("ns1", "follows", "iris")
-    deployment._follow("ns1", "other", "wine")
-    deployment._follow("ns2", "elsewhere", "iris")
+    index = {("ns1", "iris"): ["follows"], ("ns1", "wine"): ["other"], ("ns2", "iris"): ["elsewhere"]}
+    memos: dict[str, dict] = {"iris": {}, "wine": {}}   # kopf's memo of each training
 
-    deployment.on_training_event(type="ADDED", body=_training(None), name="iris", namespace="ns1")
+    def event(type_: str, body: dict, name: str) -> None:
+        deployment.on_training_event(type=type_, body=body, name=name, namespace="ns1", memo=memos[name],
+                                     followers=index)
+
+    event("ADDED", _training(None), "iris")
     assert reconciled == ["follows"]
     body = _training(None)
     body["status"]["runs"] = [{"result": "Succeeded"}]            # a run's progress: not the followers' concern
-    deployment.on_training_event(type="MODIFIED", body=body, name="iris", namespace="ns1")
+    event("MODIFIED", body, "iris")
     assert reconciled == ["follows"]
-    deployment.on_training_event(type="MODIFIED", body=_training(1), name="iris", namespace="ns1")
+    event("MODIFIED", _training(1), "iris")
     assert reconciled == ["follows", "follows"]                   # a new latest version
-    deployment.on_training_event(type="MODIFIED", body=_training(1, "s3://b/other"), name="iris", namespace="ns1")
+    event("MODIFIED", _training(1, "s3://b/other"), "iris")
     assert reconciled == ["follows"] * 3                          # its output moved
-    deployment._follow("ns1", "follows", "wine")                  # the deployment now follows another training
-    deployment.on_training_event(type="DELETED", body=_training(1, "s3://b/other"), name="iris", namespace="ns1")
+    index = {("ns1", "wine"): ["follows", "other"]}               # the deployment now follows another training
+    event("DELETED", _training(1, "s3://b/other"), "iris")
     assert reconciled == ["follows"] * 3
-    deployment.on_training_event(type="MODIFIED", body=_training(2), name="wine", namespace="ns1")
+    event("MODIFIED", _training(2), "wine")
     assert reconciled == ["follows"] * 3 + ["follows", "other"]
 
 

@@ -82,6 +82,33 @@ class Paired:
     loss_differences: tuple[int, float, float] | None = None  # regressors: n, mean, sd of |e_chal| - |e_champ|
 
 
+# Live metrics the deployment compares (outcomes/join.py computes them with their 95% intervals), and their sense.
+LIVE_METRIC = {True: "accuracy", False: "mae"}  # classifier: accuracy; regressor: mean absolute error
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "roc_auc": True, "r2": True, "mae": False, "rmse": False}
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Live:
+    """One version's live performance over a window, from its own rows (labels fed back): how many were labelled,
+    and the metric with its 95% interval."""
+
+    metric: str
+    labelled: int
+    value: float
+    low: float
+    high: float
+
+    @classmethod
+    def from_performance(cls, entry: dict | None, metric: str) -> "Live | None":
+        """From one version's entry of a server's /performance answer (outcomes.join.live_performance)."""
+        found = ((entry or {}).get("metrics") or {}).get(metric)
+        if not found or found.get("value") is None:
+            return None
+        return cls(metric, int(entry.get("labelled") or 0), float(found["value"]), float(found["low"]),
+                   float(found["high"]))
+
+
 @dataclass(frozen=True)
 class Gate:
     name: str
@@ -129,17 +156,35 @@ def rate_worse(base: Served, new: Served, tolerance: float) -> float:
     return float(stats.norm.sf((p_new - p_base - tolerance) / se))
 
 
+def live_worse(base: Live, new: Live, max_drop: float = 0.0) -> float:
+    """One-sided p-value of "new's live metric is worse than base's by more than `max_drop`", for two versions
+    measured on different rows (a canary's, or before and after a promotion): two independent samples, the normal
+    approximation, each standard error taken from its 95% interval."""
+    higher = HIGHER_IS_BETTER.get(base.metric, True)
+    worse_by = (base.value - new.value) if higher else (new.value - base.value)
+    se = math.hypot((base.high - base.low) / (2 * Z95), (new.high - new.low) / (2 * Z95))
+    if not math.isfinite(se):
+        return 1.0
+    if se == 0:
+        return 0.0 if worse_by > max_drop else 1.0
+    return float(stats.norm.sf((worse_by - max_drop) / se))
+
+
 # ----------------------------------------------------------------------------------------- the gates
 
 def gates(t: Thresholds, champion: Served, challenger: Served, paired: Paired | None, classifier: bool,
-          unpaired_reason: str = "no rows can be paired") -> list[Gate]:
+          unpaired_reason: str = "no rows can be paired", live: tuple[Live | None, Live | None] | None = None
+          ) -> list[Gate]:
     """The four gates. `paired` None: nothing can be paired (no prediction records, or a canary's rows, each
-    served by one version), so agreement and performance are not tested and say why."""
+    served by one version), so agreement is not tested and says why; performance is then compared on each version's
+    own labelled rows when `live` (champion's, challenger's) is given, an unpaired test."""
     found = [_error_gate(t, champion, challenger), _latency_gate(t, champion, challenger)]
     if paired is None:
-        return found + [Gate("agreement", "skip", None, t.min_agreement if classifier else t.max_output_distance,
-                             f"not tested: {unpaired_reason}"),
-                        Gate("performance", "skip", None, t.alpha, f"not tested: {unpaired_reason}")]
+        agreement = Gate("agreement", "skip", None, t.min_agreement if classifier else t.max_output_distance,
+                         f"not tested: {unpaired_reason}")
+        if live is None:
+            return found + [agreement, Gate("performance", "skip", None, t.alpha, f"not tested: {unpaired_reason}")]
+        return found + [agreement, _unpaired_performance_gate(t, *live)]
     performance = _performance_gate(t, paired, classifier)
     return found + [_labels_outrank_agreement(t, _agreement_gate(t, paired, classifier), paired, classifier,
                                               performance), performance]
@@ -215,6 +260,17 @@ def _performance_gate(t: Thresholds, paired: Paired, classifier: bool) -> Gate:
                 f"p={p:.3g}")
 
 
+def _unpaired_performance_gate(t: Thresholds, champion: Live | None, challenger: Live | None) -> Gate:
+    labelled = min(champion.labelled if champion else 0, challenger.labelled if challenger else 0)
+    if champion is None or challenger is None or labelled < t.min_labels:
+        return _too_few_labels(t, labelled, "labelled rows of the version with fewer")
+    p = live_worse(champion, challenger)
+    return Gate("performance", "fail" if p < t.alpha else "pass", round(p, 6), t.alpha,
+                f"live {champion.metric} on each version's own rows: champion {champion.value:.4g} "
+                f"({champion.labelled} labelled), challenger {challenger.value:.4g} ({challenger.labelled}), "
+                f"p={p:.3g} (unpaired)")
+
+
 def _too_few_labels(t: Thresholds, count: int, what: str) -> Gate:
     if t.require_labels:
         return Gate("performance", "wait", None, t.alpha, f"{count} of {t.min_labels} {what}: waiting for labels")
@@ -223,9 +279,10 @@ def _too_few_labels(t: Thresholds, count: int, what: str) -> Gate:
 
 
 def analyse(t: Thresholds, champion: Served, challenger: Served, paired: Paired | None, *, classifier: bool,
-            elapsed_seconds: float, unpaired_reason: str = "no rows can be paired") -> Analysis:
+            elapsed_seconds: float, unpaired_reason: str = "no rows can be paired",
+            live: tuple[Live | None, Live | None] | None = None) -> Analysis:
     """The one decision of an analysis window (see the module's note on looking once)."""
-    found = gates(t, champion, challenger, paired, classifier, unpaired_reason)
+    found = gates(t, champion, challenger, paired, classifier, unpaired_reason, live)
     if elapsed_seconds < t.window_seconds or challenger.requests < t.min_requests:
         return Analysis("wait", found, f"analysing: {challenger.requests} of {t.min_requests} requests, "
                                        f"{elapsed_seconds:.0f} of {t.window_seconds:.0f} s")
@@ -271,23 +328,24 @@ class Watch:
 
 
 def watch(t: Thresholds, previous: Served, current: Served, *, elapsed_seconds: float,
-          previous_performance: float | None = None, current_interval: tuple[float, float] | None = None,
-          higher_is_better: bool = True, max_drop: float = 0.0) -> Watch:
+          previous_live: Live | None = None, current_live: Live | None = None) -> Watch:
     """After a promotion: roll back when the new champion's error rate is significantly above the previous one's
-    (beyond the tolerance, at alpha split over the planned looks), or when its live performance interval lies
-    wholly worse than the previous version's value minus `max_drop`. Done once `watch_seconds` passed."""
+    (beyond the tolerance), or its live performance on its own labelled rows significantly below what the previous
+    version showed on its own before the promotion (once each has min_labels), each at alpha split over the planned
+    looks. Done once `watch_seconds` passed."""
     alpha = t.alpha / max(1, t.watch_looks)
     p = rate_worse(previous, current, t.max_error_rate_increase)
     if p < alpha:
         return Watch(True, False, f"error rate {current.errors}/{current.requests} against the previous version's "
                                   f"{previous.errors}/{previous.requests} (p={p:.3g} < {alpha:.3g})")
-    if previous_performance is not None and current_interval is not None:
-        low, high = current_interval
-        worse = (high < previous_performance - max_drop if higher_is_better
-                 else low > previous_performance + max_drop)
-        if worse:
-            return Watch(True, False, f"live performance {low:.3f}-{high:.3f} against the previous version's "
-                                      f"{previous_performance:.3f} (tolerance {max_drop:g})")
+    if previous_live is not None and current_live is not None and \
+            min(previous_live.labelled, current_live.labelled) >= t.min_labels:
+        p = live_worse(previous_live, current_live)
+        if p < alpha:
+            return Watch(True, False, f"live {current_live.metric} {current_live.value:.4g} on "
+                                      f"{current_live.labelled} labelled rows against the previous version's "
+                                      f"{previous_live.value:.4g} on {previous_live.labelled} (p={p:.3g} < "
+                                      f"{alpha:.3g})")
     if elapsed_seconds >= t.watch_seconds:
         return Watch(False, True, f"held for {t.watch_seconds:.0f} s: the previous version is released")
     return Watch(False, False, f"watching: {elapsed_seconds:.0f} of {t.watch_seconds:.0f} s, nothing worse")

@@ -8,14 +8,15 @@ Phases of `status.rollout.phase`:
   Shadowing  the challenger gets copies of the champion's requests; its answers go nowhere
   Canary     the challenger serves a share of users (by replicas, or by HTTPRoute weights), step by step
   Promoting  the champion Deployment rolls out the challenger's version; the challenger keeps running until then
-  Watching   the new champion is watched against the numbers the previous one showed during the analysis
+  Watching   the new champion is watched against the numbers the previous one showed during the analysis (error
+             rate) and on its own labelled rows before the promotion (live performance)
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from .analysis import Analysis, Paired, Served, Thresholds, analyse, canary_replicas, next_step, watch
+from .analysis import Analysis, Live, Paired, Served, Thresholds, analyse, canary_replicas, next_step, watch
 from .api.deployment import RolloutSpec
 from .meta import format_time, parse_time
 from .names import ABORT_ANNOTATION, PROMOTE_ANNOTATION
@@ -37,6 +38,7 @@ class Evidence:
     challenger: Served
     paired: Paired | None = None
     unpaired_reason: str | None = None
+    live: dict[int, Live] | None = None  # each version's live performance on its own labelled rows (feedback on)
 
 
 @dataclass(frozen=True)
@@ -136,9 +138,11 @@ def _analyse(r: Rollout, spec: RolloutSpec, t: Thresholds, candidate_version: in
     if evidence is None:
         ro["message"] = f"analysing version {version}: the servers' counters could not be read this time"
         return
+    live = None if evidence.paired is not None or evidence.live is None else (
+        evidence.live.get(ro["champion"]), evidence.live.get(version))
     result = analyse(t, evidence.champion, evidence.challenger, evidence.paired, classifier=classifier,
                      elapsed_seconds=now - parse_time(ro["startedAt"]),
-                     unpaired_reason=evidence.unpaired_reason or "no rows can be paired")
+                     unpaired_reason=evidence.unpaired_reason or "no rows can be paired", live=live)
     ro["gates"] = [{"name": g.name, "verdict": g.verdict, "value": g.value, "threshold": g.threshold,
                     "message": g.message[:512]} for g in result.gates]
     ro["message"] = result.message[:2048]
@@ -216,14 +220,18 @@ def _promoting(r: Rollout, now: float, spec: RolloutSpec) -> None:
 def _watching(r: Rollout, t: Thresholds, evidence: Evidence | None, now: float,
               previous_model: ServedModel | None) -> None:
     ro = state(r)
-    if ro.get("previous") is None or ro.get("previousRequests") is None:  # promoted by hand before any evidence
+    if ro.get("previous") is None:  # nothing to return to
         if now - parse_time(ro["startedAt"]) >= t.watch_seconds:
             _stop(r, f"version {r.serving} serves")
         return
     if evidence is None:
         return
-    previous = Served(ro["previousRequests"], ro["previousErrors"] or 0)
-    verdict = watch(t, previous, evidence.champion, elapsed_seconds=now - parse_time(ro["startedAt"]))
+    # Promoted by hand before any counters were read: no error rate to compare with (Served(0, 0) never tests
+    # worse), live performance still is.
+    previous = Served(ro.get("previousRequests") or 0, ro.get("previousErrors") or 0)
+    live = evidence.live or {}
+    verdict = watch(t, previous, evidence.champion, elapsed_seconds=now - parse_time(ro["startedAt"]),
+                    previous_live=live.get(ro["previous"]), current_live=live.get(r.serving))
     if verdict.rollback:
         _watch_rollback(r, now, verdict.message, previous_model)
     elif verdict.done:

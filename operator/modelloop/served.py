@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .analysis import Paired, Served
+from .analysis import Live, Paired, Served
 
 MAX_BUCKETS = 64             # finite latency bounds in an answer
 MAX_COUNT = 2**53            # integers beyond this are not exact in every JSON reader
@@ -129,6 +129,29 @@ def parse_paired(doc: Any, *, champion: int | None = None, challenger: int | Non
         differences = (n, mean, sd)
     return Paired(rows=rows, agreed=agreed, output_distance=distance, champion_only_right=only_champion,
                   challenger_only_right=only_challenger, loss_differences=differences)
+
+
+def parse_live(doc: Any, metric: str) -> dict[int, Live]:
+    """A /performance answer, checked, as each version's Live `metric`: `versions` an object of version numbers, each
+    with a whole `labelled` count and, when measured, the metric's finite `value`, `low` and `high` (low <= value <=
+    high). Versions without that metric are left out. ValueError naming the field otherwise."""
+    versions = _object(_object(doc, "performance").get("versions"), "performance.versions")
+    out: dict[int, Live] = {}
+    for version, entry in versions.items():
+        if not (isinstance(version, str) and version.isdigit() and len(version) <= 9):
+            raise ValueError(f"performance.versions has a key that is not a version number: {_show(version)}")
+        where = f"performance.versions.{version}"
+        entry = _object(entry, where)
+        labelled = _count(entry, "labelled", where)
+        found = _object(entry.get("metrics") or {}, f"{where}.metrics").get(metric)
+        if found is None:
+            continue
+        found = _object(found, f"{where}.metrics.{metric}")
+        low, value, high = (_number(found.get(k), f"{where}.metrics.{metric}.{k}") for k in ("low", "value", "high"))
+        if not low <= value <= high:
+            raise ValueError(f"{where}.metrics.{metric}: low <= value <= high does not hold ({low}, {value}, {high})")
+        out[int(version)] = Live(metric, labelled, value, low, high)
+    return out
 
 
 def _object(value: Any, where: str) -> dict[str, Any]:

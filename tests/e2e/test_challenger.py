@@ -5,7 +5,10 @@
   versions' predictions of the same ids are paired, and McNemar's test rejects it. It never answers a user: every
   response of the test comes from version 1, the challenger's pods are not behind the Service, and it is removed.
 - Canary by replicas: a good version serves a step's share of users through the one Service, passes the
-  analysis, then takes everything; no request fails.
+  analysis, then takes everything; no request fails. The shuffled version in a canary is rejected by the unpaired
+  test of each version's live accuracy on its own labelled rows.
+- The watch: the shuffled version promoted by hand is rolled back when its live accuracy since the promotion is
+  significantly below what version 1 showed on its own rows before it.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import pandas as pd
 import pytest
 
 from hack.traffic import Traffic, batches_from_csv
-from modelloop.names import RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION
+from modelloop.names import PROMOTE_ANNOTATION, RETRAIN_ANNOTATION, RETRAIN_DATASET_ANNOTATION
 from tests.e2e.helpers import API, status
 from tests.fixtures.artifacts import secret
 from tests.fixtures.cluster import ROOT, wait_for
@@ -126,4 +129,64 @@ def test_a_canary_by_replicas_serves_a_share_of_users_then_everyone_with_no_fail
           and mdep().get("readyReplicas") == 2, 300, "version 2 promoted", seen, labels=False)
     traffic.close()
     print(f"canary: {mdep()['rollout']}; traffic: {traffic.stats.line()}")
+    assert traffic.stats.failed == 0, traffic.stats.line()
+
+
+@pytest.mark.optional(reason=NO_NODE)
+def test_a_canary_worse_on_its_own_labelled_rows_is_rejected_by_the_unpaired_test(
+        helm_operator, cluster, e2e_namespace, s3):
+    ns = e2e_namespace
+    s3.put("churn.csv", (DATA / "churn.csv").read_bytes())
+    s3.put("churn-shuffled.csv", shuffled_labels())
+    cluster.apply(secret(ns, s3))
+    cluster.apply(training(ns, s3))
+    deploy(cluster, ns, s3, {"strategy": "canary", "canary": {"steps": [50]}, "analysis": {
+        "window": "60s", "minRequests": 200, "minLabels": 60, "maxLatencyRatio": 20}}, replicas=2)
+    mdep = lambda: status(cluster, "mdep", ns)  # noqa: E731
+    traffic = Traffic(ns, "churn")
+    traffic.wait_ready()
+    retrain(cluster, ns, s3.uri("churn-shuffled.csv"))
+    seen = lambda: f"deployment: {mdep().get('rollout')}; traffic: {traffic.stats.line()}"  # noqa: E731
+    drive(traffic, lambda: any(r["version"] == 2 for r in (mdep().get("rollout") or {}).get("rejected") or ()), 480,
+          "version 2 rejected in its canary", seen)
+    ro = mdep()["rollout"]
+    gates = {g["name"]: g for g in ro["gates"]}
+    print(f"canary rejection: {ro['message']}; gates: {gates}; traffic: {traffic.stats.line()}")
+    assert gates["performance"]["verdict"] == "fail" and "unpaired" in gates["performance"]["message"], gates
+    assert gates["agreement"]["verdict"] == "skip" and gates["errorRate"]["verdict"] == "pass", gates
+    assert mdep()["modelVersion"] == 1 and traffic.stats.by_version.get("2", 0) > 0, traffic.stats.line()
+    assert traffic.stats.failed == 0, traffic.stats.line()
+
+
+@pytest.mark.optional(reason=NO_NODE)
+def test_a_version_promoted_by_hand_is_rolled_back_when_its_live_accuracy_falls_below_the_previous_versions(
+        helm_operator, cluster, e2e_namespace, s3):
+    ns = e2e_namespace
+    s3.put("churn.csv", (DATA / "churn.csv").read_bytes())
+    s3.put("churn-shuffled.csv", shuffled_labels())
+    cluster.apply(secret(ns, s3))
+    cluster.apply(training(ns, s3))
+    # The analysis never decides by itself (minRequests out of reach): a person promotes version 2, and only the
+    # watch stands between it and the users.
+    deploy(cluster, ns, s3, {"strategy": "shadow", "analysis": {
+        "window": "30s", "minRequests": 10_000_000, "minLabels": 60, "watchFor": "15m"}})
+    mdep = lambda: status(cluster, "mdep", ns)  # noqa: E731
+    traffic = Traffic(ns, "churn")
+    traffic.wait_ready()
+    retrain(cluster, ns, s3.uri("churn-shuffled.csv"))
+    seen = lambda: f"deployment: {mdep().get('rollout')}; traffic: {traffic.stats.line()}"  # noqa: E731
+    drive(traffic, lambda: (mdep().get("rollout") or {}).get("challenger") == 2 and traffic.labels_sent > 400, 300,
+          "version 2 as the challenger, and version 1's rows labelled", seen)
+    cluster.kubectl("annotate", "mdep/churn", "-n", ns, f"{PROMOTE_ANNOTATION}=true")
+    drive(traffic, lambda: (mdep().get("rollout") or {}).get("phase") == "Watching", 300, "version 2 watched", seen)
+    drive(traffic, lambda: any(r["version"] == 2 for r in (mdep().get("rollout") or {}).get("rejected") or ()), 480,
+          "version 2 rolled back by the watch", seen)
+    ro = mdep()["rollout"]
+    print(f"watch rollback: {ro['rejected'][-1]}; traffic: {traffic.stats.line()}")
+    assert "rolled back while watched: live accuracy" in ro["rejected"][-1]["message"], ro["rejected"]
+    wait_for(lambda: mdep().get("modelVersion") == 1 and mdep().get("readyReplicas") == 2, timeout=300,
+             message="version 1 serving again")
+    reasons = [e["reason"] for e in cluster.get("events", "-n", ns, "--field-selector",
+                                                "involvedObject.kind=ModelDeployment")["items"]]
+    assert "RolledBack" in reasons, reasons
     assert traffic.stats.failed == 0, traffic.stats.line()

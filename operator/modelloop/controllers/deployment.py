@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from .. import challenger, kube, metrics, served
-from ..analysis import Paired
+from ..analysis import LIVE_METRIC, Live, Paired
 from ..challenger import Evidence, Manual
 from ..cache import BoundedCache
 from ..api.deployment import ModelDeploymentSpec
@@ -220,7 +220,8 @@ def _analysis(namespace: str, name: str, spec: ModelDeploymentSpec, r: Rollout, 
     if analysing or current == "Watching":
         champion = ro["champion"] if analysing else r.serving
         classifier = _task(namespace, r.status["modelUri"], credentials) == "classification"
-        evidence = _evidence(namespace, name, spec, ro, champion, ro.get("challenger") if analysing else None)
+        evidence = _evidence(namespace, name, spec, ro, champion, ro.get("challenger") if analysing else None,
+                             classifier)
     if current == "Watching" and ro.get("previousUri"):
         try:
             previous_model, _ = _served(namespace, ro["previousUri"], credentials)
@@ -236,40 +237,33 @@ def _task(namespace: str, version_uri: str, credentials: storage.Credentials) ->
 
 
 def _evidence(namespace: str, name: str, spec: ModelDeploymentSpec, ro: dict, champion: int,
-              challenger_version: int | None) -> Evidence | None:
-    """Each version's counters since status.rollout.startedAt from every ready pod of both Services, and (while
-    shadowing with feedback on) the two versions on the same prediction ids. None when no pod answered."""
+              challenger_version: int | None, classifier: bool) -> Evidence | None:
+    """Each version's counters since status.rollout.startedAt from every ready pod of both Services; with feedback
+    on, the two versions on the same prediction ids while shadowing, or each version's live performance on its own
+    labelled rows in a canary and during the watch. None when no pod answered, or when the decision is due and the
+    store-wide reading it needs failed (no decision on part of the evidence)."""
     since_ms = int(parse_time(ro["startedAt"]) * 1000)
-    addresses = sorted(set(ready_endpoints(namespace, name)) | set(ready_endpoints(namespace, challenger_name(name))))
-    docs, errors = [], []
-    with endpoints.client(SETTINGS.sketch_deadline_seconds) as http:
-        for address in addresses:
-            try:
-                docs.append(served.parse_served(endpoints.get_json(http, endpoints.pod_url(
-                    address, name, f"served?since={since_ms}"))))
-            except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
-                errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
-        if not docs:
-            log.warning("deployment=%s/%s evidence=unavailable errors=%s", namespace, name, "; ".join(errors)[:600])
-            return None
+    counted = _served_counters(namespace, name, since_ms)
+    if counted is None:
+        return None
+    addresses, docs = counted
     by_version = lambda v: [d for d in docs if d["modelVersion"] == v]  # noqa: E731
     champion_served = served.merge_served(by_version(champion))
     challenger_served = served.merge_served(by_version(challenger_version) if challenger_version else [])
-    paired, why = None, None
-    if challenger_version is None:
-        pass
-    elif ro.get("phase") != "Shadowing":
-        why = "a canary's rows are each answered by one version, so none can be paired"
-    elif spec.feedback is None:
-        why = "spec.feedback is off: no prediction records to pair"
-    else:
-        due = (time.time() - parse_time(ro["startedAt"]) >= parse_duration(spec.rollout.analysis.window)
-               and challenger_served.requests >= spec.rollout.analysis.min_requests)
-        paired = _paired(namespace, name, [a for a, d in zip(addresses, docs) if d["modelVersion"] == champion]
-                         or addresses, champion, challenger_version, since_ms, fresh=due)
-        if paired is None:  # the decision is not made on part of the evidence
+    champion_pods = [a for a, d in zip(addresses, docs) if d["modelVersion"] == champion] or addresses
+    due = challenger_version is not None and (
+        time.time() - parse_time(ro["startedAt"]) >= parse_duration(spec.rollout.analysis.window)
+        and challenger_served.requests >= spec.rollout.analysis.min_requests)
+    why, paired, live = _unpaired_reason(spec, ro, challenger_version), None, None
+    if challenger_version is not None and why is None:
+        paired = _paired(namespace, name, champion_pods, champion, challenger_version, since_ms, fresh=due)
+        if paired is None:
             return None
-    evidence = Evidence(champion_served, challenger_served, paired, why)
+    elif spec.feedback is not None and ro.get("phase") in ("Canary", "Watching"):
+        live = _live_of_both(namespace, name, spec, ro, champion_pods, since_ms, classifier, due)
+        if live is None and due:
+            return None
+    evidence = Evidence(champion_served, challenger_served, paired, why, live)
     for role, numbers in (("champion", evidence.champion), ("challenger", evidence.challenger)):
         metrics.ROLLOUT_REQUESTS.labels(namespace, name, role).set(numbers.requests)
         metrics.ROLLOUT_ERROR_RATE.labels(namespace, name, role).set(
@@ -278,36 +272,94 @@ def _evidence(namespace: str, name: str, spec: ModelDeploymentSpec, ro: dict, ch
     return evidence
 
 
-# (namespace, deployment, challenger version) -> (monotonic time, the last pairing read). Reading the paired records
-# costs a champion pod seconds of store reads (every replica's segments of the window) on the thread that also takes
-# feedback: it is read at most once a minute for display, and afresh for the decision. Kept here: pods' answers, not
-# API objects, so no kopf index can hold them.
-_compared: BoundedCache[tuple[str, str, int], tuple[float, Paired]] = BoundedCache(SETTINGS.cache_entries)
-COMPARE_EVERY_SECONDS = 60.0
+def _served_counters(namespace: str, name: str, since_ms: int) -> tuple[list[str], list[dict]] | None:
+    """The ready pods of both Services that answered /served, and their answers; None when none did."""
+    addresses = sorted(set(ready_endpoints(namespace, name)) | set(ready_endpoints(namespace, challenger_name(name))))
+    answered, docs, errors = [], [], []
+    with endpoints.client(SETTINGS.sketch_deadline_seconds) as http:
+        for address in addresses:
+            try:
+                docs.append(served.parse_served(endpoints.get_json(http, endpoints.pod_url(
+                    address, name, f"served?since={since_ms}"))))
+                answered.append(address)
+            except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
+                errors.append(f"{address}: {type(e).__name__}: {e}"[:300])
+    if not docs:
+        log.warning("deployment=%s/%s evidence=unavailable errors=%s", namespace, name, "; ".join(errors)[:600])
+        return None
+    return answered, docs
 
 
-def _paired(namespace: str, name: str, addresses: list[str], champion: int, challenger_version: int, since_ms: int,
-            fresh: bool) -> Paired | None:
-    """The two versions on the same prediction ids, as the first champion pod that answers computes it (each reads
-    every replica's records from the store); the last reading when one is less than a minute old and the decision
-    is not due. None when no pod answered."""
-    key = (namespace, name, challenger_version)
-    last = _compared.get(key)
-    if last is not None and not fresh and time.monotonic() - last[0] < COMPARE_EVERY_SECONDS:
+def _unpaired_reason(spec: ModelDeploymentSpec, ro: dict, challenger_version: int | None) -> str | None:
+    """Why the two versions' rows cannot be paired while a challenger is analysed; None when they can (or during
+    the watch, where there is no challenger)."""
+    if challenger_version is None:
+        return None
+    if ro.get("phase") != "Shadowing":
+        return "a canary's rows are each answered by one version, so none can be paired"
+    if spec.feedback is None:
+        return "spec.feedback is off: no prediction records to pair"
+    return None
+
+
+def _live_of_both(namespace: str, name: str, spec: ModelDeploymentSpec, ro: dict, pods: list[str], since_ms: int,
+                  classifier: bool, due: bool) -> dict[int, Live] | None:
+    """Live performance of both versions on their own rows. A canary: both since its step started. The watch: the
+    new champion since its promotion, the previous version over the watchFor before it (what it showed)."""
+    if ro.get("phase") == "Canary":
+        return _live(namespace, name, pods, since_ms, classifier, fresh=due)
+    before = since_ms - int(parse_duration(spec.rollout.analysis.watch_for) * 1000)
+    after, earlier = (_live(namespace, name, pods, since, classifier, fresh=False) for since in (since_ms, before))
+    if after is None or earlier is None:
+        return None
+    return {v: found for v, found in ((ro.get("previous"), earlier.get(ro.get("previous"))),
+                                      (ro.get("champion"), after.get(ro.get("champion")))) if found is not None}
+
+
+# (namespace, deployment, what was asked) -> (monotonic time, the last answer) of the pods' store-wide reads: the
+# paired records (/compare) and each version's live performance (/performance). Each costs a champion pod seconds of
+# store reads (every replica's segments of the window) on the thread that also takes feedback: read at most once a
+# minute for display and the watch, and afresh for a decision. Kept here: pods' answers, not API objects, so no kopf
+# index can hold them.
+_read: BoundedCache[tuple[str, str, str], tuple[float, Any]] = BoundedCache(SETTINGS.cache_entries)
+READ_EVERY_SECONDS = 60.0
+
+
+def _store_wide(namespace: str, name: str, addresses: list[str], path: str, parse: Any, fresh: bool) -> Any | None:
+    """`parse` of the first champion pod's answer to `path` (each reads every replica's records from the store); the
+    last reading when one is less than a minute old and the decision is not due. None when no pod answered."""
+    key = (namespace, name, path)
+    last = _read.get(key)
+    if last is not None and not fresh and time.monotonic() - last[0] < READ_EVERY_SECONDS:
         return last[1]
     errors = []
     with endpoints.client(3 * SETTINGS.sketch_deadline_seconds) as http:
         for address in addresses:
             try:
-                paired = served.parse_paired(endpoints.get_json(http, endpoints.pod_url(
-                    address, name, f"compare?champion={champion}&challenger={challenger_version}&since={since_ms}")),
-                    champion=champion, challenger=challenger_version)
-                _compared.put(key, (time.monotonic(), paired))
-                return paired
+                answer = parse(endpoints.get_json(http, endpoints.pod_url(address, name, path)))
+                _read.put(key, (time.monotonic(), answer))
+                return answer
             except (httpx.HTTPError, endpoints.AnswerTooLarge, ValueError) as e:
                 errors.append(f"{address}: {type(e).__name__}: {e}"[:200])
-    log.warning("deployment=%s/%s paired=unavailable errors=%s", namespace, name, "; ".join(errors)[:600])
+    log.warning("deployment=%s/%s read=%s unavailable errors=%s", namespace, name, path.split("?")[0],
+                "; ".join(errors)[:600])
     return None if fresh or last is None else last[1]
+
+
+def _paired(namespace: str, name: str, addresses: list[str], champion: int, challenger_version: int, since_ms: int,
+            fresh: bool) -> Paired | None:
+    """The two versions on the same prediction ids."""
+    return _store_wide(namespace, name, addresses,
+                       f"compare?champion={champion}&challenger={challenger_version}&since={since_ms}",
+                       lambda doc: served.parse_paired(doc, champion=champion, challenger=challenger_version), fresh)
+
+
+def _live(namespace: str, name: str, addresses: list[str], since_ms: int, classifier: bool,
+          fresh: bool) -> dict[int, Live] | None:
+    """Each version's live performance on its own labelled rows predicted since `since_ms` (accuracy for a
+    classifier, mean absolute error for a regressor)."""
+    return _store_wide(namespace, name, addresses, f"performance?since={since_ms}",
+                       lambda doc: served.parse_live(doc, LIVE_METRIC[classifier]), fresh)
 
 
 def _converge_challenger(namespace: str, name: str, plan: DeploymentPlan, challenger_dep: dict | None) -> None:

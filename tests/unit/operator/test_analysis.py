@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from modelloop.analysis import (Paired, Served, Thresholds, analyse, canary_replicas, gates, mcnemar_worse,
-                                next_step, paired_worse, rate_worse, watch)
+from modelloop.analysis import (Live, Paired, Served, Thresholds, analyse, canary_replicas, gates, mcnemar_worse,
+                                live_worse, next_step, paired_worse, rate_worse, watch)
 
 T = Thresholds(min_requests=500, window_seconds=600, min_labels=200)
 FAST = Served(requests=2000, errors=2, p99_seconds=0.010)
@@ -106,11 +106,48 @@ def test_the_watch_rolls_back_on_a_significant_error_rate_or_a_performance_below
     assert not steady.rollback and not steady.done
     erring = watch(t, Served(5000, 5), Served(1000, 80), elapsed_seconds=600)
     assert erring.rollback and "error rate 80/1000" in erring.message
-    worse = watch(t, Served(5000, 5), Served(1000, 1), elapsed_seconds=600, previous_performance=0.86,
-                  current_interval=(0.70, 0.76), max_drop=0.05)
-    assert worse.rollback and "live performance" in worse.message
+    before = Live("accuracy", 800, 0.86, 0.836, 0.884)
+    worse = watch(t, Served(5000, 5), Served(1000, 1), elapsed_seconds=600, previous_live=before,
+                  current_live=Live("accuracy", 400, 0.73, 0.687, 0.773))
+    assert worse.rollback and "live accuracy 0.73 on 400 labelled rows" in worse.message
+    few = watch(t, Served(5000, 5), Served(1000, 1), elapsed_seconds=600, previous_live=before,
+                current_live=Live("accuracy", 20, 0.5, 0.28, 0.72))
+    assert not few.rollback, "fewer than min_labels rows decide nothing"
+    close = watch(t, Served(5000, 5), Served(1000, 1), elapsed_seconds=600, previous_live=before,
+                  current_live=Live("accuracy", 400, 0.84, 0.804, 0.876))
+    assert not close.rollback, "a drop within the noise of two samples is not a rollback"
     done = watch(t, Served(5000, 5), Served(5000, 4), elapsed_seconds=3600)
     assert done.done and not done.rollback
+
+
+def test_live_worse_knows_which_way_each_metric_is_better():
+    lower_mae = Live("mae", 500, 2.0, 1.9, 2.1)
+    higher_mae = Live("mae", 500, 2.6, 2.45, 2.75)
+    assert live_worse(lower_mae, higher_mae) < 1e-6 and live_worse(higher_mae, lower_mae) > 0.999
+    good, bad = Live("accuracy", 500, 0.9, 0.874, 0.926), Live("accuracy", 500, 0.8, 0.765, 0.835)
+    assert live_worse(good, bad) < 1e-4 and live_worse(bad, good) > 0.999
+    assert live_worse(good, bad, max_drop=0.2) > 0.99, "a drop within the tolerance is not worse"
+
+
+def test_a_canary_is_compared_on_each_versions_own_labelled_rows_when_none_can_be_paired():
+    t = Thresholds(min_requests=100, window_seconds=60, min_labels=100)
+    champion, challenger = Served(1000, 0, 0.01), Served(1000, 0, 0.01)
+    why = "a canary's rows are each answered by one version"
+    good, bad = Live("accuracy", 400, 0.85, 0.815, 0.885), Live("accuracy", 400, 0.55, 0.501, 0.599)
+    rejected = analyse(t, champion, challenger, None, classifier=True, elapsed_seconds=120, unpaired_reason=why,
+                       live=(good, bad))
+    gates = {g.name: g for g in rejected.gates}
+    assert rejected.decision == "reject" and gates["performance"].verdict == "fail"
+    assert "unpaired" in gates["performance"].message and gates["agreement"].verdict == "skip"
+    passed = analyse(t, champion, challenger, None, classifier=True, elapsed_seconds=120, unpaired_reason=why,
+                     live=(good, Live("accuracy", 400, 0.86, 0.826, 0.894)))
+    assert passed.decision == "promote"
+    waiting = analyse(t, champion, challenger, None, classifier=True, elapsed_seconds=120, unpaired_reason=why,
+                      live=(good, Live("accuracy", 40, 0.2, 0.08, 0.32)))
+    assert {g.name: g for g in waiting.gates}["performance"].verdict in ("wait", "skip"), \
+        "forty labels decide nothing"
+    unlabelled = analyse(t, champion, challenger, None, classifier=True, elapsed_seconds=120, unpaired_reason=why)
+    assert {g.name: g for g in unlabelled.gates}["performance"].verdict == "skip"
 
 
 def test_labels_that_show_the_challenger_better_outrank_low_agreement_and_nothing_else_does():

@@ -3,7 +3,7 @@ after a promotion and its rollback (modelloop.challenger)."""
 from __future__ import annotations
 
 from modelloop import challenger
-from modelloop.analysis import Paired, Served
+from modelloop.analysis import Live, Paired, Served
 from modelloop.api.deployment import PromotionSpec, RolloutSpec
 from modelloop.challenger import Evidence, Manual
 from modelloop.meta import format_time
@@ -207,6 +207,33 @@ def test_the_watch_rolls_back_a_new_champion_whose_error_rate_is_significantly_h
     assert ro["phase"] == "Stable" and ro["rejected"][-1]["version"] == 2
     assert "RolledBack" in [e[1] for e in r.events]
     assert not admitted(r, Candidate(V2, None, pinned=False), 3, PromotionSpec())
+
+
+def test_the_watch_rolls_back_a_new_champion_whose_live_accuracy_falls_below_the_previous_versions():
+    s = spec()
+    r = promoted_and_watching(s)
+    before = Live("accuracy", 600, 0.86, 0.832, 0.888)  # version 1 on its own labelled rows before the promotion
+    steady = Evidence(Served(2000, 1, 0.01), Served(0, 0), live={1: before, 2: Live("accuracy", 30, 0.5, 0.32, 0.68)})
+    step(r, s, T0 + 200, evidence=steady, previous=V1)
+    assert r.serving == 2 and r.status["rollout"]["phase"] == "Watching", "30 labels decide nothing"
+    worse = Evidence(Served(4000, 2, 0.01), Served(0, 0), live={1: before, 2: Live("accuracy", 500, 0.70, 0.66, 0.74)})
+    step(r, s, T0 + 260, evidence=worse, previous=V1)
+    ro = r.status["rollout"]
+    assert r.serving == 1 and ro["phase"] == "Stable" and ro["rejected"][-1]["version"] == 2
+    assert "live accuracy 0.7 on 500 labelled rows" in ro["rejected"][-1]["message"]
+
+
+def test_a_canary_whose_own_rows_show_it_worse_is_rejected_at_its_step():
+    s = RolloutSpec.model_validate({"strategy": "canary", "canary": {"steps": [50]},
+                                    "analysis": {"window": "60s", "minRequests": 100, "minLabels": 100}})
+    r = started(s)
+    step(r, s, T0)
+    live = {1: Live("accuracy", 400, 0.85, 0.815, 0.885), 2: Live("accuracy", 400, 0.55, 0.501, 0.599)}
+    step(r, s, T0 + 61, evidence=Evidence(Served(1000, 0, 0.01), Served(1000, 0, 0.01), None,
+                                          "a canary's rows are each answered by one version", live))
+    ro = r.status["rollout"]
+    assert ro["phase"] == "Stable" and r.serving == 1 and ro["rejected"][-1]["version"] == 2
+    assert {g["name"]: g["verdict"] for g in ro["gates"]}["performance"] == "fail"
 
 
 def test_the_watch_releases_the_previous_version_after_watch_for():

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from modelloop.analysis import Paired, Served
-from modelloop.served import MAX_BUCKETS, histogram_p99, merge_served, parse_paired, parse_served
+from modelloop.analysis import Live, Paired, Served
+from modelloop.served import MAX_BUCKETS, histogram_p99, merge_served, parse_live, parse_paired, parse_served
 
 BOUNDS = [0.01, 0.05, 0.1]
 
@@ -144,3 +144,32 @@ def test_hostile_or_broken_compare_answers_are_refused_naming_the_field(doc, fie
 def test_a_compare_answer_about_other_versions_is_refused():
     with pytest.raises(ValueError, match="compare.challenger is version 2, not the version 3 that was asked for"):
         parse_paired(compare(), champion=1, challenger=3)
+
+
+PERFORMANCE = {"since": 1, "versions": {
+    "1": {"labelled": 600, "metrics": {"accuracy": {"value": 0.86, "low": 0.83, "high": 0.89},
+                                       "f1": {"value": 0.7, "low": 0.6, "high": 0.8}}},
+    "2": {"labelled": 0, "metrics": {}},
+}}
+
+
+def test_a_performance_answer_becomes_each_versions_live_metric():
+    assert parse_live(PERFORMANCE, "accuracy") == {1: Live("accuracy", 600, 0.86, 0.83, 0.89)}
+    assert parse_live(PERFORMANCE, "mae") == {}, "a version without the metric is left out"
+
+
+@pytest.mark.parametrize("doc, field", [
+    ([], "performance"),
+    ({"versions": []}, "performance.versions"),
+    ({"versions": {"two": {"labelled": 1}}}, "not a version number"),
+    ({"versions": {"1": {"labelled": -1}}}, "performance.versions.1.labelled"),
+    ({"versions": {"1": {"labelled": 5, "metrics": {"accuracy": {"value": 0.5, "low": 0.1}}}}},
+     "performance.versions.1.metrics.accuracy.high"),
+    ({"versions": {"1": {"labelled": 5, "metrics": {"accuracy": {"value": 0.9, "low": 0.1, "high": 0.5}}}}},
+     "low <= value <= high"),
+    ({"versions": {"1": {"labelled": 5, "metrics": {"accuracy": {"value": True, "low": 0, "high": 1}}}}},
+     "accuracy.value"),
+])
+def test_hostile_or_broken_performance_answers_are_refused_naming_the_field(doc, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.").replace("<", "<")):
+        parse_live(doc, "accuracy")

@@ -68,6 +68,8 @@ class Outcome:
     reference: dict[str, Any]
     prediction_reference: dict[str, Any]
     calibration: dict[str, Any] | None = None  # classifiers with predict_proba (modelloop.outcomes.cbpe)
+    # the model's answers on the hold-out rows, which the ONNX parity check reuses instead of predicting again
+    holdout_answers: tuple[Any, Any | None] | None = None
 
 
 def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
 
     schema = _schema(model, dataset.frame, columns, task)
     with _step("onnx.export") as info:
-        exported = export_onnx(model, schema["features"], task, split.x_valid)
+        exported = export_onnx(model, schema["features"], task, split.x_valid, outcome.holdout_answers)
         parity = exported.info.get("parity") or {}
         info.update(converted=exported.data is not None, bytes=len(exported.data or b""),
                     max_diff=parity.get("maxDiff"), skipped=exported.skipped)
@@ -203,7 +205,7 @@ def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Column
         prediction_reference = build_reference({columns.target: predictions},
                                                categorical=[columns.target] if task == "classification" else ())
         return Outcome(metrics=metrics, reference=reference.result(), prediction_reference=prediction_reference,
-                       calibration=calibration)
+                       calibration=calibration, holdout_answers=(predictions, probabilities))
 
 
 def _probabilities(model: Any, features: Any) -> Any | None:

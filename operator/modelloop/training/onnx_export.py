@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from modelloop.artifacts import ONNX_FILE, OnnxPredictor, check_onnx_file, sha256_bytes
+from modelloop.artifacts import ONNX_FILE, OnnxPredictor, sha256_bytes
 from modelloop.artifacts.metadata import FeatureSchema, OnnxInfo, is_text_feature
 from modelloop.artifacts.onnx_model import PREDICT, PREDICT_PROBA
 
@@ -117,10 +117,10 @@ def _export(model: Any, schema: list[FeatureSchema], task: str, holdout: Any,
         expected, expected_proba = _sklearn_predict(model, task, rows, schema)
     graph = model_graph(model, schema, task, with_proba=expected_proba is not None)
     data = graph.SerializeToString()
-    check_onnx_file(data)  # what the server checks: a graph failing it must not be written
     info = OnnxInfo(file=ONNX_FILE, format="onnx", sha256=sha256_bytes(data), size=len(data),
                     opsets={o.domain or "ai.onnx": o.version for o in graph.opset_import},
                     predict_dtype=np.asarray(expected).dtype.str, input_rules=rules)
+    # OnnxPredictor runs check_onnx_file first, as the server does: a graph failing it is not written
     predicted, probabilities = OnnxPredictor(data, info, schema).predict(rows, proba=expected_proba is not None)
     parity, failure = _parity(task, len(holdout), np.asarray(expected).reshape(-1), expected_proba, predicted,
                               probabilities)

@@ -29,6 +29,12 @@ COPY model-server/ /src/model-server/
 RUN /opt/modelloop/bin/pip install -q --no-deps --no-build-isolation /src \
  && find /opt/modelloop -name '__pycache__' -prune -exec rm -rf {} + \
  && /opt/modelloop/bin/python -m compileall -q /opt/modelloop/lib
+# LightGBM's wheel needs the system's libgomp.so.1, which neither python:3.11-slim nor the minbase image has
+# (scikit-learn's and XGBoost's wheels bring their own copy). lib/libgomp.so.1 is scikit-learn's copy, on the
+# loader's path (LD_LIBRARY_PATH below): the same file, so the process maps one OpenMP runtime, not two.
+RUN cd /opt/modelloop/lib && gomp="$(ls python3*/site-packages/scikit_learn.libs/libgomp-*.so* | head -n1)" \
+ && ln -s "$gomp" libgomp.so.1 \
+ && LD_LIBRARY_PATH=/opt/modelloop/lib /opt/modelloop/bin/python -c 'import lightgbm, xgboost'
 
 # What both images are: the base and the venv, no compilers, no pip cache, no source tree; a numeric
 # non-root user (runAsNonRoot can verify it) with a passwd entry (getpass, and so kopf's identity, look it up).
@@ -37,7 +43,7 @@ COPY --from=build /opt/modelloop /opt/modelloop
 RUN echo 'modelloop:x:65532:65532:modelloop:/tmp:/usr/sbin/nologin' >> /etc/passwd \
  && echo 'modelloop:x:65532:' >> /etc/group
 ENV PATH=/opt/modelloop/bin:/usr/local/bin:/usr/bin:/bin PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/tmp TMPDIR=/tmp
+    HOME=/tmp TMPDIR=/tmp LD_LIBRARY_PATH=/opt/modelloop/lib
 USER 65532:65532
 
 FROM app AS operator

@@ -13,7 +13,12 @@ from .common import (
 )
 
 ALLOWED_ESTIMATOR_MODULES = ("sklearn",)
-ESTIMATOR_CLASS_PATTERN = r"^sklearn(\.[a-z][a-z0-9_]*)+\.[A-Z][A-Za-z0-9_]*$"
+# Gradient-boosted trees from outside scikit-learn, allowed class by class (not module by module): each is
+# stored in its library's own model format and served through model.onnx (docs/artifacts.md).
+BOOSTING_ESTIMATORS = ("xgboost.XGBClassifier", "xgboost.XGBRegressor", "lightgbm.LGBMClassifier",
+                       "lightgbm.LGBMRegressor")
+ESTIMATOR_CLASS_PATTERN = (r"^(sklearn(\.[a-z][a-z0-9_]*)+\.[A-Z][A-Za-z0-9_]*|"
+                           + "|".join(c.replace(".", r"\.") for c in BOOSTING_ESTIMATORS) + ")$")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "precision", "recall", "log_loss")
 REGRESSION_METRICS = ("r2", "rmse", "mae")
 Metric = Literal["accuracy", "f1", "roc_auc", "precision", "recall", "log_loss", "r2", "rmse", "mae"]
@@ -49,11 +54,12 @@ DatasetSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
 
 
 class EstimatorSpec(ApiModel):
-    """The scikit-learn estimator to fit."""
+    """The estimator to fit: scikit-learn's, XGBoost's or LightGBM's."""
 
     class_name: str = Field(alias="class", max_length=256, pattern=ESTIMATOR_CLASS_PATTERN, description=(
-        "Importable class path of a scikit-learn estimator, e.g. sklearn.ensemble.RandomForestClassifier. "
-        "Only classes inside the allowed modules (sklearn.*) are accepted."))
+        "Importable class path of a scikit-learn estimator, e.g. sklearn.ensemble.RandomForestClassifier, or "
+        f"one of {', '.join(BOOSTING_ESTIMATORS)}. Only classes inside the allowed modules (sklearn.*) and "
+        "these four are accepted."))
     params: dict[str, Any] | None = Field(default=None, description=(
         "Constructor parameters of the estimator, e.g. {n_estimators: 100, max_depth: 8}. They are checked "
         "by constructing the estimator before the Job starts."),
@@ -61,9 +67,10 @@ class EstimatorSpec(ApiModel):
 
 
 EstimatorSpec.model_config["json_schema_extra"] = extra(x_kubernetes_validations=[
-    cel("self.class.startsWith('sklearn.') && !self.class.contains('._')",
-        "spec.estimator.class must be a public class inside the allowed modules (sklearn.*), "
-        "e.g. sklearn.ensemble.RandomForestClassifier", ".class"),
+    cel(f"(self.class.startsWith('sklearn.') && !self.class.contains('._')) || self.class in "
+        f"[{', '.join(repr(c) for c in BOOSTING_ESTIMATORS)}]",
+        f"spec.estimator.class must be a public class inside the allowed modules (sklearn.*), "
+        f"e.g. sklearn.ensemble.RandomForestClassifier, or one of {', '.join(BOOSTING_ESTIMATORS)}", ".class"),
 ])
 
 

@@ -46,3 +46,8 @@ class UntrustedTypeError(ArtifactError):
 
 class OnnxUnavailableError(ArtifactError):
     """The ONNX runtime was required, but the version has no model.onnx that can be served."""
+
+
+class OnnxOnlyError(ArtifactError):
+    """The version's model file is not a scikit-learn model (XGBoost, LightGBM): only model.onnx serves it,
+    and the runtime asked for is sklearn."""

@@ -20,6 +20,8 @@ from pydantic import (BaseModel, ConfigDict, Field, JsonValue, ValidationError, 
                       model_validator)
 from pydantic.alias_generators import to_camel
 
+from modelloop.api.training import BOOSTING_ESTIMATORS
+
 from .errors import ArtifactLimitError, InvalidMetadataError
 from .limits import ArtifactLimits, current_limits, load_json
 
@@ -27,6 +29,12 @@ ARTIFACT_FORMAT = "modelloop.artifact/v1"
 METADATA_FILE = "metadata.json"
 MODEL_FILE = "model.skops"
 ONNX_FILE = "model.onnx"
+# The model file of a version, by format: skops for scikit-learn; XGBoost's JSON and LightGBM's text model
+# formats for theirs (native_model.py), which are served through model.onnx only.
+SKOPS, XGBOOST_JSON, LIGHTGBM_TEXT = "skops", "xgboost-json", "lightgbm-text"
+MODEL_FILES = {SKOPS: MODEL_FILE, XGBOOST_JSON: "model.xgboost.json", LIGHTGBM_TEXT: "model.lightgbm.txt"}
+# The one format each boosting estimator is stored in (every other class: skops).
+NATIVE_FORMATS = {path: XGBOOST_JSON if path.startswith("xgboost.") else LIGHTGBM_TEXT for path in BOOSTING_ESTIMATORS}
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 # A file of a version: a plain name, never a path (it is joined to the version's location).
 FILE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
@@ -56,7 +64,7 @@ class _Model(BaseModel):
 
 class ModelFile(_Model):
     file: str = Field(default=MODEL_FILE, pattern=FILE_NAME_PATTERN)
-    format: Literal["skops"] = "skops"
+    format: Literal["skops", "xgboost-json", "lightgbm-text"] = SKOPS
     sha256: str = Field(pattern=SHA256_PATTERN)
     size: int = Field(ge=0)
     trusted_types: list[Annotated[str, Field(max_length=512)]] = Field(default_factory=list, max_length=10_000,
@@ -230,6 +238,26 @@ class ArtifactMetadata(_Model):
     # label-free accuracy estimate (modelloop.outcomes.cbpe, docs/cbpe.md). Absent from older versions,
     # regressors and classifiers without probabilities.
     calibration: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _model_format_fits_estimator(self) -> ArtifactMetadata:
+        """A native model file holds one of the boosting estimators it is the format of, and a boosting
+        estimator is only ever stored in its format; such a version is served through model.onnx, so it has
+        one. (Errors name the rule, not the values: they come from a store.)"""
+        native = NATIVE_FORMATS.get(self.estimator.class_name)
+        if self.model.format == SKOPS and native is None:
+            return self
+        if native is None:
+            raise ValueError(f"model.format {self.model.format} holds only {', '.join(sorted(NATIVE_FORMATS))}; "
+                             f"estimator.class is none of them")
+        if self.model.format != native:
+            raise ValueError("estimator.class is a boosting estimator stored in another model.format than its own "
+                             f"({', '.join(f'{c}: {f}' for c, f in NATIVE_FORMATS.items())})")
+        if self.model.trusted_types:
+            raise ValueError("model.trustedTypes lists skops types for a model file that is not skops")
+        if self.onnx is None or self.onnx.file is None:
+            raise ValueError(f"a {self.model.format} version is served through model.onnx, which onnx does not name")
+        return self
 
     @field_validator("reference", "prediction_reference")
     @classmethod

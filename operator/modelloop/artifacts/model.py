@@ -32,10 +32,12 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from .errors import ArtifactIntegrityError, ArtifactLimitError, OnnxUnavailableError, UntrustedTypeError
+from .errors import (ArtifactIntegrityError, ArtifactLimitError, OnnxOnlyError, OnnxUnavailableError,
+                     UntrustedTypeError)
 from .estimator_state import prepare_loaded_model
 from .limits import ArtifactLimits, count_json, current_limits, load_json
-from .metadata import METADATA_FILE, ArtifactMetadata, parse_metadata
+from .metadata import METADATA_FILE, SKOPS, ArtifactMetadata, parse_metadata
+from .native_model import check_native_model
 from .onnx_model import OnnxPredictor
 from .stores import ArtifactStore, split_version_uri
 from .trusted_types import BIT_GENERATORS, SKOPS_PROTOCOLS, TRUSTED_NODES
@@ -335,6 +337,10 @@ def load_model(version_uri: str, *, expected_sha256: str | None = None, expected
     version has none; "auto" loads model.onnx when the version has one, model.skops otherwise. model.onnx is
     pinned through metadata.json: with a pinned model digest but no pinned metadata digest, "auto" loads
     model.skops and "onnx" refuses. `credentials` (AWS_* keys) replace the environment's, as for open_store.
+
+    An XGBoost or LightGBM version (model.format xgboost-json or lightgbm-text, native_model.py) is served
+    through model.onnx only: "sklearn" raises OnnxOnlyError, "auto" and "onnx" read and verify the native file
+    (size and sha256 against metadata.json and the pin, its format's first bytes), then load model.onnx.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
@@ -356,13 +362,22 @@ def load_model(version_uri: str, *, expected_sha256: str | None = None, expected
         raise ArtifactIntegrityError(f"{version_uri}/{metadata.model.file}: sha256 {metadata.model.sha256} (in "
                                      f"metadata.json) is not the pinned {expected_sha256}; refusing to load")
     uri = store.version_uri(version)
+    native = metadata.model.format != SKOPS
+    if native and runtime == "sklearn":
+        raise OnnxOnlyError(f"{version_uri} holds a {metadata.estimator.class_name} model ({metadata.model.format}), "
+                            f"served through model.onnx only; use runtime auto or onnx")
     if runtime != "sklearn":
         onnx, unavailable = metadata.onnx, _onnx_unavailable(metadata, expected_sha256, expected_metadata_sha256)
         if unavailable is None and onnx is not None and onnx.file and onnx.sha256 and onnx.size is not None:
+            if native:
+                model_data = _read_verified(store, version, version_uri, metadata.model.file, metadata.model.sha256,
+                                            metadata.model.size, pinned=expected_sha256, limits=limits)
+                check_native_model(model_data, metadata.model.format)
+                del model_data
             data = _read_verified(store, version, version_uri, onnx.file, onnx.sha256, onnx.size, limits=limits)
             return LoadedModel(model=None, metadata=metadata, uri=uri,
                                onnx=OnnxPredictor(data, onnx, metadata.schema_.features, limits))
-        if runtime == "onnx":
+        if runtime == "onnx" or native:
             raise OnnxUnavailableError(f"{version_uri} has no model.onnx to serve: {unavailable}")
     data = _read_verified(store, version, version_uri, metadata.model.file, metadata.model.sha256,
                           metadata.model.size, pinned=expected_sha256, limits=limits)

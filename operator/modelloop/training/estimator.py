@@ -1,4 +1,5 @@
-"""The estimator of a spec: an allow-listed scikit-learn class, its params, and the model around it.
+"""The estimator of a spec: an allow-listed scikit-learn class (or one of the boosting estimators,
+boosting.py), its params, and the model around it.
 
 `build_estimator` only imports and constructs (no data), so a controller can use it to check a spec
 before starting a Job.
@@ -11,6 +12,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from modelloop.api.training import ALLOWED_ESTIMATOR_MODULES
 
+from . import boosting
 from .errors import SpecError
 from .spec import ESTIMATOR_CLASS_RULE
 
@@ -19,13 +21,15 @@ PREPROCESS_STEP, ESTIMATOR_STEP, CATEGORICAL_TRANSFORMER = "preprocess", "estima
 
 
 def load_estimator_class(class_path: str) -> type:
-    """Import `class_path` if it names a public BaseEstimator subclass inside the allowed modules."""
+    """Import `class_path` if it names a public BaseEstimator subclass inside the allowed modules, or one of
+    the boosting estimators."""
     from sklearn.base import BaseEstimator
 
     field = f"spec.estimator.class {class_path!r}"
     parts = class_path.split(".") if isinstance(class_path, str) else []
-    if (len(parts) < 3 or parts[0] not in ALLOWED_ESTIMATOR_MODULES or not all(p.isidentifier() for p in parts)
-            or any(p.startswith("_") for p in parts)):
+    allowed_module = (len(parts) >= 3 and parts[0] in ALLOWED_ESTIMATOR_MODULES
+                      and all(p.isidentifier() and not p.startswith("_") for p in parts))
+    if not (allowed_module or boosting.is_boosting(class_path)):
         raise SpecError(f"{field} is not an allowed estimator; {ESTIMATOR_CLASS_RULE}")
     module_name, class_name = ".".join(parts[:-1]), parts[-1]
     try:
@@ -51,7 +55,10 @@ def build_estimator(class_path: str, params: Mapping[str, Any] | None, *, seed: 
 
     cls = load_estimator_class(class_path)
     params = dict(params or {})
-    accepted = _constructor_params(cls)
+    if boosting.is_boosting(class_path):
+        boosting.check_params(class_path, params)
+        params = boosting.with_defaults(class_path, params)
+    accepted = boosting.accepted_params(cls) if boosting.is_boosting(class_path) else _constructor_params(cls)
     unknown = sorted(set(params) - accepted)
     if unknown:
         raise SpecError(f"spec.estimator.params: unknown parameter(s) {', '.join(unknown)} for {class_path}; "
@@ -86,11 +93,13 @@ def _constructor_params(cls: type) -> set[str]:
 
 
 def build_model(estimator: Any, categorical: Sequence[str]) -> Any:
-    """The estimator alone, or a Pipeline one-hot encoding `categorical` columns first.
+    """The estimator alone, or a Pipeline one-hot encoding `categorical` columns first (an XGBClassifier
+    inside boosting.EncodedLabels, either way).
 
     Both take a pandas DataFrame with the schema's feature columns. Encoded columns are dense so
     that every estimator (e.g. HistGradientBoosting) accepts them; unseen categories encode as zeros.
     """
+    estimator = boosting.wrap(estimator)
     if not categorical:
         return estimator
     from sklearn.compose import ColumnTransformer

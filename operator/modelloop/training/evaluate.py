@@ -19,7 +19,7 @@ TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSI
 PREDICT_IS_MOST_PROBABLE = frozenset({
     "sklearn.ensemble.RandomForestClassifier", "sklearn.ensemble.ExtraTreesClassifier",
     "sklearn.ensemble.HistGradientBoostingClassifier", "sklearn.tree.DecisionTreeClassifier",
-    "sklearn.tree.ExtraTreeClassifier",
+    "sklearn.tree.ExtraTreeClassifier", "lightgbm.LGBMClassifier", "xgboost.XGBClassifier",
 })
 
 

@@ -32,12 +32,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from modelloop.artifacts import ONNX_FILE, OnnxPredictor, check_onnx_file, sha256_bytes
+from modelloop.artifacts import ONNX_FILE, OnnxPredictor, sha256_bytes
 from modelloop.artifacts.metadata import FeatureSchema, OnnxInfo, is_text_feature
 from modelloop.artifacts.onnx_model import PREDICT, PREDICT_PROBA
 
 from .errors import describe_exception
 from .estimator import CATEGORICAL_TRANSFORMER, ESTIMATOR_STEP, PREPROCESS_STEP
+from .boosting import unwrap
 from .onnx_trees import UnsupportedTreeModel, is_tree_model, tree_model_graph
 
 PARITY_TOLERANCE = 1e-6
@@ -75,14 +76,17 @@ class OnnxExport:
         return self.info.get("skipped")
 
 
-def export_onnx(model: Any, features: Sequence[Mapping[str, Any]], task: str, holdout: Any) -> OnnxExport:
+def export_onnx(model: Any, features: Sequence[Mapping[str, Any]], task: str, holdout: Any,
+                holdout_answers: tuple[Any, Any | None] | None = None) -> OnnxExport:
     """model.onnx of the fitted `model` (the trainer's estimator or Pipeline) and its `onnx` metadata, or
     the reason it has none. `features` are metadata.json's schema.features; `holdout` the validation
-    DataFrame. Never raises for the model's sake: a version is still written, skops-only."""
+    DataFrame; `holdout_answers` the model's (predict, predict_proba or None) on it, when the caller has
+    them (reused only when the server would feed the same values: `_reusable`). Never raises for the
+    model's sake: a version is still written, skops-only."""
     started = time.perf_counter()
     schema = [FeatureSchema.model_validate(dict(f)) for f in features]
     try:
-        data, info = _export(model, schema, task, holdout)
+        data, info = _export(model, schema, task, holdout, holdout_answers)
     except Unconvertible as exc:
         data, info = None, {"skipped": _one_line(str(exc)), **({"parity": exc.parity} if exc.parity else {})}
     except Exception as exc:  # noqa: BLE001 - converters raise anything; the version stays skops-only
@@ -95,20 +99,28 @@ def _one_line(text: str, limit: int = 512) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _export(model: Any, schema: list[FeatureSchema], task: str, holdout: Any) -> tuple[bytes, dict[str, Any]]:
+def _export(model: Any, schema: list[FeatureSchema], task: str, holdout: Any,
+            holdout_answers: tuple[Any, Any | None] | None) -> tuple[bytes, dict[str, Any]]:
     estimator = getattr(model, "named_steps", {}).get(ESTIMATOR_STEP, model)
     if type(estimator).__name__ in SKOPS_ONLY:
         raise Unconvertible(SKOPS_ONLY[type(estimator).__name__])
     _check_names(schema)
     columns = server_columns(holdout, schema)
-    rows, rules = _probe(model, schema, task, columns)
-    expected, expected_proba = _sklearn_predict(model, task, rows, schema)
+    probes, rules, probe_answers = _probe(model, schema, task, columns)
+    rows = {name: np.concatenate([columns[name], probes[name]]) for name in columns}
+    if _reusable(model, task, holdout, schema, holdout_answers):
+        assert holdout_answers is not None
+        if probe_answers is None and len(next(iter(probes.values()), ())):
+            probe_answers = _sklearn_predict(model, task, probes, schema)
+        expected, expected_proba = _joined(holdout_answers, probe_answers)
+    else:
+        expected, expected_proba = _sklearn_predict(model, task, rows, schema)
     graph = model_graph(model, schema, task, with_proba=expected_proba is not None)
     data = graph.SerializeToString()
-    check_onnx_file(data)  # what the server checks: a graph failing it must not be written
     info = OnnxInfo(file=ONNX_FILE, format="onnx", sha256=sha256_bytes(data), size=len(data),
                     opsets={o.domain or "ai.onnx": o.version for o in graph.opset_import},
                     predict_dtype=np.asarray(expected).dtype.str, input_rules=rules)
+    # OnnxPredictor runs check_onnx_file first, as the server does: a graph failing it is not written
     predicted, probabilities = OnnxPredictor(data, info, schema).predict(rows, proba=expected_proba is not None)
     parity, failure = _parity(task, len(holdout), np.asarray(expected).reshape(-1), expected_proba, predicted,
                               probabilities)
@@ -173,13 +185,46 @@ def _sklearn_predict(model: Any, task: str, columns: Mapping[str, np.ndarray], s
     return predictions, probabilities
 
 
+def _reusable(model: Any, task: str, holdout: Any, schema: Sequence[FeatureSchema],
+              answers: tuple[Any, Any | None] | None) -> bool:
+    """Whether the caller's answers on the hold-out DataFrame are what `_sklearn_predict` would compute from
+    the server's columns: every feature a float64 column (the server's columns are then the same values),
+    and probabilities exactly when `_sklearn_predict` asks for them."""
+    if answers is None or not all(str(holdout[f.name].dtype) == "float64" for f in schema):
+        return False
+    wants_proba = task == "classification" and hasattr(model, "predict_proba")
+    return (answers[1] is not None) == wants_proba
+
+
+def _joined(first: tuple[Any, Any | None], second: tuple[Any, Any | None] | None) -> tuple[Any, Any | None]:
+    """(predictions, probabilities) of the hold-out rows then the probe rows."""
+    predictions, probabilities = np.asarray(first[0]), first[1]
+    if probabilities is not None:
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+    if second is None:
+        return predictions, probabilities
+    return (np.concatenate([predictions, np.asarray(second[0])]),
+            None if probabilities is None else np.concatenate([probabilities, second[1]]))
+
+
 def _probe(model: Any, schema: list[FeatureSchema], task: str, columns: dict[str, np.ndarray]
-           ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """The parity rows (hold-out plus the probes scikit-learn accepts) and the input rules (what it refuses)."""
+           ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], tuple[Any, Any | None] | None]:
+    """The probe rows scikit-learn accepts, the input rules (what it refuses) and, when every probe row was
+    accepted in one call (the common case: one prediction instead of one per kind of value), its answers."""
     base = {name: values[:1] for name, values in columns.items()}
     text = [f for f in schema if is_text_feature(f.dtype, f.categorical)]
     groups = {"categorical": [f.name for f in schema if f.categorical and f not in text],
               "numeric": [f.name for f in schema if not f.categorical]}
+    candidates = [{**base, **{n: np.array([v]) for n in names}}
+                  for names in groups.values() if names for values in PROBES.values() for v in values]
+    candidates += [{**base, **{f.name: np.array([value], dtype=object) for f in text}}
+                   for value in (None, UNSEEN_TEXT) if text]
+    if candidates:
+        every = {name: np.concatenate([row[name] for row in candidates]) for name in columns}
+        try:
+            return every, [], _sklearn_predict(model, task, every, schema)
+        except (ValueError, TypeError):
+            pass  # some are refused: which ones, kind by kind, below
     probes: list[dict[str, np.ndarray]] = []
     rules: list[dict[str, Any]] = []
     for names in groups.values():  # the encoder checks its columns before the estimator checks the rest
@@ -207,8 +252,8 @@ def _probe(model: Any, schema: list[FeatureSchema], task: str, columns: dict[str
                 raise Unconvertible(f"scikit-learn refuses {'missing' if value is None else 'unseen'} categories "
                                     f"({error.split(':')[0]}), which the ONNX graph encodes as it was trained to")
             probes.append(row)
-    rows = {name: np.concatenate([columns[name], *[p[name] for p in probes]]) for name in columns}
-    return rows, rules
+    rows = {name: np.concatenate([columns[name][:0], *[p[name] for p in probes]]) for name in columns}
+    return rows, rules, None
 
 
 def _refusal(model: Any, task: str, row: Mapping[str, np.ndarray], schema: Sequence[FeatureSchema]) -> str | None:
@@ -355,7 +400,7 @@ def _estimator_graph(estimator: Any, n_inputs: int, task: str) -> Any:
         try:
             return tree_model_graph(estimator, n_inputs, OPSET)
         except UnsupportedTreeModel as exc:
-            raise Unconvertible(f"{type(estimator).__name__}: {exc}") from None
+            raise Unconvertible(f"{type(unwrap(estimator)).__name__}: {exc}") from None
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import DoubleTensorType
     from skl2onnx.common.exceptions import MissingShapeCalculator

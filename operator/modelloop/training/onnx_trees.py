@@ -17,13 +17,32 @@ graphs use it with float64 throughout and reproduce scikit-learn's arithmetic:
 Labels come from the class list with the rule of each estimator's `predict`: the most probable class for
 trees and forests, `raw >= 0` (gradient boosting) or `raw > 0` (histogram gradient boosting) for two
 classes, the largest raw score otherwise.
+
+XGBoost and LightGBM (boosting.py) are read from their own model documents, and follow their arithmetic:
+
+- XGBoost compares `float32(x) < split` with float32 splits (as `float32(x) <= the float32 before split`,
+  turned into a float64 threshold as above), sends missing values to each node's default side, and sums
+  the leaves in float32, in tree order, from the base margin. onnxruntime's float32 sums would not follow
+  that order (onnxmltools' float32 graphs differ from XGBoost by up to 1.2e-6 relative on regression,
+  docs/artifacts.md), so each tree is a target of its own (its leaf, exact in float64), and a float32
+  `CumSum` over [base, tree 1, tree 2, ...] per class adds them as XGBoost does: the margins are
+  bit-identical. Then the objective's link (sigmoid, softmax, exp) in float64, labels by XGBoost's rule
+  (`float32(p) > 0.5`, or the largest float32 probability).
+- LightGBM computes in float64: `x <= threshold`, the leaves summed in tree order (tree i feeds class
+  i mod K). A missing value goes to the default side when the node's missing type is NaN, and is 0 when it
+  is None (as LightGBM replaces it); the Zero missing type (zero_as_missing), categorical splits, linear
+  trees and averaged (random forest) output are not converted. Labels are the most probable class, as
+  LGBMClassifier.predict takes them.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .boosting import unwrap
 
 TREE_ESTIMATORS = frozenset({
     "DecisionTreeClassifier", "DecisionTreeRegressor", "ExtraTreeClassifier", "ExtraTreeRegressor",
@@ -62,8 +81,15 @@ class Tree:
                    missing_left=np.array([0]), value=np.array([float(value)]))
 
 
+BOOSTING_MODULES = {"XGBClassifier": "xgboost.", "XGBRegressor": "xgboost.", "LGBMClassifier": "lightgbm.",
+                    "LGBMRegressor": "lightgbm."}
+
+
 def is_tree_model(estimator: Any) -> bool:
-    return type(estimator).__module__.startswith("sklearn.") and type(estimator).__name__ in TREE_ESTIMATORS
+    kind = type(unwrap(estimator))
+    name = kind.__name__
+    return ((kind.__module__.startswith("sklearn.") and name in TREE_ESTIMATORS)
+            or kind.__module__.startswith(BOOSTING_MODULES.get(name, "\0")))
 
 
 def float32_thresholds(threshold: np.ndarray) -> np.ndarray:
@@ -87,9 +113,13 @@ def tree_model_graph(estimator: Any, n_features: int, opset: int) -> Any:
     (classifiers) or `variable` (regressors, [n, 1]), all float64 except the labels."""
     from onnx import TensorProto, helper
 
-    name = type(estimator).__name__
+    name = type(unwrap(estimator)).__name__
     classifier = name.endswith("Classifier")
-    if "HistGradientBoosting" in name:
+    if name.startswith("XGB"):
+        targets, finish = _xgboost(estimator, n_features)
+    elif name.startswith("LGBM"):
+        targets, finish = _lightgbm(estimator, n_features)
+    elif "HistGradientBoosting" in name:
         targets, finish = _hist_gradient_boosting(estimator)
     elif "GradientBoosting" in name:
         targets, finish = _gradient_boosting(estimator)
@@ -200,7 +230,169 @@ def _hist_gradient_boosting(estimator: Any) -> tuple[list[list[Tree]], Any]:
     return per_target, _classification_output(estimator.classes_, output, binary_rule=">")
 
 
+XGBOOST_LINKS = {"binary:logistic": "sigmoid", "multi:softprob": "softmax", "reg:squarederror": None,
+                 "reg:absoluteerror": None, "reg:pseudohubererror": None, "reg:squaredlogerror": None,
+                 "count:poisson": "Exp", "reg:gamma": "Exp", "reg:tweedie": "Exp"}
+
+
+def _xgboost(estimator: Any, n_features: int) -> tuple[list[list[Tree]], Any]:
+    """One target per tree, preceded per class by a one-leaf tree of the base margin; see the docstring."""
+    model = unwrap(estimator)
+    if not np.isnan(float(model.missing)):
+        raise UnsupportedTreeModel("a missing value other than NaN is not converted")
+    learner = json.loads(bytes(model.get_booster().save_raw(raw_format="json")))["learner"]
+    objective, booster = learner["objective"]["name"], learner["gradient_booster"]
+    if booster["name"] != "gbtree":
+        raise UnsupportedTreeModel(f"booster {booster['name']} is not converted")
+    if objective not in XGBOOST_LINKS:
+        raise UnsupportedTreeModel(f"objective {objective} is not converted")
+    parameters = learner["learner_model_param"]
+    classes = max(1, int(parameters.get("num_class", "0")))
+    if int(parameters.get("num_target", "1")) != 1 or int(parameters["num_feature"]) != n_features:
+        raise UnsupportedTreeModel("more than one target, or other features than the encoded columns")
+    text = parameters["base_score"]
+    base = np.asarray(json.loads(text) if text.startswith("[") else [float(text)], dtype=np.float32).reshape(-1)
+    if len(base) != classes:
+        raise UnsupportedTreeModel(f"{len(base)} base scores for {classes} output(s)")
+    one = np.float32(1.0)
+    if objective == "binary:logistic":  # XGBoost keeps a probability; the sum starts from its logit
+        base = -np.log(one / base - one)
+    elif XGBOOST_LINKS[objective] == "Exp":
+        base = np.log(base)
+    trees, groups = booster["model"]["trees"], booster["model"]["tree_info"]
+    per_class: list[list[Tree]] = [[Tree.constant(float(b))] for b in base]
+    for tree, group in zip(trees, groups):
+        per_class[group].append(_xgboost_tree(tree))
+    count = len(per_class[0])
+    if any(len(trees) != count for trees in per_class):
+        raise UnsupportedTreeModel("classes with different numbers of trees are not converted")
+    targets = [[tree] for trees in per_class for tree in trees]  # class-major: reshaped to [n, classes, count]
+    link = XGBOOST_LINKS[objective]
+
+    def finish(nodes: list, initializers: list, scores: str) -> list[str]:
+        from onnx import TensorProto
+
+        shape = _constant(initializers, np.array([-1, classes, count], np.int64), "per_tree_shape")
+        nodes.append(_node("Reshape", [scores, shape], ["per_tree"]))
+        nodes.append(_node("Cast", ["per_tree"], ["per_tree32"], to=TensorProto.FLOAT))
+        nodes.append(_node("CumSum", ["per_tree32", _constant(initializers, np.array(2, np.int64), "tree_axis")],
+                           ["running"]))  # float32, in tree order: XGBoost's sums exactly
+        nodes.append(_node("Slice", ["running", _constant(initializers, np.array([count - 1], np.int64), "last"),
+                                     _constant(initializers, np.array([count], np.int64), "end"),
+                                     _constant(initializers, np.array([2], np.int64), "axes")], ["margin3"]))
+        nodes.append(_node("Reshape", ["margin3", _constant(initializers, np.array([-1, classes], np.int64),
+                                                            "margin_shape")], ["margin32"]))
+        nodes.append(_node("Cast", ["margin32"], ["margin"], to=TensorProto.DOUBLE))
+        if link is None or link == "Exp":
+            if link == "Exp":  # exp in float64 rounded to float32: XGBoost's expf, correctly rounded
+                nodes.append(_node("Exp", ["margin"], ["exp"]))
+                nodes.append(_node("Cast", ["exp"], ["exp32"], to=TensorProto.FLOAT))
+                nodes.append(_node("Cast", ["exp32"], ["value"], to=TensorProto.DOUBLE))
+            nodes.append(_node("Identity", ["value" if link else "margin"], ["variable"]))
+            return ["variable"]
+        if link == "softmax":
+            nodes.append(_node("Softmax", ["margin"], ["probabilities"], axis=1))
+            nodes.append(_node("Cast", ["probabilities"], ["probabilities32"], to=TensorProto.FLOAT))
+            _labels_from(nodes, initializers, estimator.classes_, "probabilities32")
+            return ["label", "probabilities"]
+        _binary_probabilities(nodes, initializers, "margin")
+        nodes.append(_node("Cast", ["p1"], ["p1_32"], to=TensorProto.FLOAT))
+        threshold = _constant(initializers, np.array(0.5, np.float32), "half")
+        nodes.append(_node("Greater", ["p1_32", threshold], ["positive"]))  # XGBClassifier: float32 p > 0.5
+        _labels_where(nodes, initializers, estimator.classes_, "positive")
+        return ["label", "probabilities"]
+
+    return targets, finish
+
+
+def _xgboost_tree(tree: dict[str, Any]) -> Tree:
+    if any(tree.get("split_type") or ()) or int(tree["tree_param"].get("size_leaf_vector", "1")) > 1:
+        raise UnsupportedTreeModel("categorical splits and vector leaves are not converted")
+    left = np.asarray(tree["left_children"], dtype=np.int64)
+    split = np.asarray(tree["split_conditions"], dtype=np.float32)
+    leaf = left == -1
+    # float32(x) < split  <=>  float32(x) <= the float32 before split  <=>  x <= float32_thresholds(that)
+    before = np.nextafter(split, np.float32(-np.inf)).astype(np.float64)
+    return Tree(left=left, right=np.asarray(tree["right_children"], dtype=np.int64),
+                feature=np.asarray(tree["split_indices"], dtype=np.int64),
+                threshold=np.where(leaf, 0.0, float32_thresholds(before)),
+                missing_left=np.asarray(tree["default_left"], dtype=np.int64),
+                value=np.where(leaf, split.astype(np.float64), 0.0))
+
+
+LIGHTGBM_IDENTITY = frozenset({"regression", "regression_l1", "huber", "fair", "quantile", "mape"})
+LIGHTGBM_EXP = frozenset({"poisson", "gamma", "tweedie"})
+
+
+def _lightgbm(estimator: Any, n_features: int) -> tuple[list[list[Tree]], Any]:
+    model = unwrap(estimator)
+    document = model.booster_.dump_model()
+    if document.get("average_output") or document.get("max_feature_idx", -1) + 1 != n_features:
+        raise UnsupportedTreeModel("averaged (random forest) output, or other features than the encoded columns")
+    name, *options = str(document.get("objective", "")).split()
+    settings = dict(option.split(":", 1) for option in options if ":" in option)
+    if any(":" not in option for option in options) or not (
+            name in LIGHTGBM_IDENTITY | LIGHTGBM_EXP or name in ("binary", "multiclass")):
+        raise UnsupportedTreeModel(f"objective {document.get('objective')!r} is not converted")
+    classes = int(document["num_tree_per_iteration"])
+    per_class: list[list[Tree]] = [[] for _ in range(classes)]
+    for i, info in enumerate(document["tree_info"]):
+        per_class[i % classes].append(_lightgbm_tree(info["tree_structure"]))
+
+    def finish(nodes: list, initializers: list, scores: str) -> list[str]:
+        if name in LIGHTGBM_IDENTITY | LIGHTGBM_EXP:
+            nodes.append(_node("Exp" if name in LIGHTGBM_EXP else "Identity", [scores], ["variable"]))
+            return ["variable"]
+        if name == "multiclass":
+            nodes.append(_node("Softmax", [scores], ["probabilities"], axis=1))
+        else:
+            raw = _add(nodes, initializers, "Mul", scores, np.array(float(settings.get("sigmoid", 1.0))), "raw")
+            _binary_probabilities(nodes, initializers, raw)
+        _labels_from(nodes, initializers, estimator.classes_, "probabilities")  # LGBMClassifier: argmax
+        return ["label", "probabilities"]
+
+    return per_class, finish
+
+
+def _lightgbm_tree(root: dict[str, Any]) -> Tree:
+    """A LightGBM tree (dump_model's nested nodes), numbered breadth first."""
+    order, left, right, feature, threshold, missing_left, value = [root], [], [], [], [], [], []
+    for node in order:  # grows while it is walked
+        if "split_feature" not in node:
+            left.append(-1), right.append(-1), feature.append(0), threshold.append(0.0), missing_left.append(0)
+            value.append(float(node["leaf_value"]))
+            continue
+        if node.get("decision_type") != "<=" or node.get("missing_type") not in ("None", "NaN"):
+            raise UnsupportedTreeModel("categorical splits and zero_as_missing are not converted")
+        if "leaf_coeff" in node:
+            raise UnsupportedTreeModel("linear trees are not converted")
+        order.extend((node["left_child"], node["right_child"]))
+        limit = float(node["threshold"])
+        left.append(len(order) - 2), right.append(len(order) - 1), feature.append(int(node["split_feature"]))
+        threshold.append(limit), value.append(0.0)
+        # missing type None: LightGBM predicts a missing value as 0
+        missing_left.append(int(node["default_left"]) if node["missing_type"] == "NaN" else int(0.0 <= limit))
+    return Tree(left=np.array(left), right=np.array(right), feature=np.array(feature),
+                threshold=np.array(threshold, dtype=np.float64), missing_left=np.array(missing_left),
+                value=np.array(value, dtype=np.float64))
+
+
 # ------------------------------------------------------------------------------------------- outputs
+
+def _binary_probabilities(nodes: list, initializers: list, raw: str) -> None:
+    """`probabilities` = [1 - p1, p1] with p1 = sigmoid(raw), raw [n, 1]."""
+    nodes.append(_node("Sigmoid", [raw], ["p1"]))
+    p0 = _add(nodes, initializers, "Sub", np.array(1.0), "p1", "p0", constant_first=True)
+    nodes.append(_node("Concat", [p0, "p1"], ["probabilities"], axis=1))
+
+
+def _labels_where(nodes: list, initializers: list, classes: Any, positive: str) -> None:
+    """The second class where `positive` ([n, 1] bool), the first elsewhere."""
+    nodes.append(_node("Cast", [positive], ["index2d"], to=7))  # int64
+    nodes.append(_node("Reshape", ["index2d", _constant(initializers, np.array([-1], np.int64), "flat")],
+                       ["index"]))
+    _gather_labels(nodes, initializers, classes, "index")
+
 
 def _regression_output(inverse_link: str | None) -> Any:
     def finish(nodes: list, initializers: list, scores: str) -> list[str]:
@@ -218,15 +410,10 @@ def _classification_output(classes: Any, link: str, *, binary_rule: str) -> Any:
             _labels_from(nodes, initializers, classes, scores)
             return ["label", "probabilities"]
         raw = _add(nodes, initializers, "Mul", scores, np.array(2.0), "raw2") if link == "sigmoid2" else scores
-        nodes.append(_node("Sigmoid", [raw], ["p1"]))
-        p0 = _add(nodes, initializers, "Sub", np.array(1.0), "p1", "p0", constant_first=True)
-        nodes.append(_node("Concat", [p0, "p1"], ["probabilities"], axis=1))
+        _binary_probabilities(nodes, initializers, raw)
         compare = _add(nodes, initializers, "GreaterOrEqual" if binary_rule == ">=" else "Greater", scores,
                        np.array(0.0), "positive")
-        nodes.append(_node("Cast", [compare], ["index2d"], to=7))  # int64
-        nodes.append(_node("Reshape", ["index2d", _constant(initializers, np.array([-1], np.int64), "flat")],
-                           ["index"]))
-        _gather_labels(nodes, initializers, classes, "index")
+        _labels_where(nodes, initializers, classes, compare)
         return ["label", "probabilities"]
     return finish
 

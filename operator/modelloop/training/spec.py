@@ -5,13 +5,13 @@ from typing import Any, Mapping
 
 from pydantic import ValidationError
 
-from modelloop.api.training import ALLOWED_ESTIMATOR_MODULES, ModelTrainingSpec
+from modelloop.api.training import ALLOWED_ESTIMATOR_MODULES, BOOSTING_ESTIMATORS, ModelTrainingSpec
 
 from .errors import SpecError
 
 ESTIMATOR_CLASS_RULE = (f"allowed: public estimator classes in the modules "
                         f"{', '.join(m + '.*' for m in ALLOWED_ESTIMATOR_MODULES)}, "
-                        f"e.g. sklearn.ensemble.RandomForestClassifier")
+                        f"e.g. sklearn.ensemble.RandomForestClassifier, and {', '.join(BOOSTING_ESTIMATORS)}")
 
 
 def parse_spec(spec: Mapping[str, Any]) -> ModelTrainingSpec:

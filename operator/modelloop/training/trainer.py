@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from modelloop.api.training import ModelTrainingSpec
 from modelloop.artifacts import (
-    MODEL_FILE, ONNX_FILE, ArtifactMetadata, ArtifactStore, InvalidUriError, StorageError, UntrustedTypeError,
+    MODEL_FILES, ONNX_FILE, ArtifactMetadata, ArtifactStore, InvalidUriError, StorageError, UntrustedTypeError,
     open_store, serialize_model, sha256_bytes,
 )
 from modelloop.artifacts import VersionExistsError as StoreVersionExistsError
@@ -25,6 +25,7 @@ from modelloop.artifacts.metadata import TrainingIdentity
 from modelloop.drift.sketch import build_reference
 from modelloop.outcomes.cbpe import fit_calibration
 
+from . import boosting
 from .dataset import Columns, Dataset, read_dataset, resolve_columns, schema_dtype
 from .errors import DatasetInvalidError, FitError, OutputError, SpecError, VersionExistsError, describe_exception
 from .estimator import ESTIMATOR_STEP, Task, build_estimator, build_model, learned_categories
@@ -46,6 +47,20 @@ class Split:
 
 
 @dataclass(frozen=True)
+class StoredModel:
+    """The model file of the version: its bytes, format (metadata.json's model.format) and, for skops, the
+    types skops does not trust by default (for information)."""
+
+    data: bytes
+    format: str
+    trusted_types: list[str]
+
+    @property
+    def file(self) -> str:
+        return MODEL_FILES[self.format]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a fit produced, besides the model itself."""
 
@@ -53,6 +68,8 @@ class Outcome:
     reference: dict[str, Any]
     prediction_reference: dict[str, Any]
     calibration: dict[str, Any] | None = None  # classifiers with predict_proba (modelloop.outcomes.cbpe)
+    # the model's answers on the hold-out rows, which the ONNX parity check reuses instead of predicting again
+    holdout_answers: tuple[Any, Any | None] | None = None
 
 
 def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -78,22 +95,20 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
     model = build_model(estimator, columns.categorical)
     outcome = _fit_and_evaluate(model, class_path, split, columns, task, metric)
     with _step("serialize") as info:
-        run_in_one_job(model)  # fitted with the spec's n_jobs; served by one prediction thread (docs/security.md)
-        try:
-            model_bytes, trusted_types = serialize_model(model)
-        except UntrustedTypeError as exc:
-            raise FitError(f"the fitted model cannot be stored safely: {exc}") from None
-        info.update(bytes=len(model_bytes))
+        stored = _serialize(model, class_path)
+        info.update(format=stored.format, bytes=len(stored.data))
 
     schema = _schema(model, dataset.frame, columns, task)
     with _step("onnx.export") as info:
-        exported = export_onnx(model, schema["features"], task, split.x_valid)
+        exported = export_onnx(model, schema["features"], task, split.x_valid, outcome.holdout_answers)
         parity = exported.info.get("parity") or {}
         info.update(converted=exported.data is not None, bytes=len(exported.data or b""),
                     max_diff=parity.get("maxDiff"), skipped=exported.skipped)
-    metadata = _metadata(parsed, version, who, model_bytes, trusted_types, params, task, metric, dataset, schema,
-                         outcome, exported)
-    files = {MODEL_FILE: model_bytes, **({ONNX_FILE: exported.data} if exported.data is not None else {})}
+    if exported.data is None and boosting.is_boosting(class_path):
+        raise FitError(f"{class_path} models are served through model.onnx only, and this one has none: "
+                       f"{exported.skipped} (docs/artifacts.md); no version was written")
+    metadata = _metadata(parsed, version, who, stored, params, task, metric, dataset, schema, outcome, exported)
+    files = {stored.file: stored.data, **({ONNX_FILE: exported.data} if exported.data is not None else {})}
     with _step("commit", uri=store.version_uri(version), sha256=metadata["model"]["sha256"]):
         try:
             store.commit_version(version, files, metadata)
@@ -102,6 +117,19 @@ def train(spec: Mapping[str, Any], *, version: int, identity: Mapping[str, Any])
         except StorageError as exc:
             raise OutputError(f"spec.output.uri: {exc}") from None
     return metadata
+
+
+def _serialize(model: Any, class_path: str) -> StoredModel:
+    """XGBoost's and LightGBM's models in their own format (boosting.py), scikit-learn's with skops."""
+    if boosting.is_boosting(class_path):
+        data, model_format = boosting.native_model(getattr(model, "named_steps", {}).get(ESTIMATOR_STEP, model))
+        return StoredModel(data, model_format, [])
+    run_in_one_job(model)  # fitted with the spec's n_jobs; served by one prediction thread (docs/security.md)
+    try:
+        data, trusted_types = serialize_model(model)
+    except UntrustedTypeError as exc:
+        raise FitError(f"the fitted model cannot be stored safely: {exc}") from None
+    return StoredModel(data, "skops", trusted_types)
 
 
 def _output_store(uri: str, version: int) -> ArtifactStore:
@@ -154,7 +182,8 @@ def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Column
         training_columns = {c: split.x_train[c].to_numpy() for c in columns.features}
         reference = pool.submit(_timed, "sketch.reference", build_reference, training_columns,
                                 categorical=columns.categorical)
-        pool.submit(importlib.import_module, "skops.io")
+        if not boosting.is_boosting(class_path):
+            pool.submit(importlib.import_module, "skops.io")
         estimator = getattr(model, "named_steps", {}).get(ESTIMATOR_STEP, model)
         for library in ("onnx", "onnxruntime") if is_tree_model(estimator) else ("skl2onnx", "onnxruntime"):
             pool.submit(importlib.import_module, library)
@@ -176,7 +205,7 @@ def _fit_and_evaluate(model: Any, class_path: str, split: Split, columns: Column
         prediction_reference = build_reference({columns.target: predictions},
                                                categorical=[columns.target] if task == "classification" else ())
         return Outcome(metrics=metrics, reference=reference.result(), prediction_reference=prediction_reference,
-                       calibration=calibration)
+                       calibration=calibration, holdout_answers=(predictions, probabilities))
 
 
 def _probabilities(model: Any, features: Any) -> Any | None:
@@ -209,21 +238,21 @@ def _calibration(predictions: Any, probabilities: Any | None, truth: Any) -> dic
         return calibration
 
 
-def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], model_bytes: bytes,
-              trusted_types: list[str], params: dict[str, Any], task: Task, metric: str, dataset: Dataset,
-              schema: dict[str, Any], outcome: Outcome, exported: OnnxExport) -> dict[str, Any]:
+def _metadata(spec: ModelTrainingSpec, version: int, identity: dict[str, Any], stored: StoredModel,
+              params: dict[str, Any], task: Task, metric: str, dataset: Dataset, schema: dict[str, Any],
+              outcome: Outcome, exported: OnnxExport) -> dict[str, Any]:
     """metadata.json of the version (docs/contracts.md), validated by its model."""
     return ArtifactMetadata.model_validate({
         "version": version,
         "created": datetime.now(timezone.utc),
-        "model": {"file": MODEL_FILE, "format": "skops", "sha256": sha256_bytes(model_bytes),
-                  "size": len(model_bytes), "trustedTypes": trusted_types},
+        "model": {"file": stored.file, "format": stored.format, "sha256": sha256_bytes(stored.data),
+                  "size": len(stored.data), "trustedTypes": stored.trusted_types},
         "training": identity,
         "dataset": {"uri": dataset.uri, "format": dataset.format, "sha256": dataset.sha256,
                     "rows": len(dataset.frame)},
         "estimator": {"class": spec.estimator.class_name, "params": params},
         "task": task,
-        "libraries": _libraries(),
+        "libraries": _libraries(spec.estimator.class_name),
         "metric": {"name": metric, "value": outcome.metrics[metric]},
         "metrics": outcome.metrics,
         "schema": schema,
@@ -249,15 +278,20 @@ def _schema(model: Any, frame: Any, columns: Columns, task: Task) -> dict[str, A
     return {"features": features, "target": target}
 
 
-def _libraries() -> dict[str, str]:
+def _libraries(class_path: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     import numpy
     import sklearn
-    import skops
 
-    found = {"python": platform.python_version(), "scikit-learn": sklearn.__version__,
-             "numpy": numpy.__version__, "skops": skops.__version__}
+    found = {"python": platform.python_version(), "scikit-learn": sklearn.__version__, "numpy": numpy.__version__}
+    if boosting.is_boosting(class_path):
+        library = boosting.library(class_path)
+        found[library] = importlib.import_module(library).__version__
+    else:
+        import skops
+
+        found["skops"] = skops.__version__
     for package in ("onnx", "onnxruntime", "skl2onnx"):
         try:
             found[package] = version(package)

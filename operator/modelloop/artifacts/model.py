@@ -346,21 +346,7 @@ def load_model(version_uri: str, *, expected_sha256: str | None = None, expected
         raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     limits = limits or current_limits()
     store, version = split_version_uri(version_uri, credentials=credentials)
-    metadata_uri = f"{store.version_uri(version)}/{METADATA_FILE}"
-    try:
-        raw_metadata = store.read_metadata_bytes(version, max_bytes=limits.metadata_bytes)
-    except ArtifactLimitError:
-        raise limits.refuse("metadata_bytes", f"{metadata_uri} is larger than") from None
-    if expected_metadata_sha256 is not None and sha256_bytes(raw_metadata) != expected_metadata_sha256:
-        raise ArtifactIntegrityError(f"{metadata_uri}: sha256 of the file is not the pinned "
-                                     f"{expected_metadata_sha256}; refusing to load")
-    metadata = parse_metadata(raw_metadata, source=metadata_uri, limits=limits)
-    del raw_metadata
-    if metadata.version != version:
-        raise ArtifactIntegrityError(f"{metadata_uri} says version {metadata.version}; refusing to load")
-    if expected_sha256 is not None and metadata.model.sha256 != expected_sha256:
-        raise ArtifactIntegrityError(f"{version_uri}/{metadata.model.file}: sha256 {metadata.model.sha256} (in "
-                                     f"metadata.json) is not the pinned {expected_sha256}; refusing to load")
+    metadata = _pinned_metadata(store, version, version_uri, expected_sha256, expected_metadata_sha256, limits)
     uri = store.version_uri(version)
     native = metadata.model.format != SKOPS
     if native and runtime == "sklearn":
@@ -382,6 +368,28 @@ def load_model(version_uri: str, *, expected_sha256: str | None = None, expected
     data = _read_verified(store, version, version_uri, metadata.model.file, metadata.model.sha256,
                           metadata.model.size, pinned=expected_sha256, limits=limits)
     return LoadedModel(model=deserialize_model(data, limits), metadata=metadata, uri=uri)
+
+
+def _pinned_metadata(store: Any, version: int, version_uri: str, expected_sha256: str | None,
+                     expected_metadata_sha256: str | None, limits: ArtifactLimits) -> ArtifactMetadata:
+    """metadata.json, bounded, checked against its pinned digest before it is parsed, then against the version
+    asked for and the pinned model digest."""
+    metadata_uri = f"{store.version_uri(version)}/{METADATA_FILE}"
+    try:
+        raw_metadata = store.read_metadata_bytes(version, max_bytes=limits.metadata_bytes)
+    except ArtifactLimitError:
+        raise limits.refuse("metadata_bytes", f"{metadata_uri} is larger than") from None
+    if expected_metadata_sha256 is not None and sha256_bytes(raw_metadata) != expected_metadata_sha256:
+        raise ArtifactIntegrityError(f"{metadata_uri}: sha256 of the file is not the pinned "
+                                     f"{expected_metadata_sha256}; refusing to load")
+    metadata = parse_metadata(raw_metadata, source=metadata_uri, limits=limits)
+    del raw_metadata
+    if metadata.version != version:
+        raise ArtifactIntegrityError(f"{metadata_uri} says version {metadata.version}; refusing to load")
+    if expected_sha256 is not None and metadata.model.sha256 != expected_sha256:
+        raise ArtifactIntegrityError(f"{version_uri}/{metadata.model.file}: sha256 {metadata.model.sha256} (in "
+                                     f"metadata.json) is not the pinned {expected_sha256}; refusing to load")
+    return metadata
 
 
 def _onnx_unavailable(metadata: ArtifactMetadata, expected_sha256: str | None,

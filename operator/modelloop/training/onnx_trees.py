@@ -267,7 +267,11 @@ def _xgboost(estimator: Any, n_features: int) -> tuple[list[list[Tree]], Any]:
     if any(len(trees) != count for trees in per_class):
         raise UnsupportedTreeModel("classes with different numbers of trees are not converted")
     targets = [[tree] for trees in per_class for tree in trees]  # class-major: reshaped to [n, classes, count]
-    link = XGBOOST_LINKS[objective]
+    return targets, _xgboost_finish(estimator, classes, count, XGBOOST_LINKS[objective])
+
+
+def _xgboost_finish(estimator: Any, classes: int, count: int, link: str | None) -> Any:
+    """The graph's end for XGBoost: the per-tree scores summed in float32 in tree order, then the link."""
 
     def finish(nodes: list, initializers: list, scores: str) -> list[str]:
         from onnx import TensorProto
@@ -302,7 +306,7 @@ def _xgboost(estimator: Any, n_features: int) -> tuple[list[list[Tree]], Any]:
         _labels_where(nodes, initializers, estimator.classes_, "positive")
         return ["label", "probabilities"]
 
-    return targets, finish
+    return finish
 
 
 def _xgboost_tree(tree: dict[str, Any]) -> Tree:

@@ -97,9 +97,11 @@ def load_served_model(uri: str, name: str | None, *, model_sha256: str | None = 
         loaded = load_model(uri, expected_sha256=model_sha256, expected_metadata_sha256=metadata_sha256,
                             runtime=runtime)
     except OnnxUnavailableError as exc:
-        raise OnnxUnavailableError(f"runtime onnx (spec.server.runtime of the ModelDeployment; --runtime, "
-                                   f"MODELLOOP_RUNTIME) needs model.onnx: {exc}; set it to auto or sklearn to "
-                                   f"serve this version with scikit-learn") from None
+        if runtime == "onnx":
+            raise OnnxUnavailableError(f"runtime onnx (spec.server.runtime of the ModelDeployment; --runtime, "
+                                       f"MODELLOOP_RUNTIME) needs model.onnx: {exc}; set it to auto or sklearn to "
+                                       f"serve this version with scikit-learn") from None
+        raise  # an XGBoost or LightGBM version is served through model.onnx only: no runtime would help
     return ServedModel(loaded.model, loaded.metadata.wire(), name=name, onnx=loaded.onnx)
 
 

@@ -48,6 +48,7 @@ import httpx
 _spec = importlib.util.spec_from_file_location("limits_run", Path(__file__).resolve().with_name("run.py"))
 assert _spec is not None and _spec.loader is not None
 limits = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = limits  # (its dataclass looks its module up there)
 _spec.loader.exec_module(limits)
 
 server_bench = limits.server_bench
@@ -149,7 +150,7 @@ def count(command: list[str], port: int, env: dict[str, str], args: argparse.Nam
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", choices=limits.REFERENCES, default=limits.DEFAULT_REFERENCE,
-                        help=", ".join(f"{name}: {r.commit} (target {r.target:.0%})"
+                        help=", ".join(f"{name}: {r.commit} (target {r.target:.0%}%)"
                                        for name, r in limits.REFERENCES.items()))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=200)

@@ -90,10 +90,10 @@ def reference_tree(reference: Reference) -> Path:
     return tree
 
 
-def server_changes_since(reference: Reference) -> list[str]:
-    """The commits that changed model-server/ since the reference (`git log --oneline`), newest first."""
-    log = subprocess.run(["git", "-C", str(ROOT), "log", "--oneline", f"{reference.commit}..HEAD", "--",
-                          "model-server/"], capture_output=True, text=True, check=True).stdout
+def changes_since(reference: Reference, path: str) -> list[str]:
+    """The commits that changed `path` since the reference (`git log --oneline`), newest first."""
+    log = subprocess.run(["git", "-C", str(ROOT), "log", "--oneline", f"{reference.commit}..HEAD", "--", path],
+                         capture_output=True, text=True, check=True).stdout
     return log.splitlines()
 
 
@@ -141,7 +141,9 @@ def method_reference(reference: Reference) -> dict:
         return {}
     return {"reference": {"commit": reference.commit, "flags": "the same as today's (--runtime sklearn, "
                           "--sketch-port, --model-sha256/--metadata-sha256 of its own version)",
-                          "server_changes_since": server_changes_since(reference)}}
+                          "server_changes_since": changes_since(reference, "model-server/"),
+                          # the loader the server imports (load time: the bounds on what a store holds)
+                          "artifacts_changes_since": changes_since(reference, "operator/modelloop/artifacts/")}}
 
 
 def both_ways(target: float) -> str:
@@ -152,7 +154,7 @@ def both_ways(target: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", choices=REFERENCES, default=DEFAULT_REFERENCE,
-                        help=", ".join(f"{name}: {r.commit} (target {r.target:.0%})" for name, r in REFERENCES.items()))
+                        help=", ".join(f"{name}: {r.commit} (target {r.target:.0%}%)" for name, r in REFERENCES.items()))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

@@ -154,7 +154,8 @@ def both_ways(target: float) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", choices=REFERENCES, default=DEFAULT_REFERENCE,
-                        help=", ".join(f"{name}: {r.commit} (target {r.target:.0%}%)" for name, r in REFERENCES.items()))
+                        help=", ".join(f"{name}: {r.commit} (target {r.target:.0%}%)"
+                                       for name, r in REFERENCES.items()))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)

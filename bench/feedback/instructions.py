@@ -33,7 +33,6 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -41,7 +40,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "server"))
@@ -63,25 +61,7 @@ WARMUP_ROUNDS = 50
 
 def count(command: list[str], port: int, connections: int, rounds: int, cpus: str, log: Path) -> float:
     """Instructions per request of one server run's counted rounds under callgrind."""
-    out = log.with_suffix(".callgrind")
-    process = subprocess.Popen(
-        ["taskset", "-c", cpus, "valgrind", "--tool=callgrind", "--instr-atstart=no",
-         f"--callgrind-out-file={out}", *command],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 900
-        ready = f"http://127.0.0.1:{port}/v2/models/{server_bench.MODEL_NAME}/ready"
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited ({process.returncode}); see {log}:\n{log.read_text()[-2000:]}")
-            try:
-                if httpx.get(ready, timeout=30).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server was not ready under valgrind after 900 s; see {log}")
-            time.sleep(1)
+    with counting.under_callgrind(command, port, None, cpus, log) as process:
         clients = counting.LockStep(port, connections, counting.request_bytes())
         clients.rounds(WARMUP_ROUNDS)
         pid = str(process.pid)  # always one pid: without it callgrind_control acts on every callgrind run
@@ -89,13 +69,7 @@ def count(command: list[str], port: int, connections: int, rounds: int, cpus: st
         clients.rounds(rounds)
         subprocess.run(["callgrind_control", "--dump=rounds", pid], check=True, capture_output=True)
         clients.close()
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=600)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    return _totals(Path(f"{out}.1")) / (rounds * connections)
+    return _totals(Path(f"{log.with_suffix('.callgrind')}.1")) / (rounds * connections)
 
 
 # Runs under callgrind (counting off): a recorder as the server makes one (open_outcomes: its flusher's index), fed

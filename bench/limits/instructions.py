@@ -27,6 +27,7 @@ run on 2026-12-02 with the machine shared.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -40,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -115,10 +117,13 @@ class LockStep:
             conn.close()
 
 
-def count(command: list[str], port: int, env: dict[str, str], args: argparse.Namespace, log: Path) -> float:
-    """Instructions per request of one server run under callgrind (see the module docstring)."""
+@contextlib.contextmanager
+def under_callgrind(command: list[str], port: int, env: dict[str, str] | None, cpus: str, log: Path
+                    ) -> Iterator[subprocess.Popen]:
+    """A server run under callgrind with counting off (its output file: `log` with the suffix .callgrind), yielded
+    once it answers ready; on leaving, stopped with SIGINT (it writes its counts), killed if it does not stop."""
     process = subprocess.Popen(
-        ["taskset", "-c", args.server_cpus, "valgrind", "--tool=callgrind", "--instr-atstart=no",
+        ["taskset", "-c", cpus, "valgrind", "--tool=callgrind", "--instr-atstart=no",
          f"--callgrind-out-file={log.with_suffix('.callgrind')}", *command],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
     try:
@@ -135,18 +140,24 @@ def count(command: list[str], port: int, env: dict[str, str], args: argparse.Nam
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server was not ready under valgrind after 900 s; see {log}")
             time.sleep(1)
+        yield process
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=600)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def count(command: list[str], port: int, env: dict[str, str], args: argparse.Namespace, log: Path) -> float:
+    """Instructions per request of one server run under callgrind (see the module docstring)."""
+    with under_callgrind(command, port, env, args.server_cpus, log) as process:
         clients = LockStep(port, args.connections, request_bytes())
         clients.rounds(WARMUP_ROUNDS)
         subprocess.run(["callgrind_control", "-i", "on", str(process.pid)], check=True, capture_output=True)
         clients.rounds(args.rounds)
         subprocess.run(["callgrind_control", "-i", "off", str(process.pid)], check=True, capture_output=True)
         clients.close()
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=300)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     collected = re.search(r"Collected : (\d+)", log.read_text())
     assert collected, f"no instruction count in {log}"
     return int(collected.group(1)) / (args.rounds * args.connections)

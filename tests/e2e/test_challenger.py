@@ -37,6 +37,14 @@ def shuffled_labels() -> bytes:
     return out.getvalue().encode()
 
 
+def prepare(cluster, ns: str, s3) -> None:
+    """The churn data and its shuffled-label copy in the store, the store's Secret and the ModelTraining."""
+    s3.put("churn.csv", (DATA / "churn.csv").read_bytes())
+    s3.put("churn-shuffled.csv", shuffled_labels())
+    cluster.apply(secret(ns, s3))
+    cluster.apply(training(ns, s3))
+
+
 def deploy(cluster, ns: str, s3, rollout: dict, replicas: int = 2) -> None:
     cluster.apply({"apiVersion": API, "kind": "ModelDeployment", "metadata": {"name": "churn", "namespace": ns},
                    "spec": {"model": {"fromTraining": "churn"}, "replicas": replicas,
@@ -67,10 +75,7 @@ def drive(traffic: Traffic, until, timeout: float, what: str, seen, labels: bool
 def test_a_challenger_trained_on_shuffled_labels_is_rejected_by_the_paired_test_and_never_serves_a_user(
         helm_operator, cluster, e2e_namespace, s3):
     ns = e2e_namespace
-    s3.put("churn.csv", (DATA / "churn.csv").read_bytes())
-    s3.put("churn-shuffled.csv", shuffled_labels())
-    cluster.apply(secret(ns, s3))
-    cluster.apply(training(ns, s3))
+    prepare(cluster, ns, s3)
     # No offline gate: only the live analysis stands between the shuffled version and the users. Agreement and
     # latency are opened wide so that the paired test on labels is what decides.
     deploy(cluster, ns, s3, {"strategy": "shadow", "analysis": {
@@ -107,9 +112,7 @@ def test_a_challenger_trained_on_shuffled_labels_is_rejected_by_the_paired_test_
 def test_a_canary_by_replicas_serves_a_share_of_users_then_everyone_with_no_failed_request(
         helm_operator, cluster, e2e_namespace, s3):
     ns = e2e_namespace
-    s3.put("churn.csv", (DATA / "churn.csv").read_bytes())
-    cluster.apply(secret(ns, s3))
-    cluster.apply(training(ns, s3))
+    prepare(cluster, ns, s3)
     deploy(cluster, ns, s3, {"strategy": "canary", "canary": {"steps": [50]}, "analysis": {
         "window": "30s", "minRequests": 200, "maxLatencyRatio": 20, "watchFor": "0s"}}, replicas=2)
     mdep = lambda: status(cluster, "mdep", ns)  # noqa: E731
@@ -136,10 +139,7 @@ def test_a_canary_by_replicas_serves_a_share_of_users_then_everyone_with_no_fail
 def test_a_canary_worse_on_its_own_labelled_rows_is_rejected_by_the_unpaired_test(
         helm_operator, cluster, e2e_namespace, s3):
     ns = e2e_namespace
-    s3.put("churn.csv", (DATA / "churn.csv").read_bytes())
-    s3.put("churn-shuffled.csv", shuffled_labels())
-    cluster.apply(secret(ns, s3))
-    cluster.apply(training(ns, s3))
+    prepare(cluster, ns, s3)
     deploy(cluster, ns, s3, {"strategy": "canary", "canary": {"steps": [50]}, "analysis": {
         "window": "60s", "minRequests": 200, "minLabels": 60, "maxLatencyRatio": 20}}, replicas=2)
     mdep = lambda: status(cluster, "mdep", ns)  # noqa: E731
@@ -162,10 +162,7 @@ def test_a_canary_worse_on_its_own_labelled_rows_is_rejected_by_the_unpaired_tes
 def test_a_version_promoted_by_hand_is_rolled_back_when_its_live_accuracy_falls_below_the_previous_versions(
         helm_operator, cluster, e2e_namespace, s3):
     ns = e2e_namespace
-    s3.put("churn.csv", (DATA / "churn.csv").read_bytes())
-    s3.put("churn-shuffled.csv", shuffled_labels())
-    cluster.apply(secret(ns, s3))
-    cluster.apply(training(ns, s3))
+    prepare(cluster, ns, s3)
     # The analysis never decides by itself (minRequests out of reach): a person promotes version 2, and only the
     # watch stands between it and the users.
     deploy(cluster, ns, s3, {"strategy": "shadow", "analysis": {
